@@ -1,0 +1,1 @@
+"""greenfork master: settings, listeners, the supervising arbiter. Never imports gevent."""

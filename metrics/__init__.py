@@ -1,0 +1,1 @@
+"""greenfork metrics: shared-memory slots and their exposition. Imports neither master nor workers."""

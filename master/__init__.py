@@ -1,1 +1,5 @@
 """greenfork master: settings, listeners, the supervising arbiter. Never imports gevent."""
+
+from greenfork.master.server import Server
+
+__all__ = ["Server"]

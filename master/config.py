@@ -1,0 +1,139 @@
+"""Resolve the layers into one frozen Settings: CLI > env > profile > file > defaults.
+
+Every value is parsed and validated by its Setting; the first bad one raises a
+SettingError naming the setting, the value and where it came from, which the
+CLI prints as one line before exiting 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from greenfork.master.settings import BY_NAME, ENV_PREFIX, SETTINGS, Setting, SettingError, Settings
+
+DEFAULT_CONFIG = "greenfork.toml"
+# GREENFORK_* variables that are not settings: set by greenfork itself or naming the config.
+ENV_NOT_SETTINGS = frozenset({"GREENFORK_CONFIG", "GREENFORK_PROFILE", "GREENFORK_FDS",
+                              "GREENFORK_WORKER", "GREENFORK_BIND_PORT"})
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """Raw values from one source, not yet parsed."""
+
+    origin: str  # "command line", "env", "greenfork.toml", "greenfork.toml [profiles.dev]"
+    values: Mapping[str, object]
+
+    def where(self, s: Setting) -> str:
+        if self.origin == "env":
+            return f"env {s.env_var}"
+        if self.origin == "command line":
+            return "command line " + (s.flags[-1] if s.flags else s.metavar)
+        return self.origin
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def env_layer(environ: Mapping[str, str]) -> tuple[Layer, list[str]]:
+    """GREENFORK_* variables; unknown ones are returned as warnings, not errors,
+    because an environment is shared with other tools and versions."""
+    values: dict[str, object] = {}
+    warnings: list[str] = []
+    known = {s.env_var: s.name for s in SETTINGS if not s.positional}
+    known[ENV_PREFIX + "APP"] = "app"
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
+            continue
+        if key in known:
+            values[known[key]] = raw
+        else:
+            warnings.append(f"ignoring unknown environment variable {key}" + _suggest(key, list(known)))
+    return Layer("env", values), warnings
+
+
+def file_layers(path: str, profile: str | None) -> list[Layer]:
+    """The file's top-level keys, then the chosen [profiles.NAME] table over them."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingError(f"config file {path} not found") from None
+    except OSError as e:
+        raise SettingError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SettingError(f"config file {path} is not valid TOML: {e}") from None
+    profiles = data.pop("profiles", {})
+    if not isinstance(profiles, dict):
+        raise SettingError(f"config file {path}: 'profiles' must be a table of [profiles.NAME] tables")
+    name = os.path.basename(path)
+    layers = [Layer(name, _checked_keys(data, name))]
+    if profile is not None:
+        if profile not in profiles:
+            have = ", ".join(sorted(profiles)) or "none"
+            raise SettingError(f"profile '{profile}' not found in {path} (profiles: {have})")
+        table = profiles[profile]
+        if not isinstance(table, dict):
+            raise SettingError(f"config file {path}: [profiles.{profile}] must be a table")
+        origin = f"{name} [profiles.{profile}]"
+        layers.append(Layer(origin, _checked_keys(table, origin)))
+    return layers
+
+
+def _checked_keys(table: dict[str, Any], origin: str) -> dict[str, Any]:
+    for key in table:
+        if key not in BY_NAME:
+            raise SettingError(f"unknown setting '{key}' in {origin}" + _suggest(key, list(BY_NAME)))
+    return table
+
+
+def build(layers: list[Layer]) -> Settings:
+    """Later layers win. Each value is parsed and validated where it came from."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for s in SETTINGS:
+        values[s.name] = s.default
+        sources[s.name] = "default"
+    for layer in layers:
+        for name, raw in layer.values.items():
+            s = BY_NAME[name]
+            where = layer.where(s)
+            values[name] = parse_value(s, raw, where)
+            sources[name] = where
+    return Settings(**values, sources=tuple(sources.items()))
+
+
+def parse_value(s: Setting, raw: object, where: str) -> Any:
+    try:
+        value = s.parse(raw)
+        if s.validate is not None:
+            s.validate(value)
+    except ValueError as e:
+        shown = raw if isinstance(raw, str) else repr(raw)
+        raise SettingError(f"invalid value '{shown}' for {s.name} (from {where}): {e}") from None
+    return value
+
+
+def resolve(cli: Mapping[str, object], environ: Mapping[str, str], *, config: str | None,
+            profile: str | None, cwd: str) -> tuple[Settings, list[str]]:
+    """All layers for one start or one reload. Returns the settings and warnings to log."""
+    env, warnings = env_layer(environ)
+    config = config or environ.get("GREENFORK_CONFIG")
+    profile = profile or environ.get("GREENFORK_PROFILE")
+    layers: list[Layer] = []
+    if config is None and os.path.exists(os.path.join(cwd, DEFAULT_CONFIG)):
+        config = os.path.join(cwd, DEFAULT_CONFIG)
+    if config is not None:
+        layers.extend(file_layers(os.path.join(cwd, config), profile))
+    elif profile is not None:
+        raise SettingError(f"--profile {profile} needs a config file (-c greenfork.toml)")
+    layers.append(env)
+    layers.append(Layer("command line", cli))
+    return build(layers), warnings

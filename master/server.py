@@ -1,0 +1,203 @@
+"""The embedding API and the CLI's engine: bind, publish, supervise.
+
+    from greenfork.master import Server
+    server = Server("app:app", bind=["http://127.0.0.1:0"], workers=2)
+    server.start()            # binds here, forks the master, waits for READY workers
+    print(server.addresses)   # ['http://127.0.0.1:43211']
+    server.stop()
+
+Server.run() is the foreground form the `greenfork` command uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from greenfork.master import config, listeners, report
+from greenfork.master.addresses import parse_bind
+from greenfork.master.arbiter import EXIT_OK, EXIT_RUNTIME
+from greenfork.master.listeners import BindError, Listener
+from greenfork.master.loop import MasterLoop
+from greenfork.master.settings import DEMO_APP, Settings, SettingError
+
+log = logging.getLogger("greenfork.master")
+
+
+def _title(text: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(text)
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+
+
+class Server:
+    """A greenfork master. `app` is a spec string, a WSGI callable, or None for the demo."""
+
+    def __init__(self, app: str | Callable[..., Any] | None = None, *, settings: Settings | None = None,
+                 reload_settings: Callable[[], Settings] | None = None, **options: Any) -> None:
+        self._app_obj: Callable[..., Any] | None = None
+        if settings is None:
+            values: dict[str, object] = dict(options)
+            if isinstance(app, str):
+                values["app"] = app
+            if isinstance(values.get("bind"), str):
+                values["bind"] = [values["bind"]]
+            unknown = set(values) - set(config.BY_NAME)
+            if unknown:
+                raise TypeError(f"Server() got unknown settings: {', '.join(sorted(unknown))}")
+            settings = config.build([config.Layer("Server()", values)])
+        if app is not None and not isinstance(app, str):
+            if not callable(app):
+                raise TypeError("app must be a spec string like 'module:app' or a WSGI callable")
+            self._app_obj = app
+            label = getattr(app, "__name__", type(app).__name__)
+            settings = settings.replace(app=f"<{label}>")
+        self.settings = settings
+        self._reload_settings = reload_settings
+        self.listeners: list[Listener] = []
+        self._master_pid: int | None = None
+        self._generation = 1
+
+    # ------------------------------------------------------------- addresses
+    @property
+    def addresses(self) -> list[str]:
+        """The URLs actually bound (real ports), in the form --bind accepts."""
+        return [lst.url for lst in self.listeners]
+
+    def bind(self) -> list[str]:
+        if self.listeners:
+            return self.addresses
+        specs = [parse_bind(b) for b in self.settings.bind]
+        inherited = listeners.systemd_fds(os.environ, os.getpid())
+        adopted: list[Listener] = []
+        for fd in inherited:
+            adopted.append(listeners.adopt_fd(fd))
+        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(key, None)  # children must not adopt them again
+        if adopted and self.settings.source_of("bind") == "default":
+            specs = []  # socket activation replaces the default address
+        self.listeners = adopted + listeners.bind_all(
+            specs, backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode)
+        return self.addresses
+
+    # ------------------------------------------------------------ foreground
+    def run(self, *, on_ready: Callable[[], None] | None = None) -> int:
+        """Bind (if not yet), publish, supervise until stopped; returns the exit code."""
+        s = self.settings
+        self.bind()
+        pid = os.getpid()
+        _title(f"greenfork: master [{s.app_label}]")
+        report.log_addresses(self.addresses)
+        try:
+            if s.pidfile:
+                report.atomic_write(s.pidfile, f"{pid}\n")
+            self._publish(1)
+            loop = MasterLoop(s, self.listeners, tuple(self.addresses), app=self._app_obj,
+                              reload_settings=self._reload_settings, on_ready=on_ready,
+                              on_published=self._publish)
+            code = loop.run()
+        except OSError as e:
+            log.error("greenfork stopped: %s", e)
+            code = EXIT_RUNTIME
+        finally:
+            if os.getpid() == pid:  # never clean up from a worker that unwound this far
+                listeners.close_all(self.listeners)
+                self.listeners = []
+                report.remove_file(s.addresses_file)
+                report.remove_file(s.pidfile, only_if_pid=pid)
+        if code == EXIT_OK:
+            log.info("Shutdown complete")
+        return code
+
+    def _publish(self, generation: int) -> None:
+        self._generation = generation
+        if self.settings.addresses_file:
+            report.write_addresses_file(self.settings.addresses_file, os.getpid(), generation,
+                                        self.addresses)
+
+    # -------------------------------------------------------------- embedded
+    def start(self, timeout: float | None = None) -> None:
+        """Bind in this process, fork the master, and return once its workers are READY."""
+        if self._master_pid is not None:
+            raise RuntimeError("server already started")
+        self.bind()
+        timeout = self.settings.boot_timeout + 5 if timeout is None else timeout
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the master child, covered by process tests
+            code = EXIT_RUNTIME
+            try:
+                os.close(r)
+                os.setpgid(0, 0)  # its own group: the embedding process's Ctrl-C is its own business
+
+                def ready() -> None:
+                    os.write(w, b"1")
+
+                code = self.run(on_ready=ready)
+            finally:
+                os._exit(code)
+        os.close(w)
+        self._master_pid = pid
+        for lst in self.listeners:
+            lst.sock.close()  # the master holds them now (and removes unix files on exit)
+        try:
+            ready, _, _ = select.select([r], [], [], timeout)
+            ok = bool(ready) and os.read(r, 1) == b"1"
+        finally:
+            os.close(r)
+        if not ok:
+            code = self.stop(timeout=5)
+            raise RuntimeError(f"greenfork did not become ready (exit code {code})")
+
+    def stop(self, timeout: float | None = None) -> int:
+        """TERM the master, wait for it (SIGKILL after the timeout); its exit code."""
+        pid = self._master_pid
+        if pid is None:
+            return EXIT_OK
+        timeout = self.settings.graceful_timeout + 5 if timeout is None else timeout
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.killpg(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+                break
+            time.sleep(0.02)
+        self._master_pid = None
+        self.listeners = []
+        return os.waitstatus_to_exitcode(status)
+
+    @property
+    def pid(self) -> int | None:
+        """The master's pid once started."""
+        return self._master_pid
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def from_environment(cli: Mapping[str, object], environ: Mapping[str, str], *, config_path: str | None,
+                     profile: str | None) -> tuple[Settings, list[str]]:
+    """Resolve settings the way the command line does (used at start and on HUP)."""
+    return config.resolve(cli, environ, config=config_path, profile=profile, cwd=os.getcwd())
+
+
+__all__ = ["DEMO_APP", "BindError", "Server", "SettingError", "from_environment"]

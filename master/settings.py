@@ -1,0 +1,300 @@
+"""Every setting, defined once as data.
+
+The CLI (cli.py), the GREENFORK_* environment, greenfork.toml with its profiles
+(config.py) and docs/settings.md (docsgen.py) are all generated from SETTINGS,
+so a flag can never exist in one place and be missing in another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "GREENFORK_"
+DEMO_APP = "greenfork.workers.demo:app"
+
+
+class SettingError(ValueError):
+    """A value that does not fit its setting; str() is the operator-facing line."""
+
+
+# ------------------------------------------------------------------ parsers
+# Each parser takes what a layer gives (a CLI/env string, or a TOML value) and
+# returns the typed value or raises ValueError with a short reason.
+
+
+def _int(v: object) -> int:
+    if isinstance(v, bool):
+        raise ValueError("expected an integer")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str):
+        try:
+            return int(v.strip().replace("_", ""), 10)
+        except ValueError:
+            pass
+    raise ValueError("expected an integer")
+
+
+def _float(v: object) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a number of seconds")
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            pass
+    raise ValueError("expected a number of seconds")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(v: object) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
+        return v.strip().lower() in _TRUE
+    raise ValueError("expected true or false")
+
+
+def _str(v: object) -> str:
+    if isinstance(v, str):
+        return v
+    raise ValueError("expected a string")
+
+
+def _opt_str(v: object) -> str | None:
+    if v is None:
+        return None
+    s = _str(v)
+    return s or None
+
+
+def _str_list(v: object) -> tuple[str, ...]:
+    # env and CLI give one string; a comma-separated env value is the usual way
+    # to pass several addresses through a single variable.
+    if isinstance(v, str):
+        return tuple(p.strip() for p in v.split(",") if p.strip())
+    if isinstance(v, list | tuple) and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    raise ValueError("expected a list of strings")
+
+
+def _octal(v: object) -> int:
+    if isinstance(v, bool):
+        raise ValueError("expected an octal mode such as 660")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str):
+        try:
+            return int(v.strip().removeprefix("0o"), 8)
+        except ValueError:
+            pass
+    raise ValueError("expected an octal mode such as 660")
+
+
+def _choice(*options: str) -> Callable[[object], str]:
+    def parse(v: object) -> str:
+        s = _str(v).strip().lower()
+        if s not in options:
+            raise ValueError("expected one of " + ", ".join(options))
+        return s
+
+    return parse
+
+
+# --------------------------------------------------------------- validators
+
+
+def _at_least(n: float) -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if v < n:
+            raise ValueError(f"must be at least {n:g}")
+
+    return check
+
+
+def _between(lo: int, hi: int) -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+
+    return check
+
+
+def _non_empty(v: Any) -> None:
+    if not v:
+        raise ValueError("must not be empty")
+
+
+def _mode(v: Any) -> None:
+    if not 0 <= v <= 0o777:
+        raise ValueError("must be a file mode between 000 and 777")
+
+
+def _addresses(v: Any) -> None:
+    from greenfork.master.addresses import parse_bind
+
+    for raw in v:
+        parse_bind(raw)  # AddressError is a ValueError with the full reason
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str  # config-file key and Settings attribute
+    parse: Callable[[object], Any]
+    default: Any
+    flags: tuple[str, ...]
+    help: str
+    section: str
+    validate: Callable[[Any], None] | None = None
+    metavar: str = ""
+    type_doc: str = "string"
+    default_doc: str = ""  # when repr(default) is not what a reader should see
+    reloadable: bool = True  # whether a HUP may change it
+    is_flag: bool = False  # --x / --no-x on the command line
+    multiple: bool = False  # -b may be given several times
+    positional: bool = False
+    env: str = field(default="")
+
+    @property
+    def env_var(self) -> str:
+        return self.env or ENV_PREFIX + self.name.upper()
+
+
+_S = Setting
+
+SETTINGS: tuple[Setting, ...] = (
+    # ------------------------------------------------------------- application
+    _S("app", _str, DEMO_APP, (), section="Application", positional=True, metavar="APP",
+       help="The WSGI application as `module:callable` or `module:factory()`; "
+            "without it greenfork serves its built-in demo page.",
+       default_doc="the built-in demo app"),
+    _S("chdir", _opt_str, None, ("--chdir",), section="Application", metavar="DIR",
+       help="Change to this directory before importing the app (it is put first on sys.path).",
+       reloadable=False, default_doc="the current directory"),
+    # ---------------------------------------------------------------- listening
+    _S("bind", _str_list, ("http://127.0.0.1:8000",), ("-b", "--bind"), section="Listening",
+       validate=_addresses, metavar="ADDRESS", multiple=True, type_doc="list of addresses",
+       help="Address to listen on; repeat for several. Forms: `http://HOST:PORT`, `HOST:PORT`, "
+            "`:PORT` (all interfaces), `[::1]:PORT`, `http://localhost:PORT` (both loopbacks), "
+            "`http://*:PORT` (dual-stack), port 0 (any free port, published), `unix:/path`, `fd://N`. "
+            "With systemd socket activation (LISTEN_FDS) and no explicit bind, only the passed "
+            "sockets are used. In the environment, separate addresses with commas."),
+    _S("backlog", _int, 2048, ("--backlog",), section="Listening", validate=_between(1, 65535),
+       metavar="N", type_doc="integer", reloadable=False,
+       help="Length of the kernel's accept queue for each listening socket "
+            "(capped by net.core.somaxconn)."),
+    _S("unix_socket_mode", _octal, 0o660, ("--unix-socket-mode",), section="Listening",
+       validate=_mode, metavar="MODE", type_doc="octal mode", default_doc="660",
+       help="File mode of unix sockets greenfork creates (octal, e.g. 666 to let any user connect)."),
+    _S("addresses_file", _opt_str, None, ("--addresses-file",), section="Listening", metavar="PATH",
+       help="Write the bound addresses as JSON `{\"pid\", \"generation\", \"addresses\"}` to this file "
+            "(atomically, rewritten whenever they change; removed on exit).",
+       default_doc="none"),
+    # ------------------------------------------------------------------ workers
+    _S("workers", _int, 1, ("-w", "--workers"), section="Workers", validate=_between(1, 4096),
+       metavar="N", type_doc="integer",
+       help="Number of worker processes. Each serves many connections concurrently (gevent); "
+            "one or two per CPU core is typical."),
+    _S("worker_connections", _int, 1000, ("--worker-connections",), section="Workers",
+       validate=_at_least(1), metavar="N", type_doc="integer",
+       help="Maximum concurrent connections per worker; a worker stops accepting at the limit."),
+    _S("timeout", _float, 30.0, ("-t", "--timeout"), section="Workers", validate=_at_least(0),
+       metavar="SECONDS", type_doc="seconds",
+       help="A worker whose event loop has not reported for this long is considered hung "
+            "and restarted (0 disables)."),
+    _S("graceful_timeout", _float, 30.0, ("--graceful-timeout",), section="Workers",
+       validate=_at_least(0), metavar="SECONDS", type_doc="seconds",
+       help="On TERM, how long in-flight requests may take to finish before their workers are killed."),
+    _S("boot_timeout", _float, 30.0, ("--boot-timeout",), section="Workers", validate=_at_least(1),
+       metavar="SECONDS", type_doc="seconds",
+       help="How long a new worker may take to import the app and report ready."),
+    # --------------------------------------------------------------------- http
+    _S("keep_alive", _float, 75.0, ("--keep-alive",), section="HTTP", validate=_at_least(0),
+       metavar="SECONDS", type_doc="seconds",
+       help="Close a keep-alive connection idle for this long (longer than the 60 s idle timeout "
+            "of common load balancers, so they close first). 0 disables keep-alive."),
+    _S("server_header", _bool, True, ("--server-header",), section="HTTP", is_flag=True,
+       type_doc="boolean", help="Send `Server: greenfork` in responses."),
+    # ------------------------------------------------------------------ logging
+    _S("error_logfile", _str, "-", ("--error-logfile", "--log-file"), section="Logging",
+       validate=_non_empty, metavar="PATH",
+       help="Where the error log goes: `-` for stderr, or a file path (appended to)."),
+    _S("access_logfile", _opt_str, None, ("--access-logfile",), section="Logging", metavar="PATH",
+       help="Write an access log in the combined log format: `-` for stdout, or a file path.",
+       default_doc="off"),
+    _S("log_level", _choice("debug", "info", "warning", "error", "critical"), "info",
+       ("--log-level",), section="Logging", metavar="LEVEL", type_doc="debug|info|warning|error|critical",
+       help="Minimum level of the error log."),
+    # ------------------------------------------------------------------ process
+    _S("pidfile", _opt_str, None, ("-p", "--pidfile"), section="Process", metavar="PATH",
+       help="Write the master's pid to this file (atomically); removed on exit.",
+       reloadable=False, default_doc="none"),
+    _S("proc_name", _opt_str, None, ("-n", "--name"), section="Process", metavar="NAME",
+       help="Name shown in process titles (`greenfork: master [NAME]`).", default_doc="the app spec"),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The resolved, validated configuration; built by config.resolve().
+
+    Only the types live here (for mypy); defaults live in SETTINGS alone.
+    """
+
+    app: str
+    chdir: str | None
+    bind: tuple[str, ...]
+    backlog: int
+    unix_socket_mode: int
+    addresses_file: str | None
+    workers: int
+    worker_connections: int
+    timeout: float
+    graceful_timeout: float
+    boot_timeout: float
+    keep_alive: float
+    server_header: bool
+    error_logfile: str
+    access_logfile: str | None
+    log_level: str
+    pidfile: str | None
+    proc_name: str | None
+    # where each value came from ("default", "env GREENFORK_X", ...): for error messages
+    sources: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def app_label(self) -> str:
+        if self.proc_name:
+            return self.proc_name
+        return "demo" if self.app == DEMO_APP else self.app
+
+    def source_of(self, name: str) -> str:
+        return dict(self.sources).get(name, "default")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def defaults(**overrides: Any) -> Settings:
+    """Settings from the table's defaults, with overrides (validated by config.build)."""
+    values = {s.name: s.default for s in SETTINGS}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def check_table(settings: Sequence[Setting] = SETTINGS) -> None:
+    """The table and the Settings dataclass must name the same settings; a test calls this."""
+    fields = set(Settings.__dataclass_fields__) - {"sources"}
+    names = {s.name for s in settings}
+    if fields != names:
+        raise AssertionError(f"Settings fields and SETTINGS differ: {sorted(fields ^ names)}")

@@ -1,0 +1,23 @@
+"""What a forked worker is handed by the master (a plain record; no I/O)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from greenfork.master.listeners import Listener
+from greenfork.master.settings import Settings
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    slot: int
+    generation: int
+    settings: Settings
+    listeners: list[Listener]
+    addresses: tuple[str, ...]  # published URLs: environ["greenfork.server_addresses"]
+    control: socket.socket  # the worker's end of its control socketpair
+    master_pid: int
+    app: Callable[..., Any] | None = None  # an embedded callable (Server(app=func)); else settings.app

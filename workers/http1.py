@@ -1,0 +1,384 @@
+"""HTTP/1.1 server protocol, sans-IO: bytes in, events out; response framing as bytes out.
+
+Nothing here touches a socket, a clock or gevent, so it is tested by feeding
+bytes whole and one at a time. Parsing is llhttp (via httptools), strict: it
+already rejects Content-Length with Transfer-Encoding, duplicate lengths, bad
+chunk sizes, obs-fold and bare CR/LF. On top we add what llhttp does not do:
+bounds on the request head and body, Host rules, and the response side.
+
+Events from H1Connection.next_event():
+  Request        a request head
+  bytes          a piece of the current request's body (never empty)
+  END            the current request's body is complete
+  ProtocolError  the input is malformed; answer err.status (if any) and close
+  NEED_DATA      feed more with receive_data()
+  CLOSED         the peer closed cleanly between requests
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+import httptools
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+END: Final = _Sentinel("END")
+CLOSED: Final = _Sentinel("CLOSED")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Kestrel's defaults. max_body is checked against Content-Length up front and
+    while reading chunked bodies; the WSGI layer may raise it per request."""
+
+    max_request_line: int = 8192
+    max_headers: int = 100
+    max_header_bytes: int = 32768
+    max_body: int = 30_000_000
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+class ProtocolError(Exception):
+    """Malformed or over-limit input. status 0 means close without answering."""
+
+    def __init__(self, status: int, error_type: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error_type = error_type
+        self.detail = detail
+
+
+class Request:
+    __slots__ = ("chunked", "content_length", "expect_continue", "headers", "host", "keep_alive",
+                 "method", "path", "query", "target", "upgrade", "version")
+
+    def __init__(self) -> None:
+        self.method = "GET"
+        self.target = b""
+        self.path = b""
+        self.query = b""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = True
+        self.expect_continue = False
+        self.content_length: int | None = None
+        self.chunked = False
+        self.host: bytes | None = None  # from an absolute-form target, which wins over Host (RFC 9112 3.2.2)
+        self.upgrade = False
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target!r} HTTP/{self.version}>"
+
+
+_HEAD, _BODY, _DONE = 0, 1, 2  # per-message parse state
+
+
+class H1Connection:
+    """One connection's parser. Feed bytes with receive_data(); pull events."""
+
+    __slots__ = ("_body_bytes", "_closed", "_error", "_events", "_head_bytes", "_header_count",
+                 "_header_bytes", "_limits", "_parser", "_req", "_state", "_url")
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: deque[object] = deque()
+        self._state = _DONE
+        self._req: Request | None = None
+        self._url: list[bytes] = []
+        self._head_bytes = 0
+        self._header_count = 0
+        self._header_bytes = 0
+        self._body_bytes = 0
+        self._error: ProtocolError | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------ input side
+    def receive_data(self, data: bytes) -> None:
+        """Feed what the socket gave; b"" is the peer's EOF."""
+        if self._error is not None or self._closed:
+            return
+        if not data:
+            self._closed = True
+            if self._state == _DONE and self._head_bytes == 0:
+                self._events.append(CLOSED)
+            elif self._state == _BODY:
+                self._fail(ProtocolError(0, "unexpected_end_of_request_content", "EOF inside the body"))
+            else:
+                self._fail(ProtocolError(0, "invalid_request_headers", "EOF inside the request head"))
+            return
+        if self._state != _BODY:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # We speak no other protocol: the request is served normally and the
+            # connection closed after it, so the upgraded bytes are never parsed as HTTP.
+            if self._req is not None:
+                self._req.keep_alive = False
+            self._closed = True
+            return
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            self._fail(cause if isinstance(cause, ProtocolError) else
+                       ProtocolError(400, "_OTHER", f"parser callback failed: {cause!r}"))
+            return
+        except httptools.HttpParserInvalidMethodError:
+            self._fail(ProtocolError(501, "invalid_request_line", "unknown method"))
+            return
+        except httptools.HttpParserInvalidURLError:
+            self._fail(ProtocolError(400, "invalid_request_line", "invalid request target"))
+            return
+        except httptools.HttpParserError as e:
+            self._fail(_classify(str(e), self._state))
+            return
+        # A head that never completes must not grow without bound.
+        if self._state != _BODY and self._head_bytes > self._limits.max_request_line + \
+                self._limits.max_header_bytes + 4:
+            if self._state == _HEAD and self._req is None and not self._header_count:
+                self._fail(ProtocolError(414, "invalid_request_line", "request line too long"))
+            else:
+                self._fail(ProtocolError(431, "invalid_request_headers", "request head too large"))
+
+    def next_event(self) -> object:
+        if self._events:
+            return self._events.popleft()
+        if self._error is not None:
+            return self._error
+        if self._closed:
+            return CLOSED
+        return NEED_DATA
+
+    @property
+    def between_requests(self) -> bool:
+        """No request is in progress: not even its first byte has arrived.
+        Such a connection is idle (keep-alive timeout, closed when draining)."""
+        return self._state == _DONE and not self._events
+
+    def _fail(self, err: ProtocolError) -> None:
+        # Events already parsed stay in front: a complete pipelined request
+        # before the bad one is still answered, then the error, then close.
+        self._error = err
+
+    # ------------------------------------------------------ llhttp callbacks
+    def on_message_begin(self) -> None:
+        self._state = _HEAD
+        self._req = Request()
+        self._url.clear()
+        self._header_count = 0
+        self._header_bytes = 0
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        if sum(map(len, self._url)) > self._limits.max_request_line:
+            raise ProtocolError(414, "invalid_request_line", "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self._req
+        assert req is not None
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_count > self._limits.max_headers:
+            raise ProtocolError(431, "invalid_request_headers", "too many header fields")
+        if self._header_bytes > self._limits.max_header_bytes:
+            raise ProtocolError(431, "invalid_request_headers", "header fields too large")
+        req.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        req = self._req
+        assert req is not None
+        p = self._parser
+        req.method = p.get_method().decode("ascii")
+        req.version = p.get_http_version()
+        if req.version != "1.1" and req.version != "1.0":
+            raise ProtocolError(505, "invalid_request_line", "unsupported HTTP version")
+        req.keep_alive = p.should_keep_alive()
+        req.upgrade = p.should_upgrade()
+        target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        req.target = target
+        if target[:1] == b"/":
+            path, _, query = target.partition(b"?")
+            req.path, req.query = path, query
+        elif target == b"*" and req.method == "OPTIONS":
+            req.path = b"*"
+        else:
+            self._absolute_form(req, target)
+        host_count = 0
+        codings: list[bytes] = []
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname == b"host":
+                host_count += 1
+            elif lname == b"content-length":
+                req.content_length = int(value)  # llhttp validated the digits and duplicates
+            elif lname == b"transfer-encoding":
+                codings += (c.strip().lower() for c in value.split(b","))
+            elif lname == b"expect":
+                if value.lower() != b"100-continue":
+                    raise ProtocolError(417, "invalid_request_headers", "unsupported Expect")
+                req.expect_continue = req.version == "1.1"
+        if codings:
+            # RFC 9112 6.1: chunked must be last (else the length is unknowable: 400);
+            # any other coding we cannot decode (501).
+            if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+                raise ProtocolError(400, "invalid_request_headers", "chunked is not the final coding")
+            if len(codings) > 1:
+                raise ProtocolError(501, "invalid_request_headers", "unsupported Transfer-Encoding")
+            req.chunked = True
+        if host_count > 1 or (host_count == 0 and req.version == "1.1"):
+            raise ProtocolError(400, "invalid_request_headers",
+                                "missing Host" if host_count == 0 else "more than one Host")
+        if req.content_length is not None and req.content_length > self._limits.max_body:
+            raise ProtocolError(413, "max_request_body_size_exceeded", "Content-Length over the limit")
+        self._state = _BODY
+        self._head_bytes = 0
+        self._events.append(req)
+
+    def _absolute_form(self, req: Request, target: bytes) -> None:
+        if req.method == "CONNECT":
+            req.path = target  # authority-form; the app decides (usually 405)
+            return
+        try:
+            url = httptools.parse_url(target)
+        except httptools.HttpParserInvalidURLError:
+            raise ProtocolError(400, "invalid_request_line", "invalid request target") from None
+        if url.schema not in (b"http", b"https") or not url.host:
+            raise ProtocolError(400, "invalid_request_line", "invalid request target")
+        req.host = url.host if url.port is None else b"%s:%d" % (url.host, url.port)
+        req.path = url.path or b"/"
+        req.query = url.query or b""
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._limits.max_body:
+            raise ProtocolError(413, "max_request_body_size_exceeded", "body over the limit")
+        self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        self._state = _DONE
+        self._req = None
+        self._events.append(END)
+
+
+def _classify(message: str, state: int) -> ProtocolError:
+    """Map llhttp's error text to a status and a metrics error_type."""
+    m = message.lower()
+    if "version" in m:
+        return ProtocolError(505, "invalid_request_line", message)
+    if "transfer-encoding" in m or "transfer encoding" in m:
+        return ProtocolError(501 if "unknown" in m else 400, "invalid_request_headers", message)
+    if state == _BODY:
+        return ProtocolError(400, "unexpected_end_of_request_content", message)
+    if "method" in m or "url" in m or "request line" in m:
+        return ProtocolError(400, "invalid_request_line", message)
+    return ProtocolError(400, "invalid_request_headers", message)
+
+
+# ------------------------------------------------------------ response side
+
+_NO_BODY_STATUS = frozenset({204, 304})
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                         "te", "trailer", "upgrade"})
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
+            414: "URI Too Long", 417: "Expectation Failed", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+            504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ResponseFramer:
+    """Frames one response's body: fixed length, chunked, close-delimited or none."""
+
+    __slots__ = ("chunked", "keep_alive", "no_body", "remaining")
+
+    def __init__(self, chunked: bool, remaining: int | None, no_body: bool, keep_alive: bool) -> None:
+        self.chunked = chunked
+        self.remaining = remaining  # bytes still owed under Content-Length
+        self.no_body = no_body
+        self.keep_alive = keep_alive
+
+    def frame(self, data: bytes) -> bytes:
+        if self.no_body or not data:
+            return b""
+        if self.chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        if self.remaining is not None:
+            if len(data) > self.remaining:
+                # The app wrote more than it declared: send what was promised and
+                # close, so the excess is never read as the next response.
+                data = data[: self.remaining]
+                self.keep_alive = False
+            self.remaining -= len(data)
+        return data
+
+    def end(self) -> bytes:
+        if self.chunked and not self.no_body:
+            return b"0\r\n\r\n"
+        if self.remaining and not self.no_body:
+            self.keep_alive = False  # short body: the client would wait for the rest
+        return b""
+
+
+def response_head(req: Request, status: str, headers: list[tuple[str, str]], *, keep_alive: bool,
+                  date: bytes, server: bool) -> tuple[bytes, ResponseFramer]:
+    """Serialize the status line and headers; decide framing and persistence.
+
+    keep_alive is the server's wish (False while draining); the request and
+    the app's headers can only turn it off.
+    """
+    code = int(status[:3])
+    no_body = req.method == "HEAD" or code in _NO_BODY_STATUS or code < 200
+    keep_alive = keep_alive and req.keep_alive
+    length: int | None = None
+    out = [b"HTTP/1.1 ", status.encode("latin-1"), b"\r\n"]
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _HOP_BY_HOP:
+            if lname == "connection" and "close" in value.lower():
+                keep_alive = False
+            continue  # PEP 3333: the server owns hop-by-hop headers
+        if lname == "content-length":
+            length = int(value)
+        out += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+    chunked = False
+    if length is None and not no_body:
+        if req.version == "1.1":
+            chunked = True
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+    if keep_alive:
+        if req.version == "1.0":
+            out.append(b"Connection: keep-alive\r\n")
+    else:
+        out.append(b"Connection: close\r\n")
+    out += (b"Date: ", date, b"\r\n")
+    if server:
+        out.append(b"Server: greenfork\r\n")
+    out.append(b"\r\n")
+    remaining = None if (chunked or no_body) else length
+    return b"".join(out), ResponseFramer(chunked, remaining, no_body, keep_alive)
+
+
+def error_response(status: int, date: bytes) -> bytes:
+    """A tiny fixed answer for a request we reject; never echoes the input."""
+    reason = _REASONS.get(status, "Error")
+    body = b"%d %b\n" % (status, reason.encode())
+    return b"HTTP/1.1 %d %b\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n" \
+           b"Date: %b\r\nServer: greenfork\r\n\r\n%b" % (status, reason.encode(), len(body), date, body)

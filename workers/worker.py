@@ -1,0 +1,241 @@
+"""A worker process: load the app, accept on the shared sockets, serve, drain.
+
+Runs after gevent's monkey-patching (boot.py). Talks to the master over its
+control socket: READY once accepting; QUIT (graceful), TERMINATE (quick) and
+REOPEN come back. EOF on that socket means the master died, so the worker
+drains and exits rather than serving on as an orphan.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import termios
+from typing import Any
+
+import gevent
+import gevent.event
+from gevent import socket as gsocket
+
+from greenfork.master import apploader, logs
+from greenfork.master.arbiter import EXIT_APP_IMPORT, QUIT, REOPEN, TERMINATE
+from greenfork.master.listeners import Listener
+from greenfork.master.workerinfo import WorkerInfo
+from greenfork.workers.accesslog import AccessLog
+from greenfork.workers.conn import Connection
+from greenfork.workers.http1 import Limits
+from greenfork.workers.wsgi import Errors, FileWrapper
+
+log = logging.getLogger("greenfork.worker")
+
+
+class ListenerContext:
+    """What a connection needs to know about the socket it came in on."""
+
+    def __init__(self, listener: Listener, base: dict[str, Any]) -> None:
+        self.unix = listener.transport == "unix"
+        self.sendfile = True
+        name, port = self._server_name(listener)
+        self.base_environ = dict(base, SERVER_NAME=name, SERVER_PORT=port)
+
+    @staticmethod
+    def _server_name(listener: Listener) -> tuple[str, str]:
+        if listener.transport == "unix":
+            return listener.url.removeprefix("unix:"), ""
+        addr = listener.sock.getsockname()
+        return str(addr[0]), str(addr[1])
+
+    def remote(self, addr: Any) -> tuple[str, str]:
+        if self.unix or not isinstance(addr, tuple):
+            return "", ""
+        return str(addr[0]), str(addr[1])
+
+    def peer(self, addr: Any) -> str:
+        host, port = self.remote(addr)
+        return f"{host}:{port}" if host else "unix"
+
+
+class WorkerServer:
+    def __init__(self, info: WorkerInfo) -> None:
+        s = info.settings
+        self.info = info
+        self.settings = s
+        self.limits = Limits()
+        self.keep_alive = s.keep_alive
+        self.server_header = s.server_header
+        self.script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
+        self.draining = False
+        self.connections: set[Connection] = set()
+        self.capacity = gevent.event.Event()
+        self.capacity.set()
+        self.stopped = gevent.event.Event()
+        self.graceful = True
+        self.app: Any = None
+        self.access_log = AccessLog(s.access_logfile) if s.access_logfile else None
+        self.acceptors: list[gevent.Greenlet] = []
+        self.sockets: list[socket.socket] = []
+        self.control: socket.socket | None = None
+
+    # --------------------------------------------------------------- startup
+    def serve(self) -> int:
+        info = self.info
+        try:
+            import setproctitle
+
+            setproctitle.setproctitle(f"greenfork: worker {info.slot} [{self.settings.app_label}]")
+        except ImportError:  # pragma: no cover
+            pass
+        self._signals()
+        try:
+            self.app = info.app if info.app is not None else apploader.load(
+                self.settings.app, self.settings.chdir)
+        except Exception as e:
+            log.error("Failed to load the application %s: %s", self.settings.app, e,
+                      exc_info=not isinstance(e, apploader.AppImportError))
+            return EXIT_APP_IMPORT
+        base = self._base_environ()
+        for lst in info.listeners:
+            ctx = ListenerContext(lst, base)
+            # The worker takes its own gevent socket over the inherited descriptor.
+            sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
+            self.sockets.append(sock)
+            self.acceptors.append(gevent.spawn(self._accept_loop, sock, ctx))
+        self.control = gsocket.socket(fileno=info.control.detach())
+        gevent.spawn(self._control_loop)
+        self._send(b"R")
+        self.stopped.wait()
+        return self._finish()
+
+    def _base_environ(self) -> dict[str, Any]:
+        errors = Errors(logging.getLogger("greenfork.app").error)
+        return {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": errors,
+            "wsgi.multithread": True,  # greenlets run requests concurrently
+            "wsgi.multiprocess": self.settings.workers > 1,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+            "SCRIPT_NAME": self.script_name,
+            "greenfork.server_addresses": list(self.info.addresses),
+            "greenfork.worker": self.info.slot,
+            "greenfork.generation": self.info.generation,
+        }
+
+    def _signals(self) -> None:
+        gevent.signal_handler(signal.SIGTERM, self.stop, True)
+        gevent.signal_handler(signal.SIGINT, self.stop, False)
+        gevent.signal_handler(signal.SIGQUIT, self.stop, False)
+        gevent.signal_handler(signal.SIGUSR1, self.reopen)
+        # HUP, TTIN and TTOU are the master's; a terminal's group-wide signal must not kill us.
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
+            signal.signal(sig, signal.SIG_IGN)
+
+    # ------------------------------------------------------------- accepting
+    def _accept_loop(self, sock: socket.socket, ctx: ListenerContext) -> None:
+        limit = self.settings.worker_connections
+        tcp = not ctx.unix
+        while not self.draining:
+            if len(self.connections) >= limit:
+                # Leave further connections in the kernel queue, where a less
+                # busy worker can take them, instead of accepting and dropping.
+                self.capacity.clear()
+                self.capacity.wait()
+                continue
+            try:
+                client, addr = sock.accept()
+            except OSError as e:
+                if self.draining:
+                    return
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept() failed: %s; pausing accepts for 0.5 s", e.strerror)
+                    gevent.sleep(0.5)
+                continue
+            if tcp:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Connection(self, client, addr, ctx)
+            self.connections.add(conn)
+            conn.greenlet = gevent.spawn(conn.run)
+
+    def connection_done(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if not self.capacity.is_set():
+            self.capacity.set()
+        if self.draining and not self.connections:
+            self.stopped.set()
+
+    # ------------------------------------------------------------- control
+    def _control_loop(self) -> None:
+        assert self.control is not None
+        while True:
+            try:
+                data = self.control.recv(64)
+            except OSError:
+                data = b""
+            if not data:
+                if not self.draining:
+                    log.warning("The master (pid %d) is gone; draining", self.info.master_pid)
+                    self.stop(True)
+                return
+            if QUIT in data:
+                self.stop(True)
+            if TERMINATE in data:
+                self.stop(False)
+            if REOPEN in data:
+                self.reopen()
+
+    def _send(self, message: bytes) -> None:
+        try:
+            if self.control is not None:
+                self.control.sendall(message)
+        except OSError:
+            pass
+
+    def reopen(self) -> None:
+        logs.reopen()
+        if self.access_log is not None:
+            self.access_log.reopen()
+
+    # -------------------------------------------------------------- stopping
+    def stop(self, graceful: bool) -> None:
+        self.graceful = self.graceful and graceful
+        if not graceful:
+            self.stopped.set()
+        if self.draining:
+            return
+        self.draining = True
+        for g in self.acceptors:
+            g.kill(block=False)
+        for sock in self.sockets:
+            sock.close()
+        for conn in list(self.connections):
+            if conn.idle and not _has_pending_input(conn.sock):
+                conn.greenlet.kill(block=False)
+        if not self.connections:
+            self.stopped.set()
+
+    def _finish(self) -> int:
+        if self.graceful:
+            log.info("Worker %d drained, exiting", self.info.slot)
+        for h in logging.getLogger("greenfork").handlers:
+            h.flush()
+        sys.stdout.flush()
+        return 0
+
+
+def _has_pending_input(sock: socket.socket) -> bool:
+    """Whether a keep-alive connection's next request has already arrived: it is
+    served (with Connection: close) rather than cut off. FIONREAD, because a
+    gevent socket's recv would wait rather than say "nothing yet"."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return False
+    return int(struct.unpack("i", raw)[0]) > 0

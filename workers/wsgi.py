@@ -1,0 +1,247 @@
+"""PEP 3333 pieces: the environ, wsgi.input, start_response and file_wrapper.
+
+Free of sockets: the connection (conn.py) hands in a pull() for body bytes and
+a write() for response bytes, so these are tested without a network.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import unquote_to_bytes
+
+from greenfork.workers.http1 import Request
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+# Header names seen on nearly every request, mapped once instead of per request.
+_HEADER_KEYS: dict[bytes, str] = {}
+
+
+def header_key(name: bytes) -> str | None:
+    key = _HEADER_KEYS.get(name)
+    if key is None:
+        text = name.decode("latin-1")
+        if "_" in text:
+            # "X_Forwarded_For" and "X-Forwarded-For" would both become
+            # HTTP_X_FORWARDED_FOR; dropping underscores stops one spoofing the
+            # other behind a proxy that only filters the dashed form (as nginx does).
+            return None
+        key = "HTTP_" + text.upper().replace("-", "_")
+        if key == "HTTP_CONTENT_TYPE":
+            key = "CONTENT_TYPE"
+        elif key == "HTTP_CONTENT_LENGTH":
+            key = "CONTENT_LENGTH"
+        if len(_HEADER_KEYS) < 1024:
+            _HEADER_KEYS[name] = key
+    return key
+
+
+def build_environ(base: dict[str, Any], req: Request, script_name: str) -> dict[str, Any]:
+    """A fresh environ: the per-listener base copied, then the request's keys."""
+    env = base.copy()
+    path = req.path
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    path_info = path.decode("latin-1")
+    if script_name and path_info.startswith(script_name):
+        path_info = path_info[len(script_name):]
+    env["REQUEST_METHOD"] = req.method
+    env["SCRIPT_NAME"] = script_name
+    env["PATH_INFO"] = path_info
+    env["QUERY_STRING"] = req.query.decode("latin-1")
+    env["RAW_URI"] = env["REQUEST_URI"] = req.target.decode("latin-1")
+    env["SERVER_PROTOCOL"] = "HTTP/" + req.version
+    for name, value in req.headers:
+        key = header_key(name)
+        if key is None:
+            continue
+        text = value.decode("latin-1")
+        if key in env and key.startswith("HTTP_"):
+            # RFC 9110 5.3: repeated fields combine with commas; Cookie with "; " (RFC 6265 5.4)
+            env[key] += ("; " if key == "HTTP_COOKIE" else ",") + text
+        else:
+            env[key] = text
+    if req.host is not None:
+        env["HTTP_HOST"] = req.host.decode("latin-1")  # absolute-form target wins (RFC 9112 3.2.2)
+    if req.chunked:
+        env.pop("CONTENT_LENGTH", None)
+    return env
+
+
+class Input:
+    """wsgi.input: streams the body from the connection, never past its end.
+
+    pull() returns the next piece of body, or b"" at the end. The first pull
+    sends "100 Continue" when the client asked for it (via on_first_read).
+    """
+
+    __slots__ = ("_buf", "_done", "_first", "_pull", "consumed")
+
+    def __init__(self, pull: Callable[[], bytes], on_first_read: Callable[[], None] | None = None) -> None:
+        self._pull = pull
+        self._first = on_first_read
+        self._buf = b""
+        self._done = False
+        self.consumed = 0
+
+    def _more(self) -> bool:
+        if self._done:
+            return False
+        if self._first is not None:
+            first, self._first = self._first, None
+            first()
+        data = self._pull()
+        if not data:
+            self._done = True
+            return False
+        self._buf += data
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._more():
+                pass
+            data, self._buf = self._buf, b""
+        else:
+            while len(self._buf) < size and self._more():
+                pass
+            data, self._buf = self._buf[:size], self._buf[size:]
+        self.consumed += len(data)
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        if not self._buf:
+            self._more()
+        return self.read(size if size >= 0 else len(self._buf))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = sys.maxsize if size is None or size < 0 else size
+        while True:
+            nl = self._buf.find(b"\n", 0, limit)
+            if nl >= 0:
+                return self.read(nl + 1)
+            if len(self._buf) >= limit or not self._more():
+                return self.read(min(limit, len(self._buf)))
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def drain(self, limit: int) -> bool:
+        """Discard what the app left unread, up to limit bytes; True if the body ended."""
+        got = len(self._buf)
+        self._buf = b""
+        while got <= limit:
+            if not self._more():
+                return True
+            got += len(self._buf)
+            self._buf = b""
+        return False
+
+    @property
+    def finished(self) -> bool:
+        return self._done and not self._buf
+
+
+class Errors:
+    """wsgi.errors: text to the error log, a line at a time."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self._emit = emit
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def writelines(self, seq: Iterable[str]) -> None:
+        for text in seq:
+            self.write(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._emit(self._partial)
+            self._partial = ""
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: iterable in blocks, and recognised by the connection,
+    which sends a regular file with os.sendfile instead."""
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        close = getattr(filelike, "close", None)
+        if close is not None:
+            self.close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        while True:
+            data = read(self.blksize)
+            if not data:
+                return
+            yield data
+
+
+class HeadersSent(Exception):
+    """start_response called again with exc_info after the head went out."""
+
+
+class StartResponse:
+    """start_response and its write(), for one request."""
+
+    __slots__ = ("headers", "send_head", "sent", "status", "write_body")
+
+    def __init__(self, write_body: Callable[[bytes], None]) -> None:
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.sent = False  # set by the connection once the head is on the wire
+        self.write_body = write_body
+
+    def __call__(self, status: str, headers: list[tuple[str, str]],
+                 exc_info: ExcInfo | None = None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # PEP 3333: avoid a reference cycle
+        elif self.status is not None:
+            raise AssertionError("start_response called twice without exc_info")
+        if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+            raise ValueError(f"invalid status {status!r}: expected e.g. '200 OK'")
+        for item in headers:
+            if type(item) is not tuple or len(item) != 2:
+                raise TypeError(f"header {item!r} is not a (name, value) tuple")
+            name, value = item
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise TypeError(f"header {item!r} must be two str")
+            if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
+                raise ValueError(f"header {name!r} contains a line break or colon")
+        self.status = status
+        self.headers = headers
+        return self.write_body

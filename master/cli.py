@@ -13,7 +13,7 @@ from greenfork.master.addresses import AddressError
 from greenfork.master.apploader import AppSpecError, parse_spec
 from greenfork.master.arbiter import EXIT_USAGE
 from greenfork.master.listeners import BindError
-from greenfork.master.settings import SETTINGS, Settings, SettingError
+from greenfork.master.settings import SETTINGS, SettingError, Settings
 
 EPILOG = """\
 Every option can also be set as an environment variable GREENFORK_<NAME> (e.g.

@@ -24,7 +24,7 @@ from greenfork.master.addresses import parse_bind
 from greenfork.master.arbiter import EXIT_OK, EXIT_RUNTIME
 from greenfork.master.listeners import BindError, Listener
 from greenfork.master.loop import MasterLoop
-from greenfork.master.settings import DEMO_APP, Settings, SettingError
+from greenfork.master.settings import BY_NAME, DEMO_APP, SettingError, Settings
 
 log = logging.getLogger("greenfork.master")
 
@@ -50,7 +50,7 @@ class Server:
                 values["app"] = app
             if isinstance(values.get("bind"), str):
                 values["bind"] = [values["bind"]]
-            unknown = set(values) - set(config.BY_NAME)
+            unknown = set(values) - set(BY_NAME)
             if unknown:
                 raise TypeError(f"Server() got unknown settings: {', '.join(sorted(unknown))}")
             settings = config.build([config.Layer("Server()", values)])
@@ -138,6 +138,7 @@ class Server:
                 os.close(r)
                 os.setpgid(0, 0)  # its own group: the embedding process's Ctrl-C is its own business
 
+
                 def ready() -> None:
                     os.write(w, b"1")
 
@@ -149,8 +150,8 @@ class Server:
         for lst in self.listeners:
             lst.sock.close()  # the master holds them now (and removes unix files on exit)
         try:
-            ready, _, _ = select.select([r], [], [], timeout)
-            ok = bool(ready) and os.read(r, 1) == b"1"
+            readable, _, _ = select.select([r], [], [], timeout)
+            ok = bool(readable) and os.read(r, 1) == b"1"
         finally:
             os.close(r)
         if not ok:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from greenfork.master.addresses import ANY, AddressError, BindSpec, format_url, parse_bind
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from greenfork.master import listeners
 from greenfork.master.addresses import parse_bind
 from greenfork.master.listeners import BindError, Listener, adopt_fd, bind_all, close_all, systemd_fds

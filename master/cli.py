@@ -73,10 +73,15 @@ def _fail(message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ns, cli = parse_args(argv)
-    from greenfork.master.server import Server, from_environment
+    from greenfork.master import config
+    from greenfork.master.server import Server
+
+    # Reloads re-read the same files even after --chdir moved us.
+    start_dir = os.getcwd()
 
     def resolve() -> Settings:
-        settings, warnings = from_environment(cli, os.environ, config_path=ns.config, profile=ns.profile)
+        settings, warnings = config.resolve(cli, os.environ, config=ns.config, profile=ns.profile,
+                                            cwd=start_dir)
         parse_spec(settings.app)
         for w in warnings:
             print(f"greenfork: warning: {w}", file=sys.stderr)

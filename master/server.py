@@ -16,7 +16,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from greenfork.master import config, listeners, report
@@ -195,10 +195,4 @@ class Server:
         self.stop()
 
 
-def from_environment(cli: Mapping[str, object], environ: Mapping[str, str], *, config_path: str | None,
-                     profile: str | None) -> tuple[Settings, list[str]]:
-    """Resolve settings the way the command line does (used at start and on HUP)."""
-    return config.resolve(cli, environ, config=config_path, profile=profile, cwd=os.getcwd())
-
-
-__all__ = ["DEMO_APP", "BindError", "Server", "SettingError", "from_environment"]
+__all__ = ["DEMO_APP", "BindError", "Server", "SettingError"]

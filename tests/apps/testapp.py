@@ -1,0 +1,80 @@
+"""WSGI apps the process tests serve (run from this folder: `greenfork testapp:app`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from urllib.parse import parse_qs
+from wsgiref.validate import validator
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENV_KEYS = ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "RAW_URI", "SERVER_PROTOCOL",
+            "SERVER_NAME", "SERVER_PORT", "REMOTE_ADDR", "REMOTE_PORT", "CONTENT_TYPE", "CONTENT_LENGTH",
+            "HTTP_HOST", "greenfork.server_addresses", "greenfork.worker", "greenfork.generation",
+            "wsgi.url_scheme", "wsgi.multithread", "wsgi.multiprocess")
+
+
+def _text(start_response, body: bytes, status: str = "200 OK", extra=()):
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *extra])
+    return [body]
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    query = environ["QUERY_STRING"]
+    if path == "/sleep":
+        # /sleep?s=2&mark=/path: the mark file tells a test the request is inside the app
+        args = {k: v[0] for k, v in parse_qs(query).items()}
+        if "mark" in args:
+            with open(args["mark"], "w") as f:
+                f.write(str(os.getpid()))
+        time.sleep(float(args.get("s", 1)))
+        return _text(start_response, b"slept\n")
+    if path == "/echo":
+        body = environ["wsgi.input"].read()
+        return _text(start_response, body)
+    if path == "/lines":
+        lines = list(environ["wsgi.input"])
+        return _text(start_response, json.dumps([x.decode() for x in lines]).encode())
+    if path == "/env":
+        data = {k: environ.get(k) for k in ENV_KEYS}
+        data["pid"] = os.getpid()
+        return _text(start_response, json.dumps(data).encode(), extra=[("X-Pid", str(os.getpid()))])
+    if path == "/boom":
+        raise RuntimeError("secret-detail-that-must-not-leak")
+    if path == "/boom-late":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def gen():
+            yield b"partial"
+            raise RuntimeError("late failure")
+
+        return gen()
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (b"chunk%d\n" % i for i in range(5))
+    if path == "/write":
+        write = start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+        write(b"hello")
+        return [b"world"]
+    if path == "/file":
+        f = open(os.path.join(HERE, "data.bin"), "rb")
+        size = os.fstat(f.fileno()).st_size
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(size))])
+        return environ["wsgi.file_wrapper"](f, 65536)
+    if path == "/pid":
+        return _text(start_response, str(os.getpid()).encode())
+    return _text(start_response, b"hello\n")
+
+
+validated = validator(app)
+
+
+class Broken:
+    """Importing this module path fails: `greenfork testapp:missing` tests exit 4."""
+
+
+def factory():
+    return app

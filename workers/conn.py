@@ -192,7 +192,7 @@ class Connection:
                 except Exception:
                     log.exception("Error closing the response iterable")
         if server.access_log is not None:
-            server.access_log.log(env, self.status, self.ctx.peer(self.addr),
+            server.access_log.log(env, self.status, env["REMOTE_ADDR"],
                                   self.sr.headers if self.sr else [], time.monotonic() - started)
         self.req = self.sr = None
         if keep and not inp.finished:

@@ -32,8 +32,10 @@ def app(environ, start_response):
         time.sleep(float(args.get("s", 1)))
         return _text(start_response, b"slept\n")
     if path == "/echo":
-        body = environ["wsgi.input"].read()
-        return _text(start_response, body)
+        parts = []
+        while chunk := environ["wsgi.input"].read(65536):  # validator: read() takes a size
+            parts.append(chunk)
+        return _text(start_response, b"".join(parts))
     if path == "/lines":
         lines = list(environ["wsgi.input"])
         return _text(start_response, json.dumps([x.decode() for x in lines]).encode())

@@ -55,7 +55,7 @@ def test_sigkill_worker_is_replaced_and_requests_keep_succeeding(launcher: Launc
                 status, _, _ = http_get(g.url(), "/pid")
                 assert status == 200
                 served[0] += 1
-            except BaseException as e:  # noqa: BLE001 - collected and asserted below
+            except BaseException as e:  # collected and asserted below
                 errors.append(e)
 
     t = threading.Thread(target=load)

@@ -61,7 +61,7 @@ def app(environ, start_response):
         write(b"hello")
         return [b"world"]
     if path == "/file":
-        f = open(os.path.join(HERE, "data.bin"), "rb")
+        f = open(os.path.join(HERE, "data.bin"), "rb")  # noqa: SIM115 - closed by the server via file_wrapper
         size = os.fstat(f.fileno()).st_size
         start_response("200 OK", [("Content-Type", "application/octet-stream"),
                                   ("Content-Length", str(size))])

@@ -210,10 +210,12 @@ class Arbiter:
         w.move("ready")
         self.health.setdefault(w.slot, SlotHealth()).paused_logged = False
         log.info("Worker %d (pid %d) ready", w.slot, pid)
+        # Once any worker serves, a later boot failure is a worker's problem
+        # (back-off and retry), no longer a reason to stop the server.
+        self.ever_ready = True
         self.retire_replaced()
         if self.state == State.STARTING and all(
                 x.state == WState.READY for x in self.live()) and len(self.live()) >= self.settings.workers:
-            self.ever_ready = True
             self.port.ready()
             return State.RUNNING
         return None
@@ -249,6 +251,8 @@ class Arbiter:
         return None
 
     def _backoff(self, h: SlotHealth, now: float) -> float:
+        # Only the last minute counts: stale failures would otherwise give a 0 s back-off to every crash.
+        h.failures = [t for t in h.failures if now - t < FAIL_WINDOW]
         if len(h.failures) >= RAPID_FAILS:
             if not h.paused_logged:
                 log.error("Worker slot failed to boot %d times in a minute; pausing it until %.0f s "

@@ -1,5 +1,5 @@
 # Sourced by scripts/serve and scripts/test: make .venv (Python >= 3.11) and install greenfork into it.
-# Usage: . scripts/_venv.sh [EXTRAS]   e.g. ". scripts/_venv.sh test"
+# Usage: GF_EXTRAS=test . scripts/_venv.sh   (GF_EXTRAS: the pyproject extras to install)
 set -eu
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
@@ -12,7 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "creating $VENV" >&2
   "$PY" -m venv "$VENV"
 fi
-EXTRAS=${1:-}
+EXTRAS=${GF_EXTRAS:-}
 SPEC="$ROOT"
 [ -n "$EXTRAS" ] && SPEC="$ROOT[$EXTRAS]"
 # A stamp of pyproject.toml skips the (slow) reinstall when nothing changed.

@@ -145,8 +145,10 @@ class Launcher:
         self.started.append(g)
         return g
 
-    def start(self, args: list[str], *, workers: int = 1, timeout: float = 20, **kw: Any) -> Greenfork:
-        """Start and wait until the addresses file is written and all workers are ready."""
+    def start(self, args: list[str], *, workers: int = 1, timeout: float = 20, boot_log: Path | None = None,
+              **kw: Any) -> Greenfork:
+        """Start and wait until the addresses file is written and all workers are ready
+        (the master logs "Booted" to stderr, or to boot_log with --error-logfile)."""
         if not any(a in ("-w", "--workers") for a in args):
             args = [*args, "-w", str(workers)]
         g = self.spawn(args, **kw)
@@ -154,7 +156,7 @@ class Launcher:
         def ready() -> bool:
             if g.proc.poll() is not None:
                 raise AssertionError(f"greenfork exited with {g.proc.returncode}:\n{g.log()}")
-            return g.addr_file.exists() and "Booted" in g.log()
+            return g.addr_file.exists() and "Booted" in (boot_log.read_text() if boot_log else g.log())
 
         wait_for(ready, timeout, "greenfork to boot")
         g.reload_info()

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from wsgiref.validate import validator
 
 import pytest
 
@@ -130,7 +131,7 @@ def test_access_log_in_combined_format(served: Greenfork) -> None:
 
 
 def test_flask_app(launcher: Launcher) -> None:
-    g = launcher.start(["flask_app:app", "-b", "127.0.0.1:0"])
+    g = launcher.start(["flask_app:validated", "-b", "127.0.0.1:0"])
     assert run_curl(f"{g.url()}/").stdout == b"flask ok"
     r = run_curl("-H", "Content-Type: application/json", "-d", '{"a": 1}', f"{g.url()}/json")
     assert json.loads(r.stdout) == {"got": {"a": 1}, "addresses": g.addresses}
@@ -139,7 +140,7 @@ def test_flask_app(launcher: Launcher) -> None:
 
 
 def test_django_app(launcher: Launcher) -> None:
-    g = launcher.start(["django_app:application", "-b", "127.0.0.1:0"])
+    g = launcher.start(["django_app:validated", "-b", "127.0.0.1:0"])
     assert run_curl(f"{g.url()}/").stdout == b"django ok"
     r = run_curl("--data-binary", "x" * 5000, f"{g.url()}/upload")
     assert json.loads(r.stdout) == {"size": 5000, "method": "POST", "host": f"127.0.0.1:{g.port()}"}
@@ -152,12 +153,14 @@ def test_factory_spec(launcher: Launcher) -> None:
 
 def _embedded_app(environ: dict[str, object], start_response: object) -> list[bytes]:
     body = json.dumps(environ["greenfork.server_addresses"]).encode()
-    start_response("200 OK", [("Content-Length", str(len(body)))])  # type: ignore[operator]
+    start_response("200 OK", [("Content-Type", "application/json"),  # type: ignore[operator]
+                              ("Content-Length", str(len(body)))])
     return [body]
 
 
 def test_python_api_embeds_a_callable() -> None:
-    server = Server(_embedded_app, bind=["http://127.0.0.1:0"], workers=2, error_logfile="/dev/null")
+    server = Server(validator(_embedded_app), bind=["http://127.0.0.1:0"], workers=2,
+                    error_logfile="/dev/null")
     server.start(timeout=30)
     try:
         assert len(server.addresses) == 1 and server.addresses[0].startswith("http://127.0.0.1:")
@@ -165,3 +168,57 @@ def test_python_api_embeds_a_callable() -> None:
         assert status == 200 and json.loads(body) == server.addresses
     finally:
         assert server.stop(timeout=20) == 0
+
+
+def test_builtin_demo_app_is_valid_wsgi(launcher: Launcher) -> None:
+    g = launcher.start(["greenfork.workers.demo:app", "-b", "127.0.0.1:0"])
+    assert b"greenfork is running" in http_get(g.url(), "/")[2]
+    from wsgiref.util import setup_testing_defaults
+
+    from greenfork.workers import demo
+
+    for path, status in (("/", "200 OK"), ("/info.json", "200 OK"), ("/nope", "404 Not Found")):
+        env: dict[str, object] = {"PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+                                  "greenfork.server_addresses": ["x"]}
+        setup_testing_defaults(env)
+        seen: list[str] = []
+
+        def start_response(status: str, headers: object, exc_info: object = None,
+                           seen: list[str] = seen) -> None:
+            seen.append(status)
+
+        result = validator(demo.app)(env, start_response)
+        body = b"".join(result)
+        result.close()
+        assert seen == [status] and body
+
+
+def test_scripts_serve_starts_the_demo(launcher: Launcher, tmp_path: Path) -> None:
+    """The README's first command, with an ephemeral port so the test never collides."""
+    root = Path(__file__).resolve().parent.parent
+    addr = tmp_path / "serve.json"
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(root / "scripts" / "serve"), "-b", "http://127.0.0.1:0",
+                                 "--addresses-file", str(addr)], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=launcher.env())
+    try:
+        from tests.procs import wait_for
+
+        wait_for(lambda: addr.exists() and "Booted" in log.read_text(), 120, "scripts/serve to boot")
+        url = json.loads(addr.read_text())["addresses"][0]
+        assert f"Now listening on: {url}" in log.read_text()
+        r = run_curl(url + "/")
+        assert b"greenfork is running" in r.stdout
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait(10)
+
+
+def test_error_logfile(launcher: Launcher, tmp_path: Path) -> None:
+    errlog = tmp_path / "error.log"
+    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0", "--error-logfile", str(errlog)], boot_log=errlog)
+    assert "Now listening on" in errlog.read_text()
+    http_get(g.url(), "/boom")
+    assert "RuntimeError: secret-detail-that-must-not-leak" in errlog.read_text()
+    assert g.log() == ""  # nothing on stderr

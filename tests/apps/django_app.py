@@ -32,3 +32,14 @@ urlpatterns = [path("", index), path("upload", upload)]
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 application = get_wsgi_application()
+
+from wsgiref.validate import validator  # noqa: E402
+
+_validated = validator(application)
+
+
+def validated(environ, start_response):
+    # wsgiref's validator forbids read() without a size, which frameworks use when the
+    # server sets wsgi.input_terminated (PEP 3333 allows it): validate what reads no body.
+    chosen = _validated if environ["REQUEST_METHOD"] in ("GET", "HEAD") else application
+    return chosen(environ, start_response)

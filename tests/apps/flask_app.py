@@ -21,3 +21,15 @@ def stream():
 @app.get("/missing")
 def missing():
     return "nope", 404
+
+
+from wsgiref.validate import validator  # noqa: E402
+
+_validated = validator(app)
+
+
+def validated(environ, start_response):
+    # wsgiref's validator forbids read() without a size, which frameworks use when the
+    # server sets wsgi.input_terminated (PEP 3333 allows it): validate what reads no body.
+    chosen = _validated if environ["REQUEST_METHOD"] in ("GET", "HEAD") else app
+    return chosen(environ, start_response)

@@ -183,6 +183,8 @@ class Arbiter:
 
     def next_deadline(self) -> float | None:
         times = [h.due for slot, h in self.health.items() if h.due and self._slot_missing(slot)]
+        times += [w.spawned_at + self.settings.boot_timeout for w in self.workers.values()
+                  if w.state == WState.BOOTING and not w.stop_sent]
         if self.deadline is not None:
             times.append(self.deadline)
         return min(times) if times else None
@@ -266,6 +268,14 @@ class Arbiter:
 
     def _respawn_due(self, pid: int = 0, status: int = 0) -> State | None:
         now = self.port.monotonic()
+        for w in self.workers.values():
+            if w.state == WState.BOOTING and not w.stop_sent and \
+                    now - w.spawned_at > self.settings.boot_timeout:
+                # A worker that never reports READY is killed; its exit counts as a boot failure.
+                log.error("Worker %d (pid %d) not ready after %.0f s (--boot-timeout); killing it",
+                          w.slot, w.pid, self.settings.boot_timeout)
+                w.stop_sent = True
+                self.port.kill(w.pid, signal.SIGKILL)
         for slot in range(self.settings.workers):
             h = self.health.get(slot)
             if self._slot_missing(slot) and (h is None or h.due <= now):

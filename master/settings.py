@@ -182,6 +182,7 @@ SETTINGS: tuple[Setting, ...] = (
     # ---------------------------------------------------------------- listening
     _S("bind", _str_list, ("http://127.0.0.1:8000",), ("-b", "--bind"), section="Listening",
        validate=_addresses, metavar="ADDRESS", multiple=True, type_doc="list of addresses",
+       reloadable=False,
        help="Address to listen on; repeat for several. Forms: `http://HOST:PORT`, `HOST:PORT`, "
             "`:PORT` (all interfaces), `[::1]:PORT`, `http://localhost:PORT` (both loopbacks), "
             "`http://*:PORT` (dual-stack), port 0 (any free port, published), `unix:/path`, `fd://N`. "
@@ -193,8 +194,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(capped by net.core.somaxconn)."),
     _S("unix_socket_mode", _octal, 0o660, ("--unix-socket-mode",), section="Listening",
        validate=_mode, metavar="MODE", type_doc="octal mode", default_doc="660",
+       reloadable=False,
        help="File mode of unix sockets greenfork creates (octal, e.g. 666 to let any user connect)."),
     _S("addresses_file", _opt_str, None, ("--addresses-file",), section="Listening", metavar="PATH",
+       reloadable=False,
        help="Write the bound addresses as JSON `{\"pid\", \"generation\", \"addresses\"}` to this file "
             "(atomically, rewritten whenever they change; removed on exit).",
        default_doc="none"),
@@ -226,12 +229,14 @@ SETTINGS: tuple[Setting, ...] = (
     # ------------------------------------------------------------------ logging
     _S("error_logfile", _str, "-", ("--error-logfile", "--log-file"), section="Logging",
        validate=_non_empty, metavar="PATH",
+       reloadable=False,
        help="Where the error log goes: `-` for stderr, or a file path (appended to)."),
     _S("access_logfile", _opt_str, None, ("--access-logfile",), section="Logging", metavar="PATH",
        help="Write an access log in the combined log format: `-` for stdout, or a file path.",
        default_doc="off"),
     _S("log_level", _choice("debug", "info", "warning", "error", "critical"), "info",
        ("--log-level",), section="Logging", metavar="LEVEL", type_doc="debug|info|warning|error|critical",
+       reloadable=False,
        help="Minimum level of the error log."),
     # ------------------------------------------------------------------ process
     _S("pidfile", _opt_str, None, ("-p", "--pidfile"), section="Process", metavar="PATH",

@@ -198,8 +198,19 @@ def test_crash_is_replaced_at_once_then_backs_off_growing() -> None:
     assert do(arb, Event.TICK) == []
     port.now = due(arb)
     assert do(arb, Event.TICK) == [("spawn", 0, 1, 105)]
-    assert arb.next_deadline() is None
+    # nothing is due but the new worker's boot deadline
+    assert arb.next_deadline() == port.now + arb.settings.boot_timeout
     assert sorted(arb.workers) == [102, 105]
+
+
+def test_a_worker_that_never_reports_ready_is_killed_at_the_boot_timeout() -> None:
+    arb, port = started(1)
+    port.now += arb.settings.boot_timeout - 0.1
+    assert do(arb, Event.TICK) == []
+    port.now += 0.2
+    assert do(arb, Event.TICK) == [("kill", 101, signal.SIGKILL)]
+    assert do(arb, Event.TICK) == []  # killed once
+    assert do(arb, Event.EXIT, 101, -signal.SIGKILL) == [("spawn", 0, 1, 102)]  # a boot failure, retried
 
 
 # ------------------------------------------------------------- boot failures

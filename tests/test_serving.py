@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 from wsgiref.validate import validator
 
@@ -13,7 +14,7 @@ import pytest
 
 from greenfork.master import Server
 from tests.conftest import curl
-from tests.procs import APPS, Greenfork, Launcher, http_get, raw
+from tests.procs import APPS, Greenfork, Launcher, http_get, raw, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,7 +126,8 @@ def test_malformed_request_gets_400_and_close(served: Greenfork) -> None:
 def test_access_log_in_combined_format(served: Greenfork) -> None:
     http_get(served.url(), "/pid?al=1", headers={"User-Agent": 'evil"agent', "Referer": "http://r/"})
     log = Path(served.log_path).parent / "access.log"
-    line = [x for x in log.read_text().splitlines() if "/pid?al=1" in x][-1]
+    # the line is written just after the response is sent: await it
+    line = wait_for(lambda: [x for x in log.read_text().splitlines() if "/pid?al=1" in x], 5)[-1]
     assert line.startswith("127.0.0.1 - - [")
     assert '"GET /pid?al=1 HTTP/1.1" 200' in line and '"http://r/" "evil\\"agent"' in line
 
@@ -203,8 +205,6 @@ def test_scripts_serve_starts_the_demo(launcher: Launcher, tmp_path: Path) -> No
                                  "--addresses-file", str(addr)], stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=launcher.env())
     try:
-        from tests.procs import wait_for
-
         wait_for(lambda: addr.exists() and "Booted" in log.read_text(), 120, "scripts/serve to boot")
         url = json.loads(addr.read_text())["addresses"][0]
         assert f"Now listening on: {url}" in log.read_text()
@@ -222,3 +222,25 @@ def test_error_logfile(launcher: Launcher, tmp_path: Path) -> None:
     http_get(g.url(), "/boom")
     assert "RuntimeError: secret-detail-that-must-not-leak" in errlog.read_text()
     assert g.log() == ""  # nothing on stderr
+
+
+def test_keep_alive_zero_serves_a_slow_first_request_then_closes(launcher: Launcher) -> None:
+    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0", "--keep-alive", "0"])
+    with socket.create_connection(("127.0.0.1", g.port()), timeout=10) as s:
+        time.sleep(0.3)  # the stimulus: a client that is slow to send its first request
+        s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 200") and b"Connection: close" in out
+
+
+def test_broken_chunked_body_is_a_400_whether_or_not_the_app_reads_it(served: Greenfork) -> None:
+    bad = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n"
+    app_errors = served.log().count("Error handling request")
+    out = raw(served.url(), bad)
+    assert out.startswith(b"HTTP/1.1 400") and b"Connection: close" in out
+    # /pid never reads the body: its answer goes out, then the connection closes
+    out = raw(served.url(), bad.replace(b"/echo", b"/pid") + b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and out.count(b"HTTP/1.1 ") == 1
+    assert served.log().count("Error handling request") == app_errors  # not the app's fault

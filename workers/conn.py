@@ -60,9 +60,18 @@ class ClientGone(Exception):
     """The peer closed or reset while we were writing."""
 
 
+class BodyError(Exception):
+    """The request body was malformed, over the limit or cut short, while the
+    app (or the drain after it) was reading it."""
+
+    def __init__(self, err: ProtocolError) -> None:
+        super().__init__(err.detail)
+        self.err = err
+
+
 class Connection:
     __slots__ = ("addr", "ctx", "framer", "greenlet", "h1", "head_flushed", "idle", "out", "req",
-                 "server", "sock", "sr", "status")
+                 "served", "server", "sock", "sr", "status")
 
     def __init__(self, server: WorkerServer, sock: socket.socket, addr: Any, ctx: ListenerContext) -> None:
         self.server = server
@@ -78,6 +87,7 @@ class Connection:
         self.framer: ResponseFramer | None = None
         self.head_flushed = False
         self.status = 0
+        self.served = 0
 
     # -------------------------------------------------------------- the loop
     def run(self) -> None:
@@ -85,6 +95,8 @@ class Connection:
             self._serve()
         except (ClientGone, ConnectionError, TimeoutError, GreenletExit):
             pass
+        except BodyError as e:
+            self._reject(e.err)
         except OSError as e:
             log.debug("connection from %s: %s", self.ctx.peer(self.addr), e)
         except Exception:
@@ -106,7 +118,10 @@ class Connection:
                 if between and server.draining:
                     return  # idle while draining: nothing in flight, close now
                 self.idle = between
-                self.sock.settimeout(server.keep_alive if between else HEADERS_TIMEOUT)
+                # keep-alive idle time applies between requests; the first request
+                # (and any partial head) gets the headers timeout
+                wait = server.keep_alive if between and self.served else HEADERS_TIMEOUT
+                self.sock.settimeout(wait)
                 try:
                     data = self.sock.recv(RECV_SIZE)
                 except TimeoutError:
@@ -133,7 +148,7 @@ class Connection:
     def _reject(self, err: ProtocolError) -> None:
         log.debug("rejected request from %s: %s (%s)", self.ctx.peer(self.addr), err.detail, err.error_type)
         if err.status:
-            self.out.append(error_response(err.status, http_date()))
+            self.out.append(error_response(err.status, http_date(), self.server.server_header))
             self._flush()
 
     # -------------------------------------------------------------- a request
@@ -174,6 +189,15 @@ class Connection:
         except (ClientGone, ConnectionError, TimeoutError):
             keep = False
             self.status = self.status or 499
+        except BodyError as e:
+            # The body broke while the app read it: answer for the body if we still can.
+            keep = False
+            if not self.head_flushed:
+                del self.out[mark:]
+                self.status = e.err.status
+                if e.err.status:
+                    self.out.append(error_response(e.err.status, http_date(), server.server_header))
+            log.debug("request body from %s: %s", self.ctx.peer(self.addr), e.err.detail)
         except Exception:
             keep = False
             log.exception("Error handling request %s %s", req.method, req.target.decode("latin-1"))
@@ -181,7 +205,7 @@ class Connection:
                 # Nothing went out yet: drop what was gathered, answer 500.
                 del self.out[mark:]
                 self.status = 500
-                self.out.append(error_response(500, http_date()))
+                self.out.append(error_response(500, http_date(), server.server_header))
             else:
                 self.status = self.status or 500  # mid-body: the close tells the client
         finally:
@@ -195,9 +219,13 @@ class Connection:
             server.access_log.log(env, self.status, env["REMOTE_ADDR"],
                                   self.sr.headers if self.sr else [], time.monotonic() - started)
         self.req = self.sr = None
+        self.served += 1
         if keep and not inp.finished:
             self.sock.settimeout(HEADERS_TIMEOUT)
-            keep = inp.drain(DRAIN_LIMIT)
+            try:
+                keep = inp.drain(DRAIN_LIMIT)
+            except BodyError:
+                keep = False  # the response is already gathered; the close ends it
         return keep and not server.draining and server.keep_alive > 0
 
     def _pull_body(self) -> bytes:
@@ -214,7 +242,7 @@ class Connection:
                 h1.receive_data(self.sock.recv(RECV_SIZE))
                 continue
             if isinstance(ev, ProtocolError):
-                raise OSError(f"request body: {ev.detail}")
+                raise BodyError(ev)
             return b""  # CLOSED
 
     def _send_continue(self) -> None:

@@ -81,6 +81,10 @@ class Worker:
     state: WState = WState.BOOTING
     spawned_at: float = 0.0
     stop_sent: bool = False
+    heartbeat: float = 0.0  # monotonic time of the last READY/heartbeat message
+    # Why the master stopped it (reload, scale_down, shutdown, max_requests, ...);
+    # empty for an exit the master did not ask for (crashed, killed, boot_failed).
+    exit_reason: str = ""
 
     def move(self, what: str) -> None:
         nxt = WORKER_TABLE.get((self.state, what))
@@ -108,10 +112,27 @@ class OsPort(Protocol):
     def ready(self) -> None: ...
     def reopen_logs(self) -> None: ...
     def reload_settings(self) -> Settings: ...
+    # Lifecycle notifications, for metrics and logs; they must not fail.
+    def worker_spawned(self, worker: Worker) -> None: ...
+    def worker_exited(self, worker: Worker, reason: str, status: int) -> None: ...
+    def reloaded(self, ok: bool) -> None: ...
 
 
-# Control messages, master -> worker. READY (b"R") flows the other way.
+# Control messages, one byte each. Master -> worker:
 QUIT, TERMINATE, REOPEN = b"Q", b"T", b"O"
+# Worker -> master: accepting; alive (once a second from the worker's hub).
+READY, HEARTBEAT = b"R", b"H"
+
+
+def exit_reason(w: Worker, was: WState, status: int) -> str:
+    """The metrics' `reason` label for a reaped worker."""
+    if w.exit_reason:
+        return w.exit_reason
+    if was == WState.BOOTING:
+        return "boot_failed"
+    if status == -signal.SIGKILL:
+        return "killed"
+    return "crashed"
 
 
 def exit_description(status: int) -> str:
@@ -202,7 +223,9 @@ class Arbiter:
     def _spawn(self, slot: int) -> None:
         w = Worker(slot=slot, generation=self.generation, spawned_at=self.port.monotonic())
         w.pid = self.port.spawn(w)
+        w.heartbeat = w.spawned_at
         self.workers[w.pid] = w
+        self.port.worker_spawned(w)
         log.debug("Booting worker %d with pid %d", slot, w.pid)
 
     def _on_ready(self, pid: int, status: int) -> State | None:
@@ -228,6 +251,7 @@ class Arbiter:
             return None  # a stray child (PID 1 duty), already reaped
         was = w.state
         w.move("exit")
+        self.port.worker_exited(w, exit_reason(w, was, status), status)
         if was == WState.DRAINING:
             log.info("Worker %d (pid %d) exited: %s", w.slot, pid, exit_description(status))
             return self._respawn_due()
@@ -293,6 +317,7 @@ class Arbiter:
             new = self.port.reload_settings()
         except ValueError as e:
             log.error("Reload failed, the current workers keep serving: %s", e)
+            self.port.reloaded(False)
             return None
         if new.bind != self.settings.bind:
             log.error("Reload: changing bind addresses needs a restart; keeping %s",
@@ -306,10 +331,11 @@ class Arbiter:
             self._spawn(slot)
         for w in self.live():
             if w.generation < self.generation and w.slot >= new.workers:
-                self._stop(w, QUIT)  # scaled down: nothing replaces these
+                self._stop(w, QUIT, "scale_down")  # nothing replaces these
         if new.workers > old_count:
             log.info("Reload: %d -> %d workers", old_count, new.workers)
         self.port.published(self.generation)
+        self.port.reloaded(True)
         return None
 
     def retire_replaced(self) -> None:
@@ -318,10 +344,11 @@ class Arbiter:
                        if w.state == WState.READY and w.generation == self.generation}
         for w in list(self.workers.values()):
             if w.generation < self.generation and w.slot in ready_slots and w.state != WState.DRAINING:
-                self._stop(w, QUIT)
+                self._stop(w, QUIT, "reload")
 
-    def _stop(self, w: Worker, message: bytes) -> None:
+    def _stop(self, w: Worker, message: bytes, reason: str = "shutdown") -> None:
         w.move("stop")
+        w.exit_reason = w.exit_reason or reason
         w.stop_sent = True
         self.port.send(w, message)
         # The signal backs the message up: a worker whose control socket is
@@ -358,7 +385,9 @@ class Arbiter:
     def _on_exit_ending(self, pid: int, status: int) -> State | None:
         w = self.workers.pop(pid, None)
         if w is not None:
+            was = w.state
             w.move("exit")
+            self.port.worker_exited(w, exit_reason(w, was, status), status)
             log.info("Worker %d (pid %d) exited: %s", w.slot, pid, exit_description(status))
         return self._maybe_stopped()
 
@@ -394,7 +423,7 @@ class Arbiter:
         log.info("TTOU: %d worker(s)", self.settings.workers)
         for w in self.live():
             if w.slot >= self.settings.workers:
-                self._stop(w, QUIT)
+                self._stop(w, QUIT, "scale_down")
         return None
 
     def _reopen(self, pid: int, status: int) -> State | None:

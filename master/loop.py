@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from greenfork.master import logs
-from greenfork.master.arbiter import EXIT_BOOT, Arbiter, Event, State, Worker
+from greenfork.master.arbiter import EXIT_BOOT, HEARTBEAT, READY, Arbiter, Event, State, Worker
 from greenfork.master.listeners import Listener
 from greenfork.master.settings import Settings
 from greenfork.master.workerinfo import WorkerInfo
@@ -118,6 +118,15 @@ class RealPort:
 
     def reload_settings(self) -> Settings:
         return self.loop.reload_settings()
+
+    def worker_spawned(self, worker: Worker) -> None:
+        pass
+
+    def worker_exited(self, worker: Worker, reason: str, status: int) -> None:
+        log.debug("Worker %d (pid %d) gone: %s", worker.slot, worker.pid, reason)
+
+    def reloaded(self, ok: bool) -> None:
+        pass
 
     def forget(self, pid: int) -> None:
         s = self.controls.pop(pid, None)
@@ -232,5 +241,8 @@ class MasterLoop:
             # The worker closed its end: it is exiting; the reaper reports it.
             self.port.forget(pid)
             return
-        if b"R" in data:
+        w = self.arbiter.workers.get(pid)
+        if w is not None and (HEARTBEAT in data or READY in data):
+            w.heartbeat = time.monotonic()
+        if READY in data:
             self.arbiter.handle(Event.READY, pid)

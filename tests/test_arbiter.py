@@ -38,6 +38,10 @@ class FakePort:
         self.last_pid = 100
         self.reload_to: Settings | None = None
         self.reload_error: str | None = None
+        # lifecycle notifications, kept apart so the action sequences stay readable
+        self.exits: list[tuple[int, str, int]] = []  # (pid, reason, status)
+        self.reloads: list[bool] = []
+        self.spawned = 0
 
     def monotonic(self) -> float:
         return self.now
@@ -68,6 +72,15 @@ class FakePort:
             raise SettingError(self.reload_error)
         assert self.reload_to is not None
         return self.reload_to
+
+    def worker_spawned(self, worker: Worker) -> None:
+        self.spawned += 1
+
+    def worker_exited(self, worker: Worker, reason: str, status: int) -> None:
+        self.exits.append((worker.pid, reason, status))
+
+    def reloaded(self, ok: bool) -> None:
+        self.reloads.append(ok)
 
     def take(self) -> list[Action]:
         out, self.actions = self.actions, []
@@ -226,7 +239,7 @@ def test_boot_failure_at_first_start_stops_with_its_code(status: int) -> None:
 
 
 def test_boot_failure_after_another_worker_served_is_retried_not_fatal() -> None:
-    arb, port = started(2)
+    arb, _ = started(2)
     arb.handle(Event.READY, 102)  # one worker serves: the app imports fine
     assert do(arb, Event.EXIT, 101, 4) == [("spawn", 0, 1, 103)]
     assert (arb.state, arb.exit_code) == (State.STARTING, 0)
@@ -445,3 +458,25 @@ def test_exit_of_an_unknown_pid_changes_nothing() -> None:
     assert do(arb, Event.TERM) == told_quit(101) + told_quit(102)
     assert do(arb, Event.EXIT, 4242, 0) == []
     assert arb.state is State.DRAINING
+
+
+def test_exit_reasons_are_classified_for_metrics() -> None:
+    arb, port = running(3)  # pids 101-103
+    arb.handle(Event.EXIT, 101, -signal.SIGKILL)  # -> 104 booting
+    arb.handle(Event.EXIT, 104, 1)  # died before READY
+    arb.handle(Event.EXIT, 102, 1)
+    arb.handle(Event.TTOU)  # slot 2 (pid 103) is told to quit
+    arb.handle(Event.EXIT, 103, 0)
+    assert port.exits == [(101, "killed", -9), (104, "boot_failed", 1), (102, "crashed", 1),
+                          (103, "scale_down", 0)]
+    port.reload_to = arb.settings
+    arb.handle(Event.HUP)
+    assert port.reloads == [True]
+    live = sorted(arb.workers)
+    arb.handle(Event.TERM)
+    for pid in live:
+        arb.handle(Event.EXIT, pid, 0)
+    assert {r for _, r, _ in port.exits[4:]} == {"shutdown"}
+    # first generation 3; respawned at once after the kill and the crash (the slot-0 boot
+    # failure is backed off, not respawned in the same tick); the reload's generation of 2
+    assert port.spawned == 3 + 2 + 2

@@ -24,7 +24,7 @@ import gevent.event
 from gevent import socket as gsocket
 
 from greenfork.master import apploader, logs
-from greenfork.master.arbiter import EXIT_APP_IMPORT, QUIT, REOPEN, TERMINATE
+from greenfork.master.arbiter import EXIT_APP_IMPORT, HEARTBEAT, QUIT, READY, REOPEN, TERMINATE
 from greenfork.master.listeners import Listener
 from greenfork.master.workerinfo import WorkerInfo
 from greenfork.workers.accesslog import AccessLog
@@ -33,6 +33,8 @@ from greenfork.workers.http1 import Limits
 from greenfork.workers.wsgi import Errors, FileWrapper
 
 log = logging.getLogger("greenfork.worker")
+
+HEARTBEAT_INTERVAL = 1.0
 
 
 class ListenerContext:
@@ -108,7 +110,8 @@ class WorkerServer:
             self.acceptors.append(gevent.spawn(self._accept_loop, sock, ctx))
         self.control = gsocket.socket(fileno=info.control.detach())
         gevent.spawn(self._control_loop)
-        self._send(b"R")
+        self._send(READY)
+        gevent.spawn(self._heartbeat_loop)
         self.stopped.wait()
         return self._finish()
 
@@ -190,6 +193,13 @@ class WorkerServer:
                 self.stop(False)
             if REOPEN in data:
                 self.reopen()
+
+    def _heartbeat_loop(self) -> None:
+        # Sent from the hub's own loop: if a greenlet blocks the hub, the beats
+        # stop and the master's --timeout check notices.
+        while True:
+            gevent.sleep(HEARTBEAT_INTERVAL)
+            self._send(HEARTBEAT)
 
     def _send(self, message: bytes) -> None:
         try:

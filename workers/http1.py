@@ -92,7 +92,7 @@ class H1Connection:
     """One connection's parser. Feed bytes with receive_data(); pull events."""
 
     __slots__ = ("_body_bytes", "_closed", "_error", "_events", "_head_bytes", "_header_count",
-                 "_header_bytes", "_limits", "_parser", "_req", "_state", "_url")
+                 "_header_bytes", "_limits", "_parser", "_req", "_state", "_trailer_bytes", "_url")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
@@ -105,6 +105,7 @@ class H1Connection:
         self._header_count = 0
         self._header_bytes = 0
         self._body_bytes = 0
+        self._trailer_bytes: int | None = None  # counting since a chunk-size line with no data yet
         self._error: ProtocolError | None = None
         self._closed = False
 
@@ -124,6 +125,8 @@ class H1Connection:
             return
         if self._state != _BODY:
             self._head_bytes += len(data)
+        elif self._trailer_bytes is not None:
+            self._trailer_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -154,6 +157,10 @@ class H1Connection:
                 self._fail(ProtocolError(414, "invalid_request_line", "request line too long"))
             else:
                 self._fail(ProtocolError(431, "invalid_request_headers", "request head too large"))
+        # Nor may a trailer section (after the last chunk) that never completes: httptools
+        # buffers a field until its end, and no body byte arrives to reset the count.
+        elif self._trailer_bytes is not None and self._trailer_bytes > self._limits.max_header_bytes:
+            self._fail(ProtocolError(431, "invalid_request_headers", "trailer section too large"))
 
     def next_event(self) -> object:
         if self._events:
@@ -198,7 +205,10 @@ class H1Connection:
             raise ProtocolError(431, "invalid_request_headers", "too many header fields")
         if self._header_bytes > self._limits.max_header_bytes:
             raise ProtocolError(431, "invalid_request_headers", "header fields too large")
-        req.headers.append((name, value))
+        if self._state == _BODY:
+            return  # a trailer field: never merged into the header section (RFC 9110 6.5.1)
+        # llhttp drops the OWS before a value but keeps the OWS after it (RFC 9112 5.1: not part of it)
+        req.headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         req = self._req
@@ -210,6 +220,10 @@ class H1Connection:
             raise ProtocolError(505, "invalid_request_line", "unsupported HTTP version")
         req.keep_alive = p.should_keep_alive()
         req.upgrade = p.should_upgrade()
+        if req.upgrade:
+            # Decided here, while the Request is still ours: by the time llhttp
+            # reports the upgrade, the caller may already be answering it.
+            req.keep_alive = False
         target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         req.target = target
         if target[:1] == b"/":
@@ -241,6 +255,8 @@ class H1Connection:
             if len(codings) > 1:
                 raise ProtocolError(501, "invalid_request_headers", "unsupported Transfer-Encoding")
             req.chunked = True
+            if req.version == "1.0":
+                req.keep_alive = False  # RFC 9112 6.1: framing is suspect; close after this message
         if host_count > 1 or (host_count == 0 and req.version == "1.1"):
             raise ProtocolError(400, "invalid_request_headers",
                                 "missing Host" if host_count == 0 else "more than one Host")
@@ -264,7 +280,14 @@ class H1Connection:
         req.path = url.path or b"/"
         req.query = url.query or b""
 
+    def on_chunk_header(self) -> None:
+        self._trailer_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self._trailer_bytes = None
+
     def on_body(self, body: bytes) -> None:
+        self._trailer_bytes = None
         self._body_bytes += len(body)
         if self._body_bytes > self._limits.max_body:
             raise ProtocolError(413, "max_request_body_size_exceeded", "body over the limit")
@@ -280,7 +303,8 @@ def _classify(message: str, state: int) -> ProtocolError:
     """Map llhttp's error text to a status and a metrics error_type."""
     m = message.lower()
     if "version" in m:
-        return ProtocolError(505, "invalid_request_line", message)
+        # "Expected CRLF after version" is a bare CR/LF, not an unsupported version: 400
+        return ProtocolError(400 if "crlf" in m else 505, "invalid_request_line", message)
     if "transfer-encoding" in m or "transfer encoding" in m:
         return ProtocolError(501 if "unknown" in m else 400, "invalid_request_headers", message)
     if state == _BODY:
@@ -376,9 +400,10 @@ def response_head(req: Request, status: str, headers: list[tuple[str, str]], *, 
     return b"".join(out), ResponseFramer(chunked, remaining, no_body, keep_alive)
 
 
-def error_response(status: int, date: bytes) -> bytes:
+def error_response(status: int, date: bytes, server: bool = True) -> bytes:
     """A tiny fixed answer for a request we reject; never echoes the input."""
-    reason = _REASONS.get(status, "Error")
-    body = b"%d %b\n" % (status, reason.encode())
+    reason = _REASONS.get(status, "Error").encode()
+    body = b"%d %b\n" % (status, reason)
     return b"HTTP/1.1 %d %b\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n" \
-           b"Date: %b\r\nServer: greenfork\r\n\r\n%b" % (status, reason.encode(), len(body), date, body)
+           b"Date: %b\r\n%b\r\n%b" % (status, reason, len(body), date,
+                                       b"Server: greenfork\r\n" if server else b"", body)

@@ -46,7 +46,8 @@ def build_environ(base: dict[str, Any], req: Request, script_name: str) -> dict[
     if b"%" in path:
         path = unquote_to_bytes(path)
     path_info = path.decode("latin-1")
-    if script_name and path_info.startswith(script_name):
+    if script_name and path_info.startswith(script_name) and \
+            path_info[len(script_name):len(script_name) + 1] in ("", "/"):  # "/app" is no prefix of "/apple"
         path_info = path_info[len(script_name):]
     env["REQUEST_METHOD"] = req.method
     env["SCRIPT_NAME"] = script_name

@@ -288,3 +288,17 @@ def test_unix_socket_stale_file_is_replaced_and_live_one_refused(launcher: Launc
     assert second.wait(20) == 2
     assert "address already in use" in second.log()
     assert http_get(g.url())[0] == 200  # the refused start did not disturb the live socket
+
+
+def test_chdir_puts_the_app_directory_first(launcher: Launcher, tmp_path: Path) -> None:
+    app_dir = tmp_path / "site"
+    app_dir.mkdir()
+    (app_dir / "chdir_app.py").write_text(
+        "import os\n"
+        "def app(environ, start_response):\n"
+        "    body = os.getcwd().encode()\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])\n"
+        "    return [body]\n")
+    g = launcher.start(["chdir_app:app", "--chdir", str(app_dir), "-b", "127.0.0.1:0"], cwd=tmp_path)
+    status, _, body = http_get(g.url())
+    assert (status, body) == (200, str(app_dir).encode())

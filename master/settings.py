@@ -14,6 +14,7 @@ from typing import Any
 
 ENV_PREFIX = "GREENFORK_"
 DEMO_APP = "greenfork.workers.demo:app"
+COMBINED_LOG = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
 
 class SettingError(ValueError):
@@ -138,6 +139,12 @@ def _mode(v: Any) -> None:
         raise ValueError("must be a file mode between 000 and 777")
 
 
+def _log_format(v: Any) -> None:
+    from greenfork.master.logformat import check_format
+
+    check_format(v)
+
+
 def _addresses(v: Any) -> None:
     from greenfork.master.addresses import parse_bind
 
@@ -234,6 +241,13 @@ SETTINGS: tuple[Setting, ...] = (
     _S("access_logfile", _opt_str, None, ("--access-logfile",), section="Logging", metavar="PATH",
        help="Write an access log in the combined log format: `-` for stdout, or a file path.",
        default_doc="off"),
+    _S("access_logformat", _str, COMBINED_LOG, ("--access-logformat",), section="Logging",
+       validate=_log_format, metavar="FORMAT", default_doc="the combined log format",
+       help="Access log line format with gunicorn's atoms: h remote address, l `-`, u user, t time, "
+            "r request line, m method, U path, q query, H protocol, s status, B body bytes, b body "
+            "bytes or `-`, f referer, a user agent, T/M/D/L duration in s/ms/us/decimal s, p pid, "
+            "`{name}i` request header, `{name}o` response header, `{name}e` WSGI environ key, written "
+            "as `%(a)s`. Or `json` for one JSON object per line."),
     _S("log_level", _choice("debug", "info", "warning", "error", "critical"), "info",
        ("--log-level",), section="Logging", metavar="LEVEL", type_doc="debug|info|warning|error|critical",
        reloadable=False,
@@ -271,6 +285,7 @@ class Settings:
     server_header: bool
     error_logfile: str
     access_logfile: str | None
+    access_logformat: str
     log_level: str
     pidfile: str | None
     proc_name: str | None

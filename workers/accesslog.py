@@ -1,25 +1,23 @@
-"""Access log in the combined log format, one write() per line.
+"""The access log writer.
 
-Lines go out with os.write on an O_APPEND descriptor, so lines from several
-worker processes never interleave mid-line.
+Lines go out with one os.write on an O_APPEND descriptor, so lines from
+several worker processes never interleave mid-line.
 """
 
 from __future__ import annotations
 
 import os
-import time
+from collections.abc import Mapping
 from typing import Any
 
-
-def _quote(text: str) -> str:
-    # Control bytes and quotes from the client must not forge log lines.
-    out = text.replace("\\", "\\\\").replace('"', '\\"')
-    return "".join(c if " " <= c < "\x7f" or c > "\xa0" else f"\\x{ord(c):02x}" for c in out)
+from greenfork.master.logformat import COMBINED, JSON, Record, compile_format, json_line
 
 
 class AccessLog:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, fmt: str = COMBINED) -> None:
         self.target = target
+        self.fmt = fmt
+        self.atoms = [] if fmt == JSON else compile_format(fmt)
         self.fd = self._open()
 
     def _open(self) -> int:
@@ -33,17 +31,14 @@ class AccessLog:
         old, self.fd = self.fd, self._open()
         os.close(old)
 
-    def log(self, env: dict[str, Any], status: int, peer: str, headers: list[tuple[str, str]],
+    def format(self, r: Record) -> str:
+        if self.fmt == JSON:
+            return json_line(r)
+        return self.fmt % {key: fn(r) for key, fn in self.atoms}
+
+    def log(self, env: Mapping[str, Any], status: int, headers: list[tuple[str, str]], body_bytes: int,
             duration: float) -> None:
-        length = "-"
-        for name, value in headers:
-            if name.lower() == "content-length":
-                length = value
-                break
-        request = f"{env['REQUEST_METHOD']} {env.get('RAW_URI', '')} {env['SERVER_PROTOCOL']}"
-        line = '%s - - [%s] "%s" %s %s "%s" "%s"\n' % (
-            peer or "-", time.strftime("%d/%b/%Y:%H:%M:%S %z"), _quote(request), status or "-", length,
-            _quote(env.get("HTTP_REFERER", "-")), _quote(env.get("HTTP_USER_AGENT", "-")))
+        line = self.format(Record(env, status, headers, body_bytes, duration)) + "\n"
         try:
             os.write(self.fd, line.encode("utf-8", "backslashreplace"))
         except OSError:

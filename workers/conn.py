@@ -216,8 +216,10 @@ class Connection:
                 except Exception:
                     log.exception("Error closing the response iterable")
         if server.access_log is not None:
-            server.access_log.log(env, self.status, env["REMOTE_ADDR"],
-                                  self.sr.headers if self.sr else [], time.monotonic() - started)
+            framer = self.framer
+            sent = framer.body_bytes if framer is not None else 0
+            server.access_log.log(env, self.status, self.sr.headers if self.sr else [], sent,
+                                  time.monotonic() - started)
         self.req = self.sr = None
         self.served += 1
         if keep and not inp.finished:
@@ -328,6 +330,7 @@ class Connection:
                 break  # the file is shorter than its Content-Length
             offset += sent
             remaining -= sent
+        framer.body_bytes += framer.remaining - remaining
         framer.remaining = remaining
         if remaining:
             framer.keep_alive = False

@@ -329,9 +329,10 @@ CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 class ResponseFramer:
     """Frames one response's body: fixed length, chunked, close-delimited or none."""
 
-    __slots__ = ("chunked", "keep_alive", "no_body", "remaining")
+    __slots__ = ("body_bytes", "chunked", "keep_alive", "no_body", "remaining")
 
     def __init__(self, chunked: bool, remaining: int | None, no_body: bool, keep_alive: bool) -> None:
+        self.body_bytes = 0  # body bytes framed so far (the access log's %(B)s)
         self.chunked = chunked
         self.remaining = remaining  # bytes still owed under Content-Length
         self.no_body = no_body
@@ -341,6 +342,7 @@ class ResponseFramer:
         if self.no_body or not data:
             return b""
         if self.chunked:
+            self.body_bytes += len(data)
             return b"%x\r\n%b\r\n" % (len(data), data)
         if self.remaining is not None:
             if len(data) > self.remaining:
@@ -349,6 +351,7 @@ class ResponseFramer:
                 data = data[: self.remaining]
                 self.keep_alive = False
             self.remaining -= len(data)
+        self.body_bytes += len(data)
         return data
 
     def end(self) -> bytes:

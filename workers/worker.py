@@ -79,7 +79,7 @@ class WorkerServer:
         self.stopped = gevent.event.Event()
         self.graceful = True
         self.app: Any = None
-        self.access_log = AccessLog(s.access_logfile) if s.access_logfile else None
+        self.access_log = AccessLog(s.access_logfile, s.access_logformat) if s.access_logfile else None
         self.acceptors: list[gevent.Greenlet] = []
         self.sockets: list[socket.socket] = []
         self.control: socket.socket | None = None

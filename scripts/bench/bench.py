@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""greenfork against gunicorn's gevent worker, interleaved, as ratios.
+
+    scripts/bench/run                 # 3 rounds of every workload (about 6 minutes)
+    scripts/bench/run --quick         # 1 round, short runs (about 1 minute)
+    scripts/bench/run --workloads hello,sleep --rounds 5
+
+Each (round, workload) starts both servers in turn with 2 workers, pinned to
+CPU 0 while wrk runs on CPU 1 (on a 2-core machine this measures per-core
+efficiency), warms up, runs wrk, and stops the server by pid. The result is the
+median over rounds of greenfork rps / gunicorn rps measured in the same round:
+absolute numbers on a shared machine are noise, ratios are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.path.dirname(sys.executable)
+
+SERVERS = {
+    "greenfork": "{bin}/greenfork {app} --workers 2 --bind 127.0.0.1:{port}",
+    "gunicorn-gevent": "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} {app}",
+}
+LUA_PIPELINE = """
+init = function(args)
+  local r = {}
+  for i = 1, 16 do r[i] = wrk.format(nil, nil) end
+  req = table.concat(r)
+end
+request = function() return req end
+"""
+LUA_POST = 'wrk.method = "POST"\nwrk.body = string.rep("a", 16384)\n'
+# name: (app, connections, extra wrk args, lua)
+WORKLOADS = {
+    "hello": ("hello", 64, [], ""),
+    "hello_close": ("hello", 64, ["-H", "Connection: close"], ""),
+    "pipeline16": ("hello", 64, [], LUA_PIPELINE),
+    "big": ("big", 64, [], ""),
+    "file": ("file", 64, [], ""),
+    "echo16k": ("echo", 64, [], LUA_POST),
+    "sleep": ("sleep", 1000, [], ""),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                if s.recv(16).startswith(b"HTTP/1."):
+                    return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def wrk(port: int, conns: int, seconds: int, extra: list[str], lua: str) -> tuple[float, int, float]:
+    """(requests/s, socket errors + non-2xx, p99 ms) from one wrk run pinned to CPU 1."""
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s",
+           "--latency", *extra]
+    script = None
+    if lua:
+        fd, script = tempfile.mkstemp(suffix=".lua")
+        with os.fdopen(fd, "w") as f:
+            f.write(lua)
+        cmd += ["-s", script]
+    cmd.append(f"http://127.0.0.1:{port}/")
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    finally:
+        if script:
+            os.unlink(script)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(m.group(1)) if m else 0
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    return rps, errors, float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan")
+
+
+def run_one(server: str, workload: str, seconds: int) -> tuple[float, int, float]:
+    app, conns, extra, lua = WORKLOADS[workload]
+    port = free_port()
+    cmd = shlex.split(SERVERS[server].format(bin=BIN, app="apps:" + app, port=port))
+    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=HERE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        if not wait_ready(port, proc):
+            raise RuntimeError(f"{server} did not start")
+        wrk(port, min(conns, 16), 1, extra, lua)  # warm-up
+        return wrk(port, conns, seconds, extra, lua)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 round of 3 s runs")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    a = ap.parse_args()
+    if a.quick:
+        a.rounds, a.duration = 1, 3
+    names = [w for w in a.workloads.split(",") if w]
+    results: dict[tuple[str, str], list[tuple[float, int, float]]] = {}
+    for rnd in range(1, a.rounds + 1):
+        for w in names:
+            for server in SERVERS:
+                r = run_one(server, w, a.duration)
+                results.setdefault((server, w), []).append(r)
+                print(f"round {rnd} {w:12} {server:16} {r[0]:>10,.0f} rps  p99 {r[2]:7.1f} ms  "
+                      f"errors {r[1]}", file=sys.stderr, flush=True)
+    print("\n| workload | greenfork rps | gunicorn-gevent rps | ratio (median) | greenfork p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for w in names:
+        g, u = results[("greenfork", w)], results[("gunicorn-gevent", w)]
+        ratio = statistics.median(x[0] / y[0] for x, y in zip(g, u, strict=True))
+        g_rps, u_rps = statistics.median(x[0] for x in g), statistics.median(x[0] for x in u)
+        print(f"| {w} | {g_rps:,.0f} | {u_rps:,.0f} | {ratio:.2f}x | "
+              f"{statistics.median(x[2] for x in g):.1f} | {sum(x[1] for x in g)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 
-from greenfork.master import logs
+from greenfork.master import daemon, logs, privileges
 from greenfork.master.addresses import AddressError
 from greenfork.master.apploader import AppSpecError, parse_spec
 from greenfork.master.arbiter import EXIT_USAGE
@@ -74,7 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ns, cli = parse_args(argv)
     from greenfork.master import config
-    from greenfork.master.server import Server
 
     # Reloads re-read the same files even after --chdir moved us.
     start_dir = os.getcwd()
@@ -95,21 +95,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in SETTINGS:
             print(f"{s.name} = {getattr(settings, s.name)!r}  ({settings.source_of(s.name)})")
         return 0
+    detached = daemon.daemonize() if settings.daemon else None
+    code = _serve(settings, resolve, detached)
+    if detached is not None:
+        detached.exited(code)
+    return code
+
+
+def _serve(settings: Settings, resolve: Callable[[], Settings], detached: daemon.Detached | None) -> int:
+    from greenfork.master.server import Server
+
+    if settings.umask is not None:
+        os.umask(settings.umask)
     if settings.chdir:
         try:
             os.chdir(settings.chdir)
         except OSError as e:
             return _fail(f"cannot change to directory {settings.chdir}: {e.strerror}")
     try:
+        identity = privileges.resolve(settings.user, settings.group)
+    except privileges.PrivilegeError as e:
+        return _fail(str(e))
+    try:
         logs.setup(settings.error_logfile, settings.log_level)
     except OSError as e:
         return _fail(f"cannot open error log {settings.error_logfile}: {e.strerror}")
+    if identity is None and os.getuid() == 0:
+        logging.getLogger("greenfork.master").warning(
+            "Workers will run as root: use --user to run the application unprivileged")
     server = Server(settings=settings, reload_settings=resolve)
     try:
         server.bind()
     except BindError as e:
         return _fail(str(e))
-    return server.run()
+    if settings.access_logfile and settings.access_logfile != "-":
+        try:  # created by the master, so a worker running as --user can append to it
+            os.close(os.open(settings.access_logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+        except OSError as e:
+            return _fail(f"cannot open access log {settings.access_logfile}: {e.strerror}")
+    owned = [lst.unix_path for lst in server.listeners if lst.unix_path]
+    owned += [p for p in (settings.error_logfile, settings.access_logfile) if p and p != "-"]
+    privileges.hand_over(owned, identity)
+    return server.run(on_ready=detached.ready if detached is not None else None)
 
 
 if __name__ == "__main__":  # pragma: no cover

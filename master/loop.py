@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greenfork.master import logs
+from greenfork.master import logs, privileges
 from greenfork.master.arbiter import EXIT_BOOT, HEARTBEAT, READY, Arbiter, Event, State, Worker
 from greenfork.master.listeners import Listener
 from greenfork.master.settings import Settings
@@ -77,6 +77,8 @@ class RealPort:
             parent.close()
             for s in self.controls.values():
                 s.close()
+            # Drop privileges before any app code runs (ports are bound already).
+            privileges.drop(self.loop.identity)
             from greenfork.workers.boot import run  # imports gevent: only ever in a child
 
             code = run(WorkerInfo(
@@ -147,6 +149,7 @@ class MasterLoop:
         self._reload = reload_settings
         self._on_ready = on_ready
         self._on_published = on_published
+        self.identity = privileges.resolve(settings.user, settings.group)
         self.wake_r, self.wake_w = socket.socketpair()
         self.port = RealPort(self)
         self.arbiter = Arbiter(settings, self.port)

@@ -21,9 +21,10 @@ from typing import Any
 
 from greenfork.master import config, listeners, report
 from greenfork.master.addresses import parse_bind
-from greenfork.master.arbiter import EXIT_OK, EXIT_RUNTIME
+from greenfork.master.arbiter import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from greenfork.master.listeners import BindError, Listener
 from greenfork.master.loop import MasterLoop
+from greenfork.master.pidfile import Pidfile, PidfileBusy
 from greenfork.master.settings import BY_NAME, DEMO_APP, SettingError, Settings
 
 log = logging.getLogger("greenfork.master")
@@ -96,14 +97,18 @@ class Server:
         pid = os.getpid()
         _title(f"greenfork: master [{s.app_label}]")
         report.log_addresses(self.addresses)
+        pidfile = Pidfile(s.pidfile) if s.pidfile else None
         try:
-            if s.pidfile:
-                report.atomic_write(s.pidfile, f"{pid}\n")
+            if pidfile is not None:
+                pidfile.acquire(pid)
             self._publish(1)
             loop = MasterLoop(s, self.listeners, tuple(self.addresses), app=self._app_obj,
                               reload_settings=self._reload_settings, on_ready=on_ready,
                               on_published=self._publish)
             code = loop.run()
+        except PidfileBusy as e:
+            log.error("%s", e)
+            code = EXIT_USAGE
         except OSError as e:
             log.error("greenfork stopped: %s", e)
             code = EXIT_RUNTIME
@@ -112,7 +117,8 @@ class Server:
                 listeners.close_all(self.listeners)
                 self.listeners = []
                 report.remove_file(s.addresses_file)
-                report.remove_file(s.pidfile, only_if_pid=pid)
+                if pidfile is not None:
+                    pidfile.release()
         if code == EXIT_OK:
             log.info("Shutdown complete")
         return code

@@ -88,7 +88,7 @@ def _str_list(v: object) -> tuple[str, ...]:
 
 
 def _octal(v: object) -> int:
-    if isinstance(v, bool):
+    if isinstance(v, bool) or v is None:
         raise ValueError("expected an octal mode such as 660")
     if isinstance(v, int):
         return v
@@ -135,7 +135,7 @@ def _non_empty(v: Any) -> None:
 
 
 def _mode(v: Any) -> None:
-    if not 0 <= v <= 0o777:
+    if v is not None and not 0 <= v <= 0o777:
         raise ValueError("must be a file mode between 000 and 777")
 
 
@@ -256,6 +256,20 @@ SETTINGS: tuple[Setting, ...] = (
     _S("pidfile", _opt_str, None, ("-p", "--pidfile"), section="Process", metavar="PATH",
        help="Write the master's pid to this file (atomically); removed on exit.",
        reloadable=False, default_doc="none"),
+    _S("daemon", _bool, False, ("-D", "--daemon"), section="Process", is_flag=True, type_doc="boolean",
+       reloadable=False,
+       help="Detach and run in the background. The command returns 0 once the server is bound and "
+            "its first workers are ready, or prints the reason and returns non-zero. Set "
+            "--error-logfile: stderr goes to /dev/null once started."),
+    _S("user", _opt_str, None, ("-u", "--user"), section="Process", metavar="USER", reloadable=False,
+       help="Run workers as this user (name or uid); the master keeps its privileges to bind "
+            "ports below 1024. Unix sockets and log files are handed to the user.",
+       default_doc="the master's user"),
+    _S("group", _opt_str, None, ("-g", "--group"), section="Process", metavar="GROUP", reloadable=False,
+       help="Run workers with this group (name or gid).", default_doc="the user's primary group"),
+    _S("umask", _octal, None, ("--umask",), section="Process", validate=_mode, metavar="MODE",
+       type_doc="octal mode", reloadable=False,
+       help="File mode creation mask of the master and workers (e.g. 027).", default_doc="inherited"),
     _S("proc_name", _opt_str, None, ("-n", "--name"), section="Process", metavar="NAME",
        help="Name shown in process titles (`greenfork: master [NAME]`).", default_doc="the app spec"),
 )
@@ -288,6 +302,10 @@ class Settings:
     access_logformat: str
     log_level: str
     pidfile: str | None
+    daemon: bool
+    user: str | None
+    group: str | None
+    umask: int | None
     proc_name: str | None
     # where each value came from ("default", "env GREENFORK_X", ...): for error messages
     sources: tuple[tuple[str, str], ...] = ()

@@ -130,11 +130,11 @@ class Launcher:
         return env
 
     def spawn(self, args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-              addresses_file: bool = True, **popen: Any) -> Greenfork:
+              addresses_file: bool = True, python: str = sys.executable, **popen: Any) -> Greenfork:
         self.count += 1
         log = self.tmp / f"greenfork-{self.count}.log"
         addr = self.tmp / f"addresses-{self.count}.json"
-        cmd = [sys.executable, "-m", "greenfork.master", *args]
+        cmd = [python, "-m", "greenfork.master", *args]
         if addresses_file:
             cmd += ["--addresses-file", str(addr)]
         with open(log, "wb") as out:

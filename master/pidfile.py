@@ -1,0 +1,68 @@
+"""The pidfile: written atomically, locked while the master lives, removed on exit.
+
+The lock (flock on the file's inode) is what says "running": a pidfile left by
+a master that died is unlocked and simply replaced; a locked one belongs to a
+live server and the start is refused. A rename (USR2's PIDFILE.oldbin) keeps
+the inode, so the old master keeps its lock under the new name.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+
+class PidfileBusy(Exception):
+    """str() names the running server."""
+
+
+class Pidfile:
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.fd = -1
+
+    def acquire(self, pid: int) -> None:
+        self._check_free()
+        directory = os.path.dirname(self.path)
+        tmp = os.path.join(directory, f".{os.path.basename(self.path)}.{pid}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, f"{pid}\n".encode())
+            os.fsync(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        self.fd = fd
+
+    def _check_free(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                raise PidfileBusy(f"greenfork is already running with pid {pid} (pidfile {self.path})") \
+                    from None
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        """Remove the file if it is still ours (same inode), then drop the lock."""
+        if self.fd < 0:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = -1

@@ -120,14 +120,14 @@ def _serve(settings: Settings, resolve: Callable[[], Settings], detached: daemon
         logs.setup(settings.error_logfile, settings.log_level)
     except OSError as e:
         return _fail(f"cannot open error log {settings.error_logfile}: {e.strerror}")
-    if identity is None and os.getuid() == 0:
-        logging.getLogger("greenfork.master").warning(
-            "Workers will run as root: use --user to run the application unprivileged")
     server = Server(settings=settings, reload_settings=resolve)
     try:
         server.bind()
     except BindError as e:
         return _fail(str(e))
+    if identity is None and os.getuid() == 0:
+        logging.getLogger("greenfork.master").warning(
+            "Workers will run as root: use --user to run the application unprivileged")
     if settings.access_logfile and settings.access_logfile != "-":
         try:  # created by the master, so a worker running as --user can append to it
             os.close(os.open(settings.access_logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import APPS, Launcher, alive, http_get, wait_for
+from tests.procs import APPS, Launcher, alive, children, http_get, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,11 +26,12 @@ def read_pid(path: Path) -> int:
 
 
 def kill_tree(pid: int) -> None:
-    """Teardown for a daemon (not our child): its process group, by pid."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """Teardown for a daemon (not our child, not a group leader): it and its workers, by pid."""
+    for p in [pid, *children(pid)]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_daemon_returns_once_ready_and_term_removes_the_pidfile(launcher: Launcher, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from greenfork.master import logs, privileges
 from greenfork.master.arbiter import EXIT_BOOT, HEARTBEAT, READY, Arbiter, Event, State, Worker
 from greenfork.master.listeners import Listener
+from greenfork.master.sdnotify import Notifier
 from greenfork.master.settings import Settings
 from greenfork.master.workerinfo import WorkerInfo
 
@@ -128,7 +129,7 @@ class RealPort:
         log.debug("Worker %d (pid %d) gone: %s", worker.slot, worker.pid, reason)
 
     def reloaded(self, ok: bool) -> None:
-        pass
+        self.loop.on_reloaded(ok)
 
     def forget(self, pid: int) -> None:
         s = self.controls.pop(pid, None)
@@ -150,6 +151,7 @@ class MasterLoop:
         self._on_ready = on_ready
         self._on_published = on_published
         self.identity = privileges.resolve(settings.user, settings.group)
+        self.notify = Notifier()
         self.wake_r, self.wake_w = socket.socketpair()
         self.port = RealPort(self)
         self.arbiter = Arbiter(settings, self.port)
@@ -161,8 +163,17 @@ class MasterLoop:
 
     def on_ready(self) -> None:
         log.info("Booted %d worker(s)", self.arbiter.settings.workers)
+        self.notify.ready(self._status())
         if self._on_ready is not None:
             self._on_ready()
+
+    def _status(self) -> str:
+        a = self.arbiter
+        ready = sum(1 for w in a.workers.values() if w.state.value == "ready")
+        return f"generation {a.generation}, {ready}/{a.settings.workers} workers ready"
+
+    def on_reloaded(self, ok: bool) -> None:
+        self.notify.ready(self._status() if ok else "reload failed; previous workers serving")
 
     def on_published(self, generation: int) -> None:
         if self._on_published is not None:
@@ -191,12 +202,15 @@ class MasterLoop:
                 self.port.forget(pid)
             self.wake_r.close()
             self.wake_w.close()
+            self.notify.close()
         return self.arbiter.exit_code
 
     def _loop(self) -> None:
         arbiter = self.arbiter
         while arbiter.state != State.STOPPED:
             deadline = arbiter.next_deadline()
+            if self.notify.next_ping and (deadline is None or self.notify.next_ping < deadline):
+                deadline = self.notify.next_ping
             timeout = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
             by_fd = {s.fileno(): (pid, s) for pid, s in self.port.controls.items()}
             readable, _, _ = select.select([self.wake_r.fileno(), *by_fd], [], [], timeout)
@@ -208,8 +222,14 @@ class MasterLoop:
             for sig in ORDER:
                 if sig in signals:
                     log.debug("Got %s", signal.Signals(sig).name)
+                    before = arbiter.state
+                    if sig == signal.SIGHUP and before == State.RUNNING:
+                        self.notify.reloading("reloading")
                     arbiter.handle(TO_EVENT[sig])
+                    if arbiter.state in (State.DRAINING, State.QUITTING) and before != arbiter.state:
+                        self.notify.stopping("stopping")
             arbiter.handle(Event.TICK)
+            self.notify.watchdog_due(time.monotonic())
 
     def _drain_wakeup(self) -> set[int]:
         got: set[int] = set()

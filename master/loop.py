@@ -118,6 +118,7 @@ class RealPort:
 
     def reopen_logs(self) -> None:
         logs.reopen()
+        log.info("Reopened log files (USR1)")  # the first line of the new file
 
     def reload_settings(self) -> Settings:
         return self.loop.reload_settings()

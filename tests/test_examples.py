@@ -56,3 +56,33 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
                          text=True, timeout=30)
     problems = [line for line in out.stderr.splitlines() if "greenfork" in line]
     assert out.returncode == 0 and not problems, out.stderr
+
+
+def test_kubernetes_manifests_are_valid_against_the_api_schemas() -> None:
+    import kubernetes_validate
+    import yaml
+
+    docs = list(yaml.safe_load_all((EXAMPLES / "kubernetes" / "deployment.yaml").read_text()))
+    kinds = []
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+        kinds.append(doc["kind"])
+    assert kinds == ["Deployment", "Service"]
+    # a broken manifest is caught: the check above can fail
+    bad = dict(docs[0], spec=dict(docs[0]["spec"], replicas="three"))
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kubernetes_probes_and_grace_period_fit_the_server() -> None:
+    import yaml
+
+    deployment = next(yaml.safe_load_all((EXAMPLES / "kubernetes" / "deployment.yaml").read_text()))
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if a.startswith("--"))
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert args["metrics-bind"].endswith(":9110")
+    # the pod is not SIGKILLed while greenfork still waits, then drains
+    assert pod["terminationGracePeriodSeconds"] > float(args["shutdown-delay"]) + float(args["graceful-timeout"])

@@ -85,4 +85,5 @@ def test_kubernetes_probes_and_grace_period_fit_the_server() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert args["metrics-bind"].endswith(":9110")
     # the pod is not SIGKILLed while greenfork still waits, then drains
-    assert pod["terminationGracePeriodSeconds"] > float(args["shutdown-delay"]) + float(args["graceful-timeout"])
+    waits = float(args["shutdown-delay"]) + float(args["graceful-timeout"])
+    assert pod["terminationGracePeriodSeconds"] > waits

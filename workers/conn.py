@@ -34,7 +34,7 @@ from greenfork.workers.http1 import (
     error_response,
     response_head,
 )
-from greenfork.workers.timers import BODY, DRAIN, FRESH, HEADERS, IDLE, NONE, SEND, Expired
+from greenfork.workers.timers import BODY, DRAIN, FRESH, HEADERS, IDLE, NONE, REASONS, SEND, Expired
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ log = logging.getLogger("greenfork.worker")
 RECV_SIZE = 65536
 FLUSH_AT = 65536  # gathered output above this is sent even while pipelining
 DRAIN_LIMIT = 1 << 20  # unread body bytes we discard to keep a connection reusable
+SEND_EXPIRED = REASONS[SEND]
 
 _date_cache: tuple[int, bytes] = (0, b"")
 
@@ -343,7 +344,7 @@ class Connection:
     def _flush(self) -> None:
         if not self.out:
             return
-        if self.expired is not None:
+        if self.expired == SEND_EXPIRED:
             raise ClientGone()  # the send timeout fired: nothing more goes out
         data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
         self.out.clear()

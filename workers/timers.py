@@ -31,7 +31,7 @@ FRESH: Final = 1  # a new connection waiting for its first byte: request_headers
 IDLE: Final = 2  # keep-alive, between requests: keep_alive, then close silently
 HEADERS: Final = 3  # a request head has started: request_headers_timeout, then 408
 BODY: Final = 4  # the app waits for body bytes: min_request_body_data_rate after the grace period
-DRAIN: Final = 5  # discarding an unread body after the response: DRAIN_TIMEOUT, then close
+DRAIN: Final = 5  # discarding an unread body after the response: the body rate, and DRAIN_TIMEOUT in all
 SEND: Final = 6  # blocked writing: send_timeout without progress, then close
 
 DRAIN_TIMEOUT: Final = 5.0
@@ -136,7 +136,7 @@ class Sweeper:
             phase = conn.phase
             if phase == NONE:
                 continue
-            if phase == BODY:
+            if phase in (BODY, DRAIN):
                 # Only the time spent waiting for the client counts, not the app's own
                 # time between reads: sampled here rather than clocked on every read.
                 conn.body_wait += dt
@@ -144,7 +144,9 @@ class Sweeper:
                 # Kestrel's rule: after the grace period, the rate over the whole wait so far
                 if rate > 0 and waited > grace and conn.body_bytes < rate * waited:
                     expired.append(conn)
-                continue
+                    continue
+                if phase == BODY:
+                    continue
             if conn.deadline == 0.0:
                 conn.deadline = now + limits[phase]
             elif now >= conn.deadline:

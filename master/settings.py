@@ -208,7 +208,8 @@ SETTINGS: tuple[Setting, ...] = (
             "one or two per CPU core is typical."),
     _S("worker_connections", _int, 1000, ("--worker-connections",), section="Workers",
        validate=_at_least(1), metavar="N", type_doc="integer",
-       help="Maximum concurrent connections per worker; a worker stops accepting at the limit."),
+       help="Maximum concurrent connections per worker; at the limit a worker closes further "
+            "connections (after giving workers with room 50 ms to take them)."),
     _S("timeout", _float, 30.0, ("-t", "--timeout"), section="Workers", validate=_at_least(0),
        metavar="SECONDS", type_doc="seconds",
        help="A worker whose event loop has not reported for this long is considered hung "

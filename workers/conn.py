@@ -63,9 +63,9 @@ class ClientGone(Exception):
     """The peer closed or reset while we were writing."""
 
 
-class BodyError(Exception):
-    """The request body was malformed, over the limit or cut short, while the
-    app (or the drain after it) was reading it."""
+class BodyError(OSError):
+    """The request body was malformed, over the limit, too slow or cut short, while
+    the app (or the drain after it) was reading it. An OSError, like any failed read."""
 
     def __init__(self, err: ProtocolError) -> None:
         super().__init__(err.detail)

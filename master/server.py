@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greenfork.master import config, listeners, report
+from greenfork.master import config, listeners, report, rlimits
 from greenfork.master.addresses import parse_bind
 from greenfork.master.arbiter import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from greenfork.master.listeners import BindError, Listener
@@ -93,6 +93,7 @@ class Server:
     def run(self, *, on_ready: Callable[[], None] | None = None) -> int:
         """Bind (if not yet), publish, supervise until stopped; returns the exit code."""
         s = self.settings
+        rlimits.raise_nofile()
         self.bind()
         pid = os.getpid()
         _title(f"greenfork: master [{s.app_label}]")

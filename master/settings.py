@@ -215,7 +215,8 @@ SETTINGS: tuple[Setting, ...] = (
             "one or two per CPU core is typical."),
     _S("worker_connections", _int, 1000, ("--worker-connections",), section="Workers",
        validate=_at_least(1), metavar="N", type_doc="integer",
-       help="Maximum concurrent connections per worker; a worker stops accepting at the limit."),
+       help="Maximum concurrent connections per worker; at the limit a worker closes further "
+            "connections (after giving workers with room 50 ms to take them)."),
     _S("timeout", _float, 30.0, ("-t", "--timeout"), section="Workers", validate=_at_least(0),
        metavar="SECONDS", type_doc="seconds",
        help="A worker whose event loop has not reported for this long is considered hung "
@@ -231,6 +232,41 @@ SETTINGS: tuple[Setting, ...] = (
        metavar="SECONDS", type_doc="seconds",
        help="Close a keep-alive connection idle for this long (longer than the 60 s idle timeout "
             "of common load balancers, so they close first). 0 disables keep-alive."),
+    _S("request_headers_timeout", _float, 30.0, ("--request-headers-timeout",), section="HTTP",
+       validate=_at_least(0.1), metavar="SECONDS", type_doc="seconds",
+       help="How long a client may take to send a whole request head, counted from the connection's "
+            "start or the first byte of the request. Then greenfork answers 408 and closes "
+            "(a new connection that sent nothing is closed silently)."),
+    _S("min_request_body_data_rate", _float, 240.0, ("--min-request-body-data-rate",), section="HTTP",
+       validate=_at_least(0), metavar="BYTES_PER_SECOND", type_doc="bytes per second",
+       help="A request body must arrive at least this fast, measured over the time the application "
+            "waits for it, once the grace period is over; a slower one is answered with 408 (or "
+            "the connection is closed if the response has started). 0 disables the check."),
+    _S("request_body_grace_period", _float, 5.0, ("--request-body-grace-period",), section="HTTP",
+       validate=_at_least(0), metavar="SECONDS", type_doc="seconds",
+       help="How long a request body may be slower than `min_request_body_data_rate` before the "
+            "rate is enforced."),
+    _S("send_timeout", _float, 60.0, ("--send-timeout",), section="HTTP", validate=_at_least(0.1),
+       metavar="SECONDS", type_doc="seconds",
+       help="Close a connection whose client takes no response bytes for this long (the time "
+            "between two successful writes, not for the whole response)."),
+    _S("max_request_line_size", _int, 8192, ("--max-request-line-size",), section="HTTP",
+       validate=_between(64, 1 << 20), metavar="BYTES", type_doc="integer",
+       help="Longest request line (method, target, version and CRLF); longer gets 414."),
+    _S("max_request_header_count", _int, 100, ("--max-request-header-count",), section="HTTP",
+       validate=_between(1, 10_000), metavar="N", type_doc="integer",
+       help="Most header fields in a request; more gets 431."),
+    _S("max_request_headers_total_size", _int, 32768, ("--max-request-headers-total-size",),
+       section="HTTP", validate=_between(256, 1 << 24), metavar="BYTES", type_doc="integer",
+       help="Largest header section (each field counted as name, value and 4 bytes for `: ` and "
+            "CRLF); larger gets 431. Also bounds a chunked body's trailer section."),
+    _S("max_request_body_size", _int, 30_000_000, ("--max-request-body-size",), section="HTTP",
+       validate=_at_least(0), metavar="BYTES", type_doc="integer",
+       help="Largest request body; larger gets 413 (checked against Content-Length when the "
+            "application first reads the body, and while a chunked body is read). An application "
+            "may change it for one request, before its first read of the body, by calling the "
+            "callable in its environ under `greenfork.set_max_request_body_size` with a byte "
+            "count (or None: no limit). 0 disables the limit."),
     _S("server_header", _bool, True, ("--server-header",), section="HTTP", is_flag=True,
        type_doc="boolean", help="Send `Server: greenfork` in responses."),
     # ------------------------------------------------------------------ logging
@@ -296,6 +332,14 @@ class Settings:
     graceful_timeout: float
     boot_timeout: float
     keep_alive: float
+    request_headers_timeout: float
+    min_request_body_data_rate: float
+    request_body_grace_period: float
+    send_timeout: float
+    max_request_line_size: int
+    max_request_header_count: int
+    max_request_headers_total_size: int
+    max_request_body_size: int
     server_header: bool
     error_logfile: str
     access_logfile: str | None

@@ -137,6 +137,7 @@ def head(*lines: bytes, version: bytes = b"1.1", method: bytes = b"GET", target:
 
 
 HOST = b"Host: example.com"
+CHUNKED_POST = head(HOST, b"Transfer-Encoding: chunked", method=b"POST")
 
 # ------------------------------------------------------------------ valid requests
 VALID = [
@@ -175,7 +176,7 @@ VALID = [
                     headers=((b"Host", b"example.com"), (b"Transfer-Encoding", b"chunked"))),
                   b"hello 0123456789", END, NEED_DATA],
                  id="chunked-extensions-trailers-not-merged-rfc9112-7.1-rfc9110-6.5.1"),
-    pytest.param(head(HOST, b"Transfer-Encoding: chunked", method=b"POST") + b"0\r\n\r\n",
+    pytest.param(CHUNKED_POST + b"0\r\n\r\n",
                  [R(chunked=True), END, NEED_DATA], id="chunked-empty-rfc9112-7.1"),
     pytest.param(head(HOST, target=b"/1") + head(HOST, target=b"/2") + head(HOST, target=b"/3")
                  + head(HOST, b"Content-Length: 3", method=b"POST", target=b"/4") + b"abc",
@@ -199,6 +200,17 @@ VALID = [
                       method=b"POST") + b"1\r\nx\r\n0\r\n\r\n",
                  [R(chunked=True, keep_alive=False), b"x", END, NEED_DATA],
                  id="http10-transfer-encoding-closes-rfc9112-6.1"),
+    pytest.param(head(HOST, b"X-Name: caf\xe9"),
+                 [R(headers=((b"Host", b"example.com"), (b"X-Name", b"caf\xe9"))), END, NEED_DATA],
+                 id="obs-text-in-value-rfc9110-5.5"),
+    pytest.param(head(b"Host:"), [R(headers=((b"Host", b""),)), END, NEED_DATA],
+                 id="empty-host-rfc9112-3.2"),
+    pytest.param(head(b"Host: [::1]:8080"), [R(), END, NEED_DATA], id="host-ip-literal-rfc9112-3.2"),
+    pytest.param(head(HOST, method=b"CONNECT", target=b"example.com:443"),
+                 [R(method="CONNECT", path=b"example.com:443", keep_alive=False), END, CLOSED],
+                 id="connect-authority-form-rfc9112-3.2.3"),
+    pytest.param(CHUNKED_POST + b"0003\r\nabc\r\n0\r\n\r\n",
+                 [R(chunked=True), b"abc", END, NEED_DATA], id="chunk-size-leading-zeros-rfc9112-7.1"),
 ]
 
 
@@ -252,6 +264,41 @@ ERRORS = [
     pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400, id="bare-cr-in-value-rfc9112-2.2"),
     pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\n\n", 400, id="bare-lf-ending-head-rfc9112-2.2"),
     pytest.param(head(HOST, b"X: a\x00b"), 400, id="nul-in-value-rfc9110-5.5"),
+    pytest.param(head(HOST, b"X: a\x01b"), 400, id="ctl-in-value-rfc9110-5.5"),
+    pytest.param(head(HOST, b"X: a\x7fb"), 400, id="del-in-value-rfc9110-5.5"),
+    pytest.param(head(HOST, b"X\x01Y: a"), 400, id="ctl-in-name-rfc9110-5.1"),
+    pytest.param(head(HOST, b"X\x00Y: a"), 400, id="nul-in-name-rfc9110-5.1"),
+    pytest.param(head(HOST, b": a"), 400, id="empty-field-name-rfc9110-5.1"),
+    pytest.param(b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", 400, id="whitespace-after-start-line-rfc9112-2.2"),
+    pytest.param(head(b"Host: a b"), 400, id="invalid-host-rfc9112-3.2"),
+    pytest.param(head(b"Host: a/b"), 400, id="host-with-path-rfc9112-3.2"),
+    pytest.param(head(b"Host: u@a"), 400, id="host-with-userinfo-rfc9112-3.2"),
+    pytest.param(head(HOST, target=b"http://u@h/x"), 400, id="absolute-form-userinfo-rfc9110-4.2.4"),
+    pytest.param(head(HOST, target=b"http:///x"), 400, id="absolute-form-empty-host-rfc9110-4.2.1"),
+    pytest.param(head(HOST, target=b"example.com:80"), 400,
+                 id="authority-form-only-for-connect-rfc9112-3.2.3"),
+    pytest.param(head(HOST, method=b"CONNECT", target=b"/"), 400, id="connect-origin-form-rfc9112-3.2.3"),
+    pytest.param(head(HOST, method=b"CONNECT", target=b"example.com"), 400,
+                 id="connect-without-port-rfc9110-9.3.6"),
+    pytest.param(head(HOST, method=b"CONNECT", target=b"example.com:"), 400,
+                 id="connect-empty-port-rfc9110-9.3.6"),
+    pytest.param(head(HOST, method=b"CONNECT", target=b"example.com:0"), 400,
+                 id="connect-invalid-port-rfc9110-9.3.6"),
+    pytest.param(head(HOST, method=b"CONNECT", target=b"http://example.com:80/"), 400,
+                 id="connect-absolute-form-rfc9112-3.2.3"),
+    pytest.param(head(HOST, target=b"/a\tb"), 400, id="tab-in-target-rfc9112-3.2"),
+    pytest.param(b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="space-in-target-rfc9112-3"),
+    pytest.param(b"GET / http/1.1\r\nHost: a\r\n\r\n", 400, id="lowercase-http-name-rfc9112-2.3"),
+    pytest.param(b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400, id="version-two-digits-rfc9112-2.3"),
+    pytest.param(head(HOST, b"Content-Length: 1 2", method=b"POST"), 400, id="cl-with-space-rfc9110-8.6"),
+    pytest.param(head(HOST, b"Content-Length: 1", b"Content-Length: 1", method=b"POST") + b"a", 400,
+                 id="identical-content-lengths-rfc9112-6.3"),
+    pytest.param(head(HOST, b"Transfer-Encoding: chunked", b"Content-Length: 0", method=b"POST"), 400,
+                 id="te-and-cl-zero-rfc9112-6.1"),
+    pytest.param(head(HOST, b"Transfer-Encoding: chunked, chunked", method=b"POST"), 400,
+                 id="te-chunked-twice-rfc9112-6.1"),
+    pytest.param(head(HOST, b"Transfer-Encoding: identity", method=b"POST"), 400,
+                 id="te-identity-rfc9112-6.1"),
     pytest.param(head(HOST, target=b"/a\x00b"), 400, id="nul-in-target-rfc9112-3.2"),
     pytest.param(head(HOST, target=b"/\x7f"), 400, id="del-in-target-rfc9112-3.2"),
     pytest.param(head(HOST, target=b"ftp://h/x"), 400, id="absolute-form-not-http-rfc9112-3.2.2"),
@@ -262,8 +309,6 @@ ERRORS = [
     pytest.param(head(HOST, b"X-Big: " + b"v" * 32 * 1024), 431, id="one-field-over-32k-rfc6585-5"),
     pytest.param(head(HOST, *[b"X-%d: %s" % (i, b"v" * 1000) for i in range(33)]), 431,
                  id="field-block-over-32k-rfc6585-5"),
-    pytest.param(head(HOST, b"Content-Length: 30000001", method=b"POST"), 413,
-                 id="cl-over-limit-rfc9110-15.5.14"),
     pytest.param(head(HOST, b"Content-Length: 99999999999999999999", method=b"POST"), 400,
                  id="cl-overflow-rfc9110-8.6"),
 ]
@@ -279,23 +324,104 @@ def test_rejected(data: bytes, status: int) -> None:
 
 def test_limits_are_inclusive() -> None:
     """Exactly at each bound is still accepted (Kestrel's defaults)."""
-    check(parse(head(HOST, target=b"/" + b"a" * 8191)), [R(path=b"/" + b"a" * 8191), END, NEED_DATA])
+    # "GET " + target + " HTTP/1.1\r\n" is exactly 8192 bytes
+    check(parse(head(HOST, target=b"/" + b"a" * 8176)), [R(path=b"/" + b"a" * 8176), END, NEED_DATA])
+    assert parse(head(HOST, target=b"/" + b"a" * 8177))[-1] == Err(414, "invalid_request_line")
     check(parse(head(HOST, *headers(99))), [R(), END, NEED_DATA])
     check(parse(head(HOST, b"Content-Length: 30000000", method=b"POST")),
           [R(content_length=30_000_000), NEED_DATA])
+    assert parse(head(HOST, b"Content-Length: 30000001", method=b"POST"))[-1].status == 413
+
+
+def test_configured_limits() -> None:
+    small = Limits(max_request_line=64, max_headers=2, max_header_bytes=100, max_body=5)
+    assert parse(head(HOST, target=b"/" + b"a" * 50), small)[-1].status == 414
+    assert parse(head(HOST, b"A: 1", b"B: 2"), small)[-1].status == 431
+    assert parse(head(HOST, b"A: " + b"v" * 90), small)[-1].status == 431
+    check(parse(head(HOST, b"Content-Length: 6", method=b"POST") + b"abcdef", small),
+          [R(), Err(413, "max_request_body_size_exceeded")])
+    unlimited = Limits(max_body=None)
+    check(parse(head(HOST, b"Content-Length: 99999999999", method=b"POST"), unlimited),
+          [R(content_length=99999999999), NEED_DATA])
+
+
+# ------------------------------------------------------------------ per-request body limit
+POST_CL = head(HOST, b"Content-Length: 40000000", method=b"POST")
+POST_CHUNKED = head(HOST, b"Transfer-Encoding: chunked", method=b"POST")
+
+
+def first_request(conn: H1Connection, data: bytes) -> Request:
+    conn.receive_data(data)
+    ev = conn.next_event()
+    assert type(ev) is Request
+    return ev
+
+
+def test_set_body_limit_raises_it_for_one_request() -> None:
+    conn = H1Connection()
+    first_request(conn, POST_CL + b"x" * 10)
+    assert conn.set_body_limit(50_000_000) is None
+    assert conn.next_event() == b"x" * 10
+
+
+def test_set_body_limit_none_is_unlimited_and_the_default_returns() -> None:
+    conn = H1Connection(Limits(max_body=4))
+    first_request(conn, POST_CHUNKED + b"8\r\n12345678\r\n0\r\n\r\n" + POST_CHUNKED + b"8\r\n12345678\r\n")
+    assert conn.set_body_limit(None) is None
+    assert conn.next_event() == b"12345678" and conn.next_event() is END
+    assert type(conn.next_event()) is Request  # the next request is back at the default
+    err = conn.next_event()
+    assert isinstance(err, ProtocolError) and err.status == 413
+
+
+def test_set_body_limit_lowered_refuses_content_length_up_front() -> None:
+    """RFC 9110 15.5.14: 413 before a byte is read; nothing queued behind it is delivered."""
+    conn = H1Connection()
+    first_request(conn, head(HOST, b"Content-Length: 5", method=b"POST") + b"hello" + head(HOST))
+    err = conn.set_body_limit(4)
+    assert err is not None and err.status == 413 and err.error_type == "max_request_body_size_exceeded"
+    assert conn.next_event() is err
+
+
+def test_set_body_limit_after_reading_is_an_error() -> None:
+    conn = H1Connection()
+    first_request(conn, head(HOST, b"Content-Length: 2", method=b"POST") + b"x")
+    assert conn.next_event() == b"x"
+    with pytest.raises(RuntimeError):
+        conn.set_body_limit(1)
 
 
 # ------------------------------------------------------------------ errors inside a body
 BODY_ERRORS = [
-    pytest.param(head(HOST, b"Transfer-Encoding: chunked", method=b"POST") + b"zz\r\n", None, 400,
+    pytest.param(CHUNKED_POST + b"zz\r\n", None, 400,
                  id="bad-chunk-size-rfc9112-7.1"),
-    pytest.param(head(HOST, b"Transfer-Encoding: chunked", method=b"POST") + b"3\r\nabcX\r\n", None, 400,
+    pytest.param(CHUNKED_POST + b"3\r\nabcX\r\n", None, 400,
                  id="chunk-data-overrun-rfc9112-7.1"),
-    pytest.param(head(HOST, b"Transfer-Encoding: chunked", method=b"POST") + b"3\nabc\n0\n\n", None, 400,
+    pytest.param(CHUNKED_POST + b"3\nabc\n0\n\n", None, 400,
                  id="chunk-bare-lf-rfc9112-7.1"),
     pytest.param(head(HOST, b"Transfer-Encoding: chunked", method=b"POST")
                  + b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n", Limits(max_body=10), 413,
                  id="chunked-over-max-body-rfc9110-15.5.14"),
+    pytest.param(head(HOST, b"Content-Length: 30000001", method=b"POST"), None, 413,
+                 id="cl-over-limit-rfc9110-15.5.14"),
+    pytest.param(CHUNKED_POST + b"FFFFFFFFFFFFFFFFF\r\n", None, 400,
+                 id="chunk-size-overflow-rfc9112-7.1"),
+    pytest.param(CHUNKED_POST + b"-1\r\n", None, 400,
+                 id="negative-chunk-size-rfc9112-7.1"),
+    pytest.param(CHUNKED_POST + b"0x3\r\nabc\r\n", None, 400,
+                 id="chunk-size-0x-prefix-rfc9112-7.1"),
+    pytest.param(CHUNKED_POST + b" 3\r\nabc\r\n", None, 400,
+                 id="chunk-size-leading-space-rfc9112-7.1"),
+    pytest.param(CHUNKED_POST + b"3\r\nabc0\r\n\r\n", None, 400,
+                 id="missing-crlf-after-chunk-rfc9112-7.1"),
+    pytest.param(CHUNKED_POST + b"0\r\nX: a\r\n b\r\n\r\n", None,
+                 400, id="trailer-obs-fold-rfc9112-7.1.2"),
+    pytest.param(CHUNKED_POST + b"0\r\nno colon\r\n\r\n", None,
+                 400, id="trailer-without-colon-rfc9112-7.1.2"),
+    pytest.param(CHUNKED_POST + b"0\r\nX : a\r\n\r\n", None,
+                 400, id="trailer-space-before-colon-rfc9112-7.1.2"),
+    pytest.param(CHUNKED_POST + b"0\r\nX: a\x00\r\n\r\n", None,
+                 400, id="trailer-nul-rfc9112-7.1.2"),
 ]
 
 
@@ -354,7 +480,7 @@ def test_eof_inside_body_is_incomplete_message() -> None:
     data = head(HOST, b"Content-Length: 5", method=b"POST") + b"ab"
     events = parse(data, eof=True)
     check(events, [R(content_length=5), Partial(b"ab"), Err(0, "unexpected_end_of_request_content")])
-    chunked = head(HOST, b"Transfer-Encoding: chunked", method=b"POST") + b"5\r\nab"
+    chunked = CHUNKED_POST + b"5\r\nab"
     events = parse(chunked, eof=True)
     assert events[0].chunked and events[-1] == Err(0, "unexpected_end_of_request_content")
 
@@ -456,7 +582,7 @@ def test_endless_head_is_cut_off(prefix: bytes, status: int) -> None:
 @pytest.mark.parametrize("tail", [b"X-T: ", b"X-T: 1\r\n", b""], ids=["value", "name", "field-name"])
 def test_endless_trailer_section_is_cut_off(tail: bytes) -> None:
     """RFC 9112 7.1.2: the trailer section after the last chunk is bounded like a head (431)."""
-    data = head(HOST, b"Transfer-Encoding: chunked", method=b"POST") + b"1\r\nx\r\n0\r\n" + tail
+    data = CHUNKED_POST + b"1\r\nx\r\n0\r\n" + tail
     data += b"v" * (200 * 1024)
     bound = len(data) - 200 * 1024 + Limits().max_header_bytes
     for step in (1, 1024, 65536):

@@ -1,9 +1,12 @@
 """One client connection: read bytes, feed the sans-IO core, run the app, write.
 
 Runs in its own greenlet. Responses are gathered in one output list and sent
-with a single sendall when the connection next has to wait for input, so
+with a single write when the connection next has to wait for input, so
 pipelined requests are answered with one write, and a small response goes out
 as one packet with its head.
+
+No socket timeouts: before each wait the connection records its phase (timers.py),
+and the worker's sweeper throws Expired into the greenlet when a deadline passes.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from greenfork.workers.http1 import (
     error_response,
     response_head,
 )
+from greenfork.workers.timers import BODY, DRAIN, FRESH, HEADERS, IDLE, NONE, REASONS, SEND, Expired
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
 
 if TYPE_CHECKING:
@@ -41,8 +45,7 @@ log = logging.getLogger("greenfork.worker")
 RECV_SIZE = 65536
 FLUSH_AT = 65536  # gathered output above this is sent even while pipelining
 DRAIN_LIMIT = 1 << 20  # unread body bytes we discard to keep a connection reusable
-SEND_TIMEOUT = 60.0
-HEADERS_TIMEOUT = 30.0
+SEND_EXPIRED = REASONS[SEND]
 
 _date_cache: tuple[int, bytes] = (0, b"")
 
@@ -60,9 +63,9 @@ class ClientGone(Exception):
     """The peer closed or reset while we were writing."""
 
 
-class BodyError(Exception):
-    """The request body was malformed, over the limit or cut short, while the
-    app (or the drain after it) was reading it."""
+class BodyError(OSError):
+    """The request body was malformed, over the limit, too slow or cut short, while
+    the app (or the drain after it) was reading it. An OSError, like any failed read."""
 
     def __init__(self, err: ProtocolError) -> None:
         super().__init__(err.detail)
@@ -70,8 +73,9 @@ class BodyError(Exception):
 
 
 class Connection:
-    __slots__ = ("addr", "ctx", "framer", "greenlet", "h1", "head_flushed", "idle", "out", "req",
-                 "served", "server", "sock", "sr", "status")
+    __slots__ = ("addr", "body_bytes", "body_wait", "ctx", "deadline", "expired", "framer", "greenlet", "h1",
+                 "head_flushed", "idle", "inp", "out", "phase", "req", "served", "server", "sock", "sr",
+                 "status")
 
     def __init__(self, server: WorkerServer, sock: socket.socket, addr: Any, ctx: ListenerContext) -> None:
         self.server = server
@@ -88,6 +92,14 @@ class Connection:
         self.head_flushed = False
         self.status = 0
         self.served = 0
+        self.inp: Input | None = None
+        # timers.py: the phase this connection waits in, its deadline (0.0: not armed yet),
+        # and for the body rate, the time spent waiting for body bytes and their count
+        self.phase = FRESH
+        self.deadline = 0.0
+        self.body_wait = 0.0
+        self.body_bytes = 0
+        self.expired: str | None = None  # the error_type, once a timeout fired
 
     # -------------------------------------------------------------- the loop
     def run(self) -> None:
@@ -95,6 +107,8 @@ class Connection:
             self._serve()
         except (ClientGone, ConnectionError, TimeoutError, GreenletExit):
             pass
+        except Expired as e:  # a wait we do not handle specially (never expected)
+            self._timed_out(e)
         except BodyError as e:
             self._reject(e.err)
         except OSError as e:
@@ -118,15 +132,21 @@ class Connection:
                 if between and server.draining:
                     return  # idle while draining: nothing in flight, close now
                 self.idle = between
-                # keep-alive idle time applies between requests; the first request
-                # (and any partial head) gets the headers timeout
-                wait = server.keep_alive if between and self.served else HEADERS_TIMEOUT
-                self.sock.settimeout(wait)
+                # The keep-alive timeout runs between requests; a new connection and a
+                # started head share the headers timeout, counted from the connection's
+                # start or from the request's first byte (not per read).
+                if between:
+                    if self.served and self.phase != IDLE:
+                        self.phase = IDLE
+                        self.deadline = 0.0
+                elif self.phase != HEADERS:
+                    if self.phase != FRESH:
+                        self.deadline = 0.0
+                    self.phase = HEADERS
                 try:
                     data = self.sock.recv(RECV_SIZE)
-                except TimeoutError:
-                    if not between:
-                        self._reject(ProtocolError(408, "request_headers_timeout", "headers timeout"))
+                except Expired as e:
+                    self._timed_out(e)
                     return
                 finally:
                     self.idle = False
@@ -146,10 +166,18 @@ class Connection:
             # already finished with; _handle drained it, so nothing to do
 
     def _reject(self, err: ProtocolError) -> None:
-        log.debug("rejected request from %s: %s (%s)", self.ctx.peer(self.addr), err.detail, err.error_type)
+        log.debug("rejected request from %s: %s (%s)", self.ctx.peer(self.addr), err.error_type, err.detail)
         if err.status:
             self.out.append(error_response(err.status, http_date(), self.server.server_header))
             self._flush()
+
+    def _timed_out(self, e: Expired) -> None:
+        """A wait between or inside request heads expired: 408 once a head has started."""
+        self.expired = e.reason
+        if e.phase == HEADERS:
+            self._reject(ProtocolError(408, e.reason, "request head not complete in time"))
+        else:
+            log.debug("closed connection from %s: %s", self.ctx.peer(self.addr), e.reason)
 
     # -------------------------------------------------------------- a request
     def _handle(self, req: Request) -> bool:
@@ -160,16 +188,22 @@ class Connection:
         self.status = 0
         self.framer = None
         self.head_flushed = False
+        self.phase = NONE
+        self.body_wait = 0.0
+        self.body_bytes = 0
         env = build_environ(self.ctx.base_environ, req, server.script_name)
         env["REMOTE_ADDR"], env["REMOTE_PORT"] = self.ctx.remote(self.addr)
-        inp = Input(self._pull_body, self._send_continue if req.expect_continue else None)
+        inp = self.inp = Input(self._pull_body, self._start_body, server.limits.max_body)
         env["wsgi.input"] = inp
+        env["greenfork.set_max_request_body_size"] = inp.set_max_body_size
         sr = self.sr = StartResponse(self._write)
         mark = len(self.out)
         result: Any = None
         keep = True
+        # We are no proxy and speak nothing but HTTP: the server answers these itself.
+        app = server.app if req.path != b"*" and req.method != "CONNECT" else _server_itself
         try:
-            result = server.app(env, sr)
+            result = app(env, sr)
             if isinstance(result, FileWrapper) and self._can_sendfile(result, sr):
                 self._sendfile(result)
             elif type(result) is list or type(result) is tuple:
@@ -197,7 +231,8 @@ class Connection:
                 self.status = e.err.status
                 if e.err.status:
                     self.out.append(error_response(e.err.status, http_date(), server.server_header))
-            log.debug("request body from %s: %s", self.ctx.peer(self.addr), e.err.detail)
+            log.debug("request body from %s: %s (%s)", self.ctx.peer(self.addr), e.err.error_type,
+                      e.err.detail)
         except Exception:
             keep = False
             log.exception("Error handling request %s %s", req.method, req.target.decode("latin-1"))
@@ -220,19 +255,26 @@ class Connection:
             sent = framer.body_bytes if framer is not None else 0
             server.access_log.log(env, self.status, self.sr.headers if self.sr else [], sent,
                                   time.monotonic() - started)
-        self.req = self.sr = None
         self.served += 1
         if keep and not inp.finished:
-            self.sock.settimeout(HEADERS_TIMEOUT)
+            # Bounded in bytes here and in time by the sweeper (DRAIN phase).
+            self.phase = DRAIN
+            self.deadline = 0.0
             try:
                 keep = inp.drain(DRAIN_LIMIT)
             except BodyError:
                 keep = False  # the response is already gathered; the close ends it
+            self.phase = NONE
+        self.req = self.sr = None
+        self.inp = None
         return keep and not server.draining and server.keep_alive > 0
 
     def _pull_body(self) -> bytes:
         h1 = self.h1
         while True:
+            if self.expired is not None:
+                # a timeout already fired on this body: every later read fails the same way
+                raise BodyError(ProtocolError(0, self.expired, "timed out"))
             ev = h1.next_event()
             if type(ev) is bytes:
                 return ev
@@ -240,15 +282,33 @@ class Connection:
                 return b""
             if ev is NEED_DATA:
                 self._flush()
-                self.sock.settimeout(HEADERS_TIMEOUT)
-                h1.receive_data(self.sock.recv(RECV_SIZE))
+                draining = self.phase == DRAIN
+                if not draining:
+                    self.phase = BODY
+                try:
+                    data = self.sock.recv(RECV_SIZE)
+                except Expired as e:
+                    self.expired = e.reason
+                    # 408 if the response has not started (else the close aborts it)
+                    raise BodyError(ProtocolError(0 if draining else 408, e.reason,
+                                                  "request body too slow")) from None
+                self.body_bytes += len(data)
+                self.phase = DRAIN if draining else NONE
+                h1.receive_data(data)
                 continue
             if isinstance(ev, ProtocolError):
                 raise BodyError(ev)
             return b""  # CLOSED
 
-    def _send_continue(self) -> None:
-        if self.framer is None:
+    def _start_body(self) -> None:
+        """Before the first read of wsgi.input (by the app or the drain): apply the
+        request's body limit, then invite the body if the client waits for that."""
+        inp = self.inp
+        assert inp is not None and self.req is not None
+        err = self.h1.set_body_limit(inp.max_body)
+        if err is not None:
+            raise BodyError(err)  # 413 instead of "100 Continue"
+        if self.req.expect_continue and self.framer is None:
             self.out.append(CONTINUE)
             self._flush()
 
@@ -259,8 +319,13 @@ class Connection:
         if sr.status is None:
             raise RuntimeError("the application returned without calling start_response")
         server = self.server
-        head, self.framer = response_head(self.req, sr.status, sr.headers,
-                                          keep_alive=not server.draining and server.keep_alive > 0,
+        req = self.req
+        # A client still waiting for "100 Continue" has not sent the body the app did not
+        # read: rather than wait for it, say the connection closes (RFC 9110 10.1.1).
+        unsent = req.expect_continue and self.inp is not None and not self.inp.started
+        head, self.framer = response_head(req, sr.status, sr.headers,
+                                          keep_alive=not server.draining and server.keep_alive > 0
+                                          and not unsent,
                                           date=http_date(), server=server.server_header)
         self.status = int(sr.status[:3])
         self.out.append(head)
@@ -281,17 +346,33 @@ class Connection:
     def _flush(self) -> None:
         if not self.out:
             return
+        if self.expired == SEND_EXPIRED:
+            raise ClientGone()  # the send timeout fired: nothing more goes out
         data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
         self.out.clear()
         if self.framer is not None:
             self.head_flushed = True
             if self.sr is not None:
                 self.sr.sent = True
-        self.sock.settimeout(SEND_TIMEOUT)
+        # sendall by hand: each partial write is progress, which re-arms the send timeout
+        phase = self.phase
+        self.phase = SEND
+        self.deadline = 0.0
         try:
-            self.sock.sendall(data)
+            sent = self.sock.send(data)
+            if sent < len(data):
+                view = memoryview(data)
+                while sent < len(data):
+                    self.deadline = 0.0
+                    sent += self.sock.send(view[sent:])
+        except Expired as e:
+            self.expired = e.reason
+            log.debug("closed connection from %s: %s", self.ctx.peer(self.addr), e.reason)
+            raise ClientGone() from None
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ClientGone() from e
+        self.phase = phase if phase != SEND else NONE
+        self.deadline = 0.0
 
     # ------------------------------------------------------------- sendfile
     def _can_sendfile(self, fw: FileWrapper, sr: StartResponse) -> bool:
@@ -322,7 +403,14 @@ class Connection:
             try:
                 sent = os.sendfile(sockfd, fd, offset, min(remaining, 1 << 20))
             except BlockingIOError:
-                wait_write(sockfd, timeout=SEND_TIMEOUT, timeout_exc=TimeoutError("send timeout"))
+                self.phase = SEND
+                self.deadline = 0.0
+                try:
+                    wait_write(sockfd)
+                except Expired as e:
+                    self.expired = e.reason
+                    raise ClientGone() from None
+                self.phase = NONE
                 continue
             except (BrokenPipeError, ConnectionResetError) as e:
                 raise ClientGone() from e
@@ -334,6 +422,27 @@ class Connection:
         framer.remaining = remaining
         if remaining:
             framer.keep_alive = False
+
+
+def _server_itself(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    """Requests the server answers without the application.
+
+    `OPTIONS *` (RFC 9110 9.3.7) asks about the server in general, not a resource: 200 with
+    no content, and the connection stays open. An application would see PATH_INFO "*",
+    which routers do not expect.
+
+    CONNECT (RFC 9110 9.3.6) asks for a tunnel, which only a proxy provides. The method is
+    known but the target (an authority, not a resource) supports no method here: 405 with
+    an empty Allow (RFC 9110 10.2.1: "allows no methods"); the request was already marked
+    to close (llhttp treats CONNECT like an upgrade), so tunnel bytes are never parsed.
+    """
+    if environ["REQUEST_METHOD"] == "CONNECT":
+        body = b"405 Method Not Allowed\n"
+        start_response("405 Method Not Allowed", [("Allow", ""), ("Content-Type", "text/plain"),
+                                                  ("Content-Length", str(len(body)))])
+        return [body]
+    start_response("200 OK", [("Content-Length", "0")])
+    return []
 
 
 def serve_connection(server: WorkerServer, sock: socket.socket, addr: Any, ctx: ListenerContext,

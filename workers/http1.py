@@ -7,7 +7,7 @@ chunk sizes, obs-fold and bare CR/LF. On top we add what llhttp does not do:
 bounds on the request head and body, Host rules, and the response side.
 
 Events from H1Connection.next_event():
-  Request        a request head
+  Request        a request head; set_body_limit() may follow, before the next next_event()
   bytes          a piece of the current request's body (never empty)
   END            the current request's body is complete
   ProtocolError  the input is malformed; answer err.status (if any) and close
@@ -41,13 +41,15 @@ CLOSED: Final = _Sentinel("CLOSED")
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Kestrel's defaults. max_body is checked against Content-Length up front and
-    while reading chunked bodies; the WSGI layer may raise it per request."""
+    """Kestrel's defaults. max_request_line counts method, target, version and CRLF.
+    max_body (None: no limit) is the default for each request; it is checked when the
+    consumer first asks for the body (Content-Length up front, then bytes as they are
+    delivered), so set_body_limit() can change it for one request before that."""
 
     max_request_line: int = 8192
     max_headers: int = 100
     max_header_bytes: int = 32768
-    max_body: int = 30_000_000
+    max_body: int | None = 30_000_000
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -91,8 +93,9 @@ _HEAD, _BODY, _DONE = 0, 1, 2  # per-message parse state
 class H1Connection:
     """One connection's parser. Feed bytes with receive_data(); pull events."""
 
-    __slots__ = ("_body_bytes", "_closed", "_error", "_events", "_head_bytes", "_header_count",
-                 "_header_bytes", "_limits", "_parser", "_req", "_state", "_trailer_bytes", "_url")
+    __slots__ = ("_body_limit", "_check_pending", "_closed", "_delivered", "_delivering", "_error", "_events",
+                 "_head_bytes", "_header_count", "_header_bytes", "_limits", "_parser", "_req", "_state",
+                 "_trailer_bytes", "_url")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
@@ -104,10 +107,17 @@ class H1Connection:
         self._head_bytes = 0
         self._header_count = 0
         self._header_bytes = 0
-        self._body_bytes = 0
         self._trailer_bytes: int | None = None  # counting since a chunk-size line with no data yet
         self._error: ProtocolError | None = None
         self._closed = False
+        # Delivery side: the body limit applies to what the consumer is handed, not to what
+        # llhttp has parsed, because a head and its body often arrive in one read, before the
+        # consumer could change the limit. Memory stays bounded: the consumer feeds more only
+        # once the queue is empty.
+        self._delivering: Request | None = None  # the last Request handed out
+        self._check_pending = False  # its Content-Length is not yet checked against the limit
+        self._body_limit: int | None = limits.max_body
+        self._delivered = 0
 
     # ------------------------------------------------------------ input side
     def receive_data(self, data: bytes) -> None:
@@ -163,13 +173,51 @@ class H1Connection:
             self._fail(ProtocolError(431, "invalid_request_headers", "trailer section too large"))
 
     def next_event(self) -> object:
+        if self._check_pending:
+            self._check_content_length()
         if self._events:
-            return self._events.popleft()
+            ev = self._events.popleft()
+            t = type(ev)
+            if t is bytes:
+                self._delivered += len(ev)  # type: ignore[arg-type]
+                if self._body_limit is not None and self._delivered > self._body_limit:
+                    self._too_large("body over the limit")
+                    return self._error
+            elif t is Request:
+                self._delivering = ev  # type: ignore[assignment]
+                self._check_pending = True
+                self._body_limit = self._limits.max_body
+                self._delivered = 0
+            return ev
         if self._error is not None:
             return self._error
         if self._closed:
             return CLOSED
         return NEED_DATA
+
+    def set_body_limit(self, limit: int | None) -> ProtocolError | None:
+        """The body limit for the request just handed out (None: no limit); call it before
+        the next next_event(). Returns the 413 error when Content-Length is already over it."""
+        if not self._check_pending:
+            raise RuntimeError("the request body is already being read")
+        self._body_limit = limit
+        return self._check_content_length()
+
+    def _check_content_length(self) -> ProtocolError | None:
+        self._check_pending = False
+        req = self._delivering
+        limit = self._body_limit
+        if req is not None and limit is not None and req.content_length is not None and \
+                req.content_length > limit:
+            self._too_large("Content-Length over the limit")
+            return self._error
+        return None
+
+    def _too_large(self, detail: str) -> None:
+        # Nothing after this is delivered: the rest of the body, and any request pipelined
+        # behind it, go unread, and the connection closes after the 413.
+        self._events.clear()
+        self._error = ProtocolError(413, "max_request_body_size_exceeded", detail)
 
     @property
     def between_requests(self) -> bool:
@@ -189,12 +237,12 @@ class H1Connection:
         self._url.clear()
         self._header_count = 0
         self._header_bytes = 0
-        self._body_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        if sum(map(len, self._url)) > self._limits.max_request_line:
-            raise ProtocolError(414, "invalid_request_line", "request target too long")
+        # method SP target SP HTTP/1.1 CRLF: the method is known by now, the version is 8 bytes
+        if sum(map(len, self._url)) + len(self._parser.get_method()) + 12 > self._limits.max_request_line:
+            raise ProtocolError(414, "invalid_request_line", "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self._req
@@ -226,7 +274,9 @@ class H1Connection:
             req.keep_alive = False
         target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         req.target = target
-        if target[:1] == b"/":
+        if req.method == "CONNECT":
+            self._absolute_form(req, target)  # only authority-form is valid (RFC 9112 3.2.3)
+        elif target[:1] == b"/":
             path, _, query = target.partition(b"?")
             req.path, req.query = path, query
         elif target == b"*" and req.method == "OPTIONS":
@@ -239,6 +289,8 @@ class H1Connection:
             lname = name.lower()
             if lname == b"host":
                 host_count += 1
+                if not _valid_host(value):
+                    raise ProtocolError(400, "invalid_request_headers", "invalid Host")
             elif lname == b"content-length":
                 req.content_length = int(value)  # llhttp validated the digits and duplicates
             elif lname == b"transfer-encoding":
@@ -260,21 +312,27 @@ class H1Connection:
         if host_count > 1 or (host_count == 0 and req.version == "1.1"):
             raise ProtocolError(400, "invalid_request_headers",
                                 "missing Host" if host_count == 0 else "more than one Host")
-        if req.content_length is not None and req.content_length > self._limits.max_body:
-            raise ProtocolError(413, "max_request_body_size_exceeded", "Content-Length over the limit")
         self._state = _BODY
         self._head_bytes = 0
         self._events.append(req)
 
     def _absolute_form(self, req: Request, target: bytes) -> None:
         if req.method == "CONNECT":
-            req.path = target  # authority-form; the app decides (usually 405)
+            # RFC 9112 3.2.3: authority-form, host:port. RFC 9110 9.3.6: an empty or invalid
+            # port MUST be rejected, typically with 400. A valid one is still no tunnel: the
+            # connection layer answers it (we are not a proxy).
+            host, colon, port = target.rpartition(b":")
+            if not colon or not host or not port.isdigit() or len(port) > 5 or not 0 < int(port) < 65536 \
+                    or b"/" in host or b"@" in host:
+                raise ProtocolError(400, "invalid_request_line", "CONNECT needs host:port")
+            req.path = target
             return
         try:
             url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
             raise ProtocolError(400, "invalid_request_line", "invalid request target") from None
-        if url.schema not in (b"http", b"https") or not url.host:
+        # RFC 9110 4.2.1: an http(s) URI has a non-empty host; 4.2.4: userinfo is an error
+        if url.schema not in (b"http", b"https") or not url.host or url.userinfo:
             raise ProtocolError(400, "invalid_request_line", "invalid request target")
         req.host = url.host if url.port is None else b"%s:%d" % (url.host, url.port)
         req.path = url.path or b"/"
@@ -288,15 +346,33 @@ class H1Connection:
 
     def on_body(self, body: bytes) -> None:
         self._trailer_bytes = None
-        self._body_bytes += len(body)
-        if self._body_bytes > self._limits.max_body:
-            raise ProtocolError(413, "max_request_body_size_exceeded", "body over the limit")
         self._events.append(body)
 
     def on_message_complete(self) -> None:
         self._state = _DONE
         self._req = None
         self._events.append(END)
+
+
+# RFC 3986 reg-name, IPv4 and IP-literal characters, and ":" before a port
+_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=[]:"
+
+
+def _valid_host(value: bytes) -> bool:
+    """RFC 9112 3.2: Host = uri-host [ ":" port ]; an invalid one is a 400. Empty is valid
+    (a client sends it when the target URI has no authority)."""
+    if value.translate(None, _HOST_CHARS):
+        return False
+    if value[:1] == b"[":
+        end = value.find(b"]")
+        if end < 0 or b"[" in value[1:] or b"]" in value[end + 1:]:
+            return False
+        host, rest = value[:end + 1], value[end + 1:]
+        return not rest or (rest[:1] == b":" and rest[1:].isdigit())
+    if b"[" in value or b"]" in value:
+        return False
+    host, colon, port = value.partition(b":")
+    return not colon or (port.isdigit() and b":" not in port) or (not port and bool(host))
 
 
 def _classify(message: str, state: int) -> ProtocolError:

@@ -30,6 +30,8 @@ from greenfork.master.workerinfo import WorkerInfo
 from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.conn import Connection
 from greenfork.workers.http1 import Limits
+from greenfork.workers.shed import Shedder
+from greenfork.workers.timers import Sweeper, Timeouts
 from greenfork.workers.wsgi import Errors, FileWrapper
 
 log = logging.getLogger("greenfork.worker")
@@ -68,14 +70,16 @@ class WorkerServer:
         s = info.settings
         self.info = info
         self.settings = s
-        self.limits = Limits()
+        self.limits = Limits(max_request_line=s.max_request_line_size, max_headers=s.max_request_header_count,
+                             max_header_bytes=s.max_request_headers_total_size,
+                             max_body=s.max_request_body_size or None)
         self.keep_alive = s.keep_alive
         self.server_header = s.server_header
         self.script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
         self.draining = False
         self.connections: set[Connection] = set()
-        self.capacity = gevent.event.Event()
-        self.capacity.set()
+        self.sweeper = Sweeper(self.connections, Timeouts.from_settings(s))
+        self.shedder = Shedder(info.slot, s.worker_connections)
         self.stopped = gevent.event.Event()
         self.graceful = True
         self.app: Any = None
@@ -108,6 +112,7 @@ class WorkerServer:
             sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
             self.sockets.append(sock)
             self.acceptors.append(gevent.spawn(self._accept_loop, sock, ctx))
+        self.sweeper.start()
         self.control = gsocket.socket(fileno=info.control.detach())
         gevent.spawn(self._control_loop)
         self._send(READY)
@@ -145,13 +150,19 @@ class WorkerServer:
     def _accept_loop(self, sock: socket.socket, ctx: ListenerContext) -> None:
         limit = self.settings.worker_connections
         tcp = not ctx.unix
+        shedder = self.shedder
+        connections = self.connections
+
+        def full() -> bool:
+            return len(connections) >= limit
+
         while not self.draining:
-            if len(self.connections) >= limit:
-                # Leave further connections in the kernel queue, where a less
-                # busy worker can take them, instead of accepting and dropping.
-                self.capacity.clear()
-                self.capacity.wait()
+            if len(connections) >= limit:
+                # Excess connections are closed, never queued for as long as we stay full
+                # (but a worker with room gets the first chance at them: shed.py).
+                shedder.shed(sock, full)
                 continue
+            shedder.room_again()
             try:
                 client, addr = sock.accept()
             except OSError as e:
@@ -169,8 +180,6 @@ class WorkerServer:
 
     def connection_done(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        if not self.capacity.is_set():
-            self.capacity.set()
         if self.draining and not self.connections:
             self.stopped.set()
 

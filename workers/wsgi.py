@@ -75,25 +75,40 @@ def build_environ(base: dict[str, Any], req: Request, script_name: str) -> dict[
 class Input:
     """wsgi.input: streams the body from the connection, never past its end.
 
-    pull() returns the next piece of body, or b"" at the end. The first pull
-    sends "100 Continue" when the client asked for it (via on_first_read).
+    pull() returns the next piece of body, or b"" at the end. on_first_read runs
+    before the first pull: the connection applies max_body there and sends
+    "100 Continue" when the client asked for it.
     """
 
-    __slots__ = ("_buf", "_done", "_first", "_pull", "consumed")
+    __slots__ = ("_buf", "_done", "_first", "_pull", "consumed", "max_body", "started")
 
-    def __init__(self, pull: Callable[[], bytes], on_first_read: Callable[[], None] | None = None) -> None:
+    def __init__(self, pull: Callable[[], bytes], on_first_read: Callable[[], None] | None = None,
+                 max_body: int | None = None) -> None:
         self._pull = pull
         self._first = on_first_read
         self._buf = b""
         self._done = False
         self.consumed = 0
+        self.max_body = max_body
+        self.started = False
+
+    def set_max_body_size(self, limit: int | None) -> None:
+        """environ["greenfork.set_max_request_body_size"]: this request's body limit in
+        bytes (None: no limit), before the first read; afterwards the limit is in force."""
+        if self.started:
+            raise RuntimeError("wsgi.input has already been read; set the body size limit before that")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise ValueError(f"expected a byte count or None, not {limit!r}")
+        self.max_body = limit
 
     def _more(self) -> bool:
         if self._done:
             return False
-        if self._first is not None:
-            first, self._first = self._first, None
-            first()
+        if not self.started:
+            self.started = True
+            if self._first is not None:
+                first, self._first = self._first, None
+                first()
         data = self._pull()
         if not data:
             self._done = True

@@ -80,3 +80,39 @@ class Broken:
 
 def factory():
     return app
+
+
+def hostile(environ, start_response):
+    """Paths for the slow-client and limit tests (tests/test_hostile.py); the rest as app."""
+    path = environ["PATH_INFO"]
+    args = {k: v[0] for k, v in parse_qs(environ["QUERY_STRING"]).items()}
+    if path == "/limit":
+        # /limit?max=N: this request's body limit, then echo the body's length
+        environ["greenfork.set_max_request_body_size"](int(args["max"]) if args["max"] != "none" else None)
+        size = 0
+        while chunk := environ["wsgi.input"].read(65536):
+            size += len(chunk)
+        return _text(start_response, str(size).encode())
+    if path == "/limit-late":
+        environ["wsgi.input"].read(1)
+        try:
+            environ["greenfork.set_max_request_body_size"](1)
+        except RuntimeError:
+            return _text(start_response, b"refused")
+        return _text(start_response, b"accepted")
+    if path == "/stream-then-read":
+        # the response starts before the body is read: a body timeout can only abort it
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def gen():
+            yield b"started\n"
+            yield b"%d\n" % len(environ["wsgi.input"].read())
+
+        return gen()
+    if path == "/big":
+        # /big?n=BYTES streamed in 64 KiB pieces: a client that stops reading blocks the send
+        n = int(args.get("n", 1 << 20))
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(n))])
+        piece = b"x" * 65536
+        return (piece[: min(65536, n - i)] for i in range(0, n, 65536))
+    return app(environ, start_response)

@@ -1,0 +1,93 @@
+"""The sweeper's arithmetic, with fake connections and a fake clock (no gevent)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from greenfork.workers.timers import BODY, DRAIN, FRESH, HEADERS, IDLE, NONE, SEND, Expired, Sweeper, Timeouts
+
+
+class FakeGreenlet:
+    def __init__(self) -> None:
+        self.dead = False
+        self.thrown: list[BaseException] = []
+
+    def throw(self, e: BaseException) -> None:
+        self.thrown.append(e)
+
+
+class Conn:
+    def __init__(self, phase: int) -> None:
+        self.phase = phase
+        self.deadline = 0.0
+        self.body_wait = 0.0
+        self.body_bytes = 0
+        self.greenlet: Any = FakeGreenlet()
+
+
+def sweeper(conns: list[Conn], **kw: float) -> Sweeper:
+    s = Sweeper(conns, Timeouts(**kw))
+    s._last = 100.0
+    return s
+
+
+def reasons(conn: Conn) -> list[str]:
+    return [e.reason for e in conn.greenlet.thrown if isinstance(e, Expired)]
+
+
+def test_deadline_is_armed_lazily_then_expires() -> None:
+    idle, head, fresh, send, none = Conn(IDLE), Conn(HEADERS), Conn(FRESH), Conn(SEND), Conn(NONE)
+    s = sweeper([idle, head, fresh, send, none], keep_alive=5, request_headers=3, send=4)
+    assert s.sweep(101.0) == []  # first sight arms: now + timeout
+    assert (idle.deadline, head.deadline, fresh.deadline, send.deadline) == (106.0, 104.0, 104.0, 105.0)
+    assert s.sweep(103.9) == []
+    assert s.sweep(104.0) == [head, fresh]
+    assert reasons(head) == ["request_headers_timeout"] and reasons(fresh) == ["request_headers_timeout"]
+    assert head.phase == NONE  # never expired twice
+    assert s.sweep(106.5) == [idle, send]
+    assert reasons(idle) == ["keep_alive_timeout"] and reasons(send) == ["min_response_data_rate"]
+    assert none.greenlet.thrown == []
+
+
+def test_body_rate_counts_only_waiting_time_after_the_grace_period() -> None:
+    c = Conn(BODY)
+    s = sweeper([c], min_body_rate=100, body_grace=2)
+    for t in (101.0, 102.0):
+        assert s.sweep(t) == []  # within the grace period, even with no bytes
+    c.body_bytes = 250  # 250 bytes over 2.5 s of waiting: 100 B/s, enough
+    c.phase = NONE  # the app is busy for a long time: not counted
+    assert s.sweep(110.0) == []
+    c.phase = BODY
+    assert s.sweep(110.5) == []
+    assert c.body_wait == 2.5
+    assert s.sweep(111.5) == [c]  # 250 bytes in 3.5 s: under 100 B/s
+    assert reasons(c) == ["min_request_body_data_rate"]
+
+
+def test_body_rate_zero_disables_it() -> None:
+    c = Conn(BODY)
+    s = sweeper([c], min_body_rate=0, body_grace=0)
+    assert s.sweep(1000.0) == []
+
+
+def test_drain_is_bounded_in_time_even_at_a_good_rate() -> None:
+    c = Conn(DRAIN)
+    s = sweeper([c], min_body_rate=1, body_grace=0, drain=5)
+    c.body_bytes = 10**9
+    assert s.sweep(101.0) == []
+    assert s.sweep(106.0) == [c] and reasons(c) == ["request_body_drain_timeout"]
+
+
+def test_dead_greenlets_are_skipped() -> None:
+    c = Conn(IDLE)
+    c.greenlet.dead = True
+    s = sweeper([c], keep_alive=1)
+    s.sweep(101.0)
+    s.sweep(103.0)
+    assert c.greenlet.thrown == []
+
+
+def test_interval() -> None:
+    assert Timeouts().interval() == 1.0
+    assert Timeouts(request_headers=0.6, keep_alive=0.6, send=0.6, body_grace=0.4).interval() == 0.1
+    assert Timeouts(keep_alive=0.0, request_headers=0.1, send=0.1, drain=0.1).interval() == 0.05

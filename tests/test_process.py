@@ -44,7 +44,7 @@ def test_sigkill_worker_is_replaced_and_requests_keep_succeeding(launcher: Launc
     g = launcher.start(["testapp:app", "-b", "127.0.0.1:0"], workers=2)
     before = set(g.workers())
     victim = before.pop()
-    errors: list[BaseException] = []
+    errors: list[tuple[float, BaseException]] = []
     served = [0]
     stop = threading.Event()
 
@@ -56,7 +56,7 @@ def test_sigkill_worker_is_replaced_and_requests_keep_succeeding(launcher: Launc
                 assert status == 200
                 served[0] += 1
             except BaseException as e:  # collected and asserted below
-                errors.append(e)
+                errors.append((time.monotonic(), e))
 
     t = threading.Thread(target=load)
     t.start()
@@ -68,13 +68,17 @@ def test_sigkill_worker_is_replaced_and_requests_keep_succeeding(launcher: Launc
 
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: len(g.workers()) == 2 and victim not in g.workers(), 5, "a replacement worker")
-        assert time.monotonic() - killed_at < 2.0
+        replaced_at = time.monotonic()
+        assert replaced_at - killed_at < 2.0
         count = served[0]
         wait_for(lambda: served[0] > count + 5, 10, "requests after the kill")
     finally:
         stop.set()
         t.join(15)
-    assert not errors, errors[:3]
+    # The one request the victim had accepted dies with it (no server can save it);
+    # every other request, and all of them once the replacement is up, succeed.
+    assert len(errors) <= 1, errors[:3]
+    assert all(when < replaced_at for when, _ in errors), errors
     assert "died: killed by SIGKILL" in g.log()
 
 

@@ -73,13 +73,15 @@ class BodyError(OSError):
 
 
 class Connection:
-    __slots__ = ("addr", "body_bytes", "body_wait", "ctx", "deadline", "expired", "framer", "greenlet", "h1",
-                 "head_flushed", "idle", "inp", "out", "phase", "req", "served", "server", "sock", "sr",
-                 "status")
+    __slots__ = ("addr", "body_bytes", "body_wait", "ctx", "deadline", "expired", "framer", "greenlet",
+                 "h1", "head_flushed", "idle", "inp", "out", "phase", "raw", "req", "served", "server",
+                 "sock", "sr", "status")
 
     def __init__(self, server: WorkerServer, sock: socket.socket, addr: Any, ctx: ListenerContext) -> None:
         self.server = server
         self.sock = sock
+        # gevent's socket wraps a non-blocking OS socket: writes try it directly first
+        self.raw = getattr(sock, "_sock", sock)
         self.addr = addr
         self.ctx = ctx
         self.h1 = H1Connection(server.limits)
@@ -194,6 +196,7 @@ class Connection:
         env = build_environ(self.ctx.base_environ, req, server.script_name)
         env["REMOTE_ADDR"], env["REMOTE_PORT"] = self.ctx.remote(self.addr)
         inp = self.inp = Input(self._pull_body, self._start_body, server.limits.max_body)
+        inp.bodyless = not req.chunked and not req.content_length
         env["wsgi.input"] = inp
         env["greenfork.set_max_request_body_size"] = inp.set_max_body_size
         sr = self.sr = StartResponse(self._write)
@@ -256,7 +259,7 @@ class Connection:
             server.access_log.log(env, self.status, self.sr.headers if self.sr else [], sent,
                                   time.monotonic() - started)
         self.served += 1
-        if keep and not inp.finished:
+        if keep and not inp.finished and not (inp.bodyless and self.h1.skip_end()):
             # Bounded in bytes here and in time by the sweeper (DRAIN phase).
             self.phase = DRAIN
             self.deadline = 0.0
@@ -354,17 +357,27 @@ class Connection:
             self.head_flushed = True
             if self.sr is not None:
                 self.sr.sent = True
+        # One non-blocking send on the real socket usually takes it all; gevent's
+        # waiting send (and the send timeout) is only needed when the buffer is full.
+        try:
+            sent = self.raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise ClientGone() from e
+        if sent < len(data):
+            self._send_rest(data, sent)
+
+    def _send_rest(self, data: bytes, sent: int) -> None:
         # sendall by hand: each partial write is progress, which re-arms the send timeout
         phase = self.phase
         self.phase = SEND
         self.deadline = 0.0
         try:
-            sent = self.sock.send(data)
-            if sent < len(data):
-                view = memoryview(data)
-                while sent < len(data):
-                    self.deadline = 0.0
-                    sent += self.sock.send(view[sent:])
+            view = memoryview(data)
+            while sent < len(data):
+                self.deadline = 0.0
+                sent += self.sock.send(view[sent:])
         except Expired as e:
             self.expired = e.reason
             log.debug("closed connection from %s: %s", self.ctx.peer(self.addr), e.reason)

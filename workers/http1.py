@@ -219,6 +219,15 @@ class H1Connection:
         self._events.clear()
         self._error = ProtocolError(413, "max_request_body_size_exceeded", detail)
 
+    def skip_end(self) -> bool:
+        """For a request without a body: take its END if it is next (it is parsed
+        with the head), so no drain is needed before the next request."""
+        events = self._events
+        if events and events[0] is END:
+            events.popleft()
+            return True
+        return False
+
     @property
     def between_requests(self) -> bool:
         """No request is in progress: not even its first byte has arrived.

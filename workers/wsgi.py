@@ -80,7 +80,7 @@ class Input:
     "100 Continue" when the client asked for it.
     """
 
-    __slots__ = ("_buf", "_done", "_first", "_pull", "consumed", "max_body", "started")
+    __slots__ = ("_buf", "_done", "_first", "_pull", "bodyless", "consumed", "max_body", "started")
 
     def __init__(self, pull: Callable[[], bytes], on_first_read: Callable[[], None] | None = None,
                  max_body: int | None = None) -> None:
@@ -88,6 +88,7 @@ class Input:
         self._first = on_first_read
         self._buf = b""
         self._done = False
+        self.bodyless = False  # set by the connection: no Content-Length, not chunked
         self.consumed = 0
         self.max_body = max_body
         self.started = False
@@ -101,9 +102,10 @@ class Input:
             raise ValueError(f"expected a byte count or None, not {limit!r}")
         self.max_body = limit
 
-    def _more(self) -> bool:
+    def _next(self) -> bytes:
+        """The next piece of body from the connection, b"" at the end."""
         if self._done:
-            return False
+            return b""
         if not self.started:
             self.started = True
             if self._first is not None:
@@ -112,19 +114,37 @@ class Input:
         data = self._pull()
         if not data:
             self._done = True
+        return data
+
+    def _more(self) -> bool:
+        data = self._next()
+        if not data:
             return False
-        self._buf += data
+        self._buf = self._buf + data if self._buf else data
         return True
 
+    # Reads never grow one bytes object piece by piece: a 30 MB body read whole
+    # would copy gigabytes. Pieces are joined once, or kept in a bytearray.
     def read(self, size: int | None = -1) -> bytes:
+        buf = self._buf
         if size is None or size < 0:
-            while self._more():
-                pass
-            data, self._buf = self._buf, b""
+            parts = [buf] if buf else []
+            while chunk := self._next():
+                parts.append(chunk)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._buf = b""
         else:
-            while len(self._buf) < size and self._more():
-                pass
-            data, self._buf = self._buf[:size], self._buf[size:]
+            if len(buf) < size:
+                parts = [buf] if buf else []
+                have = len(buf)
+                while have < size and (chunk := self._next()):
+                    parts.append(chunk)
+                    have += len(chunk)
+                buf = parts[0] if len(parts) == 1 else b"".join(parts)
+            if len(buf) <= size:
+                data, self._buf = buf, b""
+            else:
+                data, self._buf = buf[:size], buf[size:]
         self.consumed += len(data)
         return data
 
@@ -135,12 +155,29 @@ class Input:
 
     def readline(self, size: int | None = -1) -> bytes:
         limit = sys.maxsize if size is None or size < 0 else size
+        buf = self._buf
+        nl = buf.find(b"\n", 0, limit)
+        if nl >= 0 or len(buf) >= limit:
+            return self.read(nl + 1 if nl >= 0 else limit)
+        acc = bytearray(buf)
         while True:
-            nl = self._buf.find(b"\n", 0, limit)
+            start = len(acc)
+            chunk = self._next()
+            if not chunk:
+                cut = len(acc)
+                break
+            acc += chunk
+            nl = acc.find(b"\n", start, limit)
             if nl >= 0:
-                return self.read(nl + 1)
-            if len(self._buf) >= limit or not self._more():
-                return self.read(min(limit, len(self._buf)))
+                cut = nl + 1
+                break
+            if len(acc) >= limit:
+                cut = limit
+                break
+        data = bytes(acc[:cut])
+        self._buf = bytes(acc[cut:])
+        self.consumed += len(data)
+        return data
 
     def readlines(self, hint: int = -1) -> list[bytes]:
         lines: list[bytes] = []

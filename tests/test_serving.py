@@ -244,3 +244,17 @@ def test_broken_chunked_body_is_a_400_whether_or_not_the_app_reads_it(served: Gr
     out = raw(served.url(), bad.replace(b"/echo", b"/pid") + b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 200") and out.count(b"HTTP/1.1 ") == 1
     assert served.log().count("Error handling request") == app_errors  # not the app's fault
+
+
+def test_large_response_to_a_slow_reader_arrives_intact(served: Greenfork) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # forces many partial sends
+        s.settimeout(20)
+        s.connect(("127.0.0.1", served.port()))
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while chunk := s.recv(4096):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    assert b"Content-Length: 4194304" in head
+    assert body == bytes(range(256)) * (4 * 4096)

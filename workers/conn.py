@@ -44,6 +44,8 @@ log = logging.getLogger("greenfork.worker")
 
 RECV_SIZE = 65536
 FLUSH_AT = 65536  # gathered output above this is sent even while pipelining
+GATHER_OVER = 65536  # above this, output parts go out with one sendmsg instead of being joined
+GATHER_MAX = 64  # well under IOV_MAX
 DRAIN_LIMIT = 1 << 20  # unread body bytes we discard to keep a connection reusable
 SEND_EXPIRED = REASONS[SEND]
 
@@ -351,12 +353,16 @@ class Connection:
             return
         if self.expired == SEND_EXPIRED:
             raise ClientGone()  # the send timeout fired: nothing more goes out
-        data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
-        self.out.clear()
-        if self.framer is not None:
-            self.head_flushed = True
-            if self.sr is not None:
-                self.sr.sent = True
+        out = self.out
+        if len(out) > 1 and len(out) <= GATHER_MAX and sum(map(len, out)) > GATHER_OVER:
+            # A large body goes out with its head in one sendmsg, without the join's copy.
+            parts, self.out = out, []
+            self._mark_sent()
+            self._send_parts(parts)
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._mark_sent()
         # One non-blocking send on the real socket usually takes it all; gevent's
         # waiting send (and the send timeout) is only needed when the buffer is full.
         try:
@@ -367,6 +373,46 @@ class Connection:
             raise ClientGone() from e
         if sent < len(data):
             self._send_rest(data, sent)
+
+    def _mark_sent(self) -> None:
+        if self.framer is not None:
+            self.head_flushed = True
+            if self.sr is not None:
+                self.sr.sent = True
+
+    def _send_parts(self, parts: list[bytes]) -> None:
+        """sendmsg over several buffers until all are sent (partial writes resume mid-buffer)."""
+        total = sum(map(len, parts))
+        try:
+            sent = self.raw.sendmsg(parts)
+        except BlockingIOError:
+            sent = 0
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise ClientGone() from e
+        if sent == total:
+            return
+        phase = self.phase
+        self.phase = SEND
+        try:
+            views = [memoryview(p) for p in parts]
+            while sent < total:
+                # drop what went out, then let gevent's sendmsg wait for room
+                while sent >= len(views[0]):
+                    sent -= len(views[0])
+                    total -= len(views[0])
+                    views.pop(0)
+                views[0] = views[0][sent:]
+                total -= sent
+                self.deadline = 0.0
+                sent = self.sock.sendmsg(views)
+        except Expired as e:
+            self.expired = e.reason
+            log.debug("closed connection from %s: %s", self.ctx.peer(self.addr), e.reason)
+            raise ClientGone() from None
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise ClientGone() from e
+        self.phase = phase if phase != SEND else NONE
+        self.deadline = 0.0
 
     def _send_rest(self, data: bytes, sent: int) -> None:
         # sendall by hand: each partial write is progress, which re-arms the send timeout

@@ -66,6 +66,10 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/octet-stream"),
                                   ("Content-Length", str(size))])
         return environ["wsgi.file_wrapper"](f, 65536)
+    if path == "/big":
+        # a large body with its head: one sendmsg, resumed mid-buffer on a slow reader
+        body = bytes(range(256)) * (4 * 4096)
+        return _text(start_response, body)
     if path == "/pid":
         return _text(start_response, str(os.getpid()).encode())
     return _text(start_response, b"hello\n")

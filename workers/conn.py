@@ -71,7 +71,8 @@ class BodyError(Exception):
 
 class Connection:
     __slots__ = ("addr", "ctx", "framer", "greenlet", "h1", "head_flushed", "idle", "out", "req",
-                 "served", "server", "sock", "sr", "status")
+                 "served", "server", "sock", "sr", "status",
+                 "error_type", "opened", "rx", "tx", "version")  # for metrics (workers/instrument.py)
 
     def __init__(self, server: WorkerServer, sock: socket.socket, addr: Any, ctx: ListenerContext) -> None:
         self.server = server
@@ -88,12 +89,15 @@ class Connection:
         self.head_flushed = False
         self.status = 0
         self.served = 0
+        self.opened, self.rx, self.tx, self.error_type, self.version = 0.0, 0, 0, "", ""
 
     # -------------------------------------------------------------- the loop
     def run(self) -> None:
         try:
             self._serve()
-        except (ClientGone, ConnectionError, TimeoutError, GreenletExit):
+        except (ClientGone, ConnectionError, TimeoutError):
+            self.error_type = "io_error"
+        except GreenletExit:
             pass
         except BodyError as e:
             self._reject(e.err)
@@ -127,9 +131,11 @@ class Connection:
                 except TimeoutError:
                     if not between:
                         self._reject(ProtocolError(408, "request_headers_timeout", "headers timeout"))
+                    self.error_type = self.error_type or "keep_alive_timeout"
                     return
                 finally:
                     self.idle = False
+                self.rx += len(data)
                 h1.receive_data(data)
             elif type(ev) is Request:
                 if not self._handle(ev):
@@ -146,6 +152,7 @@ class Connection:
             # already finished with; _handle drained it, so nothing to do
 
     def _reject(self, err: ProtocolError) -> None:
+        self.error_type = err.error_type
         log.debug("rejected request from %s: %s (%s)", self.ctx.peer(self.addr), err.detail, err.error_type)
         if err.status:
             self.out.append(error_response(err.status, http_date(), self.server.server_header))
@@ -168,6 +175,7 @@ class Connection:
         mark = len(self.out)
         result: Any = None
         keep = True
+        err = ""  # the metrics' error_type
         try:
             result = server.app(env, sr)
             if isinstance(result, FileWrapper) and self._can_sendfile(result, sr):
@@ -189,9 +197,11 @@ class Connection:
         except (ClientGone, ConnectionError, TimeoutError):
             keep = False
             self.status = self.status or 499
+            err = self.error_type = "io_error"
         except BodyError as e:
             # The body broke while the app read it: answer for the body if we still can.
             keep = False
+            err = e.err.error_type
             if not self.head_flushed:
                 del self.out[mark:]
                 self.status = e.err.status
@@ -200,6 +210,7 @@ class Connection:
             log.debug("request body from %s: %s", self.ctx.peer(self.addr), e.err.detail)
         except Exception:
             keep = False
+            err = "error_after_starting_response" if self.head_flushed else "_OTHER"
             log.exception("Error handling request %s %s", req.method, req.target.decode("latin-1"))
             if not self.head_flushed:
                 # Nothing went out yet: drop what was gathered, answer 500.
@@ -218,6 +229,7 @@ class Connection:
         if server.access_log is not None:
             server.access_log.log(env, self.status, env["REMOTE_ADDR"],
                                   self.sr.headers if self.sr else [], time.monotonic() - started)
+        server.metrics.request(self, req, err, started)
         self.req = self.sr = None
         self.served += 1
         if keep and not inp.finished:
@@ -239,7 +251,9 @@ class Connection:
             if ev is NEED_DATA:
                 self._flush()
                 self.sock.settimeout(HEADERS_TIMEOUT)
-                h1.receive_data(self.sock.recv(RECV_SIZE))
+                data = self.sock.recv(RECV_SIZE)
+                self.rx += len(data)
+                h1.receive_data(data)
                 continue
             if isinstance(ev, ProtocolError):
                 raise BodyError(ev)
@@ -290,6 +304,7 @@ class Connection:
             self.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ClientGone() from e
+        self.tx += len(data)
 
     # ------------------------------------------------------------- sendfile
     def _can_sendfile(self, fw: FileWrapper, sr: StartResponse) -> bool:
@@ -328,6 +343,7 @@ class Connection:
                 break  # the file is shorter than its Content-Length
             offset += sent
             remaining -= sent
+            self.tx += sent
         framer.remaining = remaining
         if remaining:
             framer.keep_alive = False

@@ -63,6 +63,8 @@ class MetricsService:
         self.collector = Collector(self.pool, [listener_view(x) for x in served], self.lifecycle,
                                    self._view, app_dir=app_dir)
         self.clients: dict[int, _Client] = {}
+        if app_dir:
+            log.info("Application metrics directory: %s", app_dir)
         for lst in listeners:
             lst.sock.setblocking(False)
 

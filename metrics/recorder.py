@@ -7,11 +7,13 @@ its cell: a dict lookup, a bisect and a few float adds per request.
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import Any
 
 from greenfork.metrics import layout as L
 from greenfork.metrics.slots import Slot
 
-_RawKey = tuple[int, str, int, str, str, str]
+_RawKey = tuple[str, int, str, str, str]  # method, status, scheme, version, error type
+_ConnKey = tuple[int, str, str]  # listener, version, error type
 
 
 class Recorder:
@@ -21,28 +23,41 @@ class Recorder:
         self.slot = slot
         self.mv = slot.mv
         self._lay = slot.layout
-        # raw label values -> offset of the cell's first bucket
+        # raw label values -> offset of the cell's first bucket (workers/instrument.py
+        # inlines the lookup in its per-request hook)
         self._req_cells: dict[_RawKey, int] = {}
-        self._conn_cells: dict[_RawKey, int] = {}
+        self._conn_cells: dict[_ConnKey, int] = {}
 
     # ------------------------------------------------------------- hot path
-    def request(self, listener: int, method: str, status: int, scheme: str, version: str, err: str,
-                duration: float, rx: int, tx: int) -> None:
-        mv = self.mv
-        if method not in L.METHOD_INDEX:
-            method = L.OTHER  # a client's made-up methods must not grow the cache
-        raw = (0, method, status, scheme, version, err)  # no listener labels on this histogram
+    def observe(self, method: str, status: int, scheme: str, version: str, err: str, duration: float) -> None:
+        raw = (method, status, scheme, version, err)  # no listener labels on this histogram
         b = self._req_cells.get(raw)
         if b is None:
-            b = self._new_cell(self._req_cells, raw, L.FAMILY_REQUEST)
+            b = self.request_cell(raw)
+        mv = self.mv
         mv[b + bisect_left(L.REQUEST_BUCKETS, duration)] += 1.0
         mv[b + L.NBUCKETS] += duration
-        if rx or tx:
-            lb = self._lay.listener(listener)
-            mv[lb + L.L_RX] += rx
-            mv[lb + L.L_TX] += tx
 
-    def opened(self, listener: int) -> None:
+    def request_cell(self, raw: _RawKey) -> int:
+        """The slow path of a label set seen for the first time."""
+        method, status, scheme, version, err = raw
+        if method not in L.METHOD_INDEX:
+            # A client's made-up methods share the _OTHER cell and are not cached one by one.
+            raw = (L.OTHER, status, scheme, version, err)
+            b = self._req_cells.get(raw)
+            if b is not None:
+                return b
+        key = L.pack(L.FAMILY_REQUEST, 0, L.index_of(L.METHOD_INDEX, raw[0]), L.status_code(status),
+                     L.index_of(L.SCHEME_INDEX, scheme), L.index_of(L.VERSION_INDEX, version),
+                     L.error_index(err))
+        return self._new_cell(self._req_cells, raw, key, L.FAMILY_REQUEST)
+
+    def transferred(self, listener: int, rx: int, tx: int) -> None:
+        lb = self._lay.listener(listener)
+        self.mv[lb + L.L_RX] += rx
+        self.mv[lb + L.L_TX] += tx
+
+    def conn_opened(self, listener: int) -> None:
         lb = self._lay.listener(listener)
         self.mv[lb + L.L_ACCEPTED] += 1.0
         self.mv[lb + L.L_ACTIVE] += 1.0
@@ -50,23 +65,25 @@ class Recorder:
     def rejected(self, listener: int) -> None:
         self.mv[self._lay.listener(listener) + L.L_REJECTED] += 1.0
 
-    def closed(self, listener: int, version: str, err: str, duration: float, rx: int, tx: int) -> None:
+    def conn_closed(self, listener: int, version: str, err: str, duration: float, rx: int, tx: int) -> None:
         mv = self.mv
         lb = self._lay.listener(listener)
         mv[lb + L.L_ACTIVE] -= 1.0
         mv[lb + L.L_RX] += rx
         mv[lb + L.L_TX] += tx
-        raw = (listener, "", 0, "", version, err)
+        raw = (listener, version, err)
         b = self._conn_cells.get(raw)
         if b is None:
-            b = self._new_cell(self._conn_cells, raw, L.FAMILY_CONNECTION)
+            key = L.pack(L.FAMILY_CONNECTION, listener, 0, 0, 0, L.index_of(L.VERSION_INDEX, version),
+                         L.error_index(err))
+            b = self._new_cell(self._conn_cells, raw, key, L.FAMILY_CONNECTION)
         mv[b + bisect_left(L.CONNECTION_BUCKETS, duration)] += 1.0
         mv[b + L.NBUCKETS] += duration
 
     # ---------------------------------------------------- once a second
     def sample(self, keepalive: list[int], active: dict[tuple[str, str], int]) -> None:
-        """Gauges sampled by the worker's hub: idle keep-alive connections per
-        listener, in-flight requests by (method, scheme)."""
+        """Gauges sampled by the worker's hub once a second: idle keep-alive
+        connections per listener, in-flight requests by (method, scheme)."""
         mv, lay = self.mv, self._lay
         for i, n in enumerate(keepalive):
             mv[lay.listener(i) + L.L_KEEPALIVE] = n
@@ -77,11 +94,7 @@ class Recorder:
         mv[base:base + len(counts)] = _doubles(counts)
 
     # ------------------------------------------------------------- cells
-    def _new_cell(self, cells: dict[_RawKey, int], raw: _RawKey, family: int) -> int:
-        listener, method, status, scheme, version, err = raw
-        key = L.pack(family, listener, L.index_of(L.METHOD_INDEX, method) if family == 0 else 0,
-                     L.status_code(status), L.index_of(L.SCHEME_INDEX, scheme) if family == 0 else 0,
-                     L.index_of(L.VERSION_INDEX, version), L.error_index(err))
+    def _new_cell(self, cells: dict[Any, int], raw: Any, key: int, family: int) -> int:
         mv = self.mv
         # Different raw values can map to one key (two unknown methods are both _OTHER).
         for b in cells.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import shutil
 import signal
@@ -107,7 +108,7 @@ def test_no_counter_goes_down_across_kill_crash_and_hup(launcher: Launcher) -> N
     wait_for(lambda: len(g.workers()) == 2 and not set(g.workers()) & old, 15, "old workers to retire")
     load(20)
     scrapes.append(scrape(url))
-    for before, after in zip(scrapes, scrapes[1:], strict=False):
+    for before, after in itertools.pairwise(scrapes):
         assert monotonic_violations(before, after) == []
     last = scrapes[-1]
     assert total(last, COUNT) == 80

@@ -32,6 +32,12 @@ def _collector(pool: SlotPool, workers: list[WorkerView] | None = None,
     return Collector(pool, listeners, lifecycle or Lifecycle(), lambda: view)
 
 
+def _req(rec: Recorder, listener: int, method: str, status: int, scheme: str, version: str, err: str,
+         duration: float, rx: int, tx: int) -> None:
+    rec.observe(method, status, scheme, version, err, duration)
+    rec.transferred(listener, rx, tx)
+
+
 def _scrape(c: Collector) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return parse(generate_latest(c).decode())  # type: ignore[arg-type]
 
@@ -58,14 +64,14 @@ def test_recorder_counts_exactly_with_the_catalogue_labels() -> None:
     pool.assign(slot, os.getpid())
     rec = Recorder(slot)
     for _ in range(90):
-        rec.request(0, "GET", 200, "http", "1.1", "", 0.003, 100, 200)
+        _req(rec, 0, "GET", 200, "http", "1.1", "", 0.003, 100, 200)
     for _ in range(10):
-        rec.request(1, "GET", 404, "http", "1.1", "", 0.2, 10, 20)
-    rec.request(0, "BREW", 418, "http", "1.0", "", 0.01, 0, 0)  # not an RFC 9110 method
-    rec.request(0, "get", 200, "http", "1.1", "", 0.01, 0, 0)  # methods are case-sensitive
-    rec.request(0, "POST", 0, "http", "1.1", "io_error", 0.5, 0, 0)  # client left, nothing sent
-    rec.request(0, "PUT", 413, "http", "1.1", "max_request_body_size_exceeded", 0.5, 0, 0)
-    rec.request(0, "GET", 500, "http", "1.1", "some new error", 0.5, 0, 0)  # not in the closed list
+        _req(rec, 1, "GET", 404, "http", "1.1", "", 0.2, 10, 20)
+    _req(rec, 0, "BREW", 418, "http", "1.0", "", 0.01, 0, 0)  # not an RFC 9110 method
+    _req(rec, 0, "get", 200, "http", "1.1", "", 0.01, 0, 0)  # methods are case-sensitive
+    _req(rec, 0, "POST", 0, "http", "1.1", "io_error", 0.5, 0, 0)  # client left, nothing sent
+    _req(rec, 0, "PUT", 413, "http", "1.1", "max_request_body_size_exceeded", 0.5, 0, 0)
+    _req(rec, 0, "GET", 500, "http", "1.1", "some new error", 0.5, 0, 0)  # not in the closed list
     s = _scrape(_collector(pool))
     name = "http_server_request_duration_seconds_count"
     assert total(s, name, http_response_status_code="200", http_request_method="GET") == 90
@@ -101,7 +107,7 @@ def test_histogram_count_is_the_inf_bucket_and_buckets_are_exact() -> None:
     pool.assign(slot, 1)
     rec = Recorder(slot)
     for d in (0.005, 0.0051, 10.0, 11.0):  # bounds are inclusive (le)
-        rec.request(0, "GET", 200, "http", "1.1", "", d, 0, 0)
+        _req(rec, 0, "GET", 200, "http", "1.1", "", d, 0, 0)
     s = _scrape(_collector(pool))
     b = "http_server_request_duration_seconds_bucket"
     assert total(s, b, le="0.005") == 1 and total(s, b, le="0.01") == 2
@@ -119,10 +125,10 @@ def test_connections_and_sampled_gauges() -> None:
     pool.assign(slot, 1)
     rec = Recorder(slot)
     for _ in range(3):
-        rec.opened(0)
-    rec.opened(1)
-    rec.closed(0, "1.1", "", 0.015, 5, 6)
-    rec.closed(0, "", "invalid_request_line", 0.001, 7, 8)
+        rec.conn_opened(0)
+    rec.conn_opened(1)
+    rec.conn_closed(0, "1.1", "", 0.015, 5, 6)
+    rec.conn_closed(0, "", "invalid_request_line", 0.001, 7, 8)
     rec.sample([1, 0], {("GET", "http"): 2, ("BREW", "http"): 1})
     s = _scrape(_collector(pool))
     tcp = {"network_transport": "tcp"}
@@ -148,7 +154,7 @@ def test_label_table_overflow_goes_to_other_and_is_counted() -> None:
     rec = Recorder(slot)
     n = L.CELLS + 50
     for status in range(100, 100 + n):  # every status code is a new label set
-        rec.request(0, "GET", status % 500 + 100, "http", "1.1" if status < 600 else "1.0", "", 0.001, 0, 0)
+        _req(rec, 0, "GET", status % 500 + 100, "http", "1.1" if status < 600 else "1.0", "", 0.001, 0, 0)
     s = _scrape(_collector(pool))
     name = "http_server_request_duration_seconds_count"
     assert total(s, name) == n  # nothing lost
@@ -167,9 +173,9 @@ def test_reaped_slots_fold_into_retired_totals_and_are_reused() -> None:
     assert (a.index, b.index) == (0, 1)
     for slot, n in ((a, 5), (b, 7)):
         rec = Recorder(slot)
-        rec.opened(0)
+        rec.conn_opened(0)
         for _ in range(n):
-            rec.request(0, "GET", 200, "http", "1.1", "", 0.01, 1, 1)
+            _req(rec, 0, "GET", 200, "http", "1.1", "", 0.01, 1, 1)
     workers = [WorkerView(0, 11, 0.1, 1.0), WorkerView(1, 12, 0.1, 1.0)]
     before = _scrape(_collector(pool, workers, lc))
     pool.release(a, cpu_seconds=2.5)  # reaped: folded, zeroed, free
@@ -184,7 +190,7 @@ def test_reaped_slots_fold_into_retired_totals_and_are_reused() -> None:
     c = pool.acquire(2, 0.0)
     assert c.index == 0  # lowest free slot first: the pool stays as small as the peak
     pool.assign(c, 13)
-    Recorder(c).request(0, "GET", 200, "http", "1.1", "", 0.01, 0, 0)
+    _req(Recorder(c), 0, "GET", 200, "http", "1.1", "", 0.01, 0, 0)
     assert total(_scrape(_collector(pool)), "greenfork_worker_requests_total", worker="0") == 6
     assert len(pool.slots) == 2
 
@@ -209,8 +215,8 @@ def test_openmetrics_output_parses() -> None:
     slot = pool.acquire(1, 0.0)
     pool.assign(slot, os.getpid())
     rec = Recorder(slot)
-    rec.request(0, "GET", 200, "http", "1.1", "", 0.01, 1, 1)
-    rec.closed(0, "1.1", "keep_alive_timeout", 75.0, 0, 0)
+    _req(rec, 0, "GET", 200, "http", "1.1", "", 0.01, 1, 1)
+    rec.conn_closed(0, "1.1", "keep_alive_timeout", 75.0, 0, 0)
     text = om_exposition.generate_latest(_collector(pool, [WorkerView(0, os.getpid(), 0.5, 1.0)])).decode()
     assert text.endswith("# EOF\n")
     names = {f.name for f in om_parse(text)}
@@ -236,7 +242,7 @@ def test_procfs_readers_agree_with_the_kernel() -> None:
 def test_smaps_cache_refreshes_at_most_every_15_seconds() -> None:
     cache = procfs.SmapsCache()
     first = cache.get(os.getpid(), now=100.0)
-    junk = bytearray(32 * 1024 * 1024)  # noqa: F841 - grows USS
+    junk = bytearray(32 * 1024 * 1024)  # grows USS
     junk[::4096] = b"x" * len(junk[::4096])
     assert cache.get(os.getpid(), now=114.0) == first
     later = cache.get(os.getpid(), now=115.0)

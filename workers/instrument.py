@@ -10,14 +10,17 @@ sampled once a second from the hub instead.
 
 from __future__ import annotations
 
-import time
+from bisect import bisect_left
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from time import monotonic
+from typing import TYPE_CHECKING
 
 import gevent
 
 from greenfork.metrics import appmetrics
+from greenfork.metrics.layout import NBUCKETS, REQUEST_BUCKETS
 from greenfork.metrics.recorder import Recorder
+from greenfork.metrics.slots import Slot
 
 if TYPE_CHECKING:
     from greenfork.workers.conn import Connection
@@ -46,55 +49,67 @@ class NullInstruments:
 NULL = NullInstruments()
 
 
-class Instruments(NullInstruments):
-    __slots__ = ("rec", "server")
+class Instruments(Recorder):
+    """Hooks over this worker's slot. The per-request hook inlines Recorder.observe:
+    one Python frame per request is most of the cost."""
 
-    def __init__(self, server: WorkerServer, rec: Recorder) -> None:
+    __slots__ = ("server",)
+
+    def __init__(self, server: WorkerServer, slot: Slot) -> None:
+        super().__init__(slot)
         self.server = server
-        self.rec = rec
 
     def opened(self, conn: Connection) -> None:
-        conn.opened = time.monotonic()
-        self.rec.opened(conn.ctx.index)
+        conn.opened = monotonic()
+        self.conn_opened(conn.ctx.index)
 
     def closed(self, conn: Connection) -> None:
-        self.rec.closed(conn.ctx.index, conn.version, conn.error_type, time.monotonic() - conn.opened,
-                        conn.rx, conn.tx)
+        self.conn_closed(conn.ctx.index, conn.version, conn.error_type, monotonic() - conn.opened,
+                         conn.rx, conn.tx)
         conn.rx = conn.tx = 0
 
     def request(self, conn: Connection, req: Request, err: str, started: float) -> None:
+        duration = monotonic() - started
         status = conn.status
         if status == CLIENT_GONE and err == "io_error":
             status = 0  # no response went out: the status label is left off, error_type says why
-        rx, tx = conn.rx, conn.tx
-        conn.rx = conn.tx = 0
-        conn.version = req.version
-        ctx = conn.ctx
-        self.rec.request(ctx.index, req.method, status, ctx.scheme, req.version, err,
-                         time.monotonic() - started, rx, tx)
+        version = conn.version = req.version
+        raw = (req.method, status, conn.ctx.scheme, version, err)
+        b = self._req_cells.get(raw)
+        if b is None:
+            b = self.request_cell(raw)
+        mv = self.mv
+        mv[b + bisect_left(REQUEST_BUCKETS, duration)] += 1.0
+        mv[b + NBUCKETS] += duration
 
     def sample_forever(self) -> None:
+        """Once a second: the sampled gauges, and the bytes of open connections (a
+        connection's bytes are otherwise added when it closes, not per request)."""
         nlisteners = len(self.server.info.listeners)
         while True:
             keepalive = [0] * nlisteners
             active: Counter[tuple[str, str]] = Counter()
             for conn in list(self.server.connections):
+                index = conn.ctx.index
                 if conn.idle:
-                    keepalive[conn.ctx.index] += 1
+                    keepalive[index] += 1
                 req = conn.req
                 if req is not None:
                     active[req.method, conn.ctx.scheme] += 1
-            self.rec.sample(keepalive, active)
+                if conn.rx or conn.tx:
+                    self.transferred(index, conn.rx, conn.tx)
+                    conn.rx = conn.tx = 0
+            self.sample(keepalive, active)
             gevent.sleep(SAMPLE_INTERVAL)
 
 
-def attach(server: WorkerServer) -> Any:
+def attach(server: WorkerServer) -> NullInstruments | Instruments:
     """The hooks for this worker (before its app is imported: app metrics need the slot identity)."""
     info = server.info
     if info.metrics is None:
         return NULL
     if info.settings.app_metrics:
         appmetrics.use_slot_identity(info.metrics.index)
-    inst = Instruments(server, Recorder(info.metrics))
+    inst = Instruments(server, info.metrics)
     gevent.spawn(inst.sample_forever)
     return inst

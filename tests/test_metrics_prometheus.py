@@ -98,10 +98,19 @@ def test_alerting_rules_pass_promtool() -> None:
     assert "SUCCESS" in out.stdout
 
 
-def test_dashboard_uses_the_documented_metrics() -> None:
+def test_dashboard_queries_are_valid_and_documented(tmp_path: Path) -> None:
     dash = json.loads((ROOT / "examples" / "grafana" / "greenfork.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     assert exprs
+    # promtool parses PromQL in rule files: one recording rule per panel query
+    rules = ["groups:", "  - name: dashboard", "    rules:"]
+    for i, expr in enumerate(exprs):
+        promql = expr.replace("$__rate_interval", "5m").replace('"$instance"', '".*"')
+        rules += [f"      - record: dashboard:query{i}", f"        expr: {json.dumps(promql)}"]
+    (tmp_path / "dashboard.yml").write_text("\n".join(rules) + "\n")
+    out = subprocess.run([tool("promtool"), "check", "rules", str(tmp_path / "dashboard.yml")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
     doc = (ROOT / "docs" / "metrics.md").read_text()
     import re
 

@@ -296,3 +296,44 @@ def test_metrics_are_off_by_default(launcher: Launcher) -> None:
     g = launcher.start(["metricsapp:app", "-b", "http://127.0.0.1:0"])
     assert "metrics" not in g.info and "Metrics listening" not in g.log()
     assert http_get(g.url(), "/")[0] == 200
+
+
+def _hello(environ: dict[str, object], start_response: object) -> list[bytes]:
+    start_response("200 OK", [("Content-Length", "2")])  # type: ignore[operator]
+    return [b"ok"]
+
+
+def test_python_api_reports_the_metrics_address() -> None:
+    from greenfork.master import Server
+
+    server = Server(_hello, bind=["http://127.0.0.1:0"], metrics_bind="http://127.0.0.1:0", workers=1,
+                    error_logfile="/dev/null")
+    server.start(timeout=30)
+    try:
+        url = server.metrics_address
+        assert url is not None and url.startswith("http://127.0.0.1:")
+        # the embedding process handed the socket to the master and kept no copy of it
+        assert all(lst.sock.fileno() == -1 for lst in server.metrics_listeners)
+        assert http_get(server.addresses[0], "/")[0] == 200
+        assert total(scrape(url), COUNT, http_response_status_code="200") == 1
+    finally:
+        assert server.stop(timeout=20) == 0
+
+
+def test_unix_listeners_and_a_unix_metrics_socket(launcher: Launcher, sock_dir: Path) -> None:
+    app_sock, metrics_sock = sock_dir / "app.sock", sock_dir / "metrics.sock"
+    g = launcher.start(["metricsapp:app", "-b", "http://127.0.0.1:0", "-b", f"unix:{app_sock}",
+                        "--metrics-bind", f"unix:{metrics_sock}"])
+    assert g.info["metrics"] == f"unix:{metrics_sock}"
+    assert http_get(f"unix:{app_sock}", "/status/201")[0] == 201
+    status, _, body = http_get(f"unix:{metrics_sock}", "/metrics")
+    assert status == 200
+    from tests.metricsutil import parse
+
+    s = parse(body.decode())
+    unix = {"network_transport": "unix", "server_address": str(app_sock), "server_port": ""}
+    assert total(s, "greenfork_listener_info", url=f"unix:{app_sock}", **unix) == 1
+    assert total(s, COUNT, http_response_status_code="201") == 1
+    # TCP_INFO only exists for TCP: the unix listener has no queue samples, the TCP one has
+    assert not [ls for ls, _ in find(s, "greenfork_listen_queue_limit") if ls["network_transport"] == "unix"]
+    assert len(find(s, "greenfork_listen_queue_limit")) == 1

@@ -113,6 +113,8 @@ class Server:
         report.log_addresses(self.addresses)
         if self.metrics_address:
             log.info("Metrics listening on: %s", self.metrics_address)
+        elif s.app_metrics:
+            log.warning("--app-metrics does nothing without --metrics-bind")
         try:
             if s.pidfile:
                 report.atomic_write(s.pidfile, f"{pid}\n")

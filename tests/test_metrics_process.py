@@ -337,3 +337,9 @@ def test_unix_listeners_and_a_unix_metrics_socket(launcher: Launcher, sock_dir: 
     # TCP_INFO only exists for TCP: the unix listener has no queue samples, the TCP one has
     assert not [ls for ls, _ in find(s, "greenfork_listen_queue_limit") if ls["network_transport"] == "unix"]
     assert len(find(s, "greenfork_listen_queue_limit")) == 1
+
+
+def test_app_metrics_without_metrics_bind_is_a_warning(launcher: Launcher) -> None:
+    g = launcher.start(["metricsapp:app", "-b", "http://127.0.0.1:0", "--app-metrics"])
+    assert "--app-metrics does nothing without --metrics-bind" in g.log()
+    assert http_get(g.url(), "/app/hit")[0] == 200

@@ -3,7 +3,7 @@
 Both servers run the same hello-world app with the same workers; only one has
 --metrics-bind. Rounds alternate which goes first, so drift (thermal, noisy
 neighbours) hits both alike; the result is the median of the per-round ratios.
-The metrics server is scraped every few seconds during its runs, as Prometheus would.
+The metrics server is scraped during its runs (every 15 s by default), as Prometheus would.
 Not a test: run it by hand (scripts/bench/metrics_overhead) and record the result
 in docs/metrics.md.
 """
@@ -89,7 +89,9 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--scrape-every", type=float, default=1.0, help="scrape /metrics this often while loaded")
+    p.add_argument("--scrape-every", type=float, default=15.0, help="scrape /metrics this often while loaded")
+    p.add_argument("--control", action="store_true",
+                   help="A/A run: the 'on' server runs without metrics too (the noise floor)")
     p.add_argument("--no-pin", dest="pin", action="store_false",
                    help="do not pin the servers to CPU 0 and wrk to CPU 1")
     args = p.parse_args()
@@ -101,7 +103,7 @@ def main() -> int:
     try:
         off_proc, off = start(tmp, "off", args.workers, metrics=False, pin=args.pin)
         procs.append(off_proc)
-        on_proc, on = start(tmp, "on", args.workers, metrics=True, pin=args.pin)
+        on_proc, on = start(tmp, "on", args.workers, metrics=not args.control, pin=args.pin)
         procs.append(on_proc)
         for info in (off, on):  # warm-up
             wrk(info["addresses"][0], 2, args.connections, args.threads, args.pin)
@@ -114,7 +116,7 @@ def main() -> int:
                 info, proc = (off, off_proc) if mode == "off" else (on, on_proc)
                 stop = threading.Event()
                 t = None
-                if mode == "on":
+                if mode == "on" and not args.control:
                     t = threading.Thread(target=scraper, args=(on["metrics"], stop, args.scrape_every))
                     t.start()
                 try:
@@ -132,12 +134,16 @@ def main() -> int:
             print(f"round {r + 1:2}: off {rps['off'][-1]:7.0f} req/s {cpu_us['off'][-1]:5.1f} us/req   "
                   f"on {rps['on'][-1]:7.0f} req/s {cpu_us['on'][-1]:5.1f} us/req   "
                   f"on/off {rps_ratios[-1]:.3f} (CPU {cpu_ratios[-1]:.3f})", flush=True)
-        with urllib.request.urlopen(on["metrics"] + "/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        served = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                     if line.startswith("http_server_request_duration_seconds_count"))
+        served = 0.0
+        if not args.control:
+            with urllib.request.urlopen(on["metrics"] + "/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            served = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                         if line.startswith("http_server_request_duration_seconds_count"))
         med = statistics.median
         ratio, cpu_ratio = med(rps_ratios), med(cpu_ratios)
+        if args.control:
+            print("\nCONTROL (A/A): both servers run without metrics; any difference is noise")
         print(f"\n{args.rounds} rounds x {args.duration:g} s, {args.workers} worker(s), "
               f"wrk -t{args.threads} -c{args.connections}, {os.cpu_count()} CPUs"
               f"{', server on CPU 0 and wrk on CPU 1' if args.pin else ''}")

@@ -21,9 +21,12 @@ from typing import Any
 from greenfork.master import logs, privileges
 from greenfork.master.arbiter import EXIT_BOOT, HEARTBEAT, READY, Arbiter, Event, State, Worker
 from greenfork.master.listeners import Listener
+from greenfork.master.metricsd import MetricsService, cpu_of
 from greenfork.master.sdnotify import Notifier
 from greenfork.master.settings import Settings
 from greenfork.master.workerinfo import WorkerInfo
+from greenfork.metrics import appmetrics
+from greenfork.metrics.slots import Slot
 
 log = logging.getLogger("greenfork.master")
 
@@ -57,15 +60,24 @@ class RealPort:
             h.flush()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        metrics = self.loop.metrics
+        slot = metrics.acquire(worker) if metrics else None  # mapped before the fork: the child inherits it
+        try:
+            pid = os.fork()
+        except BaseException:
+            if metrics and slot:
+                metrics.release(slot)
+            raise
         if pid == 0:  # pragma: no cover - runs in the child, measured by process tests
-            self._child(worker, parent, child)
+            self._child(worker, parent, child, slot)
         child.close()
         parent.setblocking(False)
         self.controls[pid] = parent
+        if metrics and slot:
+            metrics.assign(slot, pid)
         return pid
 
-    def _child(self, worker: Worker, parent: socket.socket, child: socket.socket) -> None:
+    def _child(self, worker: Worker, parent: socket.socket, child: socket.socket, slot: Slot | None) -> None:
         code = EXIT_BOOT
         try:
             signal.set_wakeup_fd(-1)
@@ -80,12 +92,14 @@ class RealPort:
                 s.close()
             # Drop privileges before any app code runs (ports are bound already).
             privileges.drop(self.loop.identity)
+            if self.loop.metrics:
+                self.loop.metrics.child_cleanup()
             from greenfork.workers.boot import run  # imports gevent: only ever in a child
 
             code = run(WorkerInfo(
                 slot=worker.slot, generation=worker.generation, settings=self.loop.arbiter.settings,
                 listeners=self.loop.listeners, addresses=self.loop.addresses, control=child,
-                master_pid=self.loop.pid, app=self.loop.app))
+                master_pid=self.loop.pid, app=self.loop.app, metrics=slot))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except BaseException:
@@ -124,13 +138,18 @@ class RealPort:
         return self.loop.reload_settings()
 
     def worker_spawned(self, worker: Worker) -> None:
-        pass
+        if self.loop.metrics:
+            self.loop.metrics.lifecycle.spawns += 1
 
     def worker_exited(self, worker: Worker, reason: str, status: int) -> None:
         log.debug("Worker %d (pid %d) gone: %s", worker.slot, worker.pid, reason)
+        if self.loop.metrics:
+            self.loop.metrics.lifecycle.exited(reason)
 
     def reloaded(self, ok: bool) -> None:
         self.loop.on_reloaded(ok)
+        if self.loop.metrics:
+            self.loop.metrics.lifecycle.reloaded(ok)
 
     def forget(self, pid: int) -> None:
         s = self.controls.pop(pid, None)
@@ -143,7 +162,8 @@ class MasterLoop:
                  app: Callable[..., Any] | None = None,
                  reload_settings: Callable[[], Settings] | None = None,
                  on_ready: Callable[[], None] | None = None,
-                 on_published: Callable[[int], None] | None = None) -> None:
+                 on_published: Callable[[int], None] | None = None,
+                 metrics_listeners: list[Listener] | None = None) -> None:
         self.listeners = listeners
         self.addresses = addresses
         self.app = app
@@ -156,6 +176,10 @@ class MasterLoop:
         self.wake_r, self.wake_w = socket.socketpair()
         self.port = RealPort(self)
         self.arbiter = Arbiter(settings, self.port)
+        self.metrics: MetricsService | None = None
+        if metrics_listeners:
+            self.metrics = MetricsService(metrics_listeners, listeners, lambda: self.arbiter,
+                                          app_dir=appmetrics.create_dir() if settings.app_metrics else None)
 
     def reload_settings(self) -> Settings:
         if self._reload is None:
@@ -204,6 +228,8 @@ class MasterLoop:
             self.wake_r.close()
             self.wake_w.close()
             self.notify.close()
+            if self.metrics:
+                self.metrics.close()
         return self.arbiter.exit_code
 
     def _loop(self) -> None:
@@ -214,7 +240,8 @@ class MasterLoop:
                 deadline = self.notify.next_ping
             timeout = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
             by_fd = {s.fileno(): (pid, s) for pid, s in self.port.controls.items()}
-            readable, _, _ = select.select([self.wake_r.fileno(), *by_fd], [], [], timeout)
+            mr, mw = self.metrics.fds() if self.metrics else ([], [])
+            readable, writable, _ = select.select([self.wake_r.fileno(), *by_fd, *mr], mw, [], timeout)
             signals = self._drain_wakeup() if self.wake_r.fileno() in readable else set()
             self._reap()
             for fd in readable:
@@ -231,6 +258,8 @@ class MasterLoop:
                         self.notify.stopping("stopping")
             arbiter.handle(Event.TICK)
             self.notify.watchdog_due(time.monotonic())
+            if self.metrics:
+                self.metrics.serve(readable, writable)
 
     def _drain_wakeup(self) -> set[int]:
         got: set[int] = set()
@@ -246,11 +275,13 @@ class MasterLoop:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, rusage = os.wait4(-1, os.WNOHANG)  # rusage: a dead worker's final CPU
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if self.metrics:
+                self.metrics.reaped(pid, cpu_of(rusage))
             self.port.forget(pid)
             self.arbiter.handle(Event.EXIT, pid, os.waitstatus_to_exitcode(status))
 

@@ -38,12 +38,16 @@ def log_addresses(urls: Sequence[str]) -> None:
         log.info("Now listening on: %s", url)
 
 
-def addresses_document(pid: int, generation: int, urls: Sequence[str]) -> str:
-    return json.dumps({"pid": pid, "generation": generation, "addresses": list(urls)}, indent=2) + "\n"
+def addresses_document(pid: int, generation: int, urls: Sequence[str], metrics: str | None = None) -> str:
+    doc: dict[str, object] = {"pid": pid, "generation": generation, "addresses": list(urls)}
+    if metrics:
+        doc["metrics"] = metrics  # only with --metrics-bind: readers of the old keys see no change
+    return json.dumps(doc, indent=2) + "\n"
 
 
-def write_addresses_file(path: str, pid: int, generation: int, urls: Sequence[str]) -> None:
-    atomic_write(path, addresses_document(pid, generation, urls))
+def write_addresses_file(path: str, pid: int, generation: int, urls: Sequence[str],
+                         metrics: str | None = None) -> None:
+    atomic_write(path, addresses_document(pid, generation, urls, metrics))
 
 
 def remove_file(path: str | None, *, only_if_pid: int | None = None) -> None:

@@ -64,6 +64,7 @@ class Server:
         self.settings = settings
         self._reload_settings = reload_settings
         self.listeners: list[Listener] = []
+        self.metrics_listeners: list[Listener] = []  # --metrics-bind
         self._master_pid: int | None = None
         self._generation = 1
 
@@ -87,7 +88,21 @@ class Server:
             specs = []  # socket activation replaces the default address
         self.listeners = adopted + listeners.bind_all(
             specs, backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode)
+        if self.settings.metrics_bind:
+            try:
+                self.metrics_listeners = listeners.bind_all(
+                    [parse_bind(self.settings.metrics_bind)], backlog=64,
+                    unix_mode=self.settings.unix_socket_mode)
+            except BaseException:
+                listeners.close_all(self.listeners)
+                self.listeners = []
+                raise
         return self.addresses
+
+    @property
+    def metrics_address(self) -> str | None:
+        """The URL of /metrics' listener (real port), or None without --metrics-bind."""
+        return self.metrics_listeners[0].url if self.metrics_listeners else None
 
     # ------------------------------------------------------------ foreground
     def run(self, *, on_ready: Callable[[], None] | None = None) -> int:
@@ -99,13 +114,17 @@ class Server:
         _title(f"greenfork: master [{s.app_label}]")
         report.log_addresses(self.addresses)
         pidfile = Pidfile(s.pidfile) if s.pidfile else None
+        if self.metrics_address:
+            log.info("Metrics listening on: %s", self.metrics_address)
+        elif s.app_metrics:
+            log.warning("--app-metrics does nothing without --metrics-bind")
         try:
             if pidfile is not None:
                 pidfile.acquire(pid)
             self._publish(1)
             loop = MasterLoop(s, self.listeners, tuple(self.addresses), app=self._app_obj,
                               reload_settings=self._reload_settings, on_ready=on_ready,
-                              on_published=self._publish)
+                              on_published=self._publish, metrics_listeners=self.metrics_listeners)
             code = loop.run()
         except PidfileBusy as e:
             log.error("%s", e)
@@ -115,8 +134,9 @@ class Server:
             code = EXIT_RUNTIME
         finally:
             if os.getpid() == pid:  # never clean up from a worker that unwound this far
-                listeners.close_all(self.listeners)
+                listeners.close_all(self.listeners + self.metrics_listeners)
                 self.listeners = []
+                self.metrics_listeners = []
                 report.remove_file(s.addresses_file)
                 if pidfile is not None:
                     pidfile.release()
@@ -128,7 +148,7 @@ class Server:
         self._generation = generation
         if self.settings.addresses_file:
             report.write_addresses_file(self.settings.addresses_file, os.getpid(), generation,
-                                        self.addresses)
+                                        self.addresses, self.metrics_address)
 
     # -------------------------------------------------------------- embedded
     def start(self, timeout: float | None = None) -> None:
@@ -154,7 +174,7 @@ class Server:
                 os._exit(code)
         os.close(w)
         self._master_pid = pid
-        for lst in self.listeners:
+        for lst in self.listeners + self.metrics_listeners:
             lst.sock.close()  # the master holds them now (and removes unix files on exit)
         try:
             readable, _, _ = select.select([r], [], [], timeout)
@@ -187,6 +207,7 @@ class Server:
             time.sleep(0.02)
         self._master_pid = None
         self.listeners = []
+        self.metrics_listeners = []
         return os.waitstatus_to_exitcode(status)
 
     @property

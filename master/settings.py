@@ -152,6 +152,15 @@ def _addresses(v: Any) -> None:
         parse_bind(raw)  # AddressError is a ValueError with the full reason
 
 
+def _metrics_address(v: Any) -> None:
+    if v is None:
+        return
+    from greenfork.master.addresses import parse_bind
+
+    if parse_bind(v).kind == "fd":
+        raise ValueError("expected an http:// or unix: address")
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     name: str  # config-file key and Settings attribute
@@ -269,6 +278,15 @@ SETTINGS: tuple[Setting, ...] = (
             "count (or None: no limit). 0 disables the limit."),
     _S("server_header", _bool, True, ("--server-header",), section="HTTP", is_flag=True,
        type_doc="boolean", help="Send `Server: greenfork` in responses."),
+    # ------------------------------------------------------------------ metrics
+    _S("metrics_bind", _opt_str, None, ("--metrics-bind",), section="Metrics", validate=_metrics_address,
+       metavar="ADDRESS", reloadable=False, default_doc="off",
+       help="Serve Prometheus metrics (`/metrics`), `/livez` and `/readyz` from the master on this "
+            "address, e.g. `http://127.0.0.1:9110` (port 0 picks a free port, published like --bind's)."),
+    _S("app_metrics", _bool, False, ("--app-metrics",), section="Metrics", is_flag=True,
+       type_doc="boolean", reloadable=False,
+       help="Also serve the application's own prometheus_client metrics on `/metrics` (multiprocess "
+            "mode in a private directory, one set of files per worker slot). Needs --metrics-bind."),
     # ------------------------------------------------------------------ logging
     _S("error_logfile", _str, "-", ("--error-logfile", "--log-file"), section="Logging",
        validate=_non_empty, metavar="PATH",
@@ -341,6 +359,8 @@ class Settings:
     max_request_headers_total_size: int
     max_request_body_size: int
     server_header: bool
+    metrics_bind: str | None
+    app_metrics: bool
     error_logfile: str
     access_logfile: str | None
     access_logformat: str

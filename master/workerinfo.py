@@ -9,6 +9,7 @@ from typing import Any
 
 from greenfork.master.listeners import Listener
 from greenfork.master.settings import Settings
+from greenfork.metrics.slots import Slot
 
 
 @dataclass(slots=True)
@@ -21,3 +22,4 @@ class WorkerInfo:
     control: socket.socket  # the worker's end of its control socketpair
     master_pid: int
     app: Callable[..., Any] | None = None  # an embedded callable (Server(app=func)); else settings.app
+    metrics: Slot | None = None  # this worker's metrics slot (--metrics-bind), written by it alone

@@ -77,7 +77,8 @@ class BodyError(OSError):
 class Connection:
     __slots__ = ("addr", "body_bytes", "body_wait", "ctx", "deadline", "expired", "framer", "greenlet",
                  "h1", "head_flushed", "idle", "inp", "out", "phase", "raw", "req", "served", "server",
-                 "sock", "sr", "status")
+                 "sock", "sr", "status",
+                 "error_type", "opened", "rx", "tx", "version")  # for metrics (workers/instrument.py)
 
     def __init__(self, server: WorkerServer, sock: socket.socket, addr: Any, ctx: ListenerContext) -> None:
         self.server = server
@@ -104,12 +105,15 @@ class Connection:
         self.body_wait = 0.0
         self.body_bytes = 0
         self.expired: str | None = None  # the error_type, once a timeout fired
+        self.opened, self.rx, self.tx, self.error_type, self.version = 0.0, 0, 0, "", ""
 
     # -------------------------------------------------------------- the loop
     def run(self) -> None:
         try:
             self._serve()
-        except (ClientGone, ConnectionError, TimeoutError, GreenletExit):
+        except (ClientGone, ConnectionError, TimeoutError):
+            self.error_type = "io_error"
+        except GreenletExit:
             pass
         except Expired as e:  # a wait we do not handle specially (never expected)
             self._timed_out(e)
@@ -154,6 +158,7 @@ class Connection:
                     return
                 finally:
                     self.idle = False
+                self.rx += len(data)
                 h1.receive_data(data)
             elif type(ev) is Request:
                 if not self._handle(ev):
@@ -170,6 +175,7 @@ class Connection:
             # already finished with; _handle drained it, so nothing to do
 
     def _reject(self, err: ProtocolError) -> None:
+        self.error_type = err.error_type
         log.debug("rejected request from %s: %s (%s)", self.ctx.peer(self.addr), err.error_type, err.detail)
         if err.status:
             self.out.append(error_response(err.status, http_date(), self.server.server_header))
@@ -178,6 +184,7 @@ class Connection:
     def _timed_out(self, e: Expired) -> None:
         """A wait between or inside request heads expired: 408 once a head has started."""
         self.expired = e.reason
+        self.error_type = self.error_type or e.reason
         if e.phase == HEADERS:
             self._reject(ProtocolError(408, e.reason, "request head not complete in time"))
         else:
@@ -207,6 +214,7 @@ class Connection:
         keep = True
         # We are no proxy and speak nothing but HTTP: the server answers these itself.
         app = server.app if req.path != b"*" and req.method != "CONNECT" else _server_itself
+        err = ""  # the metrics' error_type
         try:
             result = app(env, sr)
             if isinstance(result, FileWrapper) and self._can_sendfile(result, sr):
@@ -228,9 +236,11 @@ class Connection:
         except (ClientGone, ConnectionError, TimeoutError):
             keep = False
             self.status = self.status or 499
+            err = self.error_type = "io_error"
         except BodyError as e:
             # The body broke while the app read it: answer for the body if we still can.
             keep = False
+            err = e.err.error_type
             if not self.head_flushed:
                 del self.out[mark:]
                 self.status = e.err.status
@@ -240,6 +250,7 @@ class Connection:
                       e.err.detail)
         except Exception:
             keep = False
+            err = "error_after_starting_response" if self.head_flushed else "_OTHER"
             log.exception("Error handling request %s %s", req.method, req.target.decode("latin-1"))
             if not self.head_flushed:
                 # Nothing went out yet: drop what was gathered, answer 500.
@@ -260,6 +271,7 @@ class Connection:
             sent = framer.body_bytes if framer is not None else 0
             server.access_log.log(env, self.status, self.sr.headers if self.sr else [], sent,
                                   time.monotonic() - started)
+        server.metrics.request(self, req, err, started)
         self.served += 1
         if keep and not inp.finished and not (inp.bodyless and self.h1.skip_end()):
             # Bounded in bytes here and in time by the sweeper (DRAIN phase).
@@ -298,6 +310,7 @@ class Connection:
                     raise BodyError(ProtocolError(0 if draining else 408, e.reason,
                                                   "request body too slow")) from None
                 self.body_bytes += len(data)
+                self.rx += len(data)
                 self.phase = DRAIN if draining else NONE
                 h1.receive_data(data)
                 continue
@@ -358,10 +371,12 @@ class Connection:
             # A large body goes out with its head in one sendmsg, without the join's copy.
             parts, self.out = out, []
             self._mark_sent()
+            self.tx += sum(map(len, parts))
             self._send_parts(parts)
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
+        self.tx += len(data)
         self._mark_sent()
         # One non-blocking send on the real socket usually takes it all; gevent's
         # waiting send (and the send timeout) is only needed when the buffer is full.
@@ -477,6 +492,7 @@ class Connection:
                 break  # the file is shorter than its Content-Length
             offset += sent
             remaining -= sent
+            self.tx += sent
         framer.body_bytes += framer.remaining - remaining
         framer.remaining = remaining
         if remaining:

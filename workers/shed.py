@@ -31,7 +31,7 @@ class Shedder:
         self.rejected = 0  # since the worker started (for metrics)
         self.episode = 0  # closed since the worker last had room
 
-    def shed(self, sock: socket.socket, full: Callable[[], bool]) -> None:
+    def shed(self, sock: socket.socket, full: Callable[[], bool], counted: Callable[[], None]) -> None:
         """Wait for a connection on sock; close it and any others queued if this worker is
         still full after SHED_DELAY and no other worker took them."""
         wait_read(sock.fileno())
@@ -49,6 +49,7 @@ class Shedder:
                 except OSError:
                     return  # EMFILE and the like: the accept loop reports those
                 client.close()
+                counted()  # greenfork_rejected_connections_total
                 self.rejected += 1
                 self.episode += 1
                 if self.episode == 1:

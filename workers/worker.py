@@ -27,6 +27,7 @@ from greenfork.master import apploader, logs
 from greenfork.master.arbiter import EXIT_APP_IMPORT, HEARTBEAT, QUIT, READY, REOPEN, TERMINATE
 from greenfork.master.listeners import Listener
 from greenfork.master.workerinfo import WorkerInfo
+from greenfork.workers import instrument
 from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.conn import Connection
 from greenfork.workers.http1 import Limits
@@ -42,7 +43,9 @@ HEARTBEAT_INTERVAL = 1.0
 class ListenerContext:
     """What a connection needs to know about the socket it came in on."""
 
-    def __init__(self, listener: Listener, base: dict[str, Any]) -> None:
+    def __init__(self, listener: Listener, base: dict[str, Any], index: int = 0) -> None:
+        self.index = index  # position in the listener list: the metrics' listener labels
+        self.scheme = listener.spec.scheme
         self.unix = listener.transport == "unix"
         self.sendfile = True
         name, port = self._server_name(listener)
@@ -87,6 +90,7 @@ class WorkerServer:
         self.acceptors: list[gevent.Greenlet] = []
         self.sockets: list[socket.socket] = []
         self.control: socket.socket | None = None
+        self.metrics = instrument.attach(self)
 
     # --------------------------------------------------------------- startup
     def serve(self) -> int:
@@ -106,8 +110,8 @@ class WorkerServer:
                       exc_info=not isinstance(e, apploader.AppImportError))
             return EXIT_APP_IMPORT
         base = self._base_environ()
-        for lst in info.listeners:
-            ctx = ListenerContext(lst, base)
+        for i, lst in enumerate(info.listeners):
+            ctx = ListenerContext(lst, base, i)
             # The worker takes its own gevent socket over the inherited descriptor.
             sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
             self.sockets.append(sock)
@@ -160,7 +164,7 @@ class WorkerServer:
             if len(connections) >= limit:
                 # Excess connections are closed, never queued for as long as we stay full
                 # (but a worker with room gets the first chance at them: shed.py).
-                shedder.shed(sock, full)
+                shedder.shed(sock, full, lambda: self.metrics.rejected(ctx.index))
                 continue
             shedder.room_again()
             try:
@@ -175,10 +179,12 @@ class WorkerServer:
             if tcp:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Connection(self, client, addr, ctx)
+            self.metrics.opened(conn)
             self.connections.add(conn)
             conn.greenlet = gevent.spawn(conn.run)
 
     def connection_done(self, conn: Connection) -> None:
+        self.metrics.closed(conn)
         self.connections.discard(conn)
         if self.draining and not self.connections:
             self.stopped.set()

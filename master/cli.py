@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from greenfork.master import logs
+from greenfork.master import logs, upgrade
 from greenfork.master.addresses import AddressError
 from greenfork.master.apploader import AppSpecError, parse_spec
 from greenfork.master.arbiter import EXIT_USAGE
@@ -20,8 +20,9 @@ Every option can also be set as an environment variable GREENFORK_<NAME> (e.g.
 GREENFORK_WORKERS=4) or as a key in greenfork.toml (read from the current
 directory, or -c PATH), with [profiles.NAME] tables selected by --profile.
 Precedence: command line > environment > profile > file > defaults.
-Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload, TTIN/TTOU add/remove
-a worker, USR1 reopen log files. Full reference: docs/settings.md, docs/signals.md.
+Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload, USR2 binary upgrade
+(then WINCH or TERM the old master), TTIN/TTOU add/remove a worker, USR1 reopen logs.
+Full reference: docs/settings.md, docs/signals.md.
 """
 
 
@@ -78,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Reloads re-read the same files even after --chdir moved us.
     start_dir = os.getcwd()
+    # A binary upgrade (USR2, HUP with --preload) re-executes this same command from here.
+    upgrade.remember_command(list(sys.orig_argv), start_dir)
 
     def resolve() -> Settings:
         settings, warnings = config.resolve(cli, os.environ, config=ns.config, profile=ns.profile,

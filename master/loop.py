@@ -18,22 +18,42 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greenfork.master import logs
-from greenfork.master.arbiter import EXIT_BOOT, HEARTBEAT, READY, Arbiter, Event, State, Worker
+from greenfork.master import logs, upgrade
+from greenfork.master.arbiter import (
+    EXIT_BOOT,
+    HEARTBEAT,
+    READY,
+    RECYCLE_ME,
+    RELOAD_ME,
+    Arbiter,
+    Event,
+    State,
+    Worker,
+)
 from greenfork.master.listeners import Listener
+from greenfork.master.listenset import ListenerSet
 from greenfork.master.settings import Settings
 from greenfork.master.workerinfo import WorkerInfo
 
 log = logging.getLogger("greenfork.master")
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
-           signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU)
-# Coalesced and handled in this order each turn: stop, reload, resize, reopen.
-ORDER = (signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN,
-         signal.SIGTTOU, signal.SIGUSR1)
+           signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU)
+# Coalesced and handled in this order each turn: stop, reload, upgrade, resize, reopen.
+ORDER = (signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2,
+         signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 TO_EVENT = {signal.SIGQUIT: Event.QUICK, signal.SIGINT: Event.QUICK, signal.SIGTERM: Event.TERM,
-            signal.SIGHUP: Event.HUP, signal.SIGTTIN: Event.TTIN, signal.SIGTTOU: Event.TTOU,
-            signal.SIGUSR1: Event.USR1}
+            signal.SIGHUP: Event.HUP, signal.SIGUSR2: Event.USR2, signal.SIGWINCH: Event.WINCH,
+            signal.SIGTTIN: Event.TTIN, signal.SIGTTOU: Event.TTOU, signal.SIGUSR1: Event.USR1}
+
+
+def set_title(text: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(text)
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
 
 
 def _noop(signum: int, frame: Any) -> None:
@@ -50,7 +70,7 @@ class RealPort:
     def monotonic(self) -> float:
         return time.monotonic()
 
-    def spawn(self, worker: Worker) -> int:
+    def spawn(self, worker: Worker, settings: Settings) -> int:
         parent, child = socket.socketpair()
         for h in logging.getLogger("greenfork").handlers:
             h.flush()
@@ -58,13 +78,13 @@ class RealPort:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, measured by process tests
-            self._child(worker, parent, child)
+            self._child(worker, settings, parent, child)
         child.close()
         parent.setblocking(False)
         self.controls[pid] = parent
         return pid
 
-    def _child(self, worker: Worker, parent: socket.socket, child: socket.socket) -> None:
+    def _child(self, worker: Worker, settings: Settings, parent: socket.socket, child: socket.socket) -> None:
         code = EXIT_BOOT
         try:
             signal.set_wakeup_fd(-1)
@@ -77,11 +97,19 @@ class RealPort:
             parent.close()
             for s in self.controls.values():
                 s.close()
+            if self.loop.upgrade_pipe >= 0:
+                os.close(self.loop.upgrade_pipe)
+            mine = self.loop.listeners_for(worker)
+            for lst in self.loop.lset.every():
+                if lst not in mine:
+                    # A removed (or not yet committed) address must refuse connections,
+                    # not queue them in a socket this worker keeps open and never accepts on.
+                    lst.sock.close()
             from greenfork.workers.boot import run  # imports gevent: only ever in a child
 
             code = run(WorkerInfo(
-                slot=worker.slot, generation=worker.generation, settings=self.loop.arbiter.settings,
-                listeners=self.loop.listeners, addresses=self.loop.addresses, control=child,
+                slot=worker.slot, generation=worker.generation, settings=settings,
+                listeners=mine, addresses=tuple(lst.url for lst in mine), control=child,
                 master_pid=self.loop.pid, app=self.loop.app))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
@@ -119,6 +147,46 @@ class RealPort:
     def reload_settings(self) -> Settings:
         return self.loop.reload_settings()
 
+    def prepare_listeners(self, bind: tuple[str, ...]) -> None:
+        self.loop.lset.prepare(bind)
+
+    def commit_listeners(self) -> None:
+        for lst in self.loop.lset.commit():
+            log.info("Now listening on: %s", lst.url)
+
+    def abort_listeners(self) -> None:
+        self.loop.lset.abort()
+
+    def close_retired(self) -> None:
+        for lst in self.loop.lset.close_retired():
+            log.info("No longer listening on: %s", lst.url)
+
+    def memory(self, pid: int) -> int | None:
+        """Unique set size: the pages only this process has (what killing it frees)."""
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total = 0
+                for line in f:
+                    if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                        total += int(line.split()[1]) * 1024
+                return total
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def can_exec(self) -> bool:
+        return upgrade.can_exec()
+
+    def exec_master(self, generation: int) -> int:
+        pid, ready = upgrade.exec_master(self.loop.lset.current, generation)
+        self.loop.set_upgrade_pipe(ready)
+        return pid
+
+    def pidfile_oldbin(self) -> None:
+        upgrade.pidfile_oldbin(self.loop.arbiter.settings.pidfile, self.loop.pid)
+
+    def pidfile_restore(self) -> None:
+        upgrade.pidfile_restore(self.loop.arbiter.settings.pidfile, self.loop.pid)
+
     def worker_spawned(self, worker: Worker) -> None:
         pass
 
@@ -135,21 +203,49 @@ class RealPort:
 
 
 class MasterLoop:
-    def __init__(self, settings: Settings, listeners: list[Listener], addresses: tuple[str, ...], *,
-                 app: Callable[..., Any] | None = None,
+    def __init__(self, settings: Settings, lset: ListenerSet, *,
+                 app: Callable[..., Any] | None = None, generation: int = 1,
                  reload_settings: Callable[[], Settings] | None = None,
                  on_ready: Callable[[], None] | None = None,
-                 on_published: Callable[[int], None] | None = None) -> None:
-        self.listeners = listeners
-        self.addresses = addresses
+                 on_published: Callable[[int, tuple[str, ...]], None] | None = None) -> None:
+        self.lset = lset
         self.app = app
+        self.upgrade_pipe = -1  # read end of the new master's "ready" pipe during an upgrade
+        self.title = ""
         self.pid = os.getpid()
         self._reload = reload_settings
         self._on_ready = on_ready
         self._on_published = on_published
         self.wake_r, self.wake_w = socket.socketpair()
         self.port = RealPort(self)
-        self.arbiter = Arbiter(settings, self.port)
+        self.arbiter = Arbiter(settings, self.port, generation)
+
+    def listeners_for(self, worker: Worker) -> list[Listener]:
+        """A new generation's workers get the reload's listener set, everyone else the current one."""
+        a = self.arbiter
+        if a.pending_gen and worker.generation == a.pending_gen and self.lset.pending is not None:
+            return self.lset.pending
+        return self.lset.current
+
+    def set_upgrade_pipe(self, fd: int) -> None:
+        self.close_upgrade_pipe()
+        self.upgrade_pipe = fd
+
+    def close_upgrade_pipe(self) -> None:
+        if self.upgrade_pipe >= 0:
+            os.close(self.upgrade_pipe)
+            self.upgrade_pipe = -1
+
+    def update_title(self) -> None:
+        a = self.arbiter
+        title = f"greenfork: master [{a.settings.app_label}] gen {a.generation}"
+        if a.child:
+            title += " (old)"
+        if a.state in (State.DRAINING, State.QUITTING):
+            title += " (draining)"
+        if title != self.title:
+            self.title = title
+            set_title(title)
 
     def reload_settings(self) -> Settings:
         if self._reload is None:
@@ -163,7 +259,7 @@ class MasterLoop:
 
     def on_published(self, generation: int) -> None:
         if self._on_published is not None:
-            self._on_published(generation)
+            self._on_published(generation, self.lset.addresses)
 
     def _install_signals(self) -> None:
         for s in (self.wake_r, self.wake_w):
@@ -188,6 +284,7 @@ class MasterLoop:
                 self.port.forget(pid)
             self.wake_r.close()
             self.wake_w.close()
+            self.close_upgrade_pipe()
         return self.arbiter.exit_code
 
     def _loop(self) -> None:
@@ -195,9 +292,13 @@ class MasterLoop:
         while arbiter.state != State.STOPPED:
             deadline = arbiter.next_deadline()
             timeout = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+            self.update_title()
             by_fd = {s.fileno(): (pid, s) for pid, s in self.port.controls.items()}
-            readable, _, _ = select.select([self.wake_r.fileno(), *by_fd], [], [], timeout)
+            extra = [self.upgrade_pipe] if self.upgrade_pipe >= 0 else []
+            readable, _, _ = select.select([self.wake_r.fileno(), *by_fd, *extra], [], [], timeout)
             signals = self._drain_wakeup() if self.wake_r.fileno() in readable else set()
+            if self.upgrade_pipe >= 0 and self.upgrade_pipe in readable:
+                self._upgrade_message()
             self._reap()
             for fd in readable:
                 if fd in by_fd:
@@ -207,6 +308,16 @@ class MasterLoop:
                     log.debug("Got %s", signal.Signals(sig).name)
                     arbiter.handle(TO_EVENT[sig])
             arbiter.handle(Event.TICK)
+
+    def _upgrade_message(self) -> None:
+        try:
+            data = os.read(self.upgrade_pipe, 64)
+        except OSError:
+            data = b""
+        if READY in data:
+            self.arbiter.handle(Event.CHILD_READY)
+        if not data:
+            self.close_upgrade_pipe()  # the new master exited; the reaper reports it
 
     def _drain_wakeup(self) -> set[int]:
         got: set[int] = set()
@@ -227,8 +338,13 @@ class MasterLoop:
                 return
             if pid == 0:
                 return
+            code = os.waitstatus_to_exitcode(status)
+            if pid == self.arbiter.child:
+                self.close_upgrade_pipe()
+                self.arbiter.handle(Event.CHILD_EXIT, pid, code)
+                continue
             self.port.forget(pid)
-            self.arbiter.handle(Event.EXIT, pid, os.waitstatus_to_exitcode(status))
+            self.arbiter.handle(Event.EXIT, pid, code)
 
     def _control_message(self, pid: int, sock: socket.socket) -> None:
         try:
@@ -246,3 +362,7 @@ class MasterLoop:
             w.heartbeat = time.monotonic()
         if READY in data:
             self.arbiter.handle(Event.READY, pid)
+        if RECYCLE_ME in data:
+            self.arbiter.handle(Event.RECYCLE, pid)
+        if RELOAD_ME in data:
+            self.arbiter.handle(Event.RELOAD_ASK, pid)

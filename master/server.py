@@ -19,23 +19,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greenfork.master import config, listeners, report
+from greenfork.master import apploader, config, listeners, report, upgrade
 from greenfork.master.addresses import parse_bind
-from greenfork.master.arbiter import EXIT_OK, EXIT_RUNTIME
+from greenfork.master.arbiter import EXIT_APP_IMPORT, EXIT_OK, EXIT_RUNTIME
 from greenfork.master.listeners import BindError, Listener
-from greenfork.master.loop import MasterLoop
+from greenfork.master.listenset import ListenerSet, ordered
+from greenfork.master.loop import MasterLoop, set_title
 from greenfork.master.settings import BY_NAME, DEMO_APP, SettingError, Settings
 
 log = logging.getLogger("greenfork.master")
-
-
-def _title(text: str) -> None:
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(text)
-    except ImportError:  # pragma: no cover - a declared dependency
-        pass
 
 
 class Server:
@@ -65,6 +57,7 @@ class Server:
         self.listeners: list[Listener] = []
         self._master_pid: int | None = None
         self._generation = 1
+        self._upgrade_fd = -1  # set in a master started by a binary upgrade (upgrade.py)
 
     # ------------------------------------------------------------- addresses
     @property
@@ -76,6 +69,9 @@ class Server:
         if self.listeners:
             return self.addresses
         specs = [parse_bind(b) for b in self.settings.bind]
+        handed = upgrade.inherited(os.environ)
+        if handed is not None:
+            return self._adopt_upgrade(*handed)
         inherited = listeners.systemd_fds(os.environ, os.getpid())
         adopted: list[Listener] = []
         for fd in inherited:
@@ -88,20 +84,57 @@ class Server:
             specs, backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode)
         return self.addresses
 
+    def _adopt_upgrade(self, handed: list[Listener], generation: int, ready_fd: int) -> list[str]:
+        """A new master of a binary upgrade: keep the inherited sockets whose --bind text is
+        still configured (all of them when bind is the default: they may be systemd's), close
+        the others, bind what is new."""
+        self._generation, self._upgrade_fd = generation, ready_fd
+        bind = self.settings.bind
+        if self.settings.source_of("bind") == "default":
+            bind = tuple(dict.fromkeys(lst.spec.raw for lst in handed))
+        keep = [lst for lst in handed if lst.spec.raw in bind]
+        for lst in handed:
+            if lst not in keep:
+                lst.sock.close()  # the old master still owns its file, if any
+        have = {lst.spec.raw for lst in keep}
+        fresh = listeners.bind_all([parse_bind(b) for b in bind if b not in have],
+                                   backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode)
+        self.listeners = ordered(keep + fresh, bind)
+        return self.addresses
+
     # ------------------------------------------------------------ foreground
     def run(self, *, on_ready: Callable[[], None] | None = None) -> int:
         """Bind (if not yet), publish, supervise until stopped; returns the exit code."""
         s = self.settings
         self.bind()
         pid = os.getpid()
-        _title(f"greenfork: master [{s.app_label}]")
+        upgraded = self._upgrade_fd >= 0
+        set_title(f"greenfork: master [{s.app_label}] gen {self._generation}")
         report.log_addresses(self.addresses)
+        if s.preload and self._app_obj is None:
+            code = self._preload()
+            if code:
+                listeners.close_all(self.listeners)
+                return code
+        lset = ListenerSet(self.listeners, backlog=s.backlog, unix_mode=s.unix_socket_mode)
+        loop: MasterLoop | None = None
+
+        def ready() -> None:
+            if upgraded:
+                # The old master still serves: PIDFILE and the addresses file become ours
+                # only now, and then it is told it may be stopped.
+                self._write_pidfile(pid)
+                self._publish(self._generation, lset.addresses)
+                upgrade.notify_ready(self._upgrade_fd)
+            if on_ready is not None:
+                on_ready()
+
         try:
-            if s.pidfile:
-                report.atomic_write(s.pidfile, f"{pid}\n")
-            self._publish(1)
-            loop = MasterLoop(s, self.listeners, tuple(self.addresses), app=self._app_obj,
-                              reload_settings=self._reload_settings, on_ready=on_ready,
+            if not upgraded:
+                self._write_pidfile(pid)
+                self._publish(self._generation, lset.addresses)
+            loop = MasterLoop(s, lset, app=self._app_obj, generation=self._generation,
+                              reload_settings=self._reload_settings, on_ready=ready,
                               on_published=self._publish)
             code = loop.run()
         except OSError as e:
@@ -109,19 +142,42 @@ class Server:
             code = EXIT_RUNTIME
         finally:
             if os.getpid() == pid:  # never clean up from a worker that unwound this far
-                listeners.close_all(self.listeners)
+                # A new master that outlives us (upgrade) serves on these sockets and owns the
+                # files now: close our copies, remove nothing it took over.
+                successor = loop is not None and loop.arbiter.child != 0
+                lset.close_all(unlink=not successor)
                 self.listeners = []
-                report.remove_file(s.addresses_file)
+                report.remove_addresses_file(s.addresses_file, pid)
                 report.remove_file(s.pidfile, only_if_pid=pid)
+                if s.pidfile:
+                    report.remove_file(upgrade.oldbin(s.pidfile), only_if_pid=pid)
         if code == EXIT_OK:
             log.info("Shutdown complete")
         return code
 
-    def _publish(self, generation: int) -> None:
+    def _write_pidfile(self, pid: int) -> None:
+        if self.settings.pidfile:
+            report.atomic_write(self.settings.pidfile, f"{pid}\n")
+
+    def _preload(self) -> int:
+        """--preload: import the app here, once, so workers share its pages after fork.
+        gc.freeze() moves everything to a generation the collector never scans, so the
+        collector does not write to (and un-share) those pages in every worker."""
+        import gc
+
+        try:
+            self._app_obj = apploader.load(self.settings.app, self.settings.chdir)
+        except Exception as e:
+            log.error("Failed to load the application %s: %s", self.settings.app, e,
+                      exc_info=not isinstance(e, apploader.AppImportError))
+            return EXIT_APP_IMPORT
+        gc.freeze()
+        return 0
+
+    def _publish(self, generation: int, addresses: tuple[str, ...]) -> None:
         self._generation = generation
         if self.settings.addresses_file:
-            report.write_addresses_file(self.settings.addresses_file, os.getpid(), generation,
-                                        self.addresses)
+            report.write_addresses_file(self.settings.addresses_file, os.getpid(), generation, addresses)
 
     # -------------------------------------------------------------- embedded
     def start(self, timeout: float | None = None) -> None:

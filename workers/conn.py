@@ -16,7 +16,7 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-from gevent import GreenletExit
+from gevent import GreenletExit, Timeout
 from gevent.socket import wait_write
 
 from greenfork.workers.http1 import (
@@ -58,6 +58,11 @@ def http_date() -> bytes:
 
 class ClientGone(Exception):
     """The peer closed or reset while we were writing."""
+
+
+class RequestTimeout(BaseException):
+    """--request-timeout fired. A BaseException, like gevent.Timeout, so that an app's
+    `except Exception` cannot swallow it."""
 
 
 class BodyError(Exception):
@@ -168,6 +173,9 @@ class Connection:
         mark = len(self.out)
         result: Any = None
         keep = True
+        # --request-timeout bounds this request's greenlet only; the connection's other
+        # requests and the worker's other connections carry on.
+        timer = Timeout.start_new(server.request_timeout, RequestTimeout) if server.request_timeout else None
         try:
             result = server.app(env, sr)
             if isinstance(result, FileWrapper) and self._can_sendfile(result, sr):
@@ -198,6 +206,16 @@ class Connection:
                 if e.err.status:
                     self.out.append(error_response(e.err.status, http_date(), server.server_header))
             log.debug("request body from %s: %s", self.ctx.peer(self.addr), e.err.detail)
+        except RequestTimeout:
+            keep = False
+            log.error("Request %s %s exceeded --request-timeout (%g s)", req.method,
+                      req.target.decode("latin-1"), server.request_timeout)
+            if not self.head_flushed:
+                del self.out[mark:]
+                self.status = 504
+                self.out.append(error_response(504, http_date(), server.server_header))
+            else:
+                self.status = self.status or 504  # mid-body: the close tells the client
         except Exception:
             keep = False
             log.exception("Error handling request %s %s", req.method, req.target.decode("latin-1"))
@@ -209,6 +227,8 @@ class Connection:
             else:
                 self.status = self.status or 500  # mid-body: the close tells the client
         finally:
+            if timer is not None:
+                timer.close()
             close = getattr(result, "close", None)
             if close is not None:
                 try:

@@ -454,6 +454,8 @@ class Arbiter:
         return None
 
     def _child_exit(self, pid: int, status: int) -> State | None:
+        if pid != self.child:
+            return None
         ready, self.child, self.child_ready = self.child_ready, 0, False
         log.error("The new master (pid %d) exited (%s); this master takes over again",
                   pid, exit_description(status))

@@ -68,7 +68,26 @@ def app(environ, start_response):
         return environ["wsgi.file_wrapper"](f, 65536)
     if path == "/pid":
         return _text(start_response, str(os.getpid()).encode())
+    if path == "/hog":
+        hog_the_hub(float(parse_qs(query).get("s", ["60"])[0]))
+        return _text(start_response, b"done\n")
+    if path == "/exit":
+        os._exit(1)  # a crash in the middle of a request
+    if path == "/grow":
+        # memory the worker keeps (touched, so it counts in its unique set size)
+        _hoard.append(b"x" * (int(parse_qs(query).get("mib", ["64"])[0]) << 20))
+        return _text(start_response, b"grown\n")
     return _text(start_response, b"hello\n")
+
+
+_hoard: list[bytes] = []
+
+
+def hog_the_hub(seconds: float) -> None:
+    """Blocks the worker's event loop: no other greenlet (nor the heartbeat) runs."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
 
 
 validated = validator(app)

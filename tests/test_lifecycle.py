@@ -173,9 +173,12 @@ def upgrade(g: Greenfork, pidfile: Path) -> int:
     return int(new)
 
 
-def test_usr2_then_term_hands_over_to_the_new_master(launcher: Launcher, tmp_path: Path) -> None:
+def test_usr2_then_term_hands_over_to_the_new_master(launcher: Launcher, tmp_path: Path,
+                                                     sock_dir: Path) -> None:
     pidfile = tmp_path / "gf.pid"
-    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0", "-w", "2", "--pidfile", str(pidfile)])
+    sock = sock_dir / "up.sock"
+    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0", "-b", f"unix:{sock}", "-w", "2",
+                        "--pidfile", str(pidfile)])
     new = upgrade(g, pidfile)
     try:
         assert generation(g) == 2 and g.info["pid"] == new and g.info["addresses"] == g.addresses
@@ -186,11 +189,12 @@ def test_usr2_then_term_hands_over_to_the_new_master(launcher: Launcher, tmp_pat
         assert g.wait(20) == 0
         assert read_pid(pidfile) == new and not Path(str(pidfile) + ".oldbin").exists()
         assert g.addr_file.exists() and body(g, "/pid")
+        assert sock.exists() and body(g, url=f"unix:{sock}")  # the old master left the file alone
         assert alive(new) and len(children(new)) == 2
         assert "send TERM" not in g.log()
     finally:
         stop_pid(new)
-    assert not pidfile.exists() and not g.addr_file.exists()
+    assert not pidfile.exists() and not g.addr_file.exists() and not sock.exists()
 
 
 def test_usr2_winch_then_the_new_master_dies_and_the_old_one_resumes(launcher: Launcher,

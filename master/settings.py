@@ -198,7 +198,8 @@ SETTINGS: tuple[Setting, ...] = (
     # ---------------------------------------------------------------- listening
     _S("bind", _str_list, ("http://127.0.0.1:8000",), ("-b", "--bind"), section="Listening",
        validate=_addresses, metavar="ADDRESS", multiple=True, type_doc="list of addresses",
-       help="Address to listen on; repeat for several (a HUP keeps the sockets of unchanged addresses). Forms: `http://HOST:PORT`, `HOST:PORT`, "
+       help="Address to listen on; repeat for several (a HUP keeps the sockets of unchanged "
+            "addresses). Forms: `http://HOST:PORT`, `HOST:PORT`, "
             "`:PORT` (all interfaces), `[::1]:PORT`, `http://localhost:PORT` (both loopbacks), "
             "`http://*:PORT` (dual-stack), port 0 (any free port, published), `unix:/path`, `fd://N`. "
             "With systemd socket activation (LISTEN_FDS) and no explicit bind, only the passed "

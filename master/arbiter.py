@@ -12,8 +12,9 @@ import logging
 import random
 import signal
 from collections.abc import Callable
+from functools import partial
 
-from greenfork.master import recycle
+from greenfork.master import recycle, reloading, upgrading
 from greenfork.master.records import (  # re-exported: the rest of greenfork imports them from here
     EXIT_APP_IMPORT,
     EXIT_BOOT,
@@ -91,33 +92,33 @@ class Arbiter:
             t[st, E.TICK] = (self._tick, st)
             t[st, E.TTIN] = (self._scale_up, st)
             t[st, E.TTOU] = (self._scale_down, st)
-        t[S.STARTING, E.HUP] = (self._ignore_hup, S.STARTING)
+        t[S.STARTING, E.HUP] = (partial(reloading.ignore_hup, self), S.STARTING)
         t[S.STARTING, E.RELOAD_ASK] = (self._ignore, S.STARTING)
-        t[S.STARTING, E.USR2] = (self._refuse_usr2, S.STARTING)
+        t[S.STARTING, E.USR2] = (partial(upgrading.refuse_usr2, self), S.STARTING)
         t[S.STARTING, E.WINCH] = (self._ignore_winch, S.STARTING)
-        t[S.RUNNING, E.HUP] = (self._reload, S.RUNNING)
-        t[S.RUNNING, E.RELOAD_ASK] = (self._reload_ask, S.RUNNING)
-        t[S.RUNNING, E.USR2] = (self._upgrade, S.RUNNING)
-        t[S.RUNNING, E.WINCH] = (self._winch, S.RUNNING)
+        t[S.RUNNING, E.HUP] = (partial(reloading.reload, self), S.RUNNING)
+        t[S.RUNNING, E.RELOAD_ASK] = (partial(reloading.reload_ask, self), S.RUNNING)
+        t[S.RUNNING, E.USR2] = (partial(upgrading.upgrade, self), S.RUNNING)
+        t[S.RUNNING, E.WINCH] = (partial(upgrading.winch, self), S.RUNNING)
         # RELOADING: the serving generation keeps its crash policy; the new one is all or nothing.
-        t[S.RELOADING, E.READY] = (self._reloading_ready, S.RELOADING)
-        t[S.RELOADING, E.EXIT] = (self._reloading_exit, S.RELOADING)
-        t[S.RELOADING, E.TICK] = (self._reloading_tick, S.RELOADING)
-        t[S.RELOADING, E.HUP] = (self._coalesce_hup, S.RELOADING)
+        t[S.RELOADING, E.READY] = (partial(reloading.reloading_ready, self), S.RELOADING)
+        t[S.RELOADING, E.EXIT] = (partial(reloading.reloading_exit, self), S.RELOADING)
+        t[S.RELOADING, E.TICK] = (partial(reloading.reloading_tick, self), S.RELOADING)
+        t[S.RELOADING, E.HUP] = (partial(reloading.coalesce_hup, self), S.RELOADING)
         t[S.RELOADING, E.RELOAD_ASK] = (self._ignore, S.RELOADING)  # the new generation loads fresh code
         t[S.RELOADING, E.TTIN] = (self._ignore_resize, S.RELOADING)
         t[S.RELOADING, E.TTOU] = (self._ignore_resize, S.RELOADING)
-        t[S.RELOADING, E.USR2] = (self._refuse_usr2, S.RELOADING)
+        t[S.RELOADING, E.USR2] = (partial(upgrading.refuse_usr2, self), S.RELOADING)
         t[S.RELOADING, E.WINCH] = (self._ignore_winch, S.RELOADING)
         # PARKED: WINCHed during an upgrade; HUP brings workers back (rollback).
         t[S.PARKED, E.READY] = (self._retire_late, S.PARKED)
         t[S.PARKED, E.EXIT] = (self._on_exit_quiet, S.PARKED)
-        t[S.PARKED, E.TICK] = (self._parked_tick, S.PARKED)
-        t[S.PARKED, E.HUP] = (self._unpark, S.RUNNING)
+        t[S.PARKED, E.TICK] = (partial(upgrading.parked_tick, self), S.PARKED)
+        t[S.PARKED, E.HUP] = (partial(upgrading.unpark, self), S.RUNNING)
         t[S.PARKED, E.RELOAD_ASK] = (self._ignore, S.PARKED)
         t[S.PARKED, E.TTIN] = (self._ignore_resize, S.PARKED)
         t[S.PARKED, E.TTOU] = (self._ignore_resize, S.PARKED)
-        t[S.PARKED, E.USR2] = (self._refuse_usr2, S.PARKED)
+        t[S.PARKED, E.USR2] = (partial(upgrading.refuse_usr2, self), S.PARKED)
         t[S.PARKED, E.WINCH] = (self._ignore, S.PARKED)
         for st in (S.STARTING, S.RUNNING, S.RELOADING, S.PARKED):
             t[st, E.TERM] = (self._begin_drain, S.DRAINING)
@@ -134,8 +135,8 @@ class Arbiter:
         t[S.DRAINING, E.QUICK] = (self._begin_quit, S.QUITTING)
         t[S.QUITTING, E.QUICK] = (self._ignore, S.QUITTING)
         for st in (S.STARTING, S.RUNNING, S.RELOADING, S.PARKED, S.DRAINING, S.QUITTING):
-            t[st, E.CHILD_READY] = (self._child_ready, st)
-            t[st, E.CHILD_EXIT] = (self._child_exit, st)
+            t[st, E.CHILD_READY] = (partial(upgrading.child_ready, self), st)
+            t[st, E.CHILD_EXIT] = (partial(upgrading.child_exit, self), st)
         for e in Event:
             t[S.STOPPED, e] = (self._ignore, S.STOPPED)
 
@@ -282,214 +283,6 @@ class Arbiter:
             self.port.close_retired()
 
     # ---------------------------------------------------------------- reload
-    def _ignore_hup(self, pid: int, status: int) -> State | None:
-        log.warning("HUP ignored: the server is still starting")
-        return None
-
-    def _reload_fail(self, why: object) -> None:
-        log.error("Reload failed, the current workers keep serving: %s", why)
-        self.port.reloaded(False)
-
-    def _reload(self, pid: int, status: int) -> State | None:
-        """Start a new generation; the current one serves until all of it is READY (commit),
-        or stays if any new worker fails to boot (abort)."""
-        try:
-            new = self.port.reload_settings()
-        except ValueError as e:
-            self._reload_fail(e)
-            return None
-        if self.settings.preload and self.port.can_exec():
-            return self._reexec()
-        if new.bind != self.settings.bind:
-            try:
-                self.port.prepare_listeners(new.bind)
-            except ValueError as e:
-                self._reload_fail(e)
-                return None
-            self.bind_changing = True
-        self.pending, self.pending_gen = new, self.next_gen
-        self.next_gen += 1
-        log.info("Reloading: starting generation %d with %d worker(s)", self.pending_gen, new.workers)
-        for slot in range(new.workers):
-            self._spawn(slot, new, self.pending_gen)
-        return State.RELOADING
-
-    def _reexec(self) -> State | None:
-        """--preload: the app lives in the master, so new code needs a new master image."""
-        if self.child:
-            log.warning("HUP refused: an upgrade is pending (new master pid %d)", self.child)
-            return None
-        try:
-            self.child = self.port.exec_master(self.next_gen)
-        except (OSError, ValueError) as e:
-            self._reload_fail(f"cannot start a new master: {e}")
-            return None
-        self.next_gen += 1
-        self.child_ready, self.handover = False, True
-        self.port.pidfile_oldbin()
-        log.info("Reloading (--preload): started a new master (pid %d); this one stops when its "
-                 "workers are ready", self.child)
-        return None
-
-    def _reload_ask(self, pid: int, status: int) -> State | None:
-        w = self.workers.get(pid)
-        if w is None or w.generation != self.generation:
-            return None
-        log.info("Worker %d saw a source file change (--reload); reloading", w.slot)
-        return self._reload(pid, status)
-
-    def _coalesce_hup(self, pid: int, status: int) -> State | None:
-        if not self.hup_again:
-            log.info("HUP during a reload: one more reload will follow this one")
-        self.hup_again = True
-        return None
-
-    def _reloading_ready(self, pid: int, status: int) -> State | None:
-        w = self.workers.get(pid)
-        if w is None or w.state != WState.BOOTING:
-            return None
-        self._mark_ready(w)
-        assert self.pending is not None
-        new = [x for x in self.live() if x.generation == self.pending_gen]
-        if len(new) >= self.pending.workers and all(x.state == WState.READY for x in new):
-            return self._commit()
-        return None
-
-    def _commit(self) -> State:
-        assert self.pending is not None
-        self.settings, self.generation = self.pending, self.pending_gen
-        self.pending, self.pending_gen = None, 0
-        for w in list(self.workers.values()):
-            if w.generation < self.generation and w.state in (WState.BOOTING, WState.READY):
-                self._stop(w, QUIT, "reload")
-        if self.bind_changing:
-            self.bind_changing, self.retiring = False, True
-            self.port.commit_listeners()
-        log.info("Reload complete: generation %d is serving", self.generation)
-        self.port.published(self.generation)
-        self.port.reloaded(True)
-        return self._after_reload()
-
-    def _abort(self, why: str) -> State:
-        for w in list(self.workers.values()):
-            if w.generation == self.pending_gen and w.state in (WState.BOOTING, WState.READY):
-                self._stop(w, QUIT if w.state == WState.READY else TERMINATE, "reload")
-        if self.bind_changing:
-            self.bind_changing = False
-            self.port.abort_listeners()
-        self.pending, self.pending_gen = None, 0
-        self._reload_fail(why)
-        return self._after_reload()
-
-    def _after_reload(self) -> State:
-        if self.hup_again:
-            self.hup_again = False
-            log.info("Reloading again for the HUP received during the reload")
-            return self._reload(0, 0) or State.RUNNING
-        return State.RUNNING
-
-    def _reloading_exit(self, pid: int, status: int) -> State | None:
-        w = self.workers.get(pid)
-        if w is None or w.generation != self.pending_gen:
-            return self._on_exit(pid, status)
-        del self.workers[pid]
-        was = w.state
-        w.move("exit")
-        self.port.worker_exited(w, exit_reason(w, was, status), status)
-        what = "failed to boot" if was == WState.BOOTING else "died"
-        return self._abort(f"new worker {w.slot} (pid {pid}) {what}: {exit_description(status)}")
-
-    def _reloading_tick(self, pid: int, status: int) -> State | None:
-        now = self.port.monotonic()
-        assert self.pending is not None
-        for w in list(self.workers.values()):
-            if w.generation == self.pending_gen and w.state == WState.BOOTING and \
-                    now - w.spawned_at > self.pending.boot_timeout:
-                w.exit_reason = "boot_failed"
-                w.move("stop")
-                w.stop_sent = True
-                self.port.kill(w.pid, signal.SIGKILL)
-                return self._abort(f"new worker {w.slot} (pid {w.pid}) not ready after "
-                                   f"{self.pending.boot_timeout:.0f} s (--boot-timeout)")
-        self._boot_timeouts(now)
-        recycle.check_hung(self, now)
-        return self._respawn_due()
-
-    # --------------------------------------------------------------- upgrade
-    def _refuse_usr2(self, pid: int, status: int) -> State | None:
-        if self.child:
-            log.warning("USR2 refused: an upgrade is already pending (new master pid %d)", self.child)
-        else:
-            log.warning("USR2 refused while %s", self.state.value)
-        return None
-
-    def _upgrade(self, pid: int, status: int) -> State | None:
-        if self.child:
-            return self._refuse_usr2(pid, status)
-        if not self.port.can_exec():
-            log.error("USR2 ignored: a binary upgrade needs the greenfork command, not the Python API")
-            return None
-        try:
-            self.child = self.port.exec_master(self.next_gen)
-        except (OSError, ValueError) as e:
-            log.error("Upgrade failed: cannot start a new master: %s", e)
-            return None
-        self.next_gen += 1
-        self.child_ready = self.handover = False
-        self.port.pidfile_oldbin()
-        log.info("Upgrade: started a new master (pid %d) on the same sockets", self.child)
-        return None
-
-    def _child_ready(self, pid: int, status: int) -> State | None:
-        if not self.child or self.child_ready:
-            return None
-        self.child_ready = True
-        if self.handover and self.state not in (State.DRAINING, State.QUITTING):
-            self.handover = False
-            log.info("Reload: the new master (pid %d) is ready; this master stops gracefully", self.child)
-            self.port.reloaded(True)
-            return self._begin_drain(0, 0) or State.DRAINING
-        log.info("Upgrade: the new master (pid %d) is ready. TERM this master to finish, or WINCH it "
-                 "to stop its workers and keep it for a rollback", self.child)
-        return None
-
-    def _child_exit(self, pid: int, status: int) -> State | None:
-        if pid != self.child:
-            return None
-        ready, self.child, self.child_ready = self.child_ready, 0, False
-        log.error("The new master (pid %d) exited (%s); this master takes over again",
-                  pid, exit_description(status))
-        self.port.pidfile_restore()
-        if self.handover:
-            self.handover = False
-            if not ready:
-                self._reload_fail("the new master exited before its workers were ready")
-        if self.state in (State.DRAINING, State.QUITTING):
-            return None
-        self.port.published(self.generation)  # the addresses file is ours again
-        if self.state == State.PARKED:
-            return self._unpark(0, 0)
-        return None
-
-    def _winch(self, pid: int, status: int) -> State | None:
-        if not self.child:
-            log.warning("WINCH ignored: no upgrade is pending")
-            return None
-        log.info("WINCH: stopping this master's workers; its sockets stay open (HUP brings them back)")
-        for w in self.live():
-            self._stop(w, QUIT, "shutdown")
-        return State.PARKED
-
-    def _unpark(self, pid: int, status: int) -> State | None:
-        log.info("Starting %d worker(s) again", self.settings.workers)
-        self.health.clear()
-        self._respawn_due()
-        return State.RUNNING
-
-    def _parked_tick(self, pid: int, status: int) -> State | None:
-        recycle.check_hung(self, self.port.monotonic())
-        return None
-
     def _on_exit_quiet(self, pid: int, status: int) -> State | None:
         w = self.workers.pop(pid, None)
         if w is not None:

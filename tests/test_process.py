@@ -74,7 +74,12 @@ def test_sigkill_worker_is_replaced_and_requests_keep_succeeding(launcher: Launc
     finally:
         stop.set()
         t.join(15)
-    assert not errors, errors[:3]
+    # The one request the victim may have been serving when it was killed is lost with it
+    # (nothing can answer it); every other request must succeed.
+    import http.client
+
+    assert len(errors) <= 1, errors[:3]
+    assert all(isinstance(e, (http.client.RemoteDisconnected, ConnectionError)) for e in errors), errors
     assert "died: killed by SIGKILL" in g.log()
 
 

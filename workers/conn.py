@@ -120,12 +120,15 @@ class Connection:
             if ev is NEED_DATA:
                 self._flush()
                 between = h1.between_requests
-                if between and server.draining:
-                    return  # idle while draining: nothing in flight, close now
                 self.idle = between
                 # keep-alive idle time applies between requests; the first request
                 # (and any partial head) gets the headers timeout
                 wait = server.keep_alive if between and self.served else HEADERS_TIMEOUT
+                if between and server.draining:
+                    # Draining: the client may already have sent its next (or, on a just
+                    # accepted connection, its first) request; closing now would reset
+                    # it. Wait briefly for it; it is answered with Connection: close.
+                    wait = min(wait, server.drain_idle_grace)
                 self.sock.settimeout(wait)
                 try:
                     data = self.sock.recv(RECV_SIZE)

@@ -100,6 +100,7 @@ class WorkerServer:
         self.control: socket.socket | None = None
         self.requests = 0
         self.request_timeout = s.request_timeout
+        self.drain_idle_grace = DRAIN_IDLE_GRACE
 
     # --------------------------------------------------------------- startup
     def serve(self) -> int:

@@ -45,7 +45,13 @@ def _watched(arb: Arbiter) -> list[Worker]:
 
 
 def deadlines(arb: Arbiter) -> list[float]:
+    """When the next check is due; only for the checks the current state runs (a deadline
+    nobody acts on would be in the past forever and spin the loop)."""
+    from greenfork.master.records import State
+
     out: list[float] = []
+    if arb.state in (State.QUITTING, State.STOPPED):
+        return out
     timeout = arb.settings.timeout
     for w in _watched(arb):
         if w.abort_at:
@@ -53,9 +59,9 @@ def deadlines(arb: Arbiter) -> list[float]:
                 out.append(w.abort_at + arb.settings.abort_grace)
         elif timeout > 0:
             out.append(w.heartbeat + timeout)
-        if w.expires_at and not w.recycle:
+        if w.expires_at and not w.recycle and arb.state == State.RUNNING:
             out.append(w.expires_at)
-    if arb.settings.max_worker_memory > 0 and arb.workers:
+    if arb.settings.max_worker_memory > 0 and arb.workers and arb.state == State.RUNNING:
         out.append(arb.next_sample)
     return out
 

@@ -289,3 +289,22 @@ def test_child_events_when_there_is_no_child_change_nothing() -> None:
     assert do(arb, Event.CHILD_READY) == []
     assert do(arb, Event.CHILD_EXIT, 4242, 0) == []
     assert arb.state is State.RUNNING
+
+
+def test_no_deadline_stays_in_the_past_in_any_state() -> None:
+    """A deadline that the current state never acts on would make the loop spin."""
+    arb, port = running(2, timeout=5.0, max_worker_memory=MiB, max_worker_lifetime=10.0)
+    port.mem = {101: 2 * MiB, 102: 2 * MiB}
+    port.reload_to = arb.settings
+    port.now += 20  # everything is due
+    arb.handle(Event.HUP)  # RELOADING: no recycling, no memory samples
+    for pid in list(arb.workers):
+        arb.workers[pid].heartbeat = port.now
+    arb.handle(Event.TICK)
+    assert arb.state is State.RELOADING
+    deadline = arb.next_deadline()
+    assert deadline is None or deadline > port.now
+    arb.handle(Event.QUICK)
+    arb.handle(Event.TICK)
+    deadline = arb.next_deadline()
+    assert deadline is not None and deadline > port.now  # only the quick-stop deadline

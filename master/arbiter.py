@@ -153,7 +153,9 @@ class Arbiter:
         return [w for w in self.workers.values() if w.state in (WState.BOOTING, WState.READY)]
 
     def next_deadline(self) -> float | None:
-        times = [h.due for slot, h in self.health.items() if h.due and self._slot_missing(slot)]
+        times: list[float] = []
+        if self.state in (State.STARTING, State.RUNNING, State.RELOADING):  # the states that respawn
+            times += [h.due for slot, h in self.health.items() if h.due and self._slot_missing(slot)]
         for w in self.workers.values():
             if w.state == WState.BOOTING and not w.stop_sent:
                 s = self.pending if w.generation == self.pending_gen and self.pending else self.settings

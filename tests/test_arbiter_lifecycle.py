@@ -308,3 +308,20 @@ def test_no_deadline_stays_in_the_past_in_any_state() -> None:
     arb.handle(Event.TICK)
     deadline = arb.next_deadline()
     assert deadline is not None and deadline > port.now  # only the quick-stop deadline
+
+
+@pytest.mark.parametrize("stop", [Event.TERM, Event.WINCH])
+def test_a_crashed_slots_back_off_is_no_deadline_once_nothing_respawns(stop: Event) -> None:
+    arb, port = running(1, graceful_timeout=30.0)
+    arb.handle(Event.EXIT, 101, -9)  # replaced at once by 102
+    port.now += 1
+    arb.handle(Event.EXIT, 102, -9)  # backed off: a respawn deadline
+    port.now = arb.next_deadline() or 0
+    arb.handle(Event.TICK)  # 103
+    arb.handle(Event.READY, 103)
+    arb.handle(Event.USR2)
+    arb.handle(stop)
+    arb.handle(Event.EXIT, 103, 0)
+    port.now += 5
+    deadline = arb.next_deadline()
+    assert deadline is None or deadline > port.now

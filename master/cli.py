@@ -79,8 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Reloads re-read the same files even after --chdir moved us.
     start_dir = os.getcwd()
-    # A binary upgrade (USR2, HUP with --preload) re-executes this same command from here.
-    upgrade.remember_command(list(sys.orig_argv), start_dir)
 
     def resolve() -> Settings:
         settings, warnings = config.resolve(cli, os.environ, config=ns.config, profile=ns.profile,
@@ -107,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.setup(settings.error_logfile, settings.log_level)
     except OSError as e:
         return _fail(f"cannot open error log {settings.error_logfile}: {e.strerror}")
+    # A binary upgrade (USR2, HUP with --preload) re-executes this same command from there.
+    upgrade.remember_command(list(sys.orig_argv), start_dir)
     server = Server(settings=settings, reload_settings=resolve)
     try:
         server.bind()

@@ -409,3 +409,17 @@ def test_quit_is_quick_and_term_waits(launcher: Launcher, tmp_path: Path, sig: i
         assert took < 1.5 and result["r"] == b""
     else:
         assert took >= 1.0 and result["r"].endswith(b"slept\n")
+
+
+def test_the_watchdog_dumps_a_hub_stuck_in_one_c_call(launcher: Launcher) -> None:
+    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0", "--timeout", "2", "--abort-grace", "2"])
+    victim = g.workers()[0]
+    threading.Thread(target=lambda: raw(g.url(), b"GET /backtrack HTTP/1.1\r\nHost: x\r\n\r\n", timeout=30),
+                     daemon=True).start()
+    wait_for(lambda: victim not in g.workers() and len(g.workers()) == 1, 20, "a replacement")
+    log = g.log()
+    # faulthandler's watchdog thread dumps without help from the blocked main thread, before
+    # the master's SIGABRT (which a hub stuck in C code that never checks signals ignores)
+    watchdog = log.index("Timeout (0:00:01.5")
+    assert watchdog < log.index("is hung")
+    assert "in backtrack_forever" in log[watchdog:log.index("is hung")]

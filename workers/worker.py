@@ -241,8 +241,12 @@ class WorkerServer:
     def _heartbeat_loop(self) -> None:
         # Sent from the hub's own loop: if a greenlet blocks the hub, the beats
         # stop and the master's --timeout check notices.
+        timeout = self.settings.timeout
         while True:
-            stackdump.arm(self.settings.timeout)
+            if timeout > 0:
+                # the watchdog dumps half a second before the master's --timeout check
+                # fires, while this process certainly still exists
+                stackdump.arm(max(timeout - 0.5, HEARTBEAT_INTERVAL + 0.25))
             gevent.sleep(HEARTBEAT_INTERVAL)
             self._send(HEARTBEAT)
 

@@ -71,6 +71,8 @@ def app(environ, start_response):
     if path == "/hog":
         hog_the_hub(float(parse_qs(query).get("s", ["60"])[0]))
         return _text(start_response, b"done\n")
+    if path == "/backtrack":
+        return _text(start_response, b"%d\n" % backtrack_forever())
     if path == "/exit":
         os._exit(1)  # a crash in the middle of a request
     if path == "/grow":
@@ -88,6 +90,14 @@ def hog_the_hub(seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pass
+
+
+def backtrack_forever() -> int:
+    """Blocks the hub inside one C call (catastrophic regex backtracking) that would not
+    return within this test's lifetime."""
+    import re
+
+    return 1 if re.match(r"(a+)+$", "a" * 40 + "b") else 0
 
 
 validated = validator(app)

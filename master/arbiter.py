@@ -8,150 +8,71 @@ events and calls Arbiter.handle().
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from functools import partial
 
+from greenfork.master import recycle, reloading, upgrading
+from greenfork.master.records import (  # re-exported: the rest of greenfork imports them from here
+    EXIT_APP_IMPORT,
+    EXIT_BOOT,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    FAIL_WINDOW,
+    HEARTBEAT,
+    KILL_GRACE,
+    QUICK_GRACE,
+    QUIT,
+    RAPID_FAILS,
+    READY,
+    RECYCLE_ME,
+    RELOAD_ME,
+    REOPEN,
+    TERMINATE,
+    WORKER_TABLE,
+    Event,
+    OsPort,
+    SlotHealth,
+    State,
+    TransitionError,
+    Worker,
+    WState,
+    exit_description,
+    exit_reason,
+)
 from greenfork.master.settings import Settings
 
 log = logging.getLogger("greenfork.master")
 
-# Exit codes (DESIGN §2): documented in docs/signals.md.
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_BOOT, EXIT_APP_IMPORT = 0, 1, 2, 3, 4
-
-RAPID_FAILS = 10  # boot failures per slot per minute before the slot pauses
-FAIL_WINDOW = 60.0
-QUICK_GRACE = 2.0  # INT/QUIT: how long workers get before SIGKILL
-KILL_GRACE = 1.0  # after the graceful deadline's SIGQUIT, before SIGKILL
-
-
-class State(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    DRAINING = "draining"  # TERM: graceful stop
-    QUITTING = "quitting"  # INT/QUIT: quick stop
-    STOPPED = "stopped"
-
-
-class Event(enum.Enum):
-    READY = "ready"  # a worker reported READY
-    EXIT = "exit"  # a worker was reaped
-    TERM = "term"
-    QUICK = "quick"  # INT or QUIT
-    HUP = "hup"
-    TTIN = "ttin"
-    TTOU = "ttou"
-    USR1 = "usr1"
-    TICK = "tick"  # a deadline may have passed
-
-
-class WState(enum.Enum):
-    BOOTING = "booting"
-    READY = "ready"
-    DRAINING = "draining"
-    GONE = "gone"
-
-
-# A worker record's own table: (state, what happened) -> next state.
-WORKER_TABLE: dict[tuple[WState, str], WState] = {
-    (WState.BOOTING, "ready"): WState.READY,
-    (WState.BOOTING, "stop"): WState.DRAINING,
-    (WState.BOOTING, "exit"): WState.GONE,
-    (WState.READY, "stop"): WState.DRAINING,
-    (WState.READY, "exit"): WState.GONE,
-    (WState.DRAINING, "ready"): WState.DRAINING,
-    (WState.DRAINING, "stop"): WState.DRAINING,
-    (WState.DRAINING, "exit"): WState.GONE,
-}
-
-
-class TransitionError(RuntimeError):
-    """A (state, event) pair that the table does not define: a bug, never ignored silently."""
-
-
-@dataclass(slots=True)
-class Worker:
-    slot: int
-    generation: int
-    pid: int = 0
-    state: WState = WState.BOOTING
-    spawned_at: float = 0.0
-    stop_sent: bool = False
-    heartbeat: float = 0.0  # monotonic time of the last READY/heartbeat message
-    # Why the master stopped it (reload, scale_down, shutdown, max_requests, ...);
-    # empty for an exit the master did not ask for (crashed, killed, boot_failed).
-    exit_reason: str = ""
-
-    def move(self, what: str) -> None:
-        nxt = WORKER_TABLE.get((self.state, what))
-        if nxt is None:
-            raise TransitionError(f"worker {self.slot} (pid {self.pid}): {what} while {self.state.value}")
-        self.state = nxt
-
-
-@dataclass(slots=True)
-class SlotHealth:
-    """Recent boot failures of one slot, for back-off and the rapid-fail pause."""
-
-    failures: list[float] = field(default_factory=list)
-    crashes: int = 0  # consecutive crashes, reset by a worker that stays up
-    due: float = 0.0  # earliest time the slot may be respawned
-    paused_logged: bool = False
-
-
-class OsPort(Protocol):
-    def monotonic(self) -> float: ...
-    def spawn(self, worker: Worker) -> int: ...
-    def send(self, worker: Worker, message: bytes) -> None: ...
-    def kill(self, pid: int, sig: int) -> None: ...
-    def published(self, generation: int) -> None: ...
-    def ready(self) -> None: ...
-    def reopen_logs(self) -> None: ...
-    def reload_settings(self) -> Settings: ...
-    # Lifecycle notifications, for metrics and logs; they must not fail.
-    def worker_spawned(self, worker: Worker) -> None: ...
-    def worker_exited(self, worker: Worker, reason: str, status: int) -> None: ...
-    def reloaded(self, ok: bool) -> None: ...
-
-
-# Control messages, one byte each. Master -> worker:
-QUIT, TERMINATE, REOPEN = b"Q", b"T", b"O"
-# Worker -> master: accepting; alive (once a second from the worker's hub).
-READY, HEARTBEAT = b"R", b"H"
-
-
-def exit_reason(w: Worker, was: WState, status: int) -> str:
-    """The metrics' `reason` label for a reaped worker."""
-    if w.exit_reason:
-        return w.exit_reason
-    if was == WState.BOOTING:
-        return "boot_failed"
-    if status == -signal.SIGKILL:
-        return "killed"
-    return "crashed"
-
-
-def exit_description(status: int) -> str:
-    if status < 0:
-        try:
-            return f"killed by {signal.Signals(-status).name}"
-        except ValueError:
-            return f"killed by signal {-status}"
-    return f"exit code {status}"
+__all__ = [
+    "EXIT_APP_IMPORT", "EXIT_BOOT", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE", "FAIL_WINDOW", "HEARTBEAT",
+    "KILL_GRACE", "QUICK_GRACE", "QUIT", "RAPID_FAILS", "READY", "RECYCLE_ME", "RELOAD_ME", "REOPEN",
+    "TERMINATE", "WORKER_TABLE", "Arbiter", "Event", "OsPort", "SlotHealth", "State", "TransitionError",
+    "WState", "Worker", "exit_description", "exit_reason",
+]
 
 
 class Arbiter:
     """Master state machine. `handle(event, ...)` is the only way in."""
 
-    def __init__(self, settings: Settings, port: OsPort) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, port: OsPort, generation: int = 1) -> None:
+        self.settings = settings  # the serving generation's settings
         self.port = port
         self.state = State.STARTING
-        self.generation = 1
+        self.generation = generation  # the serving generation
+        self.next_gen = generation + 1  # numbers are never reused, even by failed reloads
+        self.pending: Settings | None = None  # a reload's settings until it commits
+        self.pending_gen = 0
+        self.hup_again = False  # a HUP arrived during a reload: one more after it
+        self.bind_changing = False  # the pending reload prepared new listeners
+        self.retiring = False  # removed listeners wait for the old generation to go
+        self.child = 0  # pid of the new master of an upgrade (USR2, or HUP with --preload)
+        self.child_ready = False
+        self.handover = False  # the child is a --preload reload: drain once it is ready
+        self.next_sample = 0.0  # next --max-worker-memory sample
         self.workers: dict[int, Worker] = {}  # pid -> record
         self.health: dict[int, SlotHealth] = {}
         self.exit_code = EXIT_OK
@@ -165,28 +86,57 @@ class Arbiter:
     def _build_table(self) -> None:
         S, E = State, Event
         t = self.table
-        for live in (S.STARTING, S.RUNNING):
-            t[live, E.READY] = (self._on_ready, live)
-            t[live, E.EXIT] = (self._on_exit, live)
-            t[live, E.TERM] = (self._begin_drain, S.DRAINING)
-            t[live, E.QUICK] = (self._begin_quit, S.QUITTING)
-            t[live, E.USR1] = (self._reopen, live)
-            t[live, E.TICK] = (self._respawn_due, live)
-            t[live, E.TTIN] = (self._scale_up, live)
-            t[live, E.TTOU] = (self._scale_down, live)
-        t[S.STARTING, E.HUP] = (self._ignore_hup, S.STARTING)
-        t[S.RUNNING, E.HUP] = (self._reload, S.RUNNING)
+        for st in (S.STARTING, S.RUNNING):
+            t[st, E.READY] = (self._on_ready, st)
+            t[st, E.EXIT] = (self._on_exit, st)
+            t[st, E.TICK] = (self._tick, st)
+            t[st, E.TTIN] = (self._scale_up, st)
+            t[st, E.TTOU] = (self._scale_down, st)
+        t[S.STARTING, E.HUP] = (partial(reloading.ignore_hup, self), S.STARTING)
+        t[S.STARTING, E.RELOAD_ASK] = (self._ignore, S.STARTING)
+        t[S.STARTING, E.USR2] = (partial(upgrading.refuse_usr2, self), S.STARTING)
+        t[S.STARTING, E.WINCH] = (self._ignore_winch, S.STARTING)
+        t[S.RUNNING, E.HUP] = (partial(reloading.reload, self), S.RUNNING)
+        t[S.RUNNING, E.RELOAD_ASK] = (partial(reloading.reload_ask, self), S.RUNNING)
+        t[S.RUNNING, E.USR2] = (partial(upgrading.upgrade, self), S.RUNNING)
+        t[S.RUNNING, E.WINCH] = (partial(upgrading.winch, self), S.RUNNING)
+        # RELOADING: the serving generation keeps its crash policy; the new one is all or nothing.
+        t[S.RELOADING, E.READY] = (partial(reloading.reloading_ready, self), S.RELOADING)
+        t[S.RELOADING, E.EXIT] = (partial(reloading.reloading_exit, self), S.RELOADING)
+        t[S.RELOADING, E.TICK] = (partial(reloading.reloading_tick, self), S.RELOADING)
+        t[S.RELOADING, E.HUP] = (partial(reloading.coalesce_hup, self), S.RELOADING)
+        t[S.RELOADING, E.RELOAD_ASK] = (self._ignore, S.RELOADING)  # the new generation loads fresh code
+        t[S.RELOADING, E.TTIN] = (self._ignore_resize, S.RELOADING)
+        t[S.RELOADING, E.TTOU] = (self._ignore_resize, S.RELOADING)
+        t[S.RELOADING, E.USR2] = (partial(upgrading.refuse_usr2, self), S.RELOADING)
+        t[S.RELOADING, E.WINCH] = (self._ignore_winch, S.RELOADING)
+        # PARKED: WINCHed during an upgrade; HUP brings workers back (rollback).
+        t[S.PARKED, E.READY] = (self._retire_late, S.PARKED)
+        t[S.PARKED, E.EXIT] = (self._on_exit_quiet, S.PARKED)
+        t[S.PARKED, E.TICK] = (partial(upgrading.parked_tick, self), S.PARKED)
+        t[S.PARKED, E.HUP] = (partial(upgrading.unpark, self), S.RUNNING)
+        t[S.PARKED, E.RELOAD_ASK] = (self._ignore, S.PARKED)
+        t[S.PARKED, E.TTIN] = (self._ignore_resize, S.PARKED)
+        t[S.PARKED, E.TTOU] = (self._ignore_resize, S.PARKED)
+        t[S.PARKED, E.USR2] = (partial(upgrading.refuse_usr2, self), S.PARKED)
+        t[S.PARKED, E.WINCH] = (self._ignore, S.PARKED)
+        for st in (S.STARTING, S.RUNNING, S.RELOADING, S.PARKED):
+            t[st, E.TERM] = (self._begin_drain, S.DRAINING)
+            t[st, E.QUICK] = (self._begin_quit, S.QUITTING)
+            t[st, E.USR1] = (self._reopen, st)
+            t[st, E.RECYCLE] = (self._recycle_ask, st)
         for ending in (S.DRAINING, S.QUITTING):
             t[ending, E.READY] = (self._retire_late, ending)
             t[ending, E.EXIT] = (self._on_exit_ending, ending)
-            t[ending, E.TERM] = (self._ignore, ending)
-            t[ending, E.HUP] = (self._ignore, ending)
-            t[ending, E.TTIN] = (self._ignore, ending)
-            t[ending, E.TTOU] = (self._ignore, ending)
+            for e in (E.TERM, E.HUP, E.TTIN, E.TTOU, E.USR2, E.WINCH, E.RECYCLE, E.RELOAD_ASK):
+                t[ending, e] = (self._ignore, ending)
             t[ending, E.USR1] = (self._reopen, ending)
             t[ending, E.TICK] = (self._ending_tick, ending)
         t[S.DRAINING, E.QUICK] = (self._begin_quit, S.QUITTING)
         t[S.QUITTING, E.QUICK] = (self._ignore, S.QUITTING)
+        for st in (S.STARTING, S.RUNNING, S.RELOADING, S.PARKED, S.DRAINING, S.QUITTING):
+            t[st, E.CHILD_READY] = (partial(upgrading.child_ready, self), st)
+            t[st, E.CHILD_EXIT] = (partial(upgrading.child_exit, self), st)
         for e in Event:
             t[S.STOPPED, e] = (self._ignore, S.STOPPED)
 
@@ -203,16 +153,22 @@ class Arbiter:
         return [w for w in self.workers.values() if w.state in (WState.BOOTING, WState.READY)]
 
     def next_deadline(self) -> float | None:
-        times = [h.due for slot, h in self.health.items() if h.due and self._slot_missing(slot)]
-        times += [w.spawned_at + self.settings.boot_timeout for w in self.workers.values()
-                  if w.state == WState.BOOTING and not w.stop_sent]
+        times: list[float] = []
+        if self.state in (State.STARTING, State.RUNNING, State.RELOADING):  # the states that respawn
+            times += [h.due for slot, h in self.health.items() if h.due and self._slot_missing(slot)]
+        for w in self.workers.values():
+            if w.state == WState.BOOTING and not w.stop_sent:
+                s = self.pending if w.generation == self.pending_gen and self.pending else self.settings
+                times.append(w.spawned_at + s.boot_timeout)
+        times += recycle.deadlines(self)
         if self.deadline is not None:
             times.append(self.deadline)
         return min(times) if times else None
 
     def _slot_missing(self, slot: int) -> bool:
         return slot < self.settings.workers and not any(
-            w.slot == slot and w.state in (WState.BOOTING, WState.READY) for w in self.workers.values())
+            w.slot == slot and w.generation == self.generation and w.state in (WState.BOOTING, WState.READY)
+            for w in self.workers.values())
 
     # --------------------------------------------------------------- actions
     def start(self) -> None:
@@ -220,25 +176,31 @@ class Arbiter:
         for slot in range(self.settings.workers):
             self._spawn(slot)
 
-    def _spawn(self, slot: int) -> None:
-        w = Worker(slot=slot, generation=self.generation, spawned_at=self.port.monotonic())
-        w.pid = self.port.spawn(w)
+    def _spawn(self, slot: int, settings: Settings | None = None, generation: int = 0) -> Worker:
+        settings = settings or self.settings
+        w = Worker(slot=slot, generation=generation or self.generation, spawned_at=self.port.monotonic())
+        w.pid = self.port.spawn(w, settings)
         w.heartbeat = w.spawned_at
+        w.expires_at = recycle.expiry(settings, w.spawned_at)
         self.workers[w.pid] = w
         self.port.worker_spawned(w)
-        log.debug("Booting worker %d with pid %d", slot, w.pid)
+        log.debug("Booting worker %d with pid %d (generation %d)", slot, w.pid, w.generation)
+        return w
+
+    def _mark_ready(self, w: Worker) -> None:
+        w.move("ready")
+        self.health.setdefault(w.slot, SlotHealth()).paused_logged = False
+        log.info("Worker %d (pid %d) ready", w.slot, w.pid)
+        # Once any worker serves, a later boot failure is a worker's problem
+        # (back-off and retry), no longer a reason to stop the server.
+        self.ever_ready = True
+        recycle.replacement_ready(self, w)
 
     def _on_ready(self, pid: int, status: int) -> State | None:
         w = self.workers.get(pid)
         if w is None or w.state != WState.BOOTING:
             return None
-        w.move("ready")
-        self.health.setdefault(w.slot, SlotHealth()).paused_logged = False
-        log.info("Worker %d (pid %d) ready", w.slot, pid)
-        # Once any worker serves, a later boot failure is a worker's problem
-        # (back-off and retry), no longer a reason to stop the server.
-        self.ever_ready = True
-        self.retire_replaced()
+        self._mark_ready(w)
         if self.state == State.STARTING and all(
                 x.state == WState.READY for x in self.live()) and len(self.live()) >= self.settings.workers:
             self.port.ready()
@@ -290,62 +252,49 @@ class Arbiter:
         # 0.1 s, 0.2 s, ... capped, with jitter so slots do not fork in lockstep
         return min(0.1 * 2.0 ** (h.crashes - 2), 10.0) * random.uniform(0.8, 1.2)
 
-    def _respawn_due(self, pid: int = 0, status: int = 0) -> State | None:
-        now = self.port.monotonic()
+    def _boot_timeouts(self, now: float) -> None:
         for w in self.workers.values():
-            if w.state == WState.BOOTING and not w.stop_sent and \
+            if w.state == WState.BOOTING and not w.stop_sent and w.generation != self.pending_gen and \
                     now - w.spawned_at > self.settings.boot_timeout:
                 # A worker that never reports READY is killed; its exit counts as a boot failure.
                 log.error("Worker %d (pid %d) not ready after %.0f s (--boot-timeout); killing it",
                           w.slot, w.pid, self.settings.boot_timeout)
                 w.stop_sent = True
                 self.port.kill(w.pid, signal.SIGKILL)
+
+    def _respawn_due(self, pid: int = 0, status: int = 0) -> State | None:
+        now = self.port.monotonic()
         for slot in range(self.settings.workers):
             h = self.health.get(slot)
             if self._slot_missing(slot) and (h is None or h.due <= now):
                 self._spawn(slot)
         return None
 
-    def _ignore_hup(self, pid: int, status: int) -> State | None:
-        log.warning("HUP ignored: the server is still starting")
+    def _tick(self, pid: int, status: int) -> State | None:
+        now = self.port.monotonic()
+        self._boot_timeouts(now)
+        recycle.check_hung(self, now)
+        if self.state == State.RUNNING:
+            recycle.check_recycle(self, now)
+            self._close_retired()
+        return self._respawn_due()
+
+    def _close_retired(self) -> None:
+        if self.retiring and not any(w.generation < self.generation for w in self.workers.values()):
+            self.retiring = False
+            self.port.close_retired()
+
+    # ---------------------------------------------------------------- reload
+    def _on_exit_quiet(self, pid: int, status: int) -> State | None:
+        w = self.workers.pop(pid, None)
+        if w is not None:
+            was = w.state
+            w.move("exit")
+            self.port.worker_exited(w, exit_reason(w, was, status), status)
+            log.info("Worker %d (pid %d) exited: %s", w.slot, pid, exit_description(status))
         return None
 
-    def _reload(self, pid: int, status: int) -> State | None:
-        """Replace every worker by a new generation, new ones first; each old
-        worker is told to quit only when its slot's replacement is READY."""
-        try:
-            new = self.port.reload_settings()
-        except ValueError as e:
-            log.error("Reload failed, the current workers keep serving: %s", e)
-            self.port.reloaded(False)
-            return None
-        if new.bind != self.settings.bind:
-            log.error("Reload: changing bind addresses needs a restart; keeping %s",
-                      ", ".join(self.settings.bind))
-            new = new.replace(bind=self.settings.bind)
-        old_count = self.settings.workers
-        self.settings = new
-        self.generation += 1
-        log.info("Reloading: starting generation %d with %d worker(s)", self.generation, new.workers)
-        for slot in range(new.workers):
-            self._spawn(slot)
-        for w in self.live():
-            if w.generation < self.generation and w.slot >= new.workers:
-                self._stop(w, QUIT, "scale_down")  # nothing replaces these
-        if new.workers > old_count:
-            log.info("Reload: %d -> %d workers", old_count, new.workers)
-        self.port.published(self.generation)
-        self.port.reloaded(True)
-        return None
-
-    def retire_replaced(self) -> None:
-        """Old-generation workers whose slot has a READY newer worker get QUIT."""
-        ready_slots = {w.slot for w in self.workers.values()
-                       if w.state == WState.READY and w.generation == self.generation}
-        for w in list(self.workers.values()):
-            if w.generation < self.generation and w.slot in ready_slots and w.state != WState.DRAINING:
-                self._stop(w, QUIT, "reload")
-
+    # -------------------------------------------------------------- stopping
     def _stop(self, w: Worker, message: bytes, reason: str = "shutdown") -> None:
         w.move("stop")
         w.exit_reason = w.exit_reason or reason
@@ -355,9 +304,17 @@ class Arbiter:
         # stuck or whose hub is blocked still hears it.
         self.port.kill(w.pid, signal.SIGTERM if message == QUIT else signal.SIGQUIT)
 
+    def _drop_pending(self) -> None:
+        """A stop during a reload: the new generation stops with everything else."""
+        if self.bind_changing:
+            self.bind_changing = False
+            self.port.abort_listeners()
+        self.pending, self.pending_gen, self.hup_again = None, 0, False
+
     def _begin_drain(self, pid: int, status: int) -> State | None:
         log.info("Shutting down gracefully (up to %.0f s for in-flight requests)",
                  self.settings.graceful_timeout)
+        self._drop_pending()
         self.deadline = self.port.monotonic() + self.settings.graceful_timeout
         for w in list(self.workers.values()):
             if w.state != WState.DRAINING:
@@ -366,6 +323,7 @@ class Arbiter:
 
     def _begin_quit(self, pid: int, status: int) -> State | None:
         log.info("Shutting down quickly")
+        self._drop_pending()
         self.deadline = self.port.monotonic() + QUICK_GRACE
         self.kill_sent = False
         for w in list(self.workers.values()):
@@ -383,18 +341,15 @@ class Arbiter:
         return None
 
     def _on_exit_ending(self, pid: int, status: int) -> State | None:
-        w = self.workers.pop(pid, None)
-        if w is not None:
-            was = w.state
-            w.move("exit")
-            self.port.worker_exited(w, exit_reason(w, was, status), status)
-            log.info("Worker %d (pid %d) exited: %s", w.slot, pid, exit_description(status))
+        self._on_exit_quiet(pid, status)
         return self._maybe_stopped()
 
     def _maybe_stopped(self) -> State | None:
         return State.STOPPED if not self.workers else None
 
     def _ending_tick(self, pid: int, status: int) -> State | None:
+        if self.state == State.DRAINING:
+            recycle.check_hung(self, self.port.monotonic())
         if self.deadline is None or self.port.monotonic() < self.deadline:
             return None
         if not self.kill_sent:
@@ -410,6 +365,7 @@ class Arbiter:
             self.deadline = self.port.monotonic() + KILL_GRACE
         return None
 
+    # ------------------------------------------------------ resize, reopen, recycle
     def _scale_up(self, pid: int, status: int) -> State | None:
         self.settings = self.settings.replace(workers=self.settings.workers + 1)
         log.info("TTIN: %d worker(s)", self.settings.workers)
@@ -424,6 +380,21 @@ class Arbiter:
         for w in self.live():
             if w.slot >= self.settings.workers:
                 self._stop(w, QUIT, "scale_down")
+        return None
+
+    def _ignore_resize(self, pid: int, status: int) -> State | None:
+        log.warning("TTIN/TTOU ignored while %s", self.state.value)
+        return None
+
+    def _ignore_winch(self, pid: int, status: int) -> State | None:
+        log.warning("WINCH ignored while %s", self.state.value)
+        return None
+
+    def _recycle_ask(self, pid: int, status: int) -> State | None:
+        w = self.workers.get(pid)
+        if w is not None and w.state == WState.READY and not w.recycle:
+            w.recycle = "max_requests"
+            log.info("Worker %d (pid %d) reached --max-requests; it will be replaced", w.slot, pid)
         return None
 
     def _reopen(self, pid: int, status: int) -> State | None:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
-from greenfork.master import daemon, logs, privileges
+from greenfork.master import daemon, logs, privileges, upgrade
 from greenfork.master.addresses import AddressError
 from greenfork.master.apploader import AppSpecError, parse_spec
 from greenfork.master.arbiter import EXIT_USAGE
@@ -21,8 +21,9 @@ Every option can also be set as an environment variable GREENFORK_<NAME> (e.g.
 GREENFORK_WORKERS=4) or as a key in greenfork.toml (read from the current
 directory, or -c PATH), with [profiles.NAME] tables selected by --profile.
 Precedence: command line > environment > profile > file > defaults.
-Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload, TTIN/TTOU add/remove
-a worker, USR1 reopen log files. Full reference: docs/settings.md, docs/signals.md.
+Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload, USR2 binary upgrade
+(then WINCH or TERM the old master), TTIN/TTOU add/remove a worker, USR1 reopen logs.
+Full reference: docs/settings.md, docs/signals.md.
 """
 
 
@@ -95,14 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in SETTINGS:
             print(f"{s.name} = {getattr(settings, s.name)!r}  ({settings.source_of(s.name)})")
         return 0
-    detached = daemon.daemonize() if settings.daemon else None
-    code = _serve(settings, resolve, detached)
+    # A master re-executed by an upgrade is already detached (its parent is the old daemon);
+    # forking again would look to the old master like the new one dying.
+    detached = daemon.daemonize() if settings.daemon and upgrade.ENV_FDS not in os.environ else None
+    code = _serve(settings, resolve, detached, start_dir)
     if detached is not None:
         detached.exited(code)
     return code
 
 
-def _serve(settings: Settings, resolve: Callable[[], Settings], detached: daemon.Detached | None) -> int:
+def _serve(settings: Settings, resolve: Callable[[], Settings], detached: daemon.Detached | None,
+           start_dir: str) -> int:
     from greenfork.master.server import Server
 
     if settings.umask is not None:
@@ -120,6 +124,8 @@ def _serve(settings: Settings, resolve: Callable[[], Settings], detached: daemon
         logs.setup(settings.error_logfile, settings.log_level)
     except OSError as e:
         return _fail(f"cannot open error log {settings.error_logfile}: {e.strerror}")
+    # A binary upgrade (USR2, HUP with --preload) re-executes this same command from there.
+    upgrade.remember_command(list(sys.orig_argv), start_dir)
     server = Server(settings=settings, reload_settings=resolve)
     try:
         server.bind()

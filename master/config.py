@@ -18,8 +18,10 @@ from greenfork.master.settings import BY_NAME, ENV_PREFIX, SETTINGS, Setting, Se
 
 DEFAULT_CONFIG = "greenfork.toml"
 # GREENFORK_* variables that are not settings: set by greenfork itself or naming the config.
+# GREENFORK_FDS, _FD_BINDS, _GENERATION and _UPGRADE_FD pass a binary upgrade's state (upgrade.py).
 ENV_NOT_SETTINGS = frozenset({"GREENFORK_CONFIG", "GREENFORK_PROFILE", "GREENFORK_FDS",
-                              "GREENFORK_WORKER", "GREENFORK_BIND_PORT"})
+                              "GREENFORK_WORKER", "GREENFORK_BIND_PORT", "GREENFORK_FD_BINDS",
+                              "GREENFORK_GENERATION", "GREENFORK_UPGRADE_FD"})
 
 
 @dataclass(frozen=True, slots=True)

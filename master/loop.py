@@ -18,10 +18,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greenfork.master import logs, privileges
-from greenfork.master.arbiter import EXIT_BOOT, HEARTBEAT, READY, Arbiter, Event, State, Worker
+from greenfork.master import logs, privileges, upgrade
+from greenfork.master.arbiter import (
+    EXIT_BOOT,
+    HEARTBEAT,
+    READY,
+    RECYCLE_ME,
+    RELOAD_ME,
+    Arbiter,
+    Event,
+    State,
+    Worker,
+)
 from greenfork.master.listeners import Listener
+from greenfork.master.listenset import ListenerSet
 from greenfork.master.metricsd import MetricsService, cpu_of
+from greenfork.master.pidfile import Pidfile
 from greenfork.master.sdnotify import Notifier
 from greenfork.master.settings import Settings
 from greenfork.master.workerinfo import WorkerInfo
@@ -31,13 +43,22 @@ from greenfork.metrics.slots import Slot
 log = logging.getLogger("greenfork.master")
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
-           signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU)
-# Coalesced and handled in this order each turn: stop, reload, resize, reopen.
-ORDER = (signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN,
-         signal.SIGTTOU, signal.SIGUSR1)
+           signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU)
+# Coalesced and handled in this order each turn: stop, reload, upgrade, resize, reopen.
+ORDER = (signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2,
+         signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 TO_EVENT = {signal.SIGQUIT: Event.QUICK, signal.SIGINT: Event.QUICK, signal.SIGTERM: Event.TERM,
-            signal.SIGHUP: Event.HUP, signal.SIGTTIN: Event.TTIN, signal.SIGTTOU: Event.TTOU,
-            signal.SIGUSR1: Event.USR1}
+            signal.SIGHUP: Event.HUP, signal.SIGUSR2: Event.USR2, signal.SIGWINCH: Event.WINCH,
+            signal.SIGTTIN: Event.TTIN, signal.SIGTTOU: Event.TTOU, signal.SIGUSR1: Event.USR1}
+
+
+def set_title(text: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(text)
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
 
 
 def _noop(signum: int, frame: Any) -> None:
@@ -54,7 +75,7 @@ class RealPort:
     def monotonic(self) -> float:
         return time.monotonic()
 
-    def spawn(self, worker: Worker) -> int:
+    def spawn(self, worker: Worker, settings: Settings) -> int:
         parent, child = socket.socketpair()
         for h in logging.getLogger("greenfork").handlers:
             h.flush()
@@ -69,7 +90,7 @@ class RealPort:
                 metrics.release(slot)
             raise
         if pid == 0:  # pragma: no cover - runs in the child, measured by process tests
-            self._child(worker, parent, child, slot)
+            self._child(worker, settings, parent, child, slot)
         child.close()
         parent.setblocking(False)
         self.controls[pid] = parent
@@ -77,7 +98,8 @@ class RealPort:
             metrics.assign(slot, pid)
         return pid
 
-    def _child(self, worker: Worker, parent: socket.socket, child: socket.socket, slot: Slot | None) -> None:
+    def _child(self, worker: Worker, settings: Settings, parent: socket.socket, child: socket.socket,
+               slot: Slot | None) -> None:
         code = EXIT_BOOT
         try:
             signal.set_wakeup_fd(-1)
@@ -90,6 +112,14 @@ class RealPort:
             parent.close()
             for s in self.controls.values():
                 s.close()
+            if self.loop.upgrade_pipe >= 0:
+                os.close(self.loop.upgrade_pipe)
+            mine = self.loop.listeners_for(worker)
+            for lst in self.loop.lset.every():
+                if lst not in mine:
+                    # A removed (or not yet committed) address must refuse connections,
+                    # not queue them in a socket this worker keeps open and never accepts on.
+                    lst.sock.close()
             # Drop privileges before any app code runs (ports are bound already).
             privileges.drop(self.loop.identity)
             if self.loop.metrics:
@@ -97,8 +127,8 @@ class RealPort:
             from greenfork.workers.boot import run  # imports gevent: only ever in a child
 
             code = run(WorkerInfo(
-                slot=worker.slot, generation=worker.generation, settings=self.loop.arbiter.settings,
-                listeners=self.loop.listeners, addresses=self.loop.addresses, control=child,
+                slot=worker.slot, generation=worker.generation, settings=settings,
+                listeners=mine, addresses=tuple(lst.url for lst in mine), control=child,
                 master_pid=self.loop.pid, app=self.loop.app, metrics=slot))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
@@ -137,6 +167,49 @@ class RealPort:
     def reload_settings(self) -> Settings:
         return self.loop.reload_settings()
 
+    def prepare_listeners(self, bind: tuple[str, ...]) -> None:
+        self.loop.lset.prepare(bind)
+
+    def commit_listeners(self) -> None:
+        for lst in self.loop.lset.commit():
+            log.info("Now listening on: %s", lst.url)
+
+    def abort_listeners(self) -> None:
+        self.loop.lset.abort()
+
+    def close_retired(self) -> None:
+        for lst in self.loop.lset.close_retired():
+            log.info("No longer listening on: %s", lst.url)
+
+    def memory(self, pid: int) -> int | None:
+        """Unique set size: the pages only this process has (what killing it frees)."""
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total = 0
+                for line in f:
+                    if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                        total += int(line.split()[1]) * 1024
+                return total
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def can_exec(self) -> bool:
+        return upgrade.can_exec()
+
+    def exec_master(self, generation: int) -> int:
+        # the metrics socket goes along too; the new master knows it by its --metrics-bind text
+        pid, ready = upgrade.exec_master(self.loop.lset.current + self.loop.metrics_listeners, generation)
+        self.loop.set_upgrade_pipe(ready)
+        return pid
+
+    def pidfile_oldbin(self) -> None:
+        if self.loop.pidfile is not None:
+            self.loop.pidfile.to_oldbin()
+
+    def pidfile_restore(self) -> None:
+        if self.loop.pidfile is not None:
+            self.loop.pidfile.restore()
+
     def worker_spawned(self, worker: Worker) -> None:
         if self.loop.metrics:
             self.loop.metrics.lifecycle.spawns += 1
@@ -158,15 +231,19 @@ class RealPort:
 
 
 class MasterLoop:
-    def __init__(self, settings: Settings, listeners: list[Listener], addresses: tuple[str, ...], *,
-                 app: Callable[..., Any] | None = None,
+    def __init__(self, settings: Settings, lset: ListenerSet, *,
+                 app: Callable[..., Any] | None = None, generation: int = 1,
                  reload_settings: Callable[[], Settings] | None = None,
                  on_ready: Callable[[], None] | None = None,
-                 on_published: Callable[[int], None] | None = None,
-                 metrics_listeners: list[Listener] | None = None) -> None:
-        self.listeners = listeners
-        self.addresses = addresses
+                 on_published: Callable[[int, tuple[str, ...]], None] | None = None,
+                 metrics_listeners: list[Listener] | None = None,
+                 pidfile: Pidfile | None = None) -> None:
+        self.lset = lset
+        self.metrics_listeners = metrics_listeners or []
+        self.pidfile = pidfile
         self.app = app
+        self.upgrade_pipe = -1  # read end of the new master's "ready" pipe during an upgrade
+        self.title = ""
         self.pid = os.getpid()
         self._reload = reload_settings
         self._on_ready = on_ready
@@ -175,11 +252,38 @@ class MasterLoop:
         self.notify = Notifier()
         self.wake_r, self.wake_w = socket.socketpair()
         self.port = RealPort(self)
-        self.arbiter = Arbiter(settings, self.port)
+        self.arbiter = Arbiter(settings, self.port, generation)
         self.metrics: MetricsService | None = None
         if metrics_listeners:
-            self.metrics = MetricsService(metrics_listeners, listeners, lambda: self.arbiter,
+            self.metrics = MetricsService(metrics_listeners, lset.current, lambda: self.arbiter,
                                           app_dir=appmetrics.create_dir() if settings.app_metrics else None)
+
+    def listeners_for(self, worker: Worker) -> list[Listener]:
+        """A new generation's workers get the reload's listener set, everyone else the current one."""
+        a = self.arbiter
+        if a.pending_gen and worker.generation == a.pending_gen and self.lset.pending is not None:
+            return self.lset.pending
+        return self.lset.current
+
+    def set_upgrade_pipe(self, fd: int) -> None:
+        self.close_upgrade_pipe()
+        self.upgrade_pipe = fd
+
+    def close_upgrade_pipe(self) -> None:
+        if self.upgrade_pipe >= 0:
+            os.close(self.upgrade_pipe)
+            self.upgrade_pipe = -1
+
+    def update_title(self) -> None:
+        a = self.arbiter
+        title = f"greenfork: master [{a.settings.app_label}] gen {a.generation}"
+        if a.child:
+            title += " (old)"
+        if a.state in (State.DRAINING, State.QUITTING):
+            title += " (draining)"
+        if title != self.title:
+            self.title = title
+            set_title(title)
 
     def reload_settings(self) -> Settings:
         if self._reload is None:
@@ -202,7 +306,7 @@ class MasterLoop:
 
     def on_published(self, generation: int) -> None:
         if self._on_published is not None:
-            self._on_published(generation)
+            self._on_published(generation, self.lset.addresses)
 
     def _install_signals(self) -> None:
         for s in (self.wake_r, self.wake_w):
@@ -230,6 +334,7 @@ class MasterLoop:
             self.notify.close()
             if self.metrics:
                 self.metrics.close()
+            self.close_upgrade_pipe()
         return self.arbiter.exit_code
 
     def _loop(self) -> None:
@@ -239,10 +344,15 @@ class MasterLoop:
             if self.notify.next_ping and (deadline is None or self.notify.next_ping < deadline):
                 deadline = self.notify.next_ping
             timeout = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+            self.update_title()
             by_fd = {s.fileno(): (pid, s) for pid, s in self.port.controls.items()}
+            extra = [self.upgrade_pipe] if self.upgrade_pipe >= 0 else []
             mr, mw = self.metrics.fds() if self.metrics else ([], [])
-            readable, writable, _ = select.select([self.wake_r.fileno(), *by_fd, *mr], mw, [], timeout)
+            readable, writable, _ = select.select([self.wake_r.fileno(), *by_fd, *extra, *mr], mw, [],
+                                                  timeout)
             signals = self._drain_wakeup() if self.wake_r.fileno() in readable else set()
+            if self.upgrade_pipe >= 0 and self.upgrade_pipe in readable:
+                self._upgrade_message()
             self._reap()
             for fd in readable:
                 if fd in by_fd:
@@ -260,6 +370,20 @@ class MasterLoop:
             self.notify.watchdog_due(time.monotonic())
             if self.metrics:
                 self.metrics.serve(readable, writable)
+
+    def _upgrade_message(self) -> None:
+        try:
+            data = os.read(self.upgrade_pipe, 64)
+        except OSError:
+            data = b""
+        if READY in data:
+            child = self.arbiter.child
+            self.arbiter.handle(Event.CHILD_READY)
+            if child:
+                # systemd follows the new master from now on (the old one is still main: it may say so)
+                self.notify.send(f"MAINPID={child}", "STATUS=upgraded: a new master serves")
+        if not data:
+            self.close_upgrade_pipe()  # the new master exited; the reaper reports it
 
     def _drain_wakeup(self) -> set[int]:
         got: set[int] = set()
@@ -282,8 +406,13 @@ class MasterLoop:
                 return
             if self.metrics:
                 self.metrics.reaped(pid, cpu_of(rusage))
+            code = os.waitstatus_to_exitcode(status)
+            if pid == self.arbiter.child:
+                self.close_upgrade_pipe()
+                self.arbiter.handle(Event.CHILD_EXIT, pid, code)
+                continue
             self.port.forget(pid)
-            self.arbiter.handle(Event.EXIT, pid, os.waitstatus_to_exitcode(status))
+            self.arbiter.handle(Event.EXIT, pid, code)
 
     def _control_message(self, pid: int, sock: socket.socket) -> None:
         try:
@@ -301,3 +430,7 @@ class MasterLoop:
             w.heartbeat = time.monotonic()
         if READY in data:
             self.arbiter.handle(Event.READY, pid)
+        if RECYCLE_ME in data:
+            self.arbiter.handle(Event.RECYCLE, pid)
+        if RELOAD_ME in data:
+            self.arbiter.handle(Event.RELOAD_ASK, pid)

@@ -19,6 +19,7 @@ class PidfileBusy(Exception):
 class Pidfile:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
+        self.where = self.path  # PIDFILE, or PIDFILE.oldbin while an upgrade is pending
         self.fd = -1
 
     def acquire(self, pid: int) -> None:
@@ -55,14 +56,38 @@ class Pidfile:
         finally:
             os.close(fd)
 
+    def _ours(self, path: str) -> bool:
+        try:
+            return self.fd >= 0 and os.stat(path).st_ino == os.fstat(self.fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def to_oldbin(self) -> None:
+        """USR2: PIDFILE becomes PIDFILE.oldbin for the new master. A rename keeps the
+        inode, so this master keeps its lock under the new name."""
+        if self._ours(self.where) and self.where == self.path:
+            os.replace(self.path, self.path + ".oldbin")
+            self.where = self.path + ".oldbin"
+
+    def restore(self) -> None:
+        """The new master died: PIDFILE is ours again (unless someone else took it)."""
+        if self.where == self.path or not self._ours(self.where):
+            return
+        try:
+            self._check_free()  # the dead master's PIDFILE is unlocked: stale
+        except PidfileBusy:
+            return  # a live master holds it
+        os.replace(self.where, self.path)
+        self.where = self.path
+
     def release(self) -> None:
         """Remove the file if it is still ours (same inode), then drop the lock."""
         if self.fd < 0:
             return
-        try:
-            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        if self._ours(self.where):
+            try:
+                os.unlink(self.where)
+            except FileNotFoundError:
+                pass
         os.close(self.fd)
         self.fd = -1

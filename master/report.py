@@ -65,3 +65,16 @@ def remove_file(path: str | None, *, only_if_pid: int | None = None) -> None:
         pass
     except OSError as e:
         log.warning("Could not remove %s: %s", path, e.strerror)
+
+
+def remove_addresses_file(path: str | None, pid: int) -> None:
+    """Remove the addresses file unless a newer master (binary upgrade) has rewritten it."""
+    if not path:
+        return
+    try:
+        with open(path) as f:
+            owner = json.load(f).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return
+    if owner == pid:
+        remove_file(path)

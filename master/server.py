@@ -19,24 +19,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greenfork.master import config, listeners, report, rlimits
+from greenfork.master import apploader, config, listeners, report, rlimits, upgrade
 from greenfork.master.addresses import parse_bind
-from greenfork.master.arbiter import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from greenfork.master.arbiter import EXIT_APP_IMPORT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from greenfork.master.listeners import BindError, Listener
-from greenfork.master.loop import MasterLoop
+from greenfork.master.listenset import ListenerSet, ordered
+from greenfork.master.loop import MasterLoop, set_title
 from greenfork.master.pidfile import Pidfile, PidfileBusy
 from greenfork.master.settings import BY_NAME, DEMO_APP, SettingError, Settings
 
 log = logging.getLogger("greenfork.master")
-
-
-def _title(text: str) -> None:
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(text)
-    except ImportError:  # pragma: no cover - a declared dependency
-        pass
 
 
 class Server:
@@ -67,6 +59,7 @@ class Server:
         self.metrics_listeners: list[Listener] = []  # --metrics-bind
         self._master_pid: int | None = None
         self._generation = 1
+        self._upgrade_fd = -1  # set in a master started by a binary upgrade (upgrade.py)
 
     # ------------------------------------------------------------- addresses
     @property
@@ -78,6 +71,9 @@ class Server:
         if self.listeners:
             return self.addresses
         specs = [parse_bind(b) for b in self.settings.bind]
+        handed = upgrade.inherited(os.environ)
+        if handed is not None:
+            return self._adopt_upgrade(*handed)
         inherited = listeners.systemd_fds(os.environ, os.getpid())
         adopted: list[Listener] = []
         for fd in inherited:
@@ -104,6 +100,30 @@ class Server:
         """The URL of /metrics' listener (real port), or None without --metrics-bind."""
         return self.metrics_listeners[0].url if self.metrics_listeners else None
 
+    def _adopt_upgrade(self, handed: list[Listener], generation: int, ready_fd: int) -> list[str]:
+        """A new master of a binary upgrade: keep the inherited sockets whose --bind text is
+        still configured (all of them when bind is the default: they may be systemd's), close
+        the others, bind what is new."""
+        self._generation, self._upgrade_fd = generation, ready_fd
+        bind = self.settings.bind
+        if self.settings.source_of("bind") == "default":
+            bind = tuple(dict.fromkeys(lst.spec.raw for lst in handed))
+        metrics_bind = self.settings.metrics_bind
+        self.metrics_listeners = [lst for lst in handed if metrics_bind and lst.spec.raw == metrics_bind]
+        handed = [lst for lst in handed if lst not in self.metrics_listeners]
+        if metrics_bind and not self.metrics_listeners:
+            self.metrics_listeners = listeners.bind_all([parse_bind(metrics_bind)], backlog=64,
+                                                        unix_mode=self.settings.unix_socket_mode)
+        keep = [lst for lst in handed if lst.spec.raw in bind]
+        for lst in handed:
+            if lst not in keep:
+                lst.sock.close()  # the old master still owns its file, if any
+        have = {lst.spec.raw for lst in keep}
+        fresh = listeners.bind_all([parse_bind(b) for b in bind if b not in have],
+                                   backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode)
+        self.listeners = ordered(keep + fresh, bind)
+        return self.addresses
+
     # ------------------------------------------------------------ foreground
     def run(self, *, on_ready: Callable[[], None] | None = None) -> int:
         """Bind (if not yet), publish, supervise until stopped; returns the exit code."""
@@ -111,20 +131,42 @@ class Server:
         rlimits.raise_nofile()
         self.bind()
         pid = os.getpid()
-        _title(f"greenfork: master [{s.app_label}]")
+        upgraded = self._upgrade_fd >= 0
+        set_title(f"greenfork: master [{s.app_label}] gen {self._generation}")
         report.log_addresses(self.addresses)
-        pidfile = Pidfile(s.pidfile) if s.pidfile else None
         if self.metrics_address:
             log.info("Metrics listening on: %s", self.metrics_address)
         elif s.app_metrics:
             log.warning("--app-metrics does nothing without --metrics-bind")
+        if s.preload and self._app_obj is None:
+            code = self._preload()
+            if code:
+                listeners.close_all(self.listeners + self.metrics_listeners)
+                return code
+        lset = ListenerSet(self.listeners, backlog=s.backlog, unix_mode=s.unix_socket_mode)
+        loop: MasterLoop | None = None
+        pidfile = Pidfile(s.pidfile) if s.pidfile else None
+
+        def ready() -> None:
+            if upgraded:
+                # The old master still serves: PIDFILE and the addresses file become ours
+                # only now, and then it is told it may be stopped.
+                if pidfile is not None:
+                    pidfile.acquire(pid)
+                self._publish(self._generation, lset.addresses)
+                upgrade.notify_ready(self._upgrade_fd)
+            if on_ready is not None:
+                on_ready()
+
         try:
-            if pidfile is not None:
-                pidfile.acquire(pid)
-            self._publish(1)
-            loop = MasterLoop(s, self.listeners, tuple(self.addresses), app=self._app_obj,
-                              reload_settings=self._reload_settings, on_ready=on_ready,
-                              on_published=self._publish, metrics_listeners=self.metrics_listeners)
+            if not upgraded:
+                if pidfile is not None:
+                    pidfile.acquire(pid)
+                self._publish(self._generation, lset.addresses)
+            loop = MasterLoop(s, lset, app=self._app_obj, generation=self._generation,
+                              reload_settings=self._reload_settings, on_ready=ready,
+                              on_published=self._publish, metrics_listeners=self.metrics_listeners,
+                              pidfile=pidfile)
             code = loop.run()
         except PidfileBusy as e:
             log.error("%s", e)
@@ -134,21 +176,40 @@ class Server:
             code = EXIT_RUNTIME
         finally:
             if os.getpid() == pid:  # never clean up from a worker that unwound this far
-                listeners.close_all(self.listeners + self.metrics_listeners)
+                # A new master that outlives us (upgrade) serves on these sockets and owns the
+                # files now: close our copies, remove nothing it took over.
+                successor = loop is not None and loop.arbiter.child != 0
+                lset.close_all(unlink=not successor)
+                listeners.close_all(self.metrics_listeners, unlink=not successor)
                 self.listeners = []
                 self.metrics_listeners = []
-                report.remove_file(s.addresses_file)
+                report.remove_addresses_file(s.addresses_file, pid)
                 if pidfile is not None:
                     pidfile.release()
         if code == EXIT_OK:
             log.info("Shutdown complete")
         return code
 
-    def _publish(self, generation: int) -> None:
+    def _preload(self) -> int:
+        """--preload: import the app here, once, so workers share its pages after fork.
+        gc.freeze() moves everything to a generation the collector never scans, so the
+        collector does not write to (and un-share) those pages in every worker."""
+        import gc
+
+        try:
+            self._app_obj = apploader.load(self.settings.app, self.settings.chdir)
+        except Exception as e:
+            log.error("Failed to load the application %s: %s", self.settings.app, e,
+                      exc_info=not isinstance(e, apploader.AppImportError))
+            return EXIT_APP_IMPORT
+        gc.freeze()
+        return 0
+
+    def _publish(self, generation: int, addresses: tuple[str, ...]) -> None:
         self._generation = generation
         if self.settings.addresses_file:
-            report.write_addresses_file(self.settings.addresses_file, os.getpid(), generation,
-                                        self.addresses, self.metrics_address)
+            report.write_addresses_file(self.settings.addresses_file, os.getpid(), generation, addresses,
+                                        self.metrics_address)
 
     # -------------------------------------------------------------- embedded
     def start(self, timeout: float | None = None) -> None:

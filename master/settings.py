@@ -8,6 +8,7 @@ so a flag can never exist in one place and be missing in another.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,21 @@ def _octal(v: object) -> int:
         except ValueError:
             pass
     raise ValueError("expected an octal mode such as 660")
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
+               "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
+
+
+def _size(v: object) -> int:
+    """Bytes from 536870912, "512MiB", "512M" (binary) or "500MB" (decimal)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", v)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    raise ValueError("expected a size such as 512MiB, 1G or a number of bytes")
 
 
 def _choice(*options: str) -> Callable[[object], str]:
@@ -198,8 +214,8 @@ SETTINGS: tuple[Setting, ...] = (
     # ---------------------------------------------------------------- listening
     _S("bind", _str_list, ("http://127.0.0.1:8000",), ("-b", "--bind"), section="Listening",
        validate=_addresses, metavar="ADDRESS", multiple=True, type_doc="list of addresses",
-       reloadable=False,
-       help="Address to listen on; repeat for several. Forms: `http://HOST:PORT`, `HOST:PORT`, "
+       help="Address to listen on; repeat for several (a HUP keeps the sockets of unchanged "
+            "addresses). Forms: `http://HOST:PORT`, `HOST:PORT`, "
             "`:PORT` (all interfaces), `[::1]:PORT`, `http://localhost:PORT` (both loopbacks), "
             "`http://*:PORT` (dual-stack), port 0 (any free port, published), `unix:/path`, `fd://N`. "
             "With systemd socket activation (LISTEN_FDS) and no explicit bind, only the passed "
@@ -326,6 +342,43 @@ SETTINGS: tuple[Setting, ...] = (
        help="File mode creation mask of the master and workers (e.g. 027).", default_doc="inherited"),
     _S("proc_name", _opt_str, None, ("-n", "--name"), section="Process", metavar="NAME",
        help="Name shown in process titles (`greenfork: master [NAME]`).", default_doc="the app spec"),
+    # ---------------------------------------------------------------- lifecycle
+    _S("preload", _bool, False, ("--preload",), section="Lifecycle", is_flag=True, type_doc="boolean",
+       reloadable=False,
+       help="Import the app in the master before forking (workers share its memory; `gc.freeze()` "
+            "keeps it shared). HUP then re-executes the master to load new code (see docs/signals.md)."),
+    _S("abort_grace", _float, 3.0, ("--abort-grace",), section="Lifecycle", validate=_at_least(0),
+       metavar="SECONDS", type_doc="seconds",
+       help="After SIGABRT to a hung worker (it writes its stacks to the error log), how long "
+            "before SIGKILL."),
+    _S("request_timeout", _float, 0.0, ("--request-timeout",), section="Lifecycle",
+       validate=_at_least(0), metavar="SECONDS", type_doc="seconds", default_doc="0 (off)",
+       help="Bound one request's handling: 504 if no response has started, else the connection is "
+            "closed. The worker and its other connections carry on. 0 disables."),
+    _S("max_requests", _int, 0, ("--max-requests",), section="Lifecycle", validate=_at_least(0),
+       metavar="N", type_doc="integer", default_doc="0 (off)",
+       help="Replace a worker after it has served this many requests (its replacement is ready "
+            "first). 0 disables."),
+    _S("max_requests_jitter", _int, 0, ("--max-requests-jitter",), section="Lifecycle",
+       validate=_at_least(0), metavar="N", type_doc="integer",
+       help="Add a random 0..N to each worker's --max-requests, so workers do not recycle together."),
+    _S("max_worker_lifetime", _float, 0.0, ("--max-worker-lifetime",), section="Lifecycle",
+       validate=_at_least(0), metavar="SECONDS", type_doc="seconds", default_doc="0 (off)",
+       help="Replace a worker after it has run this long (its replacement is ready first). 0 disables."),
+    _S("max_worker_lifetime_jitter", _float, 0.0, ("--max-worker-lifetime-jitter",), section="Lifecycle",
+       validate=_at_least(0), metavar="SECONDS", type_doc="seconds",
+       help="Add a random 0..SECONDS to each worker's --max-worker-lifetime."),
+    _S("max_worker_memory", _size, 0, ("--max-worker-memory",), section="Lifecycle",
+       validate=_at_least(0), metavar="SIZE", type_doc="size", default_doc="0 (off)",
+       help="Replace a worker whose unique memory (USS: private pages, from /proc) is above SIZE on "
+            "3 samples in a row, taken every 2 s. SIZE: bytes, or with K/M/G, KiB/MiB/GiB (1024) or "
+            "KB/MB/GB (1000). 0 disables."),
+    _S("reload", _bool, False, ("--reload",), section="Lifecycle", is_flag=True, type_doc="boolean",
+       help="Development: reload (like HUP) when a source file of the app changes. Workers poll the "
+            "imported modules' files once a second."),
+    _S("reload_extra_file", _str_list, (), ("--reload-extra-file",), section="Lifecycle",
+       metavar="GLOB", multiple=True, type_doc="list of globs", default_doc="none",
+       help="With --reload, also watch files matching this glob (repeat for several; `**` recurses)."),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -371,6 +424,16 @@ class Settings:
     group: str | None
     umask: int | None
     proc_name: str | None
+    preload: bool
+    abort_grace: float
+    request_timeout: float
+    max_requests: int
+    max_requests_jitter: int
+    max_worker_lifetime: float
+    max_worker_lifetime_jitter: float
+    max_worker_memory: int
+    reload: bool
+    reload_extra_file: tuple[str, ...]
     # where each value came from ("default", "env GREENFORK_X", ...): for error messages
     sources: tuple[tuple[str, str], ...] = ()
 

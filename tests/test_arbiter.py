@@ -42,12 +42,18 @@ class FakePort:
         self.exits: list[tuple[int, str, int]] = []  # (pid, reason, status)
         self.reloads: list[bool] = []
         self.spawned = 0
+        self.settings_of: dict[int, Settings] = {}  # pid -> the settings it was spawned with
+        self.bind_error: str | None = None
+        self.mem: dict[int, int] = {}
+        self.execable = True
+        self.exec_error: str | None = None
 
     def monotonic(self) -> float:
         return self.now
 
-    def spawn(self, worker: Worker) -> int:
+    def spawn(self, worker: Worker, settings: Settings) -> int:
         self.last_pid += 1
+        self.settings_of[self.last_pid] = settings
         self.actions.append(("spawn", worker.slot, worker.generation, self.last_pid))
         return self.last_pid
 
@@ -73,6 +79,39 @@ class FakePort:
         assert self.reload_to is not None
         return self.reload_to
 
+    def prepare_listeners(self, bind: tuple[str, ...]) -> None:
+        self.actions.append(("bind", bind))
+        if self.bind_error is not None:
+            raise ValueError(self.bind_error)
+
+    def commit_listeners(self) -> None:
+        self.actions.append(("commit_listeners",))
+
+    def abort_listeners(self) -> None:
+        self.actions.append(("abort_listeners",))
+
+    def close_retired(self) -> None:
+        self.actions.append(("close_retired",))
+
+    def memory(self, pid: int) -> int | None:
+        return self.mem.get(pid)
+
+    def can_exec(self) -> bool:
+        return self.execable
+
+    def exec_master(self, generation: int) -> int:
+        if self.exec_error is not None:
+            raise OSError(self.exec_error)
+        self.last_pid += 1
+        self.actions.append(("exec_master", generation, self.last_pid))
+        return self.last_pid
+
+    def pidfile_oldbin(self) -> None:
+        self.actions.append(("oldbin",))
+
+    def pidfile_restore(self) -> None:
+        self.actions.append(("restore_pidfile",))
+
     def worker_spawned(self, worker: Worker) -> None:
         self.spawned += 1
 
@@ -90,6 +129,8 @@ class FakePort:
 def started(workers: int = 2, **overrides: object) -> tuple[Arbiter, FakePort]:
     """Started, no worker READY yet; pids are 101..100+workers in slot order."""
     port = FakePort()
+    # No heartbeats arrive from a fake port: the hung check is off unless a test sets --timeout.
+    overrides.setdefault("timeout", 0.0)
     arb = Arbiter(defaults(workers=workers, **overrides), port)
     arb.start()
     assert port.take() == [("spawn", slot, 1, 101 + slot) for slot in range(workers)]
@@ -183,7 +224,7 @@ def test_start_spawns_generation_1_and_runs_after_the_last_ready() -> None:
     assert arb.state is State.RUNNING
     arb.handle(Event.READY, 103)  # a repeated READY changes nothing
     assert do(arb, Event.TICK) == []
-    assert arb.next_deadline() is None
+    assert arb.next_deadline() == START + arb.settings.timeout  # the heartbeat check
 
 
 # ------------------------------------------------------------------- crashes
@@ -359,23 +400,33 @@ def test_quick_during_a_drain_escalates() -> None:
 
 # -------------------------------------------------------------------- reload
 
-def test_hup_replaces_each_old_worker_only_when_its_successor_is_ready() -> None:
+def hup(arb: Arbiter, port: FakePort, **settings: object) -> list[Action]:
+    settings.setdefault("timeout", 0.0)
+    port.reload_to = defaults(**settings)  # type: ignore[arg-type]
+    return do(arb, Event.HUP)
+
+
+def test_hup_keeps_the_old_generation_until_the_whole_new_one_is_ready() -> None:
     arb, port = running(2)
-    port.reload_to = defaults(workers=2, timeout=10.0)
-    assert do(arb, Event.HUP) == [("reload",), ("spawn", 0, 2, 103), ("spawn", 1, 2, 104), ("published", 2)]
-    assert (arb.generation, arb.settings.timeout) == (2, 10.0)
-    assert do(arb, Event.READY, 104) == told_quit(102)
-    assert do(arb, Event.READY, 103) == told_quit(101)
+    assert hup(arb, port, workers=2, keep_alive=10.0) == [
+        ("reload",), ("spawn", 0, 2, 103), ("spawn", 1, 2, 104)]
+    assert arb.state is State.RELOADING
+    assert (arb.generation, arb.pending_gen) == (1, 2)
+    assert port.settings_of[103].keep_alive == 10.0 and arb.settings.keep_alive == 75.0
+    assert do(arb, Event.READY, 104) == []  # half a generation retires nothing
+    assert do(arb, Event.READY, 103) == told_quit(101) + told_quit(102) + [("published", 2)]
+    assert (arb.state, arb.generation, arb.settings.keep_alive) == (State.RUNNING, 2, 10.0)
+    assert port.reloads == [True]
     arb.handle(Event.EXIT, 102, 0)
     arb.handle(Event.EXIT, 101, 0)
     assert do(arb, Event.TICK) == []
-    assert (arb.state, sorted(arb.workers)) == (State.RUNNING, [103, 104])
+    assert sorted(arb.workers) == [103, 104]
+    assert [r for _, r, _ in port.exits] == ["reload", "reload"]
 
 
 def test_hup_while_starting_is_ignored() -> None:
     arb, port = started(2)
-    port.reload_to = defaults(workers=2)
-    assert do(arb, Event.HUP) == []
+    assert hup(arb, port, workers=2) == []
     assert (arb.state, arb.generation) == (State.STARTING, 1)
 
 
@@ -385,39 +436,144 @@ def test_reload_with_bad_settings_keeps_the_current_workers() -> None:
     port.reload_error = "workers: must be between 1 and 4096"
     assert do(arb, Event.HUP) == [("reload",)]
     assert (arb.state, arb.generation, arb.settings) == (State.RUNNING, 1, before)
+    assert port.reloads == [False]
 
 
-def test_reload_cannot_change_bind() -> None:
+def test_reload_with_a_new_address_binds_first_and_retires_the_old_ones_after_the_drain() -> None:
     arb, port = running(1, bind=("http://127.0.0.1:8000",))
-    port.reload_to = defaults(workers=1, bind=("http://127.0.0.1:9000",), keep_alive=5.0)
-    assert do(arb, Event.HUP) == [("reload",), ("spawn", 0, 2, 102), ("published", 2)]
-    assert arb.settings.bind == ("http://127.0.0.1:8000",)
-    assert arb.settings.keep_alive == 5.0
+    assert hup(arb, port, workers=1, bind=("http://127.0.0.1:9000",)) == [
+        ("reload",), ("bind", ("http://127.0.0.1:9000",)), ("spawn", 0, 2, 102)]
+    assert do(arb, Event.READY, 102) == [*told_quit(101), ("commit_listeners",), ("published", 2)]
+    assert arb.settings.bind == ("http://127.0.0.1:9000",)
+    assert do(arb, Event.TICK) == []  # the old generation still drains on the old socket
+    arb.handle(Event.EXIT, 101, 0)
+    assert do(arb, Event.TICK) == [("close_retired",)]
+    assert do(arb, Event.TICK) == []
 
 
-def test_reload_with_fewer_workers_quits_the_extra_slots() -> None:
+def test_reload_whose_new_bind_fails_changes_nothing() -> None:
+    arb, port = running(1, bind=("http://127.0.0.1:8000",))
+    port.bind_error = "Failed to bind to address http://127.0.0.1:80: permission denied"
+    assert hup(arb, port, workers=1, bind=("http://127.0.0.1:80",)) == [("reload",), ("bind", ("http://127.0.0.1:80",))]
+    assert (arb.state, arb.generation, arb.settings.bind) == (State.RUNNING, 1, ("http://127.0.0.1:8000",))
+    assert port.reloads == [False]
+
+
+def test_reload_with_fewer_workers_retires_every_old_worker_at_the_commit() -> None:
     arb, port = running(3)
-    port.reload_to = defaults(workers=2)
-    assert do(arb, Event.HUP) == [
-        ("reload",), ("spawn", 0, 2, 104), ("spawn", 1, 2, 105), *told_quit(103), ("published", 2)]
+    assert hup(arb, port, workers=2) == [("reload",), ("spawn", 0, 2, 104), ("spawn", 1, 2, 105)]
     arb.handle(Event.READY, 104)
-    assert do(arb, Event.READY, 105) == told_quit(101) + told_quit(102)
+    assert do(arb, Event.READY, 105) == told_quit(101) + told_quit(102) + told_quit(103) + [("published", 2)]
     for pid in (101, 102, 103):
         arb.handle(Event.EXIT, pid, 0)
-    assert port.actions == []
+    assert do(arb, Event.TICK) == []
     assert sorted(arb.workers) == [104, 105]
 
 
-def test_new_worker_failing_to_boot_leaves_the_old_one_serving() -> None:
+@pytest.mark.parametrize("ready_first", [False, True])
+def test_a_new_worker_failing_to_boot_aborts_the_reload(ready_first: bool) -> None:
     arb, port = running(2)
-    port.reload_to = defaults(workers=2)
-    assert len(do(arb, Event.HUP)) == 4
-    assert do(arb, Event.READY, 104) == told_quit(102)
-    arb.handle(Event.EXIT, 103, 4)  # slot 0's new worker cannot import the app
+    hup(arb, port, workers=2)
+    if ready_first:
+        assert do(arb, Event.READY, 104) == []
+    # slot 0's new worker cannot import the app: the new generation goes, the old one stays
+    stop_104 = told_quit(104) if ready_first else told_terminate(104)
+    assert do(arb, Event.EXIT, 103, 4) == stop_104
+    assert (arb.state, arb.generation, arb.pending_gen, arb.exit_code) == (State.RUNNING, 1, 0, 0)
+    assert port.reloads == [False]
+    arb.handle(Event.EXIT, 104, 0)
     port.now += 120.0
-    arb.handle(Event.TICK)
-    assert (arb.state, arb.exit_code, arb.workers[101].state) == (State.RUNNING, 0, WState.READY)
-    assert [a for a in port.actions if a[0] in ("send", "kill") and a[1] == 101] == []
+    assert do(arb, Event.TICK) == []  # the old workers were never touched, nothing to respawn
+    assert {pid: w.state for pid, w in arb.workers.items()} == {101: WState.READY, 102: WState.READY}
+    assert port.exits == [(103, "boot_failed", 4), (104, "reload", 0)]
+    # the next HUP gets a fresh generation number
+    assert hup(arb, port, workers=2)[1:] == [("spawn", 0, 3, 105), ("spawn", 1, 3, 106)]
+
+
+def test_a_new_worker_not_ready_within_the_boot_timeout_aborts_the_reload() -> None:
+    arb, port = running(2)
+    hup(arb, port, workers=2, boot_timeout=5.0)
+    arb.handle(Event.READY, 103)
+    port.now += 5.0
+    assert do(arb, Event.TICK) == []
+    port.now += 0.1
+    assert do(arb, Event.TICK) == [("kill", 104, signal.SIGKILL), *told_quit(103)]
+    assert (arb.state, arb.generation) == (State.RUNNING, 1)
+    arb.handle(Event.EXIT, 104, -9)
+    arb.handle(Event.EXIT, 103, 0)
+    assert port.exits == [(104, "boot_failed", -9), (103, "reload", 0)]
+    assert port.reloads == [False]
+
+
+def test_hup_during_a_reload_is_coalesced_into_one_more_reload() -> None:
+    arb, port = running(1)
+    hup(arb, port, workers=1)
+    assert hup(arb, port, workers=1) == []
+    assert hup(arb, port, workers=1) == []  # still one more, not two
+    assert arb.hup_again
+    assert do(arb, Event.READY, 102) == [*told_quit(101), ("published", 2), ("reload",), ("spawn", 0, 3, 103)]
+    assert arb.state is State.RELOADING
+    assert do(arb, Event.READY, 103) == [*told_quit(102), ("published", 3)]
+    assert (arb.state, arb.generation, arb.hup_again) == (State.RUNNING, 3, False)
+
+
+def test_hup_during_a_reload_that_fails_still_reloads_once_more() -> None:
+    arb, port = running(1)
+    hup(arb, port, workers=1)
+    hup(arb, port, workers=1)
+    assert do(arb, Event.EXIT, 102, 4) == [("reload",), ("spawn", 0, 3, 103)]
+    assert port.reloads == [False]
+
+
+def test_an_old_worker_crashing_during_a_reload_is_replaced_in_the_old_generation() -> None:
+    arb, port = running(2)
+    hup(arb, port, workers=2, keep_alive=5.0)
+    assert do(arb, Event.EXIT, 101, -9) == [("spawn", 0, 1, 105)]
+    assert port.settings_of[105].keep_alive == 75.0  # the serving generation's settings
+    assert arb.state is State.RELOADING
+    arb.handle(Event.READY, 103)
+    # the commit retires the old generation, including its replacement still booting
+    assert do(arb, Event.READY, 104) == told_quit(102) + told_quit(105) + [("published", 2)]
+
+
+def test_a_new_worker_crashing_after_ready_during_the_reload_aborts_it() -> None:
+    arb, port = running(2)
+    hup(arb, port, workers=2)
+    arb.handle(Event.READY, 103)
+    assert do(arb, Event.EXIT, 103, -11) == told_terminate(104)
+    assert port.exits == [(103, "crashed", -11)]
+    assert (arb.state, arb.generation) == (State.RUNNING, 1)
+
+
+@pytest.mark.parametrize("event", [Event.TERM, Event.QUICK])
+def test_a_stop_during_a_reload_stops_both_generations(event: Event) -> None:
+    arb, port = running(1, bind=("http://127.0.0.1:8000",))
+    hup(arb, port, workers=1, bind=("http://127.0.0.1:9000",))
+    port.take()
+    actions = do(arb, event)
+    assert actions[0] == ("abort_listeners",)
+    stop = told_quit if event is Event.TERM else told_terminate
+    assert actions[1:] == stop(101) + stop(102)
+    assert arb.pending is None and not arb.hup_again
+    arb.handle(Event.EXIT, 101, 0)
+    arb.handle(Event.EXIT, 102, 0)
+    assert arb.state is State.STOPPED
+
+
+def test_resize_during_a_reload_is_ignored_and_usr1_still_reopens() -> None:
+    arb, port = running(1)
+    hup(arb, port, workers=1)
+    assert do(arb, Event.TTIN) == do(arb, Event.TTOU) == []
+    assert do(arb, Event.USR1) == [("reopen",), ("send", 101, REOPEN), ("send", 102, REOPEN)]
+    assert do(arb, Event.USR2) == do(arb, Event.WINCH) == do(arb, Event.RELOAD_ASK, 101) == []
+
+
+def test_reload_ask_from_a_current_worker_reloads_once() -> None:
+    arb, port = running(2, reload=True)
+    port.reload_to = arb.settings
+    assert do(arb, Event.RELOAD_ASK, 101) == [("reload",), ("spawn", 0, 2, 103), ("spawn", 1, 2, 104)]
+    assert do(arb, Event.RELOAD_ASK, 102) == []  # the other worker saw the same change
+    assert do(arb, Event.RELOAD_ASK, 4242) == []
 
 
 # -------------------------------------------------------- resize and reopen
@@ -470,13 +626,20 @@ def test_exit_reasons_are_classified_for_metrics() -> None:
     assert port.exits == [(101, "killed", -9), (104, "boot_failed", 1), (102, "crashed", 1),
                           (103, "scale_down", 0)]
     port.reload_to = arb.settings
+    gen1 = set(arb.workers)
     arb.handle(Event.HUP)
+    for pid in sorted(arb.workers):
+        if arb.workers[pid].generation == 2:
+            arb.handle(Event.READY, pid)
     assert port.reloads == [True]
     live = sorted(arb.workers)
     arb.handle(Event.TERM)
     for pid in live:
         arb.handle(Event.EXIT, pid, 0)
-    assert {r for _, r, _ in port.exits[4:]} == {"shutdown"}
+    reasons = {arb_gen: set() for arb_gen in (1, 2)}  # type: dict[int, set[str]]
+    for pid, reason, _ in port.exits[4:]:
+        reasons[1 if pid in gen1 else 2].add(reason)
+    assert reasons == {1: {"reload"}, 2: {"shutdown"}}
     # first generation 3; respawned at once after the kill and the crash (the slot-0 boot
     # failure is backed off, not respawned in the same tick); the reload's generation of 2
     assert port.spawned == 3 + 2 + 2

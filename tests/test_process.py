@@ -35,9 +35,9 @@ def test_addresses_published_everywhere(launcher: Launcher, sock_dir: Path) -> N
                          capture_output=True, timeout=10, check=True)
     assert json.loads(out.stdout)["addresses"] == info["addresses"]
     # ps: one master and two workers, by title
-    assert cmdline(g.pid) == "greenfork: master [demo]"
+    assert cmdline(g.pid) == "greenfork: master [demo] gen 1"
     titles = sorted(cmdline(p) for p in g.workers())
-    assert titles == ["greenfork: worker 0 [demo]", "greenfork: worker 1 [demo]"]
+    assert titles == ["greenfork: worker 0 [demo] gen 1", "greenfork: worker 1 [demo] gen 1"]
 
 
 def test_sigkill_worker_is_replaced_and_requests_keep_succeeding(launcher: Launcher) -> None:

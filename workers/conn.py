@@ -19,8 +19,8 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-from gevent import GreenletExit
-from gevent.socket import wait_write
+from gevent import GreenletExit, Timeout
+from gevent.socket import wait_read, wait_write
 
 from greenfork.workers.http1 import (
     CLOSED,
@@ -63,6 +63,11 @@ def http_date() -> bytes:
 
 class ClientGone(Exception):
     """The peer closed or reset while we were writing."""
+
+
+class RequestTimeout(BaseException):
+    """--request-timeout fired. A BaseException, like gevent.Timeout, so that an app's
+    `except Exception` cannot swallow it."""
 
 
 class BodyError(OSError):
@@ -137,9 +142,16 @@ class Connection:
             if ev is NEED_DATA:
                 self._flush()
                 between = h1.between_requests
-                if between and server.draining:
-                    return  # idle while draining: nothing in flight, close now
                 self.idle = between
+                if between and server.draining:
+                    # Draining: the client may already have sent its next (or, on a just
+                    # accepted connection, its first) request; closing now would reset it.
+                    # Wait briefly for it; it is answered with Connection: close.
+                    try:
+                        wait_read(self.sock.fileno(), timeout=server.drain_idle_grace,
+                                  timeout_exc=TimeoutError("drain idle grace"))
+                    except TimeoutError:
+                        return
                 # The keep-alive timeout runs between requests; a new connection and a
                 # started head share the headers timeout, counted from the connection's
                 # start or from the request's first byte (not per read).
@@ -215,6 +227,9 @@ class Connection:
         # We are no proxy and speak nothing but HTTP: the server answers these itself.
         app = server.app if req.path != b"*" and req.method != "CONNECT" else _server_itself
         err = ""  # the metrics' error_type
+        # --request-timeout bounds this request's greenlet only; the connection's other
+        # requests and the worker's other connections carry on.
+        timer = Timeout.start_new(server.request_timeout, RequestTimeout) if server.request_timeout else None
         try:
             result = app(env, sr)
             if isinstance(result, FileWrapper) and self._can_sendfile(result, sr):
@@ -248,6 +263,16 @@ class Connection:
                     self.out.append(error_response(e.err.status, http_date(), server.server_header))
             log.debug("request body from %s: %s (%s)", self.ctx.peer(self.addr), e.err.error_type,
                       e.err.detail)
+        except RequestTimeout:
+            keep = False
+            log.error("Request %s %s exceeded --request-timeout (%g s)", req.method,
+                      req.target.decode("latin-1"), server.request_timeout)
+            if not self.head_flushed:
+                del self.out[mark:]
+                self.status = 504
+                self.out.append(error_response(504, http_date(), server.server_header))
+            else:
+                self.status = self.status or 504  # mid-body: the close tells the client
         except Exception:
             keep = False
             err = "error_after_starting_response" if self.head_flushed else "_OTHER"
@@ -260,6 +285,8 @@ class Connection:
             else:
                 self.status = self.status or 500  # mid-body: the close tells the client
         finally:
+            if timer is not None:
+                timer.close()
             close = getattr(result, "close", None)
             if close is not None:
                 try:

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import logging
 import os
+import random
 import signal
 import socket
 import struct
@@ -24,10 +25,19 @@ import gevent.event
 from gevent import socket as gsocket
 
 from greenfork.master import apploader, logs
-from greenfork.master.arbiter import EXIT_APP_IMPORT, HEARTBEAT, QUIT, READY, REOPEN, TERMINATE
+from greenfork.master.arbiter import (
+    EXIT_APP_IMPORT,
+    HEARTBEAT,
+    QUIT,
+    READY,
+    RECYCLE_ME,
+    RELOAD_ME,
+    REOPEN,
+    TERMINATE,
+)
 from greenfork.master.listeners import Listener
 from greenfork.master.workerinfo import WorkerInfo
-from greenfork.workers import instrument
+from greenfork.workers import instrument, reloader, stackdump
 from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.conn import Connection
 from greenfork.workers.http1 import Limits
@@ -38,6 +48,10 @@ from greenfork.workers.wsgi import Errors, FileWrapper
 log = logging.getLogger("greenfork.worker")
 
 HEARTBEAT_INTERVAL = 1.0
+# While draining, an idle keep-alive connection gets this long to send one more request
+# (answered with Connection: close) before it is closed: its client may already have
+# sent it, and closing at once would reset that request.
+DRAIN_IDLE_GRACE = 1.0
 
 
 class ListenerContext:
@@ -91,17 +105,16 @@ class WorkerServer:
         self.sockets: list[socket.socket] = []
         self.control: socket.socket | None = None
         self.metrics = instrument.attach(self)
+        self.requests = 0
+        self.request_timeout = s.request_timeout
+        self.drain_idle_grace = DRAIN_IDLE_GRACE
 
     # --------------------------------------------------------------- startup
     def serve(self) -> int:
         info = self.info
-        try:
-            import setproctitle
-
-            setproctitle.setproctitle(f"greenfork: worker {info.slot} [{self.settings.app_label}]")
-        except ImportError:  # pragma: no cover
-            pass
+        self._title()
         self._signals()
+        stackdump.install(info.slot)
         try:
             self.app = info.app if info.app is not None else apploader.load(
                 self.settings.app, self.settings.chdir)
@@ -109,6 +122,8 @@ class WorkerServer:
             log.error("Failed to load the application %s: %s", self.settings.app, e,
                       exc_info=not isinstance(e, apploader.AppImportError))
             return EXIT_APP_IMPORT
+        if self.settings.max_requests > 0:
+            self.app = self._counted(self.app)
         base = self._base_environ()
         for i, lst in enumerate(info.listeners):
             ctx = ListenerContext(lst, base, i)
@@ -121,8 +136,36 @@ class WorkerServer:
         gevent.spawn(self._control_loop)
         self._send(READY)
         gevent.spawn(self._heartbeat_loop)
+        if self.settings.reload:
+            where = os.path.abspath(self.settings.chdir or os.getcwd())
+            gevent.spawn(reloader.watch, self.settings.reload_extra_file, where,
+                         lambda: self._send(RELOAD_ME))
         self.stopped.wait()
         return self._finish()
+
+    def _title(self, suffix: str = "") -> None:
+        try:
+            import setproctitle
+
+            setproctitle.setproctitle(f"greenfork: worker {self.info.slot} [{self.settings.app_label}] "
+                                      f"gen {self.info.generation}{suffix}")
+        except ImportError:  # pragma: no cover
+            pass
+
+    def _counted(self, app: Any) -> Any:
+        """--max-requests: count requests; at the limit (+ jitter) ask the master for a
+        replacement. This worker serves on until the replacement is ready and it is told to QUIT."""
+        limit = self.settings.max_requests + random.randint(0, self.settings.max_requests_jitter)
+
+        def counted(environ: dict[str, Any], start_response: Any) -> Any:
+            self.requests += 1
+            if self.requests == limit:
+                log.info("Worker %d served %d requests (--max-requests); asking for a replacement",
+                         self.info.slot, limit)
+                self._send(RECYCLE_ME)
+            return app(environ, start_response)
+
+        return counted
 
     def _base_environ(self) -> dict[str, Any]:
         errors = Errors(logging.getLogger("greenfork.app").error)
@@ -147,7 +190,7 @@ class WorkerServer:
         gevent.signal_handler(signal.SIGQUIT, self.stop, False)
         gevent.signal_handler(signal.SIGUSR1, self.reopen)
         # HUP, TTIN and TTOU are the master's; a terminal's group-wide signal must not kill us.
-        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_IGN)
 
     # ------------------------------------------------------------- accepting
@@ -212,7 +255,12 @@ class WorkerServer:
     def _heartbeat_loop(self) -> None:
         # Sent from the hub's own loop: if a greenlet blocks the hub, the beats
         # stop and the master's --timeout check notices.
+        timeout = self.settings.timeout
         while True:
+            if timeout > 0:
+                # the watchdog dumps half a second before the master's --timeout check
+                # fires, while this process certainly still exists
+                stackdump.arm(max(timeout - 0.5, HEARTBEAT_INTERVAL + 0.25))
             gevent.sleep(HEARTBEAT_INTERVAL)
             self._send(HEARTBEAT)
 
@@ -225,6 +273,7 @@ class WorkerServer:
 
     def reopen(self) -> None:
         logs.reopen()
+        stackdump.install(self.info.slot)  # the dump must follow the log to its new file
         if self.access_log is not None:
             self.access_log.reopen()
 
@@ -236,15 +285,20 @@ class WorkerServer:
         if self.draining:
             return
         self.draining = True
+        self._title(" (draining)")
         for g in self.acceptors:
             g.kill(block=False)
         for sock in self.sockets:
             sock.close()
+        if not self.connections:
+            self.stopped.set()
+        else:
+            gevent.spawn_later(DRAIN_IDLE_GRACE, self._close_idle)
+
+    def _close_idle(self) -> None:
         for conn in list(self.connections):
             if conn.idle and not _has_pending_input(conn.sock):
                 conn.greenlet.kill(block=False)
-        if not self.connections:
-            self.stopped.set()
 
     def _finish(self) -> int:
         if self.graceful:

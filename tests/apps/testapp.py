@@ -72,7 +72,36 @@ def app(environ, start_response):
         return _text(start_response, body)
     if path == "/pid":
         return _text(start_response, str(os.getpid()).encode())
+    if path == "/hog":
+        hog_the_hub(float(parse_qs(query).get("s", ["60"])[0]))
+        return _text(start_response, b"done\n")
+    if path == "/backtrack":
+        return _text(start_response, b"%d\n" % backtrack_forever())
+    if path == "/exit":
+        os._exit(1)  # a crash in the middle of a request
+    if path == "/grow":
+        # memory the worker keeps (touched, so it counts in its unique set size)
+        _hoard.append(b"x" * (int(parse_qs(query).get("mib", ["64"])[0]) << 20))
+        return _text(start_response, b"grown\n")
     return _text(start_response, b"hello\n")
+
+
+_hoard: list[bytes] = []
+
+
+def hog_the_hub(seconds: float) -> None:
+    """Blocks the worker's event loop: no other greenlet (nor the heartbeat) runs."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def backtrack_forever() -> int:
+    """Blocks the hub inside one C call (catastrophic regex backtracking) that would not
+    return within this test's lifetime."""
+    import re
+
+    return 1 if re.match(r"(a+)+$", "a" * 40 + "b") else 0
 
 
 validated = validator(app)

@@ -120,8 +120,15 @@ class Arbiter:
         t[S.PARKED, E.TTOU] = (self._ignore_resize, S.PARKED)
         t[S.PARKED, E.USR2] = (partial(upgrading.refuse_usr2, self), S.PARKED)
         t[S.PARKED, E.WINCH] = (self._ignore, S.PARKED)
+        # DELAYING: TERM with --shutdown-delay; everything goes on as RUNNING but changes.
+        t[S.DELAYING, E.READY] = (self._on_ready, S.DELAYING)
+        t[S.DELAYING, E.EXIT] = (self._on_exit, S.DELAYING)
+        t[S.DELAYING, E.TICK] = (self._delay_tick, S.DELAYING)
+        t[S.DELAYING, E.TERM] = (self._begin_drain, S.DRAINING)  # a second TERM: no more waiting
+        for e in (E.HUP, E.RELOAD_ASK, E.TTIN, E.TTOU, E.USR2, E.WINCH, E.RECYCLE):
+            t[S.DELAYING, e] = (self._ignore, S.DELAYING)
         for st in (S.STARTING, S.RUNNING, S.RELOADING, S.PARKED):
-            t[st, E.TERM] = (self._begin_drain, S.DRAINING)
+            t[st, E.TERM] = (self._begin_term, S.DRAINING)
             t[st, E.QUICK] = (self._begin_quit, S.QUITTING)
             t[st, E.USR1] = (self._reopen, st)
             t[st, E.RECYCLE] = (self._recycle_ask, st)
@@ -134,7 +141,9 @@ class Arbiter:
             t[ending, E.TICK] = (self._ending_tick, ending)
         t[S.DRAINING, E.QUICK] = (self._begin_quit, S.QUITTING)
         t[S.QUITTING, E.QUICK] = (self._ignore, S.QUITTING)
-        for st in (S.STARTING, S.RUNNING, S.RELOADING, S.PARKED, S.DRAINING, S.QUITTING):
+        t[S.DELAYING, E.QUICK] = (self._begin_quit, S.QUITTING)
+        t[S.DELAYING, E.USR1] = (self._reopen, S.DELAYING)
+        for st in (S.STARTING, S.RUNNING, S.RELOADING, S.PARKED, S.DELAYING, S.DRAINING, S.QUITTING):
             t[st, E.CHILD_READY] = (partial(upgrading.child_ready, self), st)
             t[st, E.CHILD_EXIT] = (partial(upgrading.child_exit, self), st)
         for e in Event:
@@ -154,7 +163,7 @@ class Arbiter:
 
     def next_deadline(self) -> float | None:
         times: list[float] = []
-        if self.state in (State.STARTING, State.RUNNING, State.RELOADING):  # the states that respawn
+        if self.state in (State.STARTING, State.RUNNING, State.RELOADING, State.DELAYING):  # they respawn
             times += [h.due for slot, h in self.health.items() if h.due and self._slot_missing(slot)]
         for w in self.workers.values():
             if w.state == WState.BOOTING and not w.stop_sent:
@@ -310,6 +319,23 @@ class Arbiter:
             self.bind_changing = False
             self.port.abort_listeners()
         self.pending, self.pending_gen, self.hup_again = None, 0, False
+
+    def _begin_term(self, pid: int, status: int) -> State | None:
+        delay = self.settings.shutdown_delay
+        if delay <= 0 or self.state == State.PARKED:
+            return self._begin_drain(pid, status)
+        log.info("TERM: serving %.0f s more while reporting not ready (--shutdown-delay), then draining",
+                 delay)
+        self._drop_pending()  # a reload in progress is abandoned: its generation would never serve
+        self.deadline = self.port.monotonic() + delay
+        return State.DELAYING
+
+    def _delay_tick(self, pid: int, status: int) -> State | None:
+        self._tick(pid, status)
+        if self.deadline is not None and self.port.monotonic() >= self.deadline:
+            self.deadline = None
+            return self._begin_drain(pid, status) or State.DRAINING
+        return None
 
     def _begin_drain(self, pid: int, status: int) -> State | None:
         log.info("Shutting down gracefully (up to %.0f s for in-flight requests)",

@@ -364,7 +364,8 @@ class MasterLoop:
                     if sig == signal.SIGHUP and before == State.RUNNING:
                         self.notify.reloading("reloading")
                     arbiter.handle(TO_EVENT[sig])
-                    if arbiter.state in (State.DRAINING, State.QUITTING) and before != arbiter.state:
+                    if arbiter.state in (State.DELAYING, State.DRAINING, State.QUITTING) and \
+                            before != arbiter.state:
                         self.notify.stopping("stopping")
             arbiter.handle(Event.TICK)
             self.notify.watchdog_due(time.monotonic())

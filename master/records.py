@@ -27,6 +27,7 @@ class State(enum.Enum):
     RUNNING = "running"
     RELOADING = "reloading"  # a new generation is booting; the current one serves
     PARKED = "parked"  # WINCH during an upgrade: no workers, sockets kept for a rollback
+    DELAYING = "delaying"  # TERM with --shutdown-delay: still serving, reported not ready
     DRAINING = "draining"  # TERM: graceful stop
     QUITTING = "quitting"  # INT/QUIT: quick stop
     STOPPED = "stopped"

@@ -249,6 +249,10 @@ SETTINGS: tuple[Setting, ...] = (
     _S("graceful_timeout", _float, 30.0, ("--graceful-timeout",), section="Workers",
        validate=_at_least(0), metavar="SECONDS", type_doc="seconds",
        help="On TERM, how long in-flight requests may take to finish before their workers are killed."),
+    _S("shutdown_delay", _float, 0.0, ("--shutdown-delay",), section="Workers", validate=_at_least(0),
+       metavar="SECONDS", type_doc="seconds",
+       help="On TERM, keep serving this long with /readyz answering 503 before draining, so a load "
+            "balancer or Kubernetes removes the instance first. A second TERM drains at once."),
     _S("boot_timeout", _float, 30.0, ("--boot-timeout",), section="Workers", validate=_at_least(1),
        metavar="SECONDS", type_doc="seconds",
        help="How long a new worker may take to import the app and report ready."),
@@ -401,6 +405,7 @@ class Settings:
     worker_connections: int
     timeout: float
     graceful_timeout: float
+    shutdown_delay: float
     boot_timeout: float
     keep_alive: float
     request_headers_timeout: float

@@ -643,3 +643,24 @@ def test_exit_reasons_are_classified_for_metrics() -> None:
     # first generation 3; respawned at once after the kill and the crash (the slot-0 boot
     # failure is backed off, not respawned in the same tick); the reload's generation of 2
     assert port.spawned == 3 + 2 + 2
+
+
+def test_shutdown_delay_keeps_serving_then_drains() -> None:
+    arb, port = running(2, shutdown_delay=5.0)
+    assert do(arb, Event.TERM) == []  # nobody is told to stop yet
+    assert arb.state is State.DELAYING
+    port.now += 4.9
+    assert do(arb, Event.TICK) == []
+    assert do(arb, Event.EXIT, 101, -9) == [("spawn", 0, 1, 103)]  # still supervised while delaying
+    port.now += 0.2
+    acts = do(arb, Event.TICK)
+    assert ("send", 102, b"Q") in acts and ("send", 103, b"Q") in acts
+    assert arb.state is State.DRAINING
+
+
+def test_second_term_skips_the_shutdown_delay() -> None:
+    arb, _ = running(1, shutdown_delay=30.0)
+    arb.handle(Event.TERM)
+    assert arb.state is State.DELAYING
+    assert ("send", 101, b"Q") in do(arb, Event.TERM)
+    assert arb.state is State.DRAINING

@@ -7,6 +7,7 @@ import pwd
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,18 @@ def test_root_without_user_warns_and_unknown_user_is_a_config_error(launcher: La
     if os.getuid() == 0:
         g = launcher.start(["-b", "127.0.0.1:0"])
         assert "Workers will run as root" in g.log()
+
+
+def test_shutdown_delay_reports_not_ready_while_still_serving(launcher: Launcher) -> None:
+    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0", "--metrics-bind", "http://127.0.0.1:0",
+                        "--shutdown-delay", "2"])
+    metrics = g.reload_info()["metrics"]
+    assert http_get(metrics, "/readyz")[0] == 200
+    started = time.monotonic()
+    g.signal(signal.SIGTERM)
+    wait_for(lambda: http_get(metrics, "/readyz")[0] == 503, 5, "/readyz to report not ready")
+    assert http_get(g.url(), "/pid")[0] == 200  # the app still answers: endpoints go first
+    assert http_get(metrics, "/livez")[0] == 200
+    assert g.wait(20) == 0
+    assert time.monotonic() - started >= 2.0
+    assert "--shutdown-delay" in g.log()

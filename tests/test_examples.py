@@ -87,3 +87,15 @@ def test_kubernetes_probes_and_grace_period_fit_the_server() -> None:
     # the pod is not SIGKILLed while greenfork still waits, then drains
     waits = float(args["shutdown-delay"]) + float(args["graceful-timeout"])
     assert pod["terminationGracePeriodSeconds"] > waits
+
+
+def test_kubernetes_and_docker_command_lines_are_valid_greenfork_settings() -> None:
+    import yaml
+
+    deployment = next(yaml.safe_load_all((EXAMPLES / "kubernetes" / "deployment.yaml").read_text()))
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "greenfork"
+    out = subprocess.run([sys.executable, "-m", "greenfork.master", *args[1:], "--check-config"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "shutdown_delay = 5.0" in out.stdout and "metrics_bind = 'http://0.0.0.0:9110'" in out.stdout

@@ -343,3 +343,20 @@ def test_app_metrics_without_metrics_bind_is_a_warning(launcher: Launcher) -> No
     g = launcher.start(["metricsapp:app", "-b", "http://127.0.0.1:0", "--app-metrics"])
     assert "--app-metrics does nothing without --metrics-bind" in g.log()
     assert http_get(g.url(), "/app/hit")[0] == 200
+
+
+def test_no_counter_goes_down_across_recycling(launcher: Launcher) -> None:
+    """--max-requests recycles workers (replacement first); their counts stay in the totals."""
+    g = start(launcher, "--max-requests", "15", "--max-requests-jitter", "0")
+    url = g.info["metrics"]
+    scrapes = [scrape(url)]
+    for _ in range(3):
+        for _ in range(20):
+            assert http_get(g.url(), "/")[0] == 200
+        scrapes.append(scrape(url))
+    wait_for(lambda: total(scrape(url), "greenfork_worker_exits_total", reason="max_requests") >= 2, 15,
+             "workers recycled for max_requests")
+    scrapes.append(scrape(url))
+    for before, after in itertools.pairwise(scrapes):
+        assert monotonic_violations(before, after) == []
+    assert total(scrapes[-1], COUNT) == 60  # every request ever served, whoever served it

@@ -8,6 +8,7 @@ worker's control socket, bounded by the arbiter's next deadline.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -16,7 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenfork.master import logs, privileges, upgrade
 from greenfork.master.arbiter import (
@@ -32,13 +33,14 @@ from greenfork.master.arbiter import (
 )
 from greenfork.master.listeners import Listener
 from greenfork.master.listenset import ListenerSet
-from greenfork.master.metricsd import MetricsService, cpu_of
 from greenfork.master.pidfile import Pidfile
 from greenfork.master.sdnotify import Notifier
 from greenfork.master.settings import Settings
 from greenfork.master.workerinfo import WorkerInfo
-from greenfork.metrics import appmetrics
-from greenfork.metrics.slots import Slot
+
+if TYPE_CHECKING:
+    from greenfork.master.metricsd import MetricsService
+    from greenfork.metrics.slots import Slot
 
 log = logging.getLogger("greenfork.master")
 
@@ -83,14 +85,20 @@ class RealPort:
         sys.stderr.flush()
         metrics = self.loop.metrics
         slot = metrics.acquire(worker) if metrics else None  # mapped before the fork: the child inherits it
+        # Frozen objects are never scanned by the child's collector, so their pages stay
+        # shared with the master instead of being copied into every worker by a GC pass;
+        # the master unfreezes at once and keeps collecting its own garbage.
+        gc.freeze()
         try:
             pid = os.fork()
         except BaseException:
+            gc.unfreeze()
             if metrics and slot:
                 metrics.release(slot)
             raise
         if pid == 0:  # pragma: no cover - runs in the child, measured by process tests
             self._child(worker, settings, parent, child, slot)
+        gc.unfreeze()
         child.close()
         parent.setblocking(False)
         self.controls[pid] = parent
@@ -255,6 +263,11 @@ class MasterLoop:
         self.arbiter = Arbiter(settings, self.port, generation)
         self.metrics: MetricsService | None = None
         if metrics_listeners:
+            # Imported only when asked for: prometheus_client and the collector cost every
+            # process (the master's pages are shared into each worker) several MiB.
+            from greenfork.master.metricsd import MetricsService
+            from greenfork.metrics import appmetrics
+
             self.metrics = MetricsService(metrics_listeners, lset.current, lambda: self.arbiter,
                                           app_dir=appmetrics.create_dir() if settings.app_metrics else None)
 
@@ -406,6 +419,8 @@ class MasterLoop:
             if pid == 0:
                 return
             if self.metrics:
+                from greenfork.master.metricsd import cpu_of
+
                 self.metrics.reaped(pid, cpu_of(rusage))
             code = os.waitstatus_to_exitcode(status)
             if pid == self.arbiter.child:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greenfork.master import apploader, config, listeners, report, rlimits, upgrade
+from greenfork.master import apploader, config, listeners, report, rlimits, subreaper, upgrade
 from greenfork.master.addresses import parse_bind
 from greenfork.master.arbiter import EXIT_APP_IMPORT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from greenfork.master.listeners import BindError, Listener
@@ -129,6 +129,7 @@ class Server:
         """Bind (if not yet), publish, supervise until stopped; returns the exit code."""
         s = self.settings
         rlimits.raise_nofile()
+        subreaper.become()
         self.bind()
         pid = os.getpid()
         upgraded = self._upgrade_fd >= 0

@@ -130,3 +130,20 @@ def test_shutdown_delay_reports_not_ready_while_still_serving(launcher: Launcher
     assert g.wait(20) == 0
     assert time.monotonic() - started >= 2.0
     assert "--shutdown-delay" in g.log()
+
+
+def test_master_adopts_and_reaps_what_the_app_orphans(launcher: Launcher) -> None:
+    """PID-1 duty outside a container too: the master is its tree's subreaper."""
+    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0"])
+    status, _, body = http_get(g.url(), "/orphan")
+    orphan = int(body)
+
+    def parent(pid: int) -> int:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+
+    try:
+        assert status == 200 and parent(orphan) == g.pid  # reparented to the master, not to init
+    finally:
+        wait_for(lambda: not os.path.exists(f"/proc/{orphan}"), 10, "the orphan to be reaped")
+    assert alive(g.pid) and http_get(g.url(), "/pid")[0] == 200  # a stray exit changes nothing

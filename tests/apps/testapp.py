@@ -74,7 +74,8 @@ def app(environ, start_response):
         # a helper that outlives its parent: the shell exits at once, sleep is orphaned
         import subprocess
 
-        out = subprocess.run(["sh", "-c", "sleep 1 >/dev/null 2>&1 & echo $!"], capture_output=True, check=True)
+        out = subprocess.run(["sh", "-c", "sleep 1 >/dev/null 2>&1 & echo $!"], capture_output=True,
+                             check=True)
         return _text(start_response, out.stdout.strip())  # the orphan's pid
     if path == "/pid":
         return _text(start_response, str(os.getpid()).encode())

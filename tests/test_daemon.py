@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,8 +100,13 @@ def test_workers_run_as_user_while_master_binds(launcher: Launcher, sock_dir: Pa
     nobody = pwd.getpwnam("nobody")
     sock = sock_dir / "u.sock"
     os.chmod(sock_dir, 0o755)
+    # The checkout may sit under a directory only root can enter (a 0700 temp dir): the app
+    # the unprivileged workers import must be somewhere they can read.
+    site = sock_dir / "site"
+    site.mkdir(mode=0o755)
+    shutil.copy(APPS / "testapp.py", site / "testapp.py")
     g = launcher.start(["testapp:app", "-b", "127.0.0.1:0", "-b", f"unix:{sock}", "--user", "nobody",
-                        "--umask", "027"], python=world_python)
+                        "--umask", "027"], python=world_python, cwd=site)
     for w in g.workers():
         assert os.stat(f"/proc/{w}").st_uid == nobody.pw_uid
     assert os.stat(f"/proc/{g.pid}").st_uid == 0

@@ -414,7 +414,7 @@ class Connection:
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ClientGone() from e
         if sent < len(data):
-            self._send_rest(data, sent)
+            self._send_rest([data], sent, len(data))
 
     def _mark_sent(self) -> None:
         if self.framer is not None:
@@ -423,7 +423,7 @@ class Connection:
                 self.sr.sent = True
 
     def _send_parts(self, parts: list[bytes]) -> None:
-        """sendmsg over several buffers until all are sent (partial writes resume mid-buffer)."""
+        """sendmsg over several buffers, without joining them first."""
         total = sum(map(len, parts))
         try:
             sent = self.raw.sendmsg(parts)
@@ -431,15 +431,18 @@ class Connection:
             sent = 0
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ClientGone() from e
-        if sent == total:
-            return
+        if sent < total:
+            self._send_rest(parts, sent, total)
+
+    def _send_rest(self, parts: list[bytes], sent: int, total: int) -> None:
+        """The slow path of every write: the socket buffer was full. gevent's sendmsg waits
+        for room; each partial write is progress, which re-arms the send timeout."""
         phase = self.phase
         self.phase = SEND
         try:
             views = [memoryview(p) for p in parts]
             while sent < total:
-                # drop what went out, then let gevent's sendmsg wait for room
-                while sent >= len(views[0]):
+                while sent >= len(views[0]):  # drop the buffers that went out whole
                     sent -= len(views[0])
                     total -= len(views[0])
                     views.pop(0)
@@ -447,25 +450,6 @@ class Connection:
                 total -= sent
                 self.deadline = 0.0
                 sent = self.sock.sendmsg(views)
-        except Expired as e:
-            self.expired = e.reason
-            log.debug("closed connection from %s: %s", self.ctx.peer(self.addr), e.reason)
-            raise ClientGone() from None
-        except (BrokenPipeError, ConnectionResetError) as e:
-            raise ClientGone() from e
-        self.phase = phase if phase != SEND else NONE
-        self.deadline = 0.0
-
-    def _send_rest(self, data: bytes, sent: int) -> None:
-        # sendall by hand: each partial write is progress, which re-arms the send timeout
-        phase = self.phase
-        self.phase = SEND
-        self.deadline = 0.0
-        try:
-            view = memoryview(data)
-            while sent < len(data):
-                self.deadline = 0.0
-                sent += self.sock.send(view[sent:])
         except Expired as e:
             self.expired = e.reason
             log.debug("closed connection from %s: %s", self.ctx.peer(self.addr), e.reason)

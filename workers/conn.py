@@ -256,34 +256,19 @@ class Connection:
             # The body broke while the app read it: answer for the body if we still can.
             keep = False
             err = e.err.error_type
-            if not self.head_flushed:
-                del self.out[mark:]
-                self.status = e.err.status
-                if e.err.status:
-                    self.out.append(error_response(e.err.status, http_date(), server.server_header))
+            self._answer_instead(mark, e.err.status)
             log.debug("request body from %s: %s (%s)", self.ctx.peer(self.addr), e.err.error_type,
                       e.err.detail)
         except RequestTimeout:
             keep = False
             log.error("Request %s %s exceeded --request-timeout (%g s)", req.method,
                       req.target.decode("latin-1"), server.request_timeout)
-            if not self.head_flushed:
-                del self.out[mark:]
-                self.status = 504
-                self.out.append(error_response(504, http_date(), server.server_header))
-            else:
-                self.status = self.status or 504  # mid-body: the close tells the client
+            self._answer_instead(mark, 504)
         except Exception:
             keep = False
             err = "error_after_starting_response" if self.head_flushed else "_OTHER"
             log.exception("Error handling request %s %s", req.method, req.target.decode("latin-1"))
-            if not self.head_flushed:
-                # Nothing went out yet: drop what was gathered, answer 500.
-                del self.out[mark:]
-                self.status = 500
-                self.out.append(error_response(500, http_date(), server.server_header))
-            else:
-                self.status = self.status or 500  # mid-body: the close tells the client
+            self._answer_instead(mark, 500)
         finally:
             if timer is not None:
                 timer.close()
@@ -312,6 +297,17 @@ class Connection:
         self.req = self.sr = None
         self.inp = None
         return keep and not server.draining and server.keep_alive > 0
+
+    def _answer_instead(self, mark: int, status: int) -> None:
+        """A request failed: if nothing went out yet, drop what was gathered since mark and
+        answer status (0: nothing); mid-body, the close after the response tells the client."""
+        if not self.head_flushed:
+            del self.out[mark:]
+            self.status = status
+            if status:
+                self.out.append(error_response(status, http_date(), self.server.server_header))
+        else:
+            self.status = self.status or status
 
     def _pull_body(self) -> bytes:
         h1 = self.h1

@@ -750,3 +750,46 @@ def test_error_response_never_echoes_the_request() -> None:
 
 def test_continue_bytes() -> None:
     assert CONTINUE == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+# ---------------------------------------------------------- caches on the hot path
+def test_host_cache_never_admits_an_invalid_host() -> None:
+    """A valid Host is remembered; an invalid one, before or after it, is still a 400."""
+    for host in (b"example.com", b"exa mple.com", b"example.com", b"[::1", b"example.com:80"):
+        conn = H1Connection()
+        conn.receive_data(head(b"Host: " + host))
+        ev = conn.next_event()
+        if host in (b"exa mple.com", b"[::1"):
+            assert isinstance(ev, ProtocolError) and ev.status == 400, host
+        else:
+            assert type(ev) is Request, host
+
+
+def test_long_method_counts_toward_the_request_line_limit() -> None:
+    """The request-line bound counts the method even when the target alone fits."""
+    limits = Limits(max_request_line=64)
+    ok = H1Connection(limits)
+    target = b"/" + b"a" * (64 - len(b"GET  HTTP/1.1\r\n") - 1)
+    ok.receive_data(head(HOST, target=target))
+    assert type(ok.next_event()) is Request
+    long = H1Connection(limits)
+    long.receive_data(head(HOST, method=b"PROPPATCH", target=target))
+    ev = long.next_event()
+    assert isinstance(ev, ProtocolError) and ev.status == 414
+
+
+@pytest.mark.parametrize("value", ["1_3", " 13", "+13", "-1", "13 ", "", "\u0661\u0663"])
+def test_invalid_content_length_from_the_app_is_refused(value: str) -> None:
+    """int() takes these, the wire must not: the app's error, never a bad head on the wire."""
+    with pytest.raises(ValueError):
+        respond(GET11, hdrs=[("Content-Length", value)])
+
+
+def test_cached_header_lines_give_the_same_head() -> None:
+    hdrs = [("Content-Type", "text/plain"), ("Content-Length", "5"), ("Connection", "close"),
+            ("Keep-Alive", "timeout=5")]
+    first = respond(GET11, hdrs=hdrs)
+    again = respond(GET11, hdrs=list(hdrs))
+    assert first[0] == again[0] and first[2] == again[2]
+    assert first[2]["connection"] == ["close"] and "keep-alive" not in first[2]
+    assert not first[1].keep_alive and not again[1].keep_alive

@@ -430,3 +430,17 @@ def test_validator_accepts_our_environ_and_start_response() -> None:
     assert seen == {"body": body, "rest": b"", "path": ("/app", "/submit", "x=1"), "cookie": "a=1; b=2"}
     assert sr.status == "200 OK" and ("Content-Length", "22") in sr.headers
     assert out == [b""]
+
+
+def test_a_header_checked_once_does_not_excuse_a_bad_one() -> None:
+    """start_response remembers good header items; a bad one after them still raises."""
+    good = ("X-A", "fine")
+    for _ in range(2):
+        sr, _ = writer()
+        sr("200 OK", [good])
+    sr, _ = writer()
+    with pytest.raises(ValueError):
+        sr("200 OK", [good, ("X-A", "bad\r\nInjected: 1")])
+    sr, _ = writer()
+    with pytest.raises(TypeError):
+        sr("200 OK", [good, ("X-B", ["unhashable"])])  # type: ignore[list-item]

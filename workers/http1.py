@@ -94,8 +94,8 @@ class H1Connection:
     """One connection's parser. Feed bytes with receive_data(); pull events."""
 
     __slots__ = ("_body_limit", "_check_pending", "_closed", "_delivered", "_delivering", "_error", "_events",
-                 "_head_bytes", "_header_count", "_header_bytes", "_limits", "_parser", "_req", "_state",
-                 "_trailer_bytes", "_url")
+                 "_head_bytes", "_header_count", "_header_bytes", "_limits", "_max_head", "_parser", "_req",
+                 "_state", "_trailer_bytes", "_url", "_url_len")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
@@ -104,6 +104,8 @@ class H1Connection:
         self._state = _DONE
         self._req: Request | None = None
         self._url: list[bytes] = []
+        self._url_len = 0
+        self._max_head = limits.max_request_line + limits.max_header_bytes + 4
         self._head_bytes = 0
         self._header_count = 0
         self._header_bytes = 0
@@ -161,8 +163,7 @@ class H1Connection:
             self._fail(_classify(str(e), self._state))
             return
         # A head that never completes must not grow without bound.
-        if self._state != _BODY and self._head_bytes > self._limits.max_request_line + \
-                self._limits.max_header_bytes + 4:
+        if self._state != _BODY and self._head_bytes > self._max_head:
             if self._state == _HEAD and self._req is None and not self._header_count:
                 self._fail(ProtocolError(414, "invalid_request_line", "request line too long"))
             else:
@@ -244,13 +245,17 @@ class H1Connection:
         self._state = _HEAD
         self._req = Request()
         self._url.clear()
+        self._url_len = 0
         self._header_count = 0
         self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
+        self._url_len += len(url)
         # method SP target SP HTTP/1.1 CRLF: the method is known by now, the version is 8 bytes
-        if sum(map(len, self._url)) + len(self._parser.get_method()) + 12 > self._limits.max_request_line:
+        # (no method llhttp knows is longer than 32, so most URLs skip asking for it)
+        if self._url_len + 44 > self._limits.max_request_line and \
+                self._url_len + len(self._parser.get_method()) + 12 > self._limits.max_request_line:
             raise ProtocolError(414, "invalid_request_line", "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -271,7 +276,8 @@ class H1Connection:
         req = self._req
         assert req is not None
         p = self._parser
-        req.method = p.get_method().decode("ascii")
+        raw_method = p.get_method()
+        req.method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         req.version = p.get_http_version()
         if req.version != "1.1" and req.version != "1.0":
             raise ProtocolError(505, "invalid_request_line", "unsupported HTTP version")
@@ -298,7 +304,7 @@ class H1Connection:
             lname = name.lower()
             if lname == b"host":
                 host_count += 1
-                if not _valid_host(value):
+                if value not in _HOSTS_OK and not _valid_host(value):
                     raise ProtocolError(400, "invalid_request_headers", "invalid Host")
             elif lname == b"content-length":
                 req.content_length = int(value)  # llhttp validated the digits and duplicates
@@ -367,9 +373,24 @@ class H1Connection:
 _HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=[]:"
 
 
+# Decoded once: nearly every request uses one of these.
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+# Host values already found valid (a client repeats its Host on every request); bounded.
+_HOSTS_OK: set[bytes] = set()
+
+
 def _valid_host(value: bytes) -> bool:
     """RFC 9112 3.2: Host = uri-host [ ":" port ]; an invalid one is a 400. Empty is valid
-    (a client sends it when the target URI has no authority)."""
+    (a client sends it when the target URI has no authority). Valid values are remembered."""
+    if _host_syntax_ok(value):
+        if len(_HOSTS_OK) >= 256:
+            _HOSTS_OK.clear()
+        _HOSTS_OK.add(value)
+        return True
+    return False
+
+
+def _host_syntax_ok(value: bytes) -> bool:
     if value.translate(None, _HOST_CHARS):
         return False
     if value[:1] == b"[":
@@ -447,6 +468,41 @@ class ResponseFramer:
         return b""
 
 
+# Encoded header lines and status lines, by value: an app sends the same few again and again.
+# kind: a Content-Length's value (>= 0), or one of these. Bounded: cleared when full.
+_PLAIN, _DROP, _CLOSE = -1, -2, -3
+_LINES: dict[tuple[str, str], tuple[bytes, int]] = {}
+_STATUS: dict[str, tuple[bytes, int]] = {}
+_CACHE_MAX = 1024
+
+
+def _header_line(item: tuple[str, str]) -> tuple[bytes, int]:
+    name, value = item
+    lname = name.lower()
+    kind = _PLAIN
+    if lname in _HOP_BY_HOP:
+        # PEP 3333: the server owns hop-by-hop headers
+        kind = _CLOSE if lname == "connection" and "close" in value.lower() else _DROP
+    elif lname == "content-length":
+        # int() would also take " 13", "+13" and "1_3", which must not reach the wire
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError(f"invalid Content-Length {value!r} from the application")
+        kind = int(value)
+    hit = (b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")), kind)
+    if len(_LINES) >= _CACHE_MAX:
+        _LINES.clear()
+    _LINES[item] = hit
+    return hit
+
+
+def _status_line(status: str) -> tuple[bytes, int]:
+    hit = (b"HTTP/1.1 %s\r\n" % status.encode("latin-1"), int(status[:3]))
+    if len(_STATUS) >= _CACHE_MAX:
+        _STATUS.clear()
+    _STATUS[status] = hit
+    return hit
+
+
 def response_head(req: Request, status: str, headers: list[tuple[str, str]], *, keep_alive: bool,
                   date: bytes, server: bool) -> tuple[bytes, ResponseFramer]:
     """Serialize the status line and headers; decide framing and persistence.
@@ -454,20 +510,21 @@ def response_head(req: Request, status: str, headers: list[tuple[str, str]], *, 
     keep_alive is the server's wish (False while draining); the request and
     the app's headers can only turn it off.
     """
-    code = int(status[:3])
+    line, code = _STATUS.get(status) or _status_line(status)
     no_body = req.method == "HEAD" or code in _NO_BODY_STATUS or code < 200
     keep_alive = keep_alive and req.keep_alive
     length: int | None = None
-    out = [b"HTTP/1.1 ", status.encode("latin-1"), b"\r\n"]
-    for name, value in headers:
-        lname = name.lower()
-        if lname in _HOP_BY_HOP:
-            if lname == "connection" and "close" in value.lower():
-                keep_alive = False
-            continue  # PEP 3333: the server owns hop-by-hop headers
-        if lname == "content-length":
-            length = int(value)
-        out += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+    out = [line]
+    lines = _LINES
+    for item in headers:
+        line, kind = lines.get(item) or _header_line(item)
+        if kind == _PLAIN:
+            out.append(line)
+        elif kind >= 0:
+            length = kind
+            out.append(line)
+        elif kind == _CLOSE:
+            keep_alive = False
     chunked = False
     if length is None and not no_body:
         if req.version == "1.1":
@@ -480,10 +537,7 @@ def response_head(req: Request, status: str, headers: list[tuple[str, str]], *, 
             out.append(b"Connection: keep-alive\r\n")
     else:
         out.append(b"Connection: close\r\n")
-    out += (b"Date: ", date, b"\r\n")
-    if server:
-        out.append(b"Server: greenfork\r\n")
-    out.append(b"\r\n")
+    out += (b"Date: ", date, b"\r\nServer: greenfork\r\n\r\n" if server else b"\r\n\r\n")
     remaining = None if (chunked or no_body) else length
     return b"".join(out), ResponseFramer(chunked, remaining, no_body, keep_alive)
 

@@ -264,6 +264,24 @@ class HeadersSent(Exception):
     """start_response called again with exc_info after the head went out."""
 
 
+# Header items an app sent before and that passed _check_header; bounded.
+_CHECKED: set[tuple[str, str]] = set()
+
+
+def _check_header(item: object) -> None:
+    if type(item) is not tuple or len(item) != 2:
+        raise TypeError(f"header {item!r} is not a (name, value) tuple")
+    name, value = item
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise TypeError(f"header {item!r} must be two str")
+    if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
+        raise ValueError(f"header {name!r} contains a line break or colon")
+    if type(name) is str and type(value) is str:  # a str subclass may hash differently
+        if len(_CHECKED) >= 1024:
+            _CHECKED.clear()
+        _CHECKED.add(item)
+
+
 class StartResponse:
     """start_response and its write(), for one request."""
 
@@ -287,14 +305,14 @@ class StartResponse:
             raise AssertionError("start_response called twice without exc_info")
         if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
             raise ValueError(f"invalid status {status!r}: expected e.g. '200 OK'")
+        checked = _CHECKED
         for item in headers:
-            if type(item) is not tuple or len(item) != 2:
-                raise TypeError(f"header {item!r} is not a (name, value) tuple")
-            name, value = item
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise TypeError(f"header {item!r} must be two str")
-            if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
-                raise ValueError(f"header {name!r} contains a line break or colon")
+            try:
+                if item in checked:
+                    continue
+            except TypeError:
+                pass  # unhashable: not a tuple of two str, which _check_header says
+            _check_header(item)
         self.status = status
         self.headers = headers
         return self.write_body

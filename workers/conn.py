@@ -11,16 +11,15 @@ and the worker's sweeper throws Expired into the greenlet when a deadline passes
 
 from __future__ import annotations
 
+import _socket
 import logging
 import os
-import socket
 import time
-from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 from gevent import GreenletExit, Timeout
-from gevent.socket import wait_read, wait_write
+from gevent.socket import wait_read
 
 from greenfork.workers.http1 import (
     CLOSED,
@@ -30,11 +29,11 @@ from greenfork.workers.http1 import (
     H1Connection,
     ProtocolError,
     Request,
-    ResponseFramer,
     error_response,
     response_head,
 )
-from greenfork.workers.timers import BODY, DRAIN, FRESH, HEADERS, IDLE, NONE, REASONS, SEND, Expired
+from greenfork.workers.timers import BODY, DRAIN, FRESH, HEADERS, IDLE, NONE, Expired
+from greenfork.workers.transport import FLUSH_AT, RECV_SIZE, ClientGone, Transport
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
 
 if TYPE_CHECKING:
@@ -42,12 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("greenfork.worker")
 
-RECV_SIZE = 65536
-FLUSH_AT = 65536  # gathered output above this is sent even while pipelining
-GATHER_OVER = 65536  # above this, output parts go out with one sendmsg instead of being joined
-GATHER_MAX = 64  # well under IOV_MAX
 DRAIN_LIMIT = 1 << 20  # unread body bytes we discard to keep a connection reusable
-SEND_EXPIRED = REASONS[SEND]
 
 _date_cache: tuple[int, bytes] = (0, b"")
 
@@ -59,10 +53,6 @@ def http_date() -> bytes:
     if _date_cache[0] != now:
         _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
     return _date_cache[1]
-
-
-class ClientGone(Exception):
-    """The peer closed or reset while we were writing."""
 
 
 class RequestTimeout(BaseException):
@@ -79,38 +69,32 @@ class BodyError(OSError):
         self.err = err
 
 
-class Connection:
-    __slots__ = ("addr", "body_bytes", "body_wait", "ctx", "deadline", "expired", "framer", "greenlet",
-                 "h1", "head_flushed", "idle", "inp", "out", "phase", "raw", "req", "served", "server",
-                 "sock", "sr", "status",
-                 "error_type", "opened", "rx", "tx", "version")  # for metrics (workers/instrument.py)
+class Connection(Transport):
+    __slots__ = ("addr", "body_bytes", "body_wait", "ctx", "greenlet", "h1", "idle", "inp", "req",
+                 "served", "server", "status",
+                 "error_type", "opened", "version")  # for metrics (workers/instrument.py)
 
-    def __init__(self, server: WorkerServer, sock: socket.socket, addr: Any, ctx: ListenerContext) -> None:
+    def __init__(self, server: WorkerServer, sock: _socket.socket, addr: Any, ctx: ListenerContext) -> None:
+        Transport.__init__(self, sock, server.hub)
         self.server = server
-        self.sock = sock
-        # gevent's socket wraps a non-blocking OS socket: writes try it directly first
-        self.raw = getattr(sock, "_sock", sock)
         self.addr = addr
         self.ctx = ctx
         self.h1 = H1Connection(server.limits)
-        self.out: list[bytes] = []
         self.idle = False
         self.greenlet: Any = None
         self.req: Request | None = None
-        self.sr: StartResponse | None = None
-        self.framer: ResponseFramer | None = None
-        self.head_flushed = False
         self.status = 0
         self.served = 0
         self.inp: Input | None = None
-        # timers.py: the phase this connection waits in, its deadline (0.0: not armed yet),
-        # and for the body rate, the time spent waiting for body bytes and their count
+        # timers.py: a new connection waits for its first byte; for the body rate, the
+        # time spent waiting for body bytes and their count
         self.phase = FRESH
-        self.deadline = 0.0
         self.body_wait = 0.0
         self.body_bytes = 0
-        self.expired: str | None = None  # the error_type, once a timeout fired
-        self.opened, self.rx, self.tx, self.error_type, self.version = 0.0, 0, 0, "", ""
+        self.opened, self.error_type, self.version = 0.0, "", ""
+
+    def peer(self) -> str:
+        return self.ctx.peer(self.addr)
 
     # -------------------------------------------------------------- the loop
     def run(self) -> None:
@@ -125,12 +109,12 @@ class Connection:
         except BodyError as e:
             self._reject(e.err)
         except OSError as e:
-            log.debug("connection from %s: %s", self.ctx.peer(self.addr), e)
+            log.debug("connection from %s: %s", self.peer(), e)
         except Exception:
-            log.exception("Unexpected error on a connection from %s", self.ctx.peer(self.addr))
+            log.exception("Unexpected error on a connection from %s", self.peer())
         finally:
             try:
-                self.sock.close()
+                self.close()
             finally:
                 self.server.connection_done(self)
 
@@ -140,7 +124,7 @@ class Connection:
         while True:
             ev = h1.next_event()
             if ev is NEED_DATA:
-                self._flush()
+                self.flush()
                 between = h1.between_requests
                 self.idle = between
                 if between and server.draining:
@@ -164,7 +148,11 @@ class Connection:
                         self.deadline = 0.0
                     self.phase = HEADERS
                 try:
-                    data = self.sock.recv(RECV_SIZE)
+                    try:
+                        data = self.sock.recv(RECV_SIZE)
+                    except BlockingIOError:
+                        self.wait_readable()
+                        data = self.recv()
                 except Expired as e:
                     self._timed_out(e)
                     return
@@ -174,10 +162,10 @@ class Connection:
                 h1.receive_data(data)
             elif type(ev) is Request:
                 if not self._handle(ev):
-                    self._flush()
+                    self.flush()
                     return
                 if len(self.out) > 64 or sum(map(len, self.out)) > FLUSH_AT:
-                    self._flush()
+                    self.flush()
             elif ev is CLOSED:
                 return
             elif isinstance(ev, ProtocolError):
@@ -188,10 +176,10 @@ class Connection:
 
     def _reject(self, err: ProtocolError) -> None:
         self.error_type = err.error_type
-        log.debug("rejected request from %s: %s (%s)", self.ctx.peer(self.addr), err.error_type, err.detail)
+        log.debug("rejected request from %s: %s (%s)", self.peer(), err.error_type, err.detail)
         if err.status:
             self.out.append(error_response(err.status, http_date(), self.server.server_header))
-            self._flush()
+            self.flush()
 
     def _timed_out(self, e: Expired) -> None:
         """A wait between or inside request heads expired: 408 once a head has started."""
@@ -200,7 +188,7 @@ class Connection:
         if e.phase == HEADERS:
             self._reject(ProtocolError(408, e.reason, "request head not complete in time"))
         else:
-            log.debug("closed connection from %s: %s", self.ctx.peer(self.addr), e.reason)
+            log.debug("closed connection from %s: %s", self.peer(), e.reason)
 
     # -------------------------------------------------------------- a request
     def _handle(self, req: Request) -> bool:
@@ -242,7 +230,7 @@ class Connection:
                 for data in result:
                     if data:
                         self._body(data)
-                        self._flush()  # an iterator may be streaming: do not hold its output
+                        self.flush()  # an iterator may be streaming: do not hold its output
             if self.framer is None:
                 self._start()
             assert self.framer is not None
@@ -257,7 +245,7 @@ class Connection:
             keep = False
             err = e.err.error_type
             self._answer_instead(mark, e.err.status)
-            log.debug("request body from %s: %s (%s)", self.ctx.peer(self.addr), e.err.error_type,
+            log.debug("request body from %s: %s (%s)", self.peer(), e.err.error_type,
                       e.err.detail)
         except RequestTimeout:
             keep = False
@@ -321,12 +309,12 @@ class Connection:
             if ev is END:
                 return b""
             if ev is NEED_DATA:
-                self._flush()
+                self.flush()
                 draining = self.phase == DRAIN
                 if not draining:
                     self.phase = BODY
                 try:
-                    data = self.sock.recv(RECV_SIZE)
+                    data = self.recv()
                 except Expired as e:
                     self.expired = e.reason
                     # 408 if the response has not started (else the close aborts it)
@@ -351,7 +339,7 @@ class Connection:
             raise BodyError(err)  # 413 instead of "100 Continue"
         if self.req.expect_continue and self.framer is None:
             self.out.append(CONTINUE)
-            self._flush()
+            self.flush()
 
     # ------------------------------------------------------------- response
     def _start(self) -> None:
@@ -382,78 +370,7 @@ class Connection:
     def _write(self, data: bytes) -> None:
         """The legacy write() callable from start_response."""
         self._body(data)
-        self._flush()
-
-    def _flush(self) -> None:
-        if not self.out:
-            return
-        if self.expired == SEND_EXPIRED:
-            raise ClientGone()  # the send timeout fired: nothing more goes out
-        out = self.out
-        if len(out) > 1 and len(out) <= GATHER_MAX and sum(map(len, out)) > GATHER_OVER:
-            # A large body goes out with its head in one sendmsg, without the join's copy.
-            parts, self.out = out, []
-            self._mark_sent()
-            self.tx += sum(map(len, parts))
-            self._send_parts(parts)
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self.tx += len(data)
-        self._mark_sent()
-        # One non-blocking send on the real socket usually takes it all; gevent's
-        # waiting send (and the send timeout) is only needed when the buffer is full.
-        try:
-            sent = self.raw.send(data)
-        except BlockingIOError:
-            sent = 0
-        except (BrokenPipeError, ConnectionResetError) as e:
-            raise ClientGone() from e
-        if sent < len(data):
-            self._send_rest([data], sent, len(data))
-
-    def _mark_sent(self) -> None:
-        if self.framer is not None:
-            self.head_flushed = True
-            if self.sr is not None:
-                self.sr.sent = True
-
-    def _send_parts(self, parts: list[bytes]) -> None:
-        """sendmsg over several buffers, without joining them first."""
-        total = sum(map(len, parts))
-        try:
-            sent = self.raw.sendmsg(parts)
-        except BlockingIOError:
-            sent = 0
-        except (BrokenPipeError, ConnectionResetError) as e:
-            raise ClientGone() from e
-        if sent < total:
-            self._send_rest(parts, sent, total)
-
-    def _send_rest(self, parts: list[bytes], sent: int, total: int) -> None:
-        """The slow path of every write: the socket buffer was full. gevent's sendmsg waits
-        for room; each partial write is progress, which re-arms the send timeout."""
-        phase = self.phase
-        self.phase = SEND
-        try:
-            views = [memoryview(p) for p in parts]
-            while sent < total:
-                while sent >= len(views[0]):  # drop the buffers that went out whole
-                    sent -= len(views[0])
-                    total -= len(views[0])
-                    views.pop(0)
-                views[0] = views[0][sent:]
-                total -= sent
-                self.deadline = 0.0
-                sent = self.sock.sendmsg(views)
-        except Expired as e:
-            self.expired = e.reason
-            log.debug("closed connection from %s: %s", self.ctx.peer(self.addr), e.reason)
-            raise ClientGone() from None
-        except (BrokenPipeError, ConnectionResetError) as e:
-            raise ClientGone() from e
-        self.phase = phase if phase != SEND else NONE
-        self.deadline = 0.0
+        self.flush()
 
     # ------------------------------------------------------------- sendfile
     def _can_sendfile(self, fw: FileWrapper, sr: StartResponse) -> bool:
@@ -477,30 +394,10 @@ class Connection:
             for data in fw:  # not a real file after all
                 self._body(data)
             return
-        self._flush()
-        sockfd = self.sock.fileno()
-        remaining = framer.remaining
-        while remaining > 0:
-            try:
-                sent = os.sendfile(sockfd, fd, offset, min(remaining, 1 << 20))
-            except BlockingIOError:
-                self.phase = SEND
-                self.deadline = 0.0
-                try:
-                    wait_write(sockfd)
-                except Expired as e:
-                    self.expired = e.reason
-                    raise ClientGone() from None
-                self.phase = NONE
-                continue
-            except (BrokenPipeError, ConnectionResetError) as e:
-                raise ClientGone() from e
-            if sent == 0:
-                break  # the file is shorter than its Content-Length
-            offset += sent
-            remaining -= sent
-            self.tx += sent
-        framer.body_bytes += framer.remaining - remaining
+        self.flush()
+        sent = self.sendfile(fd, offset, framer.remaining)
+        remaining = framer.remaining - sent
+        framer.body_bytes += sent
         framer.remaining = remaining
         if remaining:
             framer.keep_alive = False
@@ -525,10 +422,3 @@ def _server_itself(environ: dict[str, Any], start_response: StartResponse) -> li
         return [body]
     start_response("200 OK", [("Content-Length", "0")])
     return []
-
-
-def serve_connection(server: WorkerServer, sock: socket.socket, addr: Any, ctx: ListenerContext,
-                     register: Callable[[Connection], None]) -> None:
-    conn = Connection(server, sock, addr, ctx)
-    register(conn)
-    conn.run()

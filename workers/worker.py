@@ -8,7 +8,7 @@ drains and exits rather than serving on as an orphan.
 
 from __future__ import annotations
 
-import errno
+import _socket
 import fcntl
 import logging
 import os
@@ -38,6 +38,7 @@ from greenfork.master.arbiter import (
 from greenfork.master.listeners import Listener
 from greenfork.master.workerinfo import WorkerInfo
 from greenfork.workers import instrument, reloader, stackdump
+from greenfork.workers.acceptor import Acceptor
 from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.conn import Connection
 from greenfork.workers.http1 import Limits
@@ -98,6 +99,8 @@ class WorkerServer:
         self.sweeper = Sweeper(self.connections, Timeouts.from_settings(s))
         self.shedder = Shedder(info.slot, s.worker_connections)
         self.stopped = gevent.event.Event()
+        self.hub = gevent.get_hub()
+        self.acceptor = Acceptor(self)
         self.graceful = True
         self.app: Any = None
         self.access_log = AccessLog(s.access_logfile, s.access_logformat) if s.access_logfile else None
@@ -130,7 +133,7 @@ class WorkerServer:
             # The worker takes its own gevent socket over the inherited descriptor.
             sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
             self.sockets.append(sock)
-            self.acceptors.append(gevent.spawn(self._accept_loop, sock, ctx))
+            self.acceptors.append(gevent.spawn(self.acceptor.accept_loop, sock, ctx))
         self.sweeper.start()
         self.control = gsocket.socket(fileno=info.control.detach())
         gevent.spawn(self._control_loop)
@@ -194,38 +197,6 @@ class WorkerServer:
             signal.signal(sig, signal.SIG_IGN)
 
     # ------------------------------------------------------------- accepting
-    def _accept_loop(self, sock: socket.socket, ctx: ListenerContext) -> None:
-        limit = self.settings.worker_connections
-        tcp = not ctx.unix
-        shedder = self.shedder
-        connections = self.connections
-
-        def full() -> bool:
-            return len(connections) >= limit
-
-        while not self.draining:
-            if len(connections) >= limit:
-                # Excess connections are closed, never queued for as long as we stay full
-                # (but a worker with room gets the first chance at them: shed.py).
-                shedder.shed(sock, full, lambda: self.metrics.rejected(ctx.index))
-                continue
-            shedder.room_again()
-            try:
-                client, addr = sock.accept()
-            except OSError as e:
-                if self.draining:
-                    return
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept() failed: %s; pausing accepts for 0.5 s", e.strerror)
-                    gevent.sleep(0.5)
-                continue
-            if tcp:
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(self, client, addr, ctx)
-            self.metrics.opened(conn)
-            self.connections.add(conn)
-            conn.greenlet = gevent.spawn(conn.run)
-
     def connection_done(self, conn: Connection) -> None:
         self.metrics.closed(conn)
         self.connections.discard(conn)
@@ -298,7 +269,7 @@ class WorkerServer:
     def _close_idle(self) -> None:
         for conn in list(self.connections):
             if conn.idle and not _has_pending_input(conn.sock):
-                conn.greenlet.kill(block=False)
+                self.acceptor.close_idle(conn)
 
     def _finish(self) -> int:
         if self.graceful:
@@ -309,7 +280,7 @@ class WorkerServer:
         return 0
 
 
-def _has_pending_input(sock: socket.socket) -> bool:
+def _has_pending_input(sock: _socket.socket) -> bool:
     """Whether a keep-alive connection's next request has already arrived: it is
     served (with Connection: close) rather than cut off. FIONREAD, because a
     gevent socket's recv would wait rather than say "nothing yet"."""

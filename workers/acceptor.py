@@ -1,0 +1,131 @@
+"""Accepting connections, and the greenlets that serve them.
+
+A connection is served by one greenlet from start to close. Greenlets are kept
+and reused rather than spawned per connection: on CPython 3.11 each new greenlet
+maps (and at its end unmaps) a fresh 16 KiB frame stack, and gevent's Greenlet adds
+spawn-tree bookkeeping; for short connections that was a tenth of the worker's time.
+A greenlet that finished its connection parks itself, and the accept loop hands it
+the next one through the hub (never by switching to it directly, so the accept loop
+keeps running). At most POOL_MAX greenlets wait parked; beyond that they end.
+
+The accept loop takes the OS socket's accept (gevent's wrapper builds a gevent
+socket per client, which transport.py does without) and waits on one io watcher.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import logging
+import socket
+import sys
+from typing import TYPE_CHECKING, Any, Final
+
+import gevent
+from greenlet import getcurrent, greenlet
+
+from greenfork.workers.conn import Connection
+
+if TYPE_CHECKING:
+    from greenfork.workers.worker import ListenerContext, WorkerServer
+
+log = logging.getLogger("greenfork.worker")
+
+POOL_MAX: Final = 64
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class Acceptor:
+    def __init__(self, server: WorkerServer) -> None:
+        self.server = server
+        self.hub = server.hub
+        self.parked: list[greenlet] = []  # handler greenlets waiting for a connection
+
+    def accept_loop(self, sock: socket.socket, ctx: ListenerContext) -> None:
+        server = self.server
+        limit = server.settings.worker_connections
+        tcp = not ctx.unix
+        shedder = server.shedder
+        connections = server.connections
+        hub = self.hub
+        os_sock: Any = getattr(sock, "_sock", sock)  # gevent's socket wraps a non-blocking OS socket
+        accept = os_sock._accept
+        family = sock.family
+        watcher = hub.loop.io(sock.fileno(), 1)
+
+        def full() -> bool:
+            return len(connections) >= limit
+
+        try:
+            while not server.draining:
+                if len(connections) >= limit:
+                    # Excess connections are closed, never queued for as long as we stay full
+                    # (but a worker with room gets the first chance at them: shed.py).
+                    shedder.shed(sock, full, lambda: server.metrics.rejected(ctx.index))
+                    continue
+                shedder.room_again()
+                try:
+                    fd, addr = accept()
+                except BlockingIOError:
+                    hub.wait(watcher)
+                    continue
+                except OSError as e:
+                    if server.draining:
+                        return
+                    if e.errno in _RESOURCE_ERRORS:
+                        log.error("accept() failed: %s; pausing accepts for 0.5 s", e.strerror)
+                        gevent.sleep(0.5)
+                    continue
+                client = None
+                try:
+                    client = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
+                    client.setblocking(False)
+                    if tcp:
+                        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError as e:  # reset before we got to it
+                    log.debug("dropped a connection at accept: %s", e)
+                    if client is None:
+                        _socket.close(fd)
+                    else:
+                        client.close()
+                    continue
+                conn = Connection(server, client, addr, ctx)
+                server.metrics.opened(conn)
+                connections.add(conn)
+                self.start(conn)
+        finally:
+            watcher.close()
+
+    def start(self, conn: Connection) -> None:
+        """Serve conn in a parked greenlet, or a new one; either starts once the hub runs."""
+        parked = self.parked
+        g = parked.pop() if parked else greenlet(self._serve, self.hub)
+        conn.greenlet = g
+        self.hub.loop.run_callback(g.switch, conn)
+
+    def _serve(self, conn: Connection) -> None:
+        server = self.server
+        parked = self.parked
+        hub = self.hub
+        me = getcurrent()
+        while True:
+            try:
+                conn.run()
+            except BaseException:  # conn.run handles everything an app or a client can cause
+                hub.handle_error(me, *sys.exc_info())
+                return
+            conn = None  # type: ignore[assignment]  # not kept alive while parked
+            if server.draining or len(parked) >= POOL_MAX:
+                return
+            parked.append(me)
+            conn = hub.switch()
+
+    def close_idle(self, conn: Connection) -> None:
+        """Close conn if it is still idle when the hub gets to it. Checked then, not now:
+        by that time its greenlet may be parked, or serving another connection."""
+        self.hub.loop.run_callback(self._abort, conn)
+
+    def _abort(self, conn: Connection) -> None:
+        g = conn.greenlet
+        if conn.idle and conn in self.server.connections and g is not None and not g.dead:
+            g.throw(gevent.GreenletExit)

@@ -70,8 +70,8 @@ class BodyError(OSError):
 
 
 class Connection(Transport):
-    __slots__ = ("addr", "body_bytes", "body_wait", "ctx", "greenlet", "h1", "idle", "inp", "req",
-                 "served", "server", "status",
+    __slots__ = ("addr", "body_bytes", "body_wait", "ctx", "greenlet", "h1", "idle", "inp", "remote",
+                 "req", "served", "server", "status",
                  "error_type", "opened", "version")  # for metrics (workers/instrument.py)
 
     def __init__(self, server: WorkerServer, sock: _socket.socket, addr: Any, ctx: ListenerContext) -> None:
@@ -79,6 +79,7 @@ class Connection(Transport):
         self.server = server
         self.addr = addr
         self.ctx = ctx
+        self.remote = ctx.remote(addr)  # REMOTE_ADDR, REMOTE_PORT
         self.h1 = H1Connection(server.limits)
         self.idle = False
         self.greenlet: Any = None
@@ -164,7 +165,8 @@ class Connection(Transport):
                 if not self._handle(ev):
                     self.flush()
                     return
-                if len(self.out) > 64 or sum(map(len, self.out)) > FLUSH_AT:
+                # Pipelined requests behind this one: their answers are gathered, up to a bound.
+                if h1.pending and (len(self.out) > 64 or sum(map(len, self.out)) > FLUSH_AT):
                     self.flush()
             elif ev is CLOSED:
                 return
@@ -194,7 +196,8 @@ class Connection(Transport):
     def _handle(self, req: Request) -> bool:
         """Serve one request; return whether the connection may be reused."""
         server = self.server
-        started = time.monotonic()
+        timed = server.timed  # the access log or metrics want the duration
+        started = time.monotonic() if timed else 0.0
         self.req = req
         self.status = 0
         self.framer = None
@@ -203,7 +206,7 @@ class Connection(Transport):
         self.body_wait = 0.0
         self.body_bytes = 0
         env = build_environ(self.ctx.base_environ, req, server.script_name)
-        env["REMOTE_ADDR"], env["REMOTE_PORT"] = self.ctx.remote(self.addr)
+        env["REMOTE_ADDR"], env["REMOTE_PORT"] = self.remote
         inp = self.inp = Input(self._pull_body, self._start_body, server.limits.max_body)
         inp.bodyless = not req.chunked and not req.content_length
         env["wsgi.input"] = inp
@@ -233,9 +236,12 @@ class Connection(Transport):
                         self.flush()  # an iterator may be streaming: do not hold its output
             if self.framer is None:
                 self._start()
-            assert self.framer is not None
-            self.out.append(self.framer.end())
-            keep = self.framer.keep_alive
+            framer = self.framer
+            assert framer is not None
+            end = framer.end()
+            if end:
+                self.out.append(end)
+            keep = framer.keep_alive
         except (ClientGone, ConnectionError, TimeoutError):
             keep = False
             self.status = self.status or 499
@@ -260,18 +266,19 @@ class Connection(Transport):
         finally:
             if timer is not None:
                 timer.close()
-            close = getattr(result, "close", None)
+            close = None if type(result) is list else getattr(result, "close", None)
             if close is not None:
                 try:
                     close()
                 except Exception:
                     log.exception("Error closing the response iterable")
-        if server.access_log is not None:
-            framer = self.framer
-            sent = framer.body_bytes if framer is not None else 0
-            server.access_log.log(env, self.status, self.sr.headers if self.sr else [], sent,
-                                  time.monotonic() - started)
-        server.metrics.request(self, req, err, started)
+        if timed:
+            if server.access_log is not None:
+                framer = self.framer
+                sent = framer.body_bytes if framer is not None else 0
+                server.access_log.log(env, self.status, self.sr.headers if self.sr else [], sent,
+                                      time.monotonic() - started)
+            server.metrics.request(self, req, err, started)
         self.served += 1
         if keep and not inp.finished and not (inp.bodyless and self.h1.skip_end()):
             # Bounded in bytes here and in time by the sweeper (DRAIN phase).

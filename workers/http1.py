@@ -230,6 +230,11 @@ class H1Connection:
         return False
 
     @property
+    def pending(self) -> bool:
+        """Events are parsed and waiting (a pipelined request, say)."""
+        return bool(self._events)
+
+    @property
     def between_requests(self) -> bool:
         """No request is in progress: not even its first byte has arrived.
         Such a connection is idle (keep-alive timeout, closed when draining)."""

@@ -98,7 +98,10 @@ class Transport:
             return
         if self.expired == SEND_EXPIRED:
             raise ClientGone()  # the send timeout fired: nothing more goes out
-        self._mark_sent()
+        if self.framer is not None:  # the head goes out now: start_response may no longer replace it
+            self.head_flushed = True
+            if self.sr is not None:
+                self.sr.sent = True
         if len(out) > 1 and len(out) <= GATHER_MAX and sum(map(len, out)) > GATHER_OVER:
             # A large body goes out with its head in one sendmsg, without the join's copy.
             self.out = []
@@ -126,12 +129,6 @@ class Transport:
             raise ClientGone() from e
         if sent < len(data):
             self._send_rest([data], sent, len(data))
-
-    def _mark_sent(self) -> None:
-        if self.framer is not None:
-            self.head_flushed = True
-            if self.sr is not None:
-                self.sr.sent = True
 
     def _send_rest(self, parts: list[bytes], sent: int, total: int) -> None:
         """The slow path of every write: the socket buffer was full. Each partial write is

@@ -108,6 +108,8 @@ class WorkerServer:
         self.sockets: list[socket.socket] = []
         self.control: socket.socket | None = None
         self.metrics = instrument.attach(self)
+        # Whether a request's duration is wanted at all (reading the clock is not free)
+        self.timed = self.access_log is not None or self.metrics is not instrument.NULL
         self.requests = 0
         self.request_timeout = s.request_timeout
         self.drain_idle_grace = DRAIN_IDLE_GRACE

@@ -11,13 +11,15 @@ import pytest
 
 from greenfork.workers.http1 import (
     CLOSED,
-    CONTINUE,
     END,
     NEED_DATA,
     H1Connection,
     Limits,
     ProtocolError,
     Request,
+)
+from greenfork.workers.response import (
+    CONTINUE,
     ResponseFramer,
     error_response,
     response_head,

@@ -23,12 +23,14 @@ from gevent.socket import wait_read
 
 from greenfork.workers.http1 import (
     CLOSED,
-    CONTINUE,
     END,
     NEED_DATA,
     H1Connection,
     ProtocolError,
     Request,
+)
+from greenfork.workers.response import (
+    CONTINUE,
     error_response,
     response_head,
 )

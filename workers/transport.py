@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from greenfork.workers.timers import NONE, REASONS, SEND, Expired
 
 if TYPE_CHECKING:
-    from greenfork.workers.http1 import ResponseFramer
+    from greenfork.workers.response import ResponseFramer
     from greenfork.workers.wsgi import StartResponse
 
 log = logging.getLogger("greenfork.worker")

@@ -99,7 +99,11 @@ class Acceptor:
     def start(self, conn: Connection) -> None:
         """Serve conn in a parked greenlet, or a new one; either starts once the hub runs."""
         parked = self.parked
-        g = parked.pop() if parked else greenlet(self._serve, self.hub)
+        g = None
+        while parked and (g is None or g.dead):  # dead only if something threw into a parked one
+            g = parked.pop()
+        if g is None or g.dead:
+            g = greenlet(self._serve, self.hub)
         conn.greenlet = g
         self.hub.loop.run_callback(g.switch, conn)
 

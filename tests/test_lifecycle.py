@@ -181,7 +181,9 @@ def test_usr2_then_term_hands_over_to_the_new_master(launcher: Launcher, tmp_pat
                         "--pidfile", str(pidfile)])
     new = upgrade(g, pidfile)
     try:
-        assert generation(g) == 2 and g.info["pid"] == new and g.info["addresses"] == g.addresses
+        # the pidfile comes first; the addresses file once the new workers serve
+        wait_for(lambda: generation(g) == 2, 20, "the new master's addresses file")
+        assert g.info["pid"] == new and g.info["addresses"] == g.addresses
         assert "(old)" in cmdline(g.pid) and cmdline(new) == "greenfork: master [testapp:app] gen 2"
         g.signal(signal.SIGUSR2)
         wait_for(lambda: "USR2 refused: an upgrade is already pending" in g.log(), 10, "the refusal")

@@ -102,33 +102,24 @@ class Transport:
             self.head_flushed = True
             if self.sr is not None:
                 self.sr.sent = True
-        if len(out) > 1 and len(out) <= GATHER_MAX and sum(map(len, out)) > GATHER_OVER:
+        total = sum(map(len, out))
+        if 1 < len(out) <= GATHER_MAX and total > GATHER_OVER:
             # A large body goes out with its head in one sendmsg, without the join's copy.
-            self.out = []
-            total = sum(map(len, out))
-            self.tx += total
-            try:
-                sent = self.sock.sendmsg(out)
-            except BlockingIOError:
-                sent = 0
-            except (BrokenPipeError, ConnectionResetError) as e:
-                raise ClientGone() from e
-            if sent < total:
-                self._send_rest(out, sent, total)
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self.tx += len(data)
+            parts, self.out = out, []
+        else:
+            parts = [out[0] if len(out) == 1 else b"".join(out)]
+            out.clear()
+        self.tx += total
         # One non-blocking send usually takes it all; a wait (and the send timeout)
         # is only needed when the socket buffer is full.
         try:
-            sent = self.sock.send(data)
+            sent = self.sock.send(parts[0]) if len(parts) == 1 else self.sock.sendmsg(parts)
         except BlockingIOError:
             sent = 0
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ClientGone() from e
-        if sent < len(data):
-            self._send_rest([data], sent, len(data))
+        if sent < total:
+            self._send_rest(parts, sent, total)
 
     def _send_rest(self, parts: list[bytes], sent: int, total: int) -> None:
         """The slow path of every write: the socket buffer was full. Each partial write is

@@ -156,16 +156,18 @@ def test_unread_body_that_arrives_is_drained_and_the_connection_reused(short: Gr
 
 
 # ------------------------------------------------------------------ response
-def test_client_that_stops_reading_is_dropped_after_the_send_timeout(short: Greenfork) -> None:
+@pytest.mark.parametrize("path", ["/big", "/bigfile"])  # the write path, and the sendfile path
+def test_client_that_stops_reading_is_dropped_after_the_send_timeout(short: Greenfork, path: str) -> None:
     n = 64 << 20
+    mark = len(short.log())
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.settimeout(10)
     with s:
         s.connect(("127.0.0.1", short.port()))
-        s.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+        s.sendall(b"GET %s?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (path.encode(), n))
         # the stimulus is not reading at all; the server's send blocks, then expires
-        wait_for(lambda: "min_response_data_rate" in short.log(), 10, "the send timeout")
+        wait_for(lambda: "min_response_data_rate" in short.log()[mark:], 10, "the send timeout")
         out = read_until_close(s)
     assert out.startswith(b"HTTP/1.1 200 ") and len(out) < n
 

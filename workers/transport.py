@@ -119,36 +119,39 @@ class Transport:
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ClientGone() from e
         if sent < total:
-            self._send_rest(parts, sent, total)
+            self._send_rest(parts, sent)
 
-    def _send_rest(self, parts: list[bytes], sent: int, total: int) -> None:
-        """The slow path of every write: the socket buffer was full. Each partial write is
-        progress, which re-arms the send timeout."""
-        phase = self.phase
-        self.phase = SEND
+    def _send_rest(self, parts: list[bytes], sent: int) -> None:
+        """The slow path of every write: the socket buffer was full."""
         sock = self.sock
+        views = [memoryview(p) for p in parts]
         try:
-            views = [memoryview(p) for p in parts]
             while True:
                 while views and sent >= len(views[0]):  # drop the buffers that went out whole
                     sent -= len(views[0])
-                    total -= len(views[0])
                     views.pop(0)
                 if not views:
-                    break
+                    return
                 views[0] = views[0][sent:]
-                total -= sent
-                self.deadline = 0.0
-                self.wait_writable()
+                self._wait_for_room()
                 try:
                     sent = sock.sendmsg(views)
                 except BlockingIOError:
                     sent = 0
-        except Expired as e:
-            self._send_expired(e)
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ClientGone() from e
-        self.phase = phase if phase != SEND else NONE
+
+    def _wait_for_room(self) -> None:
+        """Wait, in the SEND phase, until the socket takes more. Every wait follows a first
+        full buffer or progress, so the send timeout counts from here."""
+        phase = self.phase
+        self.phase = SEND
+        self.deadline = 0.0
+        try:
+            self.wait_writable()
+        except Expired as e:
+            self._send_expired(e)
+        self.phase = phase
         self.deadline = 0.0
 
     def _send_expired(self, e: Expired) -> NoReturn:
@@ -168,13 +171,7 @@ class Transport:
             try:
                 sent = os.sendfile(sockfd, fd, offset, min(remaining, 1 << 20))
             except BlockingIOError:
-                self.phase = SEND
-                self.deadline = 0.0
-                try:
-                    self.wait_writable()
-                except Expired as e:
-                    self._send_expired(e)
-                self.phase = NONE
+                self._wait_for_room()
                 continue
             except (BrokenPipeError, ConnectionResetError) as e:
                 raise ClientGone() from e

@@ -198,7 +198,7 @@ class WorkerServer:
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_IGN)
 
-    # ------------------------------------------------------------- accepting
+    # ------------------------------------------------------------- connections
     def connection_done(self, conn: Connection) -> None:
         self.metrics.closed(conn)
         self.connections.discard(conn)
@@ -284,8 +284,8 @@ class WorkerServer:
 
 def _has_pending_input(sock: _socket.socket) -> bool:
     """Whether a keep-alive connection's next request has already arrived: it is
-    served (with Connection: close) rather than cut off. FIONREAD, because a
-    gevent socket's recv would wait rather than say "nothing yet"."""
+    served (with Connection: close) rather than cut off. FIONREAD, because a recv
+    would take the bytes away from the connection's own greenlet."""
     try:
         raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
     except OSError:

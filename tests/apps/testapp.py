@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from urllib.parse import parse_qs
 from wsgiref.validate import validator
@@ -155,4 +156,16 @@ def hostile(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(n))])
         piece = b"x" * 65536
         return (piece[: min(65536, n - i)] for i in range(0, n, 65536))
+    if path == "/bigfile":
+        # /bigfile?n=BYTES through wsgi.file_wrapper (os.sendfile): a sparse file, made once
+        n = int(args.get("n", 1 << 20))
+        name = os.path.join(tempfile.gettempdir(), "greenfork-test-sparse-%d.bin" % n)
+        if not os.path.exists(name):
+            tmp = "%s.%d" % (name, os.getpid())
+            with open(tmp, "wb") as f:
+                f.truncate(n)
+            os.replace(tmp, name)
+        f = open(name, "rb")  # noqa: SIM115 - closed by the server via file_wrapper
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(n))])
+        return environ["wsgi.file_wrapper"](f, 65536)
     return app(environ, start_response)

@@ -117,6 +117,12 @@ def test_app_exception_is_a_500_without_traceback(served: Greenfork) -> None:
     assert r.returncode != 0 and b"partial" in r.stdout
 
 
+def test_an_app_content_length_that_is_not_digits_is_a_500(served: Greenfork) -> None:
+    status, _, body = http_get(served.url(), "/bad-length")
+    assert status == 500 and b"hello" not in body
+    assert "invalid Content-Length '1_3' from the application" in served.log()
+
+
 def test_malformed_request_gets_400_and_close(served: Greenfork) -> None:
     out = raw(served.url(), b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
     assert out.startswith(b"HTTP/1.1 400") and b"Connection: close" in out

@@ -46,6 +46,10 @@ def app(environ, start_response):
         return _text(start_response, json.dumps(data).encode(), extra=[("X-Pid", str(os.getpid()))])
     if path == "/boom":
         raise RuntimeError("secret-detail-that-must-not-leak")
+    if path == "/bad-length":
+        # int() would take "1_3"; the wire must not
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "1_3")])
+        return [b"hello"]
     if path == "/boom-late":
         start_response("200 OK", [("Content-Type", "text/plain")])
 

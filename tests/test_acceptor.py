@@ -71,26 +71,3 @@ def test_the_pool_is_bounded() -> None:
     gevent.sleep(0)
     assert len(acc.parked) == acceptor.POOL_MAX
     assert not server.connections
-
-
-def test_closing_an_idle_connection_never_hits_the_next_one_on_its_greenlet() -> None:
-    """close_idle is checked when the hub runs it: by then the greenlet may serve another."""
-    server = FakeServer()
-    acc = Acceptor(server)  # type: ignore[arg-type]
-    hold = gevent.event.Event()
-    old = FakeConn(server, hold)
-    acc.start(old)  # type: ignore[arg-type]
-    gevent.sleep(0)
-    assert old.idle
-    hold.set()  # its client sends a request: it wakes before the close runs ...
-    acc.close_idle(old)  # type: ignore[arg-type]
-    gevent.sleep(0)
-    assert not old.exited and old not in server.connections  # ... finishes, parks
-    new = FakeConn(server, gevent.event.Event())
-    acc.start(new)  # type: ignore[arg-type]
-    gevent.sleep(0)
-    gevent.sleep(0)
-    assert new.served_by is old.served_by and new.idle and not new.exited
-    acc.close_idle(new)  # type: ignore[arg-type]
-    gevent.sleep(0)
-    assert new.exited and new not in server.connections

@@ -13,7 +13,7 @@ from greenfork.workers.http1 import (
     CLOSED,
     END,
     NEED_DATA,
-    H1Connection,
+    RequestParser,
     Limits,
     ProtocolError,
     Request,
@@ -64,7 +64,7 @@ def snap(r: Request) -> Req:
 
 def run(pieces: list[bytes], limits: Limits | None = None, eof: bool = False) -> list[Any]:
     """Feed pieces in order, pulling events after each; stop at a terminal event."""
-    conn = H1Connection(limits) if limits is not None else H1Connection()
+    conn = RequestParser(limits) if limits is not None else RequestParser()
     events: list[Any] = []
     for piece in [*pieces, *([b""] if eof else [])]:
         conn.receive_data(piece)
@@ -352,7 +352,7 @@ POST_CL = head(HOST, b"Content-Length: 40000000", method=b"POST")
 POST_CHUNKED = head(HOST, b"Transfer-Encoding: chunked", method=b"POST")
 
 
-def first_request(conn: H1Connection, data: bytes) -> Request:
+def first_request(conn: RequestParser, data: bytes) -> Request:
     conn.receive_data(data)
     ev = conn.next_event()
     assert type(ev) is Request
@@ -360,14 +360,14 @@ def first_request(conn: H1Connection, data: bytes) -> Request:
 
 
 def test_set_body_limit_raises_it_for_one_request() -> None:
-    conn = H1Connection()
+    conn = RequestParser()
     first_request(conn, POST_CL + b"x" * 10)
     assert conn.set_body_limit(50_000_000) is None
     assert conn.next_event() == b"x" * 10
 
 
 def test_set_body_limit_none_is_unlimited_and_the_default_returns() -> None:
-    conn = H1Connection(Limits(max_body=4))
+    conn = RequestParser(Limits(max_body=4))
     first_request(conn, POST_CHUNKED + b"8\r\n12345678\r\n0\r\n\r\n" + POST_CHUNKED + b"8\r\n12345678\r\n")
     assert conn.set_body_limit(None) is None
     assert conn.next_event() == b"12345678" and conn.next_event() is END
@@ -378,7 +378,7 @@ def test_set_body_limit_none_is_unlimited_and_the_default_returns() -> None:
 
 def test_set_body_limit_lowered_refuses_content_length_up_front() -> None:
     """RFC 9110 15.5.14: 413 before a byte is read; nothing queued behind it is delivered."""
-    conn = H1Connection()
+    conn = RequestParser()
     first_request(conn, head(HOST, b"Content-Length: 5", method=b"POST") + b"hello" + head(HOST))
     err = conn.set_body_limit(4)
     assert err is not None and err.status == 413 and err.error_type == "max_request_body_size_exceeded"
@@ -386,7 +386,7 @@ def test_set_body_limit_lowered_refuses_content_length_up_front() -> None:
 
 
 def test_set_body_limit_after_reading_is_an_error() -> None:
-    conn = H1Connection()
+    conn = RequestParser()
     first_request(conn, head(HOST, b"Content-Length: 2", method=b"POST") + b"x")
     assert conn.next_event() == b"x"
     with pytest.raises(RuntimeError):
@@ -451,7 +451,7 @@ def test_chunked_body_never_delivers_past_max_body() -> None:
 
 # ------------------------------------------------------------------ after an error
 def test_error_is_sticky() -> None:
-    conn = H1Connection()
+    conn = RequestParser()
     conn.receive_data(head())  # no Host
     err = conn.next_event()
     assert isinstance(err, ProtocolError) and err.status == 400
@@ -495,7 +495,7 @@ def test_eof_inside_head_is_status_0(data: bytes) -> None:
 
 
 def test_eof_is_final() -> None:
-    conn = H1Connection()
+    conn = RequestParser()
     conn.receive_data(b"")
     conn.receive_data(head(HOST))
     assert conn.next_event() is CLOSED
@@ -515,7 +515,7 @@ def test_upgrade_is_served_then_closed(extra: bytes) -> None:
 def test_upgrade_with_body_is_closed_before_the_app_answers() -> None:
     """keep_alive is False on the Request as first returned, so the response says Connection: close."""
     data = head(HOST, b"Connection: upgrade", b"Upgrade: h2c", b"Content-Length: 3", method=b"POST") + b"abc"
-    conn = H1Connection()
+    conn = RequestParser()
     for i in range(len(data)):
         conn.receive_data(data[i:i + 1])
         ev = conn.next_event()
@@ -536,7 +536,7 @@ def test_connect_is_closed_after() -> None:
 
 # ------------------------------------------------------------------ idle state
 def test_between_requests() -> None:
-    conn = H1Connection()
+    conn = RequestParser()
     assert conn.between_requests
     conn.receive_data(b"G")
     assert not conn.between_requests
@@ -556,7 +556,7 @@ def test_between_requests() -> None:
 # ------------------------------------------------------------------ unbounded heads
 def fed_until_error(data: bytes, step: int) -> int:
     """Feed data step bytes at a time like a socket; return how much went in before the error showed."""
-    conn = H1Connection()
+    conn = RequestParser()
     for fed in range(step, len(data) + step, step):
         conn.receive_data(data[fed - step:fed])
         ev = conn.next_event()
@@ -612,7 +612,7 @@ def test_trailing_whitespace_is_not_part_of_the_value() -> None:
 
 # ------------------------------------------------------------------ response side (RFC 9112 6, 9)
 def request(data: bytes) -> Request:
-    conn = H1Connection()
+    conn = RequestParser()
     conn.receive_data(data)
     ev = conn.next_event()
     assert type(ev) is Request
@@ -758,7 +758,7 @@ def test_continue_bytes() -> None:
 def test_host_cache_never_admits_an_invalid_host() -> None:
     """A valid Host is remembered; an invalid one, before or after it, is still a 400."""
     for host in (b"example.com", b"exa mple.com", b"example.com", b"[::1", b"example.com:80"):
-        conn = H1Connection()
+        conn = RequestParser()
         conn.receive_data(head(b"Host: " + host))
         ev = conn.next_event()
         if host in (b"exa mple.com", b"[::1"):
@@ -770,11 +770,11 @@ def test_host_cache_never_admits_an_invalid_host() -> None:
 def test_long_method_counts_toward_the_request_line_limit() -> None:
     """The request-line bound counts the method even when the target alone fits."""
     limits = Limits(max_request_line=64)
-    ok = H1Connection(limits)
+    ok = RequestParser(limits)
     target = b"/" + b"a" * (64 - len(b"GET  HTTP/1.1\r\n") - 1)
     ok.receive_data(head(HOST, target=target))
     assert type(ok.next_event()) is Request
-    long = H1Connection(limits)
+    long = RequestParser(limits)
     long.receive_data(head(HOST, method=b"PROPPATCH", target=target))
     ev = long.next_event()
     assert isinstance(ev, ProtocolError) and ev.status == 414

@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from greenfork.workers.http1 import CLOSED, END, NEED_DATA, H1Connection, ProtocolError, Request
+from greenfork.workers.http1 import CLOSED, END, NEED_DATA, RequestParser, ProtocolError, Request
 from tests.test_http1 import Partial, Req, normalize, run
 
 EXAMPLES = int(os.environ.get("GREENFORK_FUZZ_EXAMPLES", "5000"))
@@ -147,7 +147,7 @@ def test_valid_pipelines_round_trip(gens: list[Gen], points_a: bytes, points_b: 
 # ------------------------------------------------------------------ hostile bytes
 def feed_hostile(pieces: list[bytes]) -> list[Any]:
     """Feed pieces; every event must be one of the documented kinds, and an error is final."""
-    conn = H1Connection()
+    conn = RequestParser()
     events: list[Any] = []
     for piece in pieces:
         conn.receive_data(piece)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from greenfork.workers.timers import BODY, DRAIN, FRESH, HEADERS, IDLE, NONE, SEND, Expired, Sweeper, Timeouts
+from greenfork.workers.timers import BODY, DRAIN, FRESH, HEADERS, IDLE, NONE, SEND, Expired, Sweeper, Timed, Timeouts
 
 
 class FakeGreenlet:
@@ -16,13 +16,11 @@ class FakeGreenlet:
         self.thrown.append(e)
 
 
-class Conn:
+class Conn(Timed):
     def __init__(self, phase: int) -> None:
+        super().__init__()
         self.phase = phase
-        self.deadline = 0.0
-        self.body_wait = 0.0
-        self.body_bytes = 0
-        self.greenlet: Any = FakeGreenlet()
+        self.greenlet = FakeGreenlet()
 
 
 def sweeper(conns: list[Conn], **kw: float) -> Sweeper:
@@ -91,3 +89,27 @@ def test_interval() -> None:
     assert Timeouts().interval() == 1.0
     assert Timeouts(request_headers=0.6, keep_alive=0.6, send=0.6, body_grace=0.4).interval() == 0.1
     assert Timeouts(keep_alive=0.0, request_headers=0.1, send=0.1, drain=0.1).interval() == 0.05
+    assert Timeouts(request=2.0).interval() == 0.5
+
+
+def test_a_closed_transport_is_never_expired() -> None:
+    """Greenlets are pooled: once a connection is closed, a sweep that still holds its
+    transport must not throw into the greenlet, which may be serving the next connection."""
+    import socket
+
+    from greenfork.workers.transport import Transport
+
+    a, b = socket.socketpair()
+    try:
+        t = Transport(a, None)
+        t.greenlet = FakeGreenlet()
+        g = t.greenlet
+        t.enter(IDLE)
+        t.request_deadline = 0.0
+        s = Sweeper([t], Timeouts(keep_alive=1, request=1))
+        s._last = 100.0
+        s.sweep(100.5)  # arms both deadlines
+        t.close()
+        assert s.sweep(200.0) == [] and g.thrown == []
+    finally:
+        b.close()

@@ -12,14 +12,14 @@ from wsgiref.validate import validator
 
 import pytest
 
-from greenfork.workers.http1 import H1Connection, Request
+from greenfork.workers.http1 import RequestParser, Request
 from greenfork.workers.wsgi import Errors, FileWrapper, Input, StartResponse, build_environ, header_key
 
 BASE: dict[str, Any] = {"SERVER_NAME": "localhost", "SERVER_PORT": "8000", "wsgi.url_scheme": "http"}
 
 
 def parse(data: bytes) -> Request:
-    conn = H1Connection()
+    conn = RequestParser()
     conn.receive_data(data)
     req = conn.next_event()
     assert type(req) is Request, req
@@ -219,7 +219,7 @@ def test_read1() -> None:
 def test_on_first_read_once_before_first_pull() -> None:
     log: list[str] = []
     pull = Pull(b"ab", b"cd", log=log)
-    inp = Input(pull, lambda: log.append("continue"))
+    inp = Input(pull, lambda limit: log.append("continue"))
     assert inp.read(0) == b"" and log == []  # nothing asked for: no 100 Continue yet
     assert inp.read(1) == b"a"
     assert log == ["continue", "pull"]
@@ -229,7 +229,7 @@ def test_on_first_read_once_before_first_pull() -> None:
 
 def test_on_first_read_with_empty_body() -> None:
     log: list[str] = []
-    inp = Input(Pull(log=log), lambda: log.append("continue"))
+    inp = Input(Pull(log=log), lambda limit: log.append("continue"))
     assert inp.readline() == b""
     assert log == ["continue", "pull"]
     assert inp.read() == b"" and log == ["continue", "pull"]
@@ -268,9 +268,17 @@ def test_finished() -> None:
 
 
 # ------------------------------------------------------------------ start_response
+class HeadState:
+    def __init__(self) -> None:
+        self.sent = False
+
+    def __call__(self) -> bool:
+        return self.sent
+
+
 def writer() -> tuple[StartResponse, list[bytes]]:
     out: list[bytes] = []
-    return StartResponse(out.append), out
+    return StartResponse(out.append, HeadState()), out
 
 
 def test_start_response_returns_write() -> None:
@@ -312,7 +320,7 @@ def test_exc_info_first_call_is_allowed() -> None:
 def test_exc_info_after_head_sent_reraises() -> None:
     sr, _ = writer()
     sr("200 OK", [])
-    sr.sent = True
+    sr.head_sent.sent = True  # type: ignore[attr-defined]
     info = error_info()
     with pytest.raises(KeyError) as caught:
         sr("500 Internal Server Error", [], info)
@@ -391,7 +399,7 @@ def test_validator_accepts_our_environ_and_start_response() -> None:
     data = b"POST /app/submit?x=1 HTTP/1.1\r\nHost: example.com\r\n"
     data += b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n" % len(body)
     data += b"Cookie: a=1\r\nCookie: b=2\r\n\r\n" + body
-    conn = H1Connection()
+    conn = RequestParser()
     conn.receive_data(data[:60])
     conn.receive_data(data[60:])
     req = conn.next_event()
@@ -420,7 +428,7 @@ def test_validator_accepts_our_environ_and_start_response() -> None:
         return [answer]
 
     out: list[bytes] = []
-    sr = StartResponse(out.append)
+    sr = StartResponse(out.append, HeadState())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = validator(app)(env, sr)  # type: ignore[arg-type]  # typeshed also admits (None, None, None)

@@ -90,8 +90,7 @@ class Acceptor:
                         client.close()
                     continue
                 conn = Connection(server, client, addr, ctx)
-                server.metrics.opened(conn)
-                connections.add(conn)
+                server.connection_opened(conn)
                 self.start(conn)
         finally:
             watcher.close()
@@ -123,13 +122,3 @@ class Acceptor:
                 return
             parked.append(me)
             conn = hub.switch()
-
-    def close_idle(self, conn: Connection) -> None:
-        """Close conn if it is still idle when the hub gets to it. Checked then, not now:
-        by that time its greenlet may be parked, or serving another connection."""
-        self.hub.loop.run_callback(self._abort, conn)
-
-    def _abort(self, conn: Connection) -> None:
-        g = conn.greenlet
-        if conn.idle and conn in self.server.connections and g is not None and not g.dead:
-            g.throw(gevent.GreenletExit)

@@ -21,14 +21,16 @@ from greenfork.metrics import appmetrics
 from greenfork.metrics.layout import NBUCKETS, REQUEST_BUCKETS
 from greenfork.metrics.recorder import Recorder
 from greenfork.metrics.slots import Slot
+from greenfork.workers.request import CLIENT_GONE
 
 if TYPE_CHECKING:
     from greenfork.workers.conn import Connection
     from greenfork.workers.http1 import Request
+    from greenfork.workers.request import Exchange
     from greenfork.workers.worker import WorkerServer
 
 SAMPLE_INTERVAL = 1.0
-CLIENT_GONE = 499  # conn.py's status when the client left before a response: never on the wire
+
 
 
 class NullInstruments:
@@ -45,7 +47,7 @@ class NullInstruments:
     def rejected(self, listener: int) -> None:
         pass
 
-    def request(self, conn: Connection, req: Request, err: str, started: float) -> None:
+    def request(self, conn: Exchange, req: Request, err: str, started: float) -> None:
         pass
 
 
@@ -67,14 +69,14 @@ class Instruments(Recorder):
         self.conn_opened(conn.ctx.index)
 
     def closed(self, conn: Connection) -> None:
-        self.conn_closed(conn.ctx.index, conn.version, conn.error_type, monotonic() - conn.opened,
-                         conn.rx, conn.tx)
-        conn.rx = conn.tx = 0
+        t = conn.t
+        self.conn_closed(conn.ctx.index, conn.version, conn.error_type, monotonic() - conn.opened, t.rx, t.tx)
+        t.rx = t.tx = 0
 
-    def request(self, conn: Connection, req: Request, err: str, started: float) -> None:
+    def request(self, conn: Exchange, req: Request, err: str, started: float) -> None:
         duration = monotonic() - started
         status = conn.status
-        if status == CLIENT_GONE and err == "io_error":
+        if status == CLIENT_GONE:
             status = 0  # no response went out: the status label is left off, error_type says why
         version = conn.version = req.version
         raw = (req.method, status, conn.ctx.scheme, version, err)
@@ -99,9 +101,10 @@ class Instruments(Recorder):
                 req = conn.req
                 if req is not None:
                     active[req.method, conn.ctx.scheme] += 1
-                if conn.rx or conn.tx:
-                    self.transferred(index, conn.rx, conn.tx)
-                    conn.rx = conn.tx = 0
+                t = conn.t
+                if t.rx or t.tx:
+                    self.transferred(index, t.rx, t.tx)
+                    t.rx = t.tx = 0
             self.sample(keepalive, active)
             gevent.sleep(SAMPLE_INTERVAL)
 

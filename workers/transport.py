@@ -1,64 +1,76 @@
-"""The client socket under a connection: the OS socket, non-blocking, waits through the hub.
+"""The bytes of one client: the OS socket, non-blocking, waits through the hub.
+
+The transport owns the file descriptor, every wait on it and the send and
+sendfile paths; it knows nothing of HTTP. A protocol above it reads with recv(),
+gathers output in `out` and sends it with flush().
 
 gevent's socket class costs, per connection, two io watchers, a getsockname, several
 Python frames per call and, at close, the hub's waiter bookkeeping; profiles of short
 connections showed it near a fifth of the worker's time. Here a read or write is tried
-on the OS socket first, and only when it would block does the connection wait on an io
+on the OS socket first, and only when it would block does the transport wait on an io
 watcher, made the first time one is needed: a request that arrives with its connection,
 answered with one write, never needs any.
 
 Only the connection's own greenlet reads, writes and closes, so there is never a second
-waiter to cancel. Timeouts are the sweeper's (timers.py): before a wait that may block
-for long, the caller records its phase; the sweeper throws Expired into the wait.
+waiter to cancel. Timeouts are the sweeper's (timers.py): a Transport is a Timed; before
+a wait that may block for long, the caller enters its phase, and the sweeper throws
+Expired into the wait.
 """
 
 from __future__ import annotations
 
 import _socket
+import fcntl
 import logging
 import os
-from typing import TYPE_CHECKING, Any, NoReturn
+import socket
+import struct
+import termios
+from collections.abc import Callable
+from typing import Any, Final, NoReturn
 
-from greenfork.workers.timers import NONE, REASONS, SEND, Expired
-
-if TYPE_CHECKING:
-    from greenfork.workers.response import ResponseFramer
-    from greenfork.workers.wsgi import StartResponse
+from greenfork.workers.timers import LINGER, NONE, REASONS, SEND, Expired, Timed
 
 log = logging.getLogger("greenfork.worker")
 
-RECV_SIZE = 65536
-FLUSH_AT = 65536  # gathered output above this is sent even while pipelining
-GATHER_OVER = 65536  # above this, output parts go out with one sendmsg instead of being joined
-GATHER_MAX = 64  # well under IOV_MAX
-SEND_EXPIRED = REASONS[SEND]
+RECV_SIZE: Final = 65536
+FLUSH_AT: Final = 65536  # gathered output above this is sent even while pipelining
+GATHER_OVER: Final = 65536  # above this, output parts go out with one sendmsg instead of being joined
+GATHER_MAX: Final = 64  # well under IOV_MAX
+LINGER_BYTES: Final = 1 << 20  # what a lingering close discards at most
+SEND_EXPIRED: Final = REASONS[SEND]
 _READ, _WRITE = 1, 2  # libev's EV_READ, EV_WRITE
 
 
+def _unknown_peer() -> str:
+    return "a client"
+
+
 class ClientGone(Exception):
-    """The peer closed or reset while we were writing."""
+    """The peer closed or reset while we were writing, or stopped reading for too long
+    (reason: the metrics' error_type)."""
+
+    def __init__(self, reason: str = "io_error") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-class Transport:
+class Transport(Timed):
     """Reading, gathered writing and sendfile over one client socket."""
 
-    __slots__ = ("_rw", "_ww", "deadline", "expired", "framer", "head_flushed", "hub", "out", "phase",
-                 "rx", "sock", "sr", "tx")
+    __slots__ = ("_rw", "_ww", "describe", "expired", "flushes", "hub", "out", "rx", "sock", "tx")
 
     def __init__(self, sock: _socket.socket, hub: Any) -> None:
+        Timed.__init__(self)
         self.sock = sock  # the OS socket, already non-blocking
         self.hub = hub
         self._rw: Any = None  # io watchers, made on first use
         self._ww: Any = None
-        self.out: list[bytes] = []
-        self.framer: ResponseFramer | None = None
-        self.sr: StartResponse | None = None
-        self.head_flushed = False
-        # timers.py: the phase this connection waits in and its deadline (0.0: not armed yet)
-        self.phase = NONE
-        self.deadline = 0.0
+        self.out: list[bytes] = []  # gathered output (never rebound: protocols keep a reference)
+        self.flushes = 0  # flush() calls that sent something: "has anything gone out since?"
         self.expired: str | None = None  # the error_type, once a timeout fired
         self.rx = self.tx = 0
+        self.describe: Callable[[], str] = _unknown_peer  # who is at the other end, for the log
 
     # ---------------------------------------------------------------- reading
     def recv(self) -> bytes:
@@ -66,10 +78,12 @@ class Transport:
         sock = self.sock
         while True:
             try:
-                return sock.recv(RECV_SIZE)
+                data = sock.recv(RECV_SIZE)
             except BlockingIOError:
-                pass
-            self.wait_readable()
+                self.wait_readable()
+                continue
+            self.rx += len(data)
+            return data
 
     def wait_readable(self) -> None:
         w = self._rw
@@ -83,12 +97,54 @@ class Transport:
             w = self._ww = self.hub.loop.io(self.sock.fileno(), _WRITE)
         self.hub.wait(w)
 
+    def pending_input(self) -> bool:
+        """Whether the client's next bytes have already arrived. FIONREAD, because a recv
+        would take them away from the greenlet that is about to read them."""
+        try:
+            raw = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return False
+        return int(struct.unpack("i", raw)[0]) > 0
+
+    # ---------------------------------------------------------------- closing
     def close(self) -> None:
         for w in (self._rw, self._ww):
             if w is not None:
                 w.close()
         self._rw = self._ww = None
         self.sock.close()
+        # Greenlets are pooled: nothing may be thrown at this one for us any more.
+        self.phase = NONE
+        self.request_deadline = -1.0
+        self.greenlet = None
+
+    def linger(self) -> None:
+        """Close without resetting what we sent last: the client may still be sending (a
+        body we refused, requests behind an error). Closing a socket with unread input
+        makes the kernel send a reset, which can destroy our answer before the client
+        reads it; so, as nginx's lingering_close does, stop writing and read and discard
+        for a bounded time and amount, until the client closes too. Then close()."""
+        try:
+            self.flush()
+            self.sock.shutdown(socket.SHUT_WR)
+        except (ClientGone, OSError):
+            return
+        self.enter(LINGER)
+        got = 0
+        try:
+            while got < LINGER_BYTES:
+                data = self.recv_raw()
+                if not data:
+                    break
+                got += len(data)
+        except (Expired, OSError):
+            pass
+        finally:
+            self.enter(NONE)
+
+    def recv_raw(self) -> bytes:
+        """The next bytes on the socket itself (below any decryption), b"" at EOF."""
+        return Transport.recv(self)
 
     # ---------------------------------------------------------------- writing
     def flush(self) -> None:
@@ -97,19 +153,19 @@ class Transport:
         if not out:
             return
         if self.expired == SEND_EXPIRED:
-            raise ClientGone()  # the send timeout fired: nothing more goes out
-        if self.framer is not None:  # the head goes out now: start_response may no longer replace it
-            self.head_flushed = True
-            if self.sr is not None:
-                self.sr.sent = True
+            raise ClientGone(SEND_EXPIRED)  # the send timeout fired: nothing more goes out
+        self.flushes += 1
         total = sum(map(len, out))
         if 1 < len(out) <= GATHER_MAX and total > GATHER_OVER:
             # A large body goes out with its head in one sendmsg, without the join's copy.
-            parts, self.out = out, []
+            parts = out[:]
         else:
             parts = [out[0] if len(out) == 1 else b"".join(out)]
-            out.clear()
+        out.clear()
         self.tx += total
+        self.send_parts(parts, total)
+
+    def send_parts(self, parts: list[bytes], total: int) -> None:
         # One non-blocking send usually takes it all; a wait (and the send timeout)
         # is only needed when the socket buffer is full.
         try:
@@ -133,7 +189,7 @@ class Transport:
                 if not views:
                     return
                 views[0] = views[0][sent:]
-                self._wait_for_room()
+                self.wait_for_room()
                 try:
                     sent = sock.sendmsg(views)
                 except BlockingIOError:
@@ -141,26 +197,26 @@ class Transport:
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ClientGone() from e
 
-    def _wait_for_room(self) -> None:
+    def wait_for_room(self) -> None:
         """Wait, in the SEND phase, until the socket takes more. Every wait follows a first
         full buffer or progress, so the send timeout counts from here."""
         phase = self.phase
-        self.phase = SEND
-        self.deadline = 0.0
+        self.enter(SEND)
         try:
             self.wait_writable()
         except Expired as e:
             self._send_expired(e)
-        self.phase = phase
-        self.deadline = 0.0
+        self.enter(phase)
 
     def _send_expired(self, e: Expired) -> NoReturn:
         self.expired = e.reason
-        log.debug("closed connection from %s: %s", self.peer(), e.reason)
-        raise ClientGone() from None
+        log.debug("closed connection from %s: %s", self.describe(), e.reason)
+        raise ClientGone(e.reason) from None
 
-    def peer(self) -> str:
-        return "a client"
+    @property
+    def can_sendfile(self) -> bool:
+        """Whether file bytes may go from the kernel's page cache to the socket as they are."""
+        return True
 
     def sendfile(self, fd: int, offset: int, count: int) -> int:
         """os.sendfile in a cooperative loop: the kernel copies, the hub waits for room.
@@ -171,7 +227,7 @@ class Transport:
             try:
                 sent = os.sendfile(sockfd, fd, offset, min(remaining, 1 << 20))
             except BlockingIOError:
-                self._wait_for_room()
+                self.wait_for_room()
                 continue
             except (BrokenPipeError, ConnectionResetError) as e:
                 raise ClientGone() from e

@@ -8,16 +8,13 @@ drains and exits rather than serving on as an orphan.
 
 from __future__ import annotations
 
-import _socket
-import fcntl
 import logging
 import os
 import random
 import signal
 import socket
-import struct
 import sys
-import termios
+import time
 from typing import Any
 
 import gevent
@@ -42,8 +39,9 @@ from greenfork.workers.acceptor import Acceptor
 from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.conn import Connection
 from greenfork.workers.http1 import Limits
+from greenfork.workers.request import RequestStage
 from greenfork.workers.shed import Shedder
-from greenfork.workers.timers import Sweeper, Timeouts
+from greenfork.workers.timers import Sweeper, Timed, Timeouts
 from greenfork.workers.wsgi import Errors, FileWrapper
 
 log = logging.getLogger("greenfork.worker")
@@ -53,6 +51,16 @@ HEARTBEAT_INTERVAL = 1.0
 # (answered with Connection: close) before it is closed: its client may already have
 # sent it, and closing at once would reset that request.
 DRAIN_IDLE_GRACE = 1.0
+
+
+def server_software() -> str:
+    """SERVER_SOFTWARE (RFC 3875 4.1.17): apps and middleware branch on it."""
+    from importlib import metadata
+
+    try:
+        return "greenfork/" + metadata.version("greenfork")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a bare checkout
+        return "greenfork"
 
 
 class ListenerContext:
@@ -69,7 +77,7 @@ class ListenerContext:
     @staticmethod
     def _server_name(listener: Listener) -> tuple[str, str]:
         if listener.transport == "unix":
-            return listener.url.removeprefix("unix:"), ""
+            return "localhost", "80"  # replaced per request from Host (request.py)
         addr = listener.sock.getsockname()
         return str(addr[0]), str(addr[1])
 
@@ -96,7 +104,8 @@ class WorkerServer:
         self.script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
         self.draining = False
         self.connections: set[Connection] = set()
-        self.sweeper = Sweeper(self.connections, Timeouts.from_settings(s))
+        self.watched: set[Timed] = set()  # what the sweeper times: each connection's transport
+        self.sweeper = Sweeper(self.watched, Timeouts.from_settings(s))
         self.shedder = Shedder(info.slot, s.worker_connections)
         self.stopped = gevent.event.Event()
         self.hub = gevent.get_hub()
@@ -112,7 +121,7 @@ class WorkerServer:
         self.timed = self.access_log is not None or self.metrics is not instrument.NULL
         self.requests = 0
         self.request_timeout = s.request_timeout
-        self.drain_idle_grace = DRAIN_IDLE_GRACE
+        self.stage = RequestStage(self)
 
     # --------------------------------------------------------------- startup
     def serve(self) -> int:
@@ -184,6 +193,7 @@ class WorkerServer:
             "wsgi.input_terminated": True,
             "wsgi.file_wrapper": FileWrapper,
             "SCRIPT_NAME": self.script_name,
+            "SERVER_SOFTWARE": server_software(),
             "greenfork.server_addresses": list(self.info.addresses),
             "greenfork.worker": self.info.slot,
             "greenfork.generation": self.info.generation,
@@ -199,9 +209,15 @@ class WorkerServer:
             signal.signal(sig, signal.SIG_IGN)
 
     # ------------------------------------------------------------- connections
+    def connection_opened(self, conn: Connection) -> None:
+        self.metrics.opened(conn)
+        self.connections.add(conn)
+        self.watched.add(conn.timed)
+
     def connection_done(self, conn: Connection) -> None:
         self.metrics.closed(conn)
         self.connections.discard(conn)
+        self.watched.discard(conn.timed)
         if self.draining and not self.connections:
             self.stopped.set()
 
@@ -266,12 +282,7 @@ class WorkerServer:
         if not self.connections:
             self.stopped.set()
         else:
-            gevent.spawn_later(DRAIN_IDLE_GRACE, self._close_idle)
-
-    def _close_idle(self) -> None:
-        for conn in list(self.connections):
-            if conn.idle and not _has_pending_input(conn.sock):
-                self.acceptor.close_idle(conn)
+            self.sweeper.drain(DRAIN_IDLE_GRACE, time.monotonic())
 
     def _finish(self) -> int:
         if self.graceful:
@@ -281,13 +292,3 @@ class WorkerServer:
         sys.stdout.flush()
         return 0
 
-
-def _has_pending_input(sock: _socket.socket) -> bool:
-    """Whether a keep-alive connection's next request has already arrived: it is
-    served (with Connection: close) rather than cut off. FIONREAD, because a recv
-    would take the bytes away from the connection's own greenlet."""
-    try:
-        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
-        return False
-    return int(struct.unpack("i", raw)[0]) > 0

@@ -1,7 +1,7 @@
 """PEP 3333 pieces: the environ, wsgi.input, start_response and file_wrapper.
 
-Free of sockets: the connection (conn.py) hands in a pull() for body bytes and
-a write() for response bytes, so these are tested without a network.
+Free of sockets: the request stage (request.py) hands in a pull() for body bytes
+and a write() for response bytes, so these are tested without a network.
 """
 
 from __future__ import annotations
@@ -75,14 +75,14 @@ def build_environ(base: dict[str, Any], req: Request, script_name: str) -> dict[
 class Input:
     """wsgi.input: streams the body from the connection, never past its end.
 
-    pull() returns the next piece of body, or b"" at the end. on_first_read runs
-    before the first pull: the connection applies max_body there and sends
+    pull() returns the next piece of body, or b"" at the end. on_first_read(max_body)
+    runs before the first pull: the protocol applies the limit there and sends
     "100 Continue" when the client asked for it.
     """
 
     __slots__ = ("_buf", "_done", "_first", "_pull", "bodyless", "consumed", "max_body", "started")
 
-    def __init__(self, pull: Callable[[], bytes], on_first_read: Callable[[], None] | None = None,
+    def __init__(self, pull: Callable[[], bytes], on_first_read: Callable[[int | None], None] | None = None,
                  max_body: int | None = None) -> None:
         self._pull = pull
         self._first = on_first_read
@@ -110,7 +110,7 @@ class Input:
             self.started = True
             if self._first is not None:
                 first, self._first = self._first, None
-                first()
+                first(self.max_body)
         data = self._pull()
         if not data:
             self._done = True
@@ -260,10 +260,6 @@ class FileWrapper:
             yield data
 
 
-class HeadersSent(Exception):
-    """start_response called again with exc_info after the head went out."""
-
-
 # Header items an app sent before and that passed _check_header; bounded.
 _CHECKED: set[tuple[str, str]] = set()
 
@@ -285,19 +281,19 @@ def _check_header(item: object) -> None:
 class StartResponse:
     """start_response and its write(), for one request."""
 
-    __slots__ = ("headers", "send_head", "sent", "status", "write_body")
+    __slots__ = ("head_sent", "headers", "status", "write_body")
 
-    def __init__(self, write_body: Callable[[bytes], None]) -> None:
+    def __init__(self, write_body: Callable[[bytes], None], head_sent: Callable[[], bool]) -> None:
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
-        self.sent = False  # set by the connection once the head is on the wire
         self.write_body = write_body
+        self.head_sent = head_sent  # whether the head is on the wire (then exc_info re-raises)
 
     def __call__(self, status: str, headers: list[tuple[str, str]],
                  exc_info: ExcInfo | None = None) -> Callable[[bytes], None]:
         if exc_info is not None:
             try:
-                if self.sent:
+                if self.head_sent():
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None  # PEP 3333: avoid a reference cycle

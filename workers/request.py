@@ -1,0 +1,248 @@
+"""The request stage: the one WSGI adapter, driven by every protocol.
+
+A protocol (HTTP/1.1 in conn.py; HTTP/2 streams later) hands one request at a
+time to serve(), through the small Exchange interface below: how to read the
+body, how to send the head, the body and the end, and how to answer with an
+error instead. Everything PEP 3333 asks of a server lives here, once: the
+environ, start_response with exc_info, write(), wsgi.input, file_wrapper, the
+iterable's close(), and what a failing application or a bad body turns into.
+
+A response head is sent lazily, with the first body bytes (or at the end), so an
+application may still call start_response again with exc_info until then.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, Protocol
+
+from greenfork.workers.http1 import ProtocolError, Request
+from greenfork.workers.timers import RequestTimeout, Timed
+from greenfork.workers.transport import ClientGone
+from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
+
+if TYPE_CHECKING:
+    from greenfork.workers.worker import ListenerContext, WorkerServer
+
+log = logging.getLogger("greenfork.worker")
+
+CLIENT_GONE = 499  # the status recorded when the client left before a response: never on the wire
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """The Date header value, formatted once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date_cache[1]
+
+
+class BodyError(OSError):
+    """The request body was malformed, over the limit, too slow or cut short, while
+    the app (or the drain after it) was reading it. An OSError, like any failed read."""
+
+    def __init__(self, err: ProtocolError) -> None:
+        super().__init__(err.detail)
+        self.err = err
+
+
+class Exchange(Protocol):
+    """One request's conversation with its client, as this stage needs it."""
+
+    status: int  # the status sent (or about to be), for the access log and metrics
+    body_error: ProtocolError | None  # what went wrong with the body while the app read it
+    inp: Input | None
+    ctx: ListenerContext
+    version: str  # the protocol version, for the connection's metrics
+
+    @property
+    def timed(self) -> Timed: ...  # whose greenlet runs the app: --request-timeout is armed on it
+
+    def read_body(self) -> bytes: ...  # the next piece of the body, b"" at its end; BodyError
+    def start_body(self, limit: int | None) -> None: ...  # before the first read; BodyError (413)
+    def send_head(self, status: str, headers: list[tuple[str, str]]) -> None: ...
+    def send_data(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
+    def send_file(self, fw: FileWrapper) -> bool: ...  # after send_head; False: iterate it instead
+    def end(self) -> None: ...
+    def head_sent(self) -> bool: ...  # is the head on the wire (no error answer can replace it)?
+    def answer_instead(self, status: int) -> bool: ...  # replace the unsent response; False if too late
+    def abort(self) -> None: ...  # the response cannot be completed: the connection (or stream) ends
+    def body_bytes(self) -> int: ...  # response body bytes sent (the access log's %(B)s)
+
+
+class RequestStage:
+    """Runs the application for one exchange at a time (one per worker, shared)."""
+
+    def __init__(self, server: WorkerServer) -> None:
+        self.server = server
+        self.script_name = server.script_name
+        self.max_body = server.limits.max_body
+        self.request_timeout = server.request_timeout
+
+    def serve(self, ex: Exchange, req: Request, remote: tuple[str, str]) -> None:
+        server = self.server
+        timed = server.timed  # the access log or metrics want the duration
+        started = time.monotonic() if timed else 0.0
+        ctx = ex.ctx
+        env = build_environ(ctx.base_environ, req, self.script_name)
+        env["REMOTE_ADDR"], env["REMOTE_PORT"] = remote
+        if ctx.unix:
+            _server_from_host(env)
+        inp = ex.inp = Input(ex.read_body, ex.start_body, self.max_body)
+        inp.bodyless = not req.chunked and not req.content_length
+        env["wsgi.input"] = inp
+        env["greenfork.set_max_request_body_size"] = inp.set_max_body_size
+        writer = _Writer(ex)
+        sr = writer.sr = StartResponse(writer.write, ex.head_sent)
+        result: Any = None
+        # We are no proxy and speak nothing but HTTP: the server answers these itself.
+        app = server.app if req.path != b"*" and req.method != "CONNECT" else _server_itself
+        err = ""  # the metrics' error_type
+        # --request-timeout bounds this request only; the connection's other requests and
+        # the worker's other connections carry on (the sweeper throws RequestTimeout).
+        if self.request_timeout:
+            ex.timed.request_deadline = 0.0
+        try:
+            result = app(env, sr)
+            if isinstance(result, FileWrapper) and writer.start() and ex.send_file(result):
+                pass
+            elif type(result) is list or type(result) is tuple:
+                for data in result:
+                    if data:
+                        writer.write_data(data)
+            else:
+                for data in result:
+                    if data:
+                        writer.write_data(data)
+                        ex.flush()  # an iterator may be streaming: do not hold its output
+            if ex.body_error is not None:
+                raise BodyError(ex.body_error)  # the app answered a body it could not read
+            writer.start()
+            ex.end()
+        except ClientGone as e:
+            ex.abort()
+            ex.status = ex.status or CLIENT_GONE
+            err = e.reason
+        except BodyError as e:
+            # The body broke while the app read it: whatever the app made of it, the client
+            # hears about its own mistake (4xx), or the close ends a response already started.
+            err = e.err.error_type
+            _log_body_error(e.err, req, env)
+            if not ex.answer_instead(e.err.status):
+                ex.abort()
+        except RequestTimeout:
+            log.error("Request %s %s exceeded --request-timeout (%g s)", req.method,
+                      req.target.decode("latin-1"), self.request_timeout)
+            if not ex.answer_instead(504):
+                ex.abort()
+        except Exception:
+            if ex.body_error is not None:
+                # The app failed over a body it could not read: the client's error, not the app's.
+                err = ex.body_error.error_type
+                _log_body_error(ex.body_error, req, env)
+                if not ex.answer_instead(ex.body_error.status):
+                    ex.abort()
+            else:
+                err = "error_after_starting_response" if ex.head_sent() else "_OTHER"
+                log.exception("Error handling request %s %s", req.method, req.target.decode("latin-1"))
+                if not ex.answer_instead(500):
+                    ex.abort()
+        finally:
+            ex.timed.request_deadline = -1.0
+            close = None if type(result) is list else getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("Error closing the response iterable")
+        if timed:
+            if server.access_log is not None:
+                server.access_log.log(env, ex.status, sr.headers, ex.body_bytes(),
+                                      time.monotonic() - started)
+            server.metrics.request(ex, req, err, started)
+
+
+class _Writer:
+    """Sends the head lazily: with the first body bytes, or at the end."""
+
+    __slots__ = ("ex", "headed", "sr")
+
+    def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
+        self.sr: StartResponse = None  # type: ignore[assignment]  # set right after
+        self.headed = False
+
+    def start(self) -> bool:
+        if not self.headed:
+            sr = self.sr
+            if sr.status is None:
+                raise RuntimeError("the application returned without calling start_response")
+            self.headed = True
+            self.ex.send_head(sr.status, sr.headers)
+        return True
+
+    def write_data(self, data: bytes) -> None:
+        if not self.headed:
+            self.start()
+        if type(data) is not bytes:
+            raise TypeError(f"the application yielded {type(data).__name__}, not bytes")
+        self.ex.send_data(data)
+
+    def write(self, data: bytes) -> None:
+        """The legacy write() callable from start_response."""
+        self.write_data(data)
+        self.ex.flush()
+
+
+def _log_body_error(err: ProtocolError, req: Request, env: dict[str, Any]) -> None:
+    where = f"{req.method} {req.target.decode('latin-1')} from {env.get('REMOTE_ADDR') or 'a unix socket'}"
+    if err.status == 413:
+        log.warning("Request body over --max-request-body-size (%s), %s: answered 413", err.detail, where)
+    else:
+        log.info("Bad request body (%s: %s), %s: answered %s", err.error_type, err.detail, where,
+                 err.status or "with a close")
+
+
+def _server_from_host(env: dict[str, Any]) -> None:
+    """SERVER_NAME and SERVER_PORT on a unix socket, which has neither: from the Host
+    header when there is one, else "localhost" and the scheme's default port."""
+    host = env.get("HTTP_HOST", "")
+    if host:
+        if host.startswith("["):
+            end = host.find("]")
+            name, port = host[:end + 1], host[end + 2:]
+        else:
+            name, _, port = host.partition(":")
+        if name:
+            env["SERVER_NAME"] = name
+            env["SERVER_PORT"] = port or ("443" if env["wsgi.url_scheme"] == "https" else "80")
+            return
+    env["SERVER_NAME"] = "localhost"
+    env["SERVER_PORT"] = "443" if env["wsgi.url_scheme"] == "https" else "80"
+
+
+def _server_itself(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    """Requests the server answers without the application.
+
+    `OPTIONS *` (RFC 9110 9.3.7) asks about the server in general, not a resource: 200 with
+    no content, and the connection stays open. An application would see PATH_INFO "*",
+    which routers do not expect.
+
+    CONNECT (RFC 9110 9.3.6) asks for a tunnel, which only a proxy provides. The method is
+    known but the target (an authority, not a resource) supports no method here: 405 with
+    an empty Allow (RFC 9110 10.2.1: "allows no methods"); the request was already marked
+    to close (llhttp treats CONNECT like an upgrade), so tunnel bytes are never parsed.
+    """
+    if environ["REQUEST_METHOD"] == "CONNECT":
+        body = b"405 Method Not Allowed\n"
+        start_response("405 Method Not Allowed", [("Allow", ""), ("Content-Type", "text/plain"),
+                                                  ("Content-Length", str(len(body)))])
+        return [body]
+    start_response("200 OK", [("Content-Length", "0")])
+    return []

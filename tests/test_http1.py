@@ -211,6 +211,16 @@ VALID = [
     pytest.param(head(HOST, method=b"CONNECT", target=b"example.com:443"),
                  [R(method="CONNECT", path=b"example.com:443", keep_alive=False), END, CLOSED],
                  id="connect-authority-form-rfc9112-3.2.3"),
+    # RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ),
+    # a token or a quoted-string; every valid form reaches the app intact (llhttp refuses some)
+    *[pytest.param(CHUNKED_POST + b"5" + ext + b"\r\nhello\r\n0" + ext + b"\r\n\r\n",
+                   [R(chunked=True), b"hello", END, NEED_DATA], id=f"chunk-ext-{name}-rfc9112-7.1.1")
+      for name, ext in [("name-only", b";a"), ("token", b";a=b"), ("quoted", b';a="b c"'),
+                        ("quoted-escape", b';a="b\\"c"'), ("quoted-empty", b';a=""'),
+                        ("bws-everywhere", b" ; a = b"), ("bws-before-semicolon", b"\t;a"),
+                        ("bws-after-semicolon", b"; a=b"), ("bws-around-equals", b";a =\tb"),
+                        ("several", b";a;b=c;d=\"e\""), ("several-bws", b';a="x" ;b ; c=d'),
+                        ("obs-text-in-quoted", b';a="caf\xe9"')]],
     pytest.param(CHUNKED_POST + b"0003\r\nabc\r\n0\r\n\r\n",
                  [R(chunked=True), b"abc", END, NEED_DATA], id="chunk-size-leading-zeros-rfc9112-7.1"),
 ]
@@ -291,6 +301,18 @@ ERRORS = [
     pytest.param(head(HOST, target=b"/a\tb"), 400, id="tab-in-target-rfc9112-3.2"),
     pytest.param(b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400, id="space-in-target-rfc9112-3"),
     pytest.param(b"GET / http/1.1\r\nHost: a\r\n\r\n", 400, id="lowercase-http-name-rfc9112-2.3"),
+    # RFC 9112 2.3: HTTP-name is "HTTP", case-sensitive; llhttp also parses RTSP and ICE
+    *[pytest.param(b"%s / %s\r\nHost: a\r\nContent-Length: 0\r\n\r\n" % (m, proto), 400,
+                   id=f"protocol-{m.decode()}-{proto.decode()}-rfc9112-2.3")
+      for m, proto in [(b"GET", b"RTSP/1.0"), (b"POST", b"RTSP/1.0"), (b"OPTIONS", b"RTSP/1.0"),
+                       (b"GET", b"RTSP/1.1"), (b"SOURCE", b"ICE/1.0"), (b"DESCRIBE", b"RTSP/1.0"),
+                       (b"SETUP", b"RTSP/1.0"), (b"PLAY", b"RTSP/1.0"), (b"TEARDOWN", b"RTSP/1.0"),
+                       (b"GET_PARAMETER", b"RTSP/1.0"), (b"RECORD", b"RTSP/1.0"), (b"FLUSH", b"RTSP/1.0"),
+                       (b"GET", b"ICE/1.0"), (b"GET", b"http/1.1"), (b"GET", b"Http/1.1"),
+                       (b"GET", b"HTTPS/1.1"), (b"GET", b"HTCPCP/1.0")]],
+    pytest.param(b"GET /\r\n", 400, id="http-0.9-answered-at-once"),
+    pytest.param(b"GET /index.html\r\n\r\n", 400, id="http-0.9-with-empty-line"),
+    pytest.param(b"GET /\r\nHost: a\r\n\r\n", 400, id="http-0.9-with-fields"),
     pytest.param(b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400, id="version-two-digits-rfc9112-2.3"),
     pytest.param(head(HOST, b"Content-Length: 1 2", method=b"POST"), 400, id="cl-with-space-rfc9110-8.6"),
     pytest.param(head(HOST, b"Content-Length: 1", b"Content-Length: 1", method=b"POST") + b"a", 400,
@@ -424,6 +446,12 @@ BODY_ERRORS = [
                  400, id="trailer-space-before-colon-rfc9112-7.1.2"),
     pytest.param(CHUNKED_POST + b"0\r\nX: a\x00\r\n\r\n", None,
                  400, id="trailer-nul-rfc9112-7.1.2"),
+    *[pytest.param(CHUNKED_POST + b"5" + ext + b"\r\nhello\r\n0\r\n\r\n", None, 400,
+                   id=f"chunk-ext-invalid-{name}-rfc9112-7.1.1")
+      for name, ext in [("empty", b";"), ("empty-name", b";=b"), ("empty-value", b";a="),
+                        ("two-equals", b";a=b=c"), ("trailing-space", b";a=b "), ("nul", b";a\x00"),
+                        ("del-in-quoted", b';a="\x7f"'), ("unterminated-quote", b';a="b'),
+                        ("space-in-name", b";a b"), ("comma", b";a,b")]],
 ]
 
 
@@ -795,3 +823,25 @@ def test_cached_header_lines_give_the_same_head() -> None:
     assert first[0] == again[0] and first[2] == again[2]
     assert first[2]["connection"] == ["close"] and "keep-alive" not in first[2]
     assert not first[1].keep_alive and not again[1].keep_alive
+
+
+def test_http_name_check_survives_pipelining_and_bodies() -> None:
+    """The protocol name is checked on each request line, wherever it falls in the stream."""
+    body = b"GET / RTSP/1.0\r\nHost: a\r\n\r\n"
+    data = (head(HOST, b"Content-Length: %d" % len(body), method=b"POST") + body
+            + head(HOST, target=b"/2") + b"GET /3 RTSP/1.0\r\nHost: a\r\n\r\n")
+    events = parse(data)
+    assert [type(e) for e in events] == [Req, bytes, type(END), Req, type(END), Err]
+    assert events[1] == body  # a body is a body
+
+
+def test_an_upgrade_keeps_the_bytes_after_its_head() -> None:
+    data = head(HOST, b"Upgrade: websocket", b"Connection: upgrade") + b"\x81\x05hello"
+    for pieces in ([data], [data[i:i + 1] for i in range(len(data))]):
+        conn = RequestParser()
+        for piece in pieces:
+            conn.receive_data(piece)
+        req = conn.next_event()
+        assert type(req) is Request and req.upgrade and not req.keep_alive
+        assert conn.next_event() is END and conn.next_event() is CLOSED
+        assert conn.upgrade_data == b"\x81\x05hello"

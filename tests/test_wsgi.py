@@ -1,5 +1,5 @@
 """PEP 3333 pieces without a socket: the environ from a parsed request, wsgi.input
-over a pull() callable, start_response, wsgi.errors and wsgi.file_wrapper."""
+over a body source, start_response, wsgi.errors and wsgi.file_wrapper."""
 
 from __future__ import annotations
 
@@ -122,15 +122,21 @@ def test_latin1_header_values() -> None:
 
 # ------------------------------------------------------------------ wsgi.input
 class Pull:
-    """pull() over given chunks, then b"" once; a call after that is a bug."""
+    """A body source: read_body() over given chunks, then b"" once (a call after that is
+    a bug); start_body() logs "continue" when asked to (where a protocol would send it)."""
 
-    def __init__(self, *chunks: bytes, log: list[str] | None = None) -> None:
+    def __init__(self, *chunks: bytes, log: list[str] | None = None, announce: bool = False) -> None:
         self.chunks = list(chunks)
         self.calls = 0
         self.ended = False
         self.log = log
+        self.announce = announce
 
-    def __call__(self) -> bytes:
+    def start_body(self, limit: int | None) -> None:
+        if self.announce and self.log is not None:
+            self.log.append("continue")
+
+    def read_body(self) -> bytes:
         assert not self.ended, "pull() called after it returned b''"
         self.calls += 1
         if self.log is not None:
@@ -218,8 +224,8 @@ def test_read1() -> None:
 
 def test_on_first_read_once_before_first_pull() -> None:
     log: list[str] = []
-    pull = Pull(b"ab", b"cd", log=log)
-    inp = Input(pull, lambda limit: log.append("continue"))
+    pull = Pull(b"ab", b"cd", log=log, announce=True)
+    inp = Input(pull)
     assert inp.read(0) == b"" and log == []  # nothing asked for: no 100 Continue yet
     assert inp.read(1) == b"a"
     assert log == ["continue", "pull"]
@@ -229,7 +235,7 @@ def test_on_first_read_once_before_first_pull() -> None:
 
 def test_on_first_read_with_empty_body() -> None:
     log: list[str] = []
-    inp = Input(Pull(log=log), lambda limit: log.append("continue"))
+    inp = Input(Pull(log=log, announce=True))
     assert inp.readline() == b""
     assert log == ["continue", "pull"]
     assert inp.read() == b"" and log == ["continue", "pull"]
@@ -268,17 +274,21 @@ def test_finished() -> None:
 
 
 # ------------------------------------------------------------------ start_response
-class HeadState:
+class Sink:
     def __init__(self) -> None:
+        self.out: list[bytes] = []
         self.sent = False
 
-    def __call__(self) -> bool:
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def head_sent(self) -> bool:
         return self.sent
 
 
 def writer() -> tuple[StartResponse, list[bytes]]:
-    out: list[bytes] = []
-    return StartResponse(out.append, HeadState()), out
+    sink = Sink()
+    return StartResponse(sink), sink.out
 
 
 def test_start_response_returns_write() -> None:
@@ -320,7 +330,7 @@ def test_exc_info_first_call_is_allowed() -> None:
 def test_exc_info_after_head_sent_reraises() -> None:
     sr, _ = writer()
     sr("200 OK", [])
-    sr.head_sent.sent = True  # type: ignore[attr-defined]
+    sr.sink.sent = True  # type: ignore[attr-defined]
     info = error_info()
     with pytest.raises(KeyError) as caught:
         sr("500 Internal Server Error", [], info)
@@ -405,9 +415,15 @@ def test_validator_accepts_our_environ_and_start_response() -> None:
     req = conn.next_event()
     assert type(req) is Request
 
-    def pull() -> bytes:
-        ev = conn.next_event()
-        return ev if type(ev) is bytes else b""
+    class Source:
+        def start_body(self, limit: int | None) -> None:
+            assert conn.set_body_limit(limit) is None
+
+        def read_body(self) -> bytes:
+            ev = conn.next_event()
+            return ev if type(ev) is bytes else b""
+
+    pull = Source()
 
     base = {"wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
             "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
@@ -427,8 +443,9 @@ def test_validator_accepts_our_environ_and_start_response() -> None:
         write(b"")
         return [answer]
 
-    out: list[bytes] = []
-    sr = StartResponse(out.append, HeadState())
+    sink = Sink()
+    out = sink.out
+    sr = StartResponse(sink)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = validator(app)(env, sr)  # type: ignore[arg-type]  # typeshed also admits (None, None, None)

@@ -31,11 +31,11 @@ from greenfork.workers.h1proto import (
     ProtocolError,
     Request,
 )
-from greenfork.workers.request import BodyError, http_date
+from greenfork.workers.request import BodyError, http_date, write_data
 from greenfork.workers.timers import BODY, FRESH, HEADERS, IDLE, NONE, Expired, RequestTimeout
 from greenfork.workers.timers import DRAIN as DRAINING
 from greenfork.workers.transport import FLUSH_AT, ClientGone, Transport
-from greenfork.workers.wsgi import FileWrapper, Input
+from greenfork.workers.wsgi import FileWrapper, Input, StartResponse
 
 if TYPE_CHECKING:
     from greenfork.workers.worker import ListenerContext, WorkerServer
@@ -46,8 +46,8 @@ DRAIN_LIMIT = 1 << 20  # unread body bytes we discard to keep a connection reusa
 
 
 class Connection:
-    __slots__ = ("addr", "body_error", "ctx", "head_at", "inp", "mark", "out", "p", "remote", "req", "served",
-                 "server", "since", "status", "t", "timed",
+    __slots__ = ("addr", "body_error", "ctx", "head_at", "headed", "inp", "mark", "out", "p", "remote", "req",
+                 "served", "server", "since", "sr", "status", "t", "timed",
                  "error_type", "opened", "version")  # for metrics (workers/instrument.py)
 
     def __init__(self, server: WorkerServer, sock: _socket.socket, addr: Any, ctx: ListenerContext,
@@ -65,6 +65,8 @@ class Connection:
         self.status = 0
         self.served = 0
         self.inp: Input | None = None
+        self.sr: StartResponse | None = None
+        self.headed = False
         self.body_error: ProtocolError | None = None
         self.mark = 0  # where this request's response starts in the gathered output
         self.since = 0  # the transport's flush count when it started
@@ -152,7 +154,8 @@ class Connection:
                     return p.must_linger()
                 p.receive_data(data)
             elif type(ev) is Request:
-                t.enter(NONE)
+                if t.phase != NONE:  # (a pipelined request finds it so already)
+                    t.enter(NONE)
                 action = self._handle(ev)
                 if action != KEEP:
                     t.flush()
@@ -195,16 +198,14 @@ class Connection:
         self.mark = len(self.out)
         self.since = self.t.flushes
         self.head_at = -1
-        self.server.stage.serve(self, req, self.remote)
-        self.served += 1
-        p = self.p
-        if p.skip_end():
-            pass  # a request without a body: nothing to drain
-        action = p.after_response()
-        if action == DRAIN:
-            action = self._drain()
-        self.req = None
-        self.inp = None
+        try:
+            self.server.stage.serve(self, req, self.remote)
+            self.served += 1
+            action = self.p.after_response()
+            if action == DRAIN:
+                action = self._drain()
+        finally:
+            self.req = self.inp = self.sr = None  # they point back at us: no cycle left behind
         return action
 
     def _drain(self) -> str:
@@ -276,15 +277,20 @@ class Connection:
 
     def send_head(self, status: str, headers: list[tuple[str, str]]) -> None:
         server = self.server
-        self.out.append(self.p.head(status, headers, date=http_date(), server=server.server_header,
-                                    keep_alive=not server.draining and server.keep_alive > 0))
-        self.status = int(status[:3])
+        p = self.p
+        self.out.append(p.head(status, headers, date=http_date(), server=server.server_header,
+                               keep_alive=server.keep_wish))
+        self.status = p.status
         self.head_at = self.t.flushes
 
     def send_data(self, data: bytes) -> None:
-        self.out.append(self.p.data(data))
+        self.out.append(self.p.send_data(data))
 
     def flush(self) -> None:
+        self.t.flush()
+
+    def write(self, data: bytes) -> None:
+        write_data(self, data)
         self.t.flush()
 
     def end(self) -> None:
@@ -312,8 +318,7 @@ class Connection:
         self.p.abort()
 
     def body_bytes(self) -> int:
-        framer = self.p.framer
-        return framer.body_bytes if framer is not None else 0
+        return self.p.body_bytes
 
     def send_file(self, fw: FileWrapper) -> bool:
         """os.sendfile in a cooperative loop: the kernel copies, the hub waits for room."""

@@ -37,7 +37,8 @@ is a bug in the caller and raises LocalProtocolError (h11's rule):
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Final, NoReturn
 
 from greenfork.workers.http1 import CLOSED, END, NEED_DATA, Limits, ProtocolError, Request, RequestParser
 from greenfork.workers.response import CONTINUE, ResponseFramer, error_response, response_head
@@ -57,7 +58,7 @@ TRANSITIONS: Final = {
     (SEND_BODY, END_CLOSE): MUST_CLOSE,
     (SEND_BODY, ERROR): MUST_CLOSE,
     (SEND_BODY, ABORT): CLOSED_STATE,
-    (DONE, NEXT): IDLE,
+    (DONE, NEXT): IDLE,  # (after_response() makes this move inline: it is the hot path)
     (DONE, ABORT): CLOSED_STATE,
     (MUST_CLOSE, ABORT): CLOSED_STATE,
 }
@@ -77,68 +78,50 @@ CLOSE: Final = "close"
 LINGER: Final = "linger"  # close, but read and discard what the client still sends first
 
 
-class H1Server:
-    """One HTTP/1.1 connection, server side."""
+class H1Server(RequestParser):
+    """One HTTP/1.1 connection, server side: the request parser (bytes in, events out)
+    with the response side and the connection's rules added."""
 
-    __slots__ = ("_continue", "_framer", "_req", "_their_done", "errored", "parser", "state")
+    __slots__ = ("_continue", "_frame", "_framer", "errored", "send_data", "state")
 
     def __init__(self, limits: Limits) -> None:
-        self.parser = RequestParser(limits)
+        RequestParser.__init__(self, limits)
         self.state = IDLE
-        self._req: Request | None = None
-        self._framer: ResponseFramer | None = None
-        self._their_done = True  # the current request's body was read to its end
+        self._framer = ResponseFramer(False, 0, True, False)  # reset by each response's head
+        self._frame = self._framer.frame
         self._continue = False  # "100 Continue" is owed (asked for, not yet sent or made moot)
         self.errored = False  # malformed input was answered: the byte stream is no longer trusted
+        # frames a piece of the response body: the framer's, between a head and its end
+        self.send_data: Callable[[bytes], bytes] = _no_body_yet
+
+    def _bad(self, event: int) -> NoReturn:
+        raise LocalProtocolError(f"{EVENT_NAMES[event]} while {STATE_NAMES[self.state]}")
 
     def _move(self, event: int) -> None:
         nxt = _TABLE[self.state][event]
         if nxt < 0:
-            raise LocalProtocolError(f"{EVENT_NAMES[event]} while {STATE_NAMES[self.state]}")
+            self._bad(event)
         self.state = nxt
 
     # ------------------------------------------------------------ input side
-    def receive_data(self, data: bytes) -> None:
-        self.parser.receive_data(data)
-
-    def next_event(self) -> object:
-        ev = self.parser.next_event()
-        t = type(ev)
-        if t is Request:
-            self._move(REQUEST)
-            req: Request = ev  # type: ignore[assignment]
-            self._req = req
-            self._framer = None
-            self._their_done = False
-            self._continue = req.expect_continue
-        elif ev is END:
-            self._their_done = True
-        return ev
-
-    @property
-    def between_requests(self) -> bool:
-        return self.parser.between_requests
-
-    @property
-    def pending(self) -> bool:
-        return self.parser.pending
-
-    def skip_end(self) -> bool:
-        """A request without a body: its END is parsed with the head; take it now."""
-        if self.parser.skip_end():
-            self._their_done = True
-            return True
-        return False
+    def _handed_out(self, req: Request) -> None:
+        nxt = _TABLE[self.state][REQUEST]
+        if nxt < 0:
+            self._bad(REQUEST)
+        self.state = nxt
+        self._framer.body_bytes = 0
+        self._continue = req.expect_continue
 
     @property
     def their_done(self) -> bool:
+        """The current request's body was delivered to its end."""
         return self._their_done
 
     def start_body(self, limit: int | None) -> bytes:
         """Before the first read of the request body: apply this request's body limit
         (raises the 413 ProtocolError when Content-Length is over it) and return the
         "100 Continue" to send if the client waits for it."""
-        err = self.parser.set_body_limit(limit)
+        err = self.set_body_limit(limit)
         if err is not None:
             self._continue = False  # a final answer instead (RFC 9110 10.1.1)
             raise err
@@ -151,58 +134,67 @@ class H1Server:
     def head(self, status: str, headers: list[tuple[str, str]], *, date: bytes, server: bool,
              keep_alive: bool) -> bytes:
         """The response head. keep_alive is the server's wish (False while draining or
-        with --keep-alive 0); the request, the headers and the framing can only turn it off."""
-        req = self._req
+        with --keep-alive 0); the request, the headers and the framing can only turn it off.
+        send_data() frames the body from now on."""
+        nxt = _TABLE[self.state][HEAD]
+        if nxt < 0:
+            self._bad(HEAD)
+        self.state = nxt
+        req = self._delivering
         assert req is not None
-        self._move(HEAD)
         # A client still waiting for "100 Continue" has not sent the body the app did not
         # read: rather than wait for it, say the connection closes (RFC 9110 10.1.1).
         if self._continue:
             self._continue = False
             keep_alive = False
-        head, self._framer = response_head(req, status, headers, keep_alive=keep_alive, date=date,
-                                           server=server)
+        head, _ = response_head(req, status, headers, keep_alive=keep_alive, date=date, server=server,
+                                framer=self._framer)
+        self.send_data = self._frame
         return head
-
-    def data(self, data: bytes) -> bytes:
-        framer = self._framer
-        assert framer is not None and self.state == SEND_BODY
-        return framer.frame(data)
 
     def end(self) -> bytes:
         framer = self._framer
-        assert framer is not None
         out = framer.end()
-        self._move(END_KEEP if framer.keep_alive else END_CLOSE)
+        nxt = _TABLE[self.state][END_KEEP if framer.keep_alive else END_CLOSE]
+        if nxt < 0:
+            self._bad(END_KEEP)
+        self.state = nxt
+        self.send_data = _no_body_yet
         return out
 
     @property
-    def framer(self) -> ResponseFramer | None:
-        """The current response's framing (the access log counts its body bytes)."""
-        return self._framer
+    def status(self) -> int:
+        """The current response's status code."""
+        return self._framer.status
+
+    @property
+    def body_bytes(self) -> int:
+        """Body bytes of the current response so far (the access log's %(B)s)."""
+        return self._framer.body_bytes
 
     def file_span(self) -> int | None:
         """How many body bytes a file may send by itself (os.sendfile): the Content-Length
         still owed, or None when the framing needs our hands (chunked, no body, no length)."""
         framer = self._framer
-        if framer is None or framer.chunked or framer.no_body:
+        if self.state != SEND_BODY or framer.chunked or framer.no_body:
             return None
         return framer.remaining
 
     def file_sent(self, count: int) -> None:
         """`count` body bytes went out by os.sendfile; fewer than owed ends the connection."""
         framer = self._framer
-        assert framer is not None and framer.remaining is not None
+        assert framer.remaining is not None
         framer.body_bytes += count
         framer.remaining -= count
         if framer.remaining:
             framer.keep_alive = False
 
     def error(self, status: int, *, date: bytes, server: bool) -> bytes:
-        """An error answer (for malformed input, or instead of a request's unsent
-        response); the connection closes after it. status 0: nothing to send."""
+        """An error answer instead of a request's unsent response (status 0: nothing to
+        send); the connection closes after it."""
         self._move(ERROR)
         self._continue = False
+        self.send_data = _no_body_yet
         return error_response(status, date, server) if status else b""
 
     def reject(self, err: ProtocolError, *, date: bytes, server: bool) -> bytes:
@@ -219,23 +211,32 @@ class H1Server:
         """The response cannot be completed (client gone, failure mid-body, undrainable body)."""
         if self.state != CLOSED_STATE:
             self._move(ABORT)
+        self.send_data = _no_body_yet
 
     # ----------------------------------------------------------------- cycle
     def after_response(self) -> str:
         """What the connection does now that the response is complete (or failed)."""
+        if not self._their_done:
+            events = self._events
+            if events and events[0] is END:  # a request without a body: its END came with the head
+                events.popleft()
+                self._their_done = True
         if self.state == DONE:
             if not self._their_done:
                 return DRAIN
-            self._move(NEXT)
-            self._req = None
+            self.state = IDLE  # (DONE, NEXT)
             return KEEP
         return LINGER if self.must_linger() else CLOSE
 
     def must_linger(self) -> bool:
         """Closing now could reset the connection under our last response: the client may
         still be sending (an unread body, input we refused, requests pipelined behind)."""
-        p = self.parser
-        return self.errored or not self._their_done or p.pending or not p.between_requests
+        return (self.errored or not self._their_done or self.pending or self.failed
+                or not self.between_requests)
+
+
+def _no_body_yet(data: bytes) -> bytes:
+    raise LocalProtocolError("response body before its head")
 
 
 __all__ = ["CLOSE", "CLOSED", "DRAIN", "END", "KEEP", "LINGER", "NEED_DATA", "H1Server", "LocalProtocolError",

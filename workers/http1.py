@@ -93,31 +93,32 @@ class Request:
 
 
 _HEAD, _BODY, _DONE = 0, 1, 2  # per-message parse state
-# How the bytes after a head are framed: llhttp parses heads and Content-Length bodies,
-# chunked bodies are ours (chunked.py); after an upgrade nothing is parsed any more.
-_M_HEAD, _M_LENGTH, _M_CHUNKED, _M_UPGRADED = 0, 1, 2, 3
+# Who parses the bytes: llhttp (heads and Content-Length bodies), chunked.py (a chunked
+# body), nobody (after an upgrade: they are kept for a hand-off).
+_M_HEAD, _M_CHUNKED, _M_UPGRADED = 0, 1, 2
 _CRLF2 = b"\r\n\r\n"
-# llhttp also parses RTSP/1.x and ICE/1.x request lines: with these methods the
-# protocol name must be checked (the others it accepts only with HTTP, or only with RTSP).
-_SHARED_METHODS = frozenset({"GET", "POST", "OPTIONS", "SOURCE"})
-_RTSP_METHODS = frozenset({"DESCRIBE", "ANNOUNCE", "SETUP", "PLAY", "PAUSE", "TEARDOWN", "GET_PARAMETER",
-                           "SET_PARAMETER", "REDIRECT", "RECORD", "FLUSH"})
-_CHUNK_END = b"0\r\n\r\n"
+_VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+
+
+class _TakeOver(Exception):
+    """Raised in llhttp's headers callback to stop it at a chunked head: the body is ours."""
 
 
 class RequestParser:
     """One connection's request parser. Feed bytes with receive_data(); pull events.
 
-    Heads are cut out of the byte stream here (at their blank line) and fed to llhttp
-    one at a time, so that the bytes after a head are known exactly: a Content-Length
-    body goes to llhttp, a chunked one to ChunkedDecoder, and an upgrade's bytes to
-    whoever takes the connection over.
+    llhttp parses each read whole (one call however many pipelined requests it holds);
+    alongside, the end of every head is located in the read (its blank line, found from
+    where the message began), so the bytes after a head are known exactly: the request
+    line is checked there, a chunked body is taken away from llhttp (it stops at the head,
+    and chunked.py decodes the rest), and an upgrade's bytes are kept for whoever takes the
+    connection over.
     """
 
-    __slots__ = ("_body_limit", "_check_pending", "_chunked", "_closed", "_cur_head", "_delivered",
-                 "_delivering", "_error", "_events", "_head_len", "_head_parts", "_header_bytes",
-                 "_header_count", "_limits", "_max_head", "_mode", "_parser", "_remaining", "_req", "_state",
-                 "_tail", "_url", "_url_len", "upgrade_data")
+    __slots__ = ("_after_head", "_body_limit", "_check_pending", "_chunk_start", "_chunked", "_closed",
+                 "_data", "_delivered", "_delivering", "_error", "_events", "_head_len", "_head_parts",
+                 "_header_bytes", "_header_count", "_limits", "_max_head", "_mode", "_parser", "_req",
+                 "_scan", "_skip", "_state", "_tail", "_their_done", "_url", "_url_len", "upgrade_data")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
@@ -129,16 +130,25 @@ class RequestParser:
         self._url: list[bytes] = []
         self._url_len = 0
         self._max_head = limits.max_request_line + limits.max_header_bytes + 4
-        self._head_parts: list[bytes] = []  # an incomplete head's bytes so far
+        # Where heads are in the read being parsed: it is _data; the next head starts at
+        # _scan in it (after the bytes of earlier messages), unless it began in earlier
+        # reads, whose bytes of it are in _head_parts.
+        self._data = b""
+        self._scan = 0
+        # True: the next head starts after the first blank line at or after _scan (the end of
+        # a head without a body is only searched for when a request follows it in the read)
+        self._after_head = False
+        self._skip = 0  # bytes of a Content-Length body still to come in later reads
+        self._head_parts: list[bytes] = []
         self._head_len = 0
         self._tail = b""  # the last 3 bytes of _head_parts: the blank line may straddle reads
-        self._cur_head = b""  # the (last piece of the) head being fed, for checks of its request line
+        self._chunk_start = 0  # where a chunked body starts in _data
         self._header_count = 0
         self._header_bytes = 0
-        self._remaining = 0  # Content-Length body bytes still to come
         self._chunked: ChunkedDecoder | None = None
         self._error: ProtocolError | None = None
         self._closed = False
+        self._their_done = True  # the body of the last Request handed out was delivered to its END
         self.upgrade_data = b""  # bytes after an upgrade's head (for whoever takes the connection)
         # Delivery side: the body limit applies to what the consumer is handed, not to what
         # has been parsed, because a head and its body often arrive in one read, before the
@@ -157,21 +167,56 @@ class RequestParser:
         if not data:
             self._eof()
             return
-        pos, end = 0, len(data)
-        while pos < end and self._error is None:
+        while True:
             mode = self._mode
-            if mode == _M_HEAD:
-                pos = self._feed_head(data, pos)
-            elif mode == _M_LENGTH:
-                take = min(self._remaining, end - pos)
-                self._remaining -= take
-                self._feed(data if take == end else memoryview(data)[pos:pos + take])
-                pos += take
-            elif mode == _M_CHUNKED:
-                pos = self._feed_chunked(data, pos)
-            else:
-                self.upgrade_data += data[pos:]
+            if mode == _M_CHUNKED:
+                pos = self._feed_chunked(data, 0)
+                if pos >= len(data) or self._error is not None:
+                    return
+                data = data[pos:]  # a request pipelined behind the chunked one
+            elif mode == _M_UPGRADED:
+                self.upgrade_data += data
                 return
+            skip = self._skip
+            if skip:
+                scan = min(skip, len(data))
+                self._skip = skip - scan
+            else:
+                scan = 0
+            self._data = data
+            self._scan = scan
+            self._after_head = False
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserCallbackError as e:
+                if not isinstance(e.__context__, _TakeOver):
+                    self._callback_failed(e.__context__)
+                    return
+                # the chunked body is ours from here on; llhttp starts afresh after it
+                self._parser = httptools.HttpRequestParser(self)
+                self._mode = _M_CHUNKED
+                data = data[self._chunk_start:]
+                if not data:
+                    return
+                continue
+            except httptools.HttpParserUpgrade as e:
+                # The head asked for another protocol (Upgrade, CONNECT): nothing after it is
+                # HTTP/1.1 any more. The request is served; what follows is kept for a hand-off.
+                if self._req is not None:
+                    self._req.keep_alive = False
+                self._mode = _M_UPGRADED
+                self.upgrade_data = data[e.args[0]:] if e.args else b""
+                return
+            except httptools.HttpParserInvalidMethodError:
+                self._head_failed(ProtocolError(501, "invalid_request_line", "unknown method"))
+            except httptools.HttpParserInvalidURLError:
+                self._head_failed(ProtocolError(400, "invalid_request_line", "invalid request target"))
+            except httptools.HttpParserError as e:
+                self._head_failed(_classify(str(e), self._state))
+            if self._state == _HEAD and self._error is None:
+                start = self._head_start()
+                self._incomplete_head(data[start:] if start else data)
+            return
 
     def _eof(self) -> None:
         self._closed = True
@@ -185,50 +230,36 @@ class RequestParser:
         else:
             self._fail(ProtocolError(0, "invalid_request_headers", "EOF inside the request head"))
 
-    def _feed_head(self, data: bytes, pos: int) -> int:
-        """Feed llhttp up to the end of the next head (or all of data if it does not end here)."""
-        start = pos
-        parts = self._head_parts
-        if parts:
-            # the blank line may straddle reads
-            tail = self._tail
-            k = (tail + data[pos:pos + 3]).find(_CRLF2)
-            stop = pos + k + 4 - len(tail) if k >= 0 else -1
-        else:
-            pos = _skip_empty_lines(data, pos)  # before a request (RFC 9112 2.2)
-            stop = -1
-        if stop < 0:
-            k = data.find(_CRLF2, pos)
-            stop = k + 4 if k >= 0 else -1
-        if stop < 0:
-            piece = data[start:] if start else data
-            self._cur_head = b""
-            parts.append(piece)
-            self._tail = (self._tail + piece)[-3:]
-            self._head_len += len(piece)
-            self._feed(piece)
-            if self._error is None:
-                self._incomplete_head(piece)
-            return len(data)
-        piece = data if not start and stop == len(data) else data[start:stop]
-        self._head_len += len(piece)
-        self._cur_head = piece
-        self._feed(piece)
-        return stop
-
     def _incomplete_head(self, piece: bytes) -> None:
+        """The read ended inside a head: keep its bytes, and bound it."""
+        self._head_parts.append(piece)
+        self._tail = (self._tail + piece)[-3:]
+        self._head_len += len(piece)
         # A head that never completes must not grow without bound.
         if self._head_len > self._max_head:
-            if self._state == _HEAD and self._req is not None and not self._header_count:
+            if self._req is not None and not self._header_count:
                 self._fail(ProtocolError(414, "invalid_request_line", "request line too long"))
             else:
                 self._fail(ProtocolError(431, "invalid_request_headers", "request head too large"))
-        elif b"\n" in piece and not self._header_count and self._state == _HEAD:
+        elif b"\n" in piece and not self._header_count:
             # An HTTP/0.9 request line ("GET /" CRLF, no version) leaves llhttp waiting
             # for header fields that will never come: answer it now.
             err = self._http09()
             if err is not None:
                 self._fail(err)
+
+    def _head_start(self) -> int:
+        """Where the head being parsed starts in the current read."""
+        if self._after_head:
+            self._scan = self._data.find(_CRLF2, self._scan) + 4
+            self._after_head = False
+        return self._scan
+
+    def _head(self) -> bytes:
+        """The bytes of the head being parsed (and possibly some after it)."""
+        start = self._head_start()
+        rest = self._data[start:] if start else self._data
+        return b"".join(self._head_parts) + rest if self._head_parts else rest
 
     @staticmethod
     def _request_line(head: bytes) -> bytes | None:
@@ -260,28 +291,14 @@ class RequestParser:
         if dec.done:
             self._chunked = None
             self._mode = _M_HEAD
-            self._feed(_CHUNK_END)  # llhttp waits in the body: its message ends here too (END)
+            self._state = _DONE
+            self._req = None
+            self._events.append(END)
         return pos
 
-    def _feed(self, data: bytes | memoryview) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # The head asked for another protocol (Upgrade, CONNECT): nothing after it is
-            # HTTP/1.1 any more. The request is served; what follows is kept for a hand-off.
-            if self._req is not None:
-                self._req.keep_alive = False
-            self._mode = _M_UPGRADED
-        except httptools.HttpParserCallbackError as e:
-            cause = e.__context__
-            self._head_failed(cause if isinstance(cause, ProtocolError) else
-                              ProtocolError(400, "_OTHER", f"parser callback failed: {cause!r}"))
-        except httptools.HttpParserInvalidMethodError:
-            self._head_failed(ProtocolError(501, "invalid_request_line", "unknown method"))
-        except httptools.HttpParserInvalidURLError:
-            self._head_failed(ProtocolError(400, "invalid_request_line", "invalid request target"))
-        except httptools.HttpParserError as e:
-            self._head_failed(_classify(str(e), self._state))
+    def _callback_failed(self, cause: BaseException | None) -> None:
+        self._head_failed(cause if isinstance(cause, ProtocolError) else
+                          ProtocolError(400, "_OTHER", f"parser callback failed: {cause!r}"))
 
     def _head_failed(self, err: ProtocolError) -> None:
         # However the head was cut into reads, a request line without a version is
@@ -299,19 +316,26 @@ class RequestParser:
             if t is bytes:
                 self._delivered += len(ev)  # type: ignore[arg-type]
                 if self._body_limit is not None and self._delivered > self._body_limit:
-                    self._too_large("body over the limit")
+                    self._too_large(f"chunked body over the limit of {self._body_limit}")
                     return self._error
             elif t is Request:
                 self._delivering = ev  # type: ignore[assignment]
                 self._check_pending = True
                 self._body_limit = self._limits.max_body
                 self._delivered = 0
+                self._their_done = False
+                self._handed_out(ev)  # type: ignore[arg-type]
+            elif ev is END:
+                self._their_done = True
             return ev
         if self._error is not None:
             return self._error
         if self._closed or self._mode == _M_UPGRADED:
             return CLOSED
         return NEED_DATA
+
+    def _handed_out(self, req: Request) -> None:
+        """A request head goes to the consumer (the connection's rules hang on this)."""
 
     def set_body_limit(self, limit: int | None) -> ProtocolError | None:
         """The body limit for the request just handed out (None: no limit); call it before
@@ -337,17 +361,13 @@ class RequestParser:
         self._events.clear()
         self._error = ProtocolError(413, "max_request_body_size_exceeded", detail)
 
-    @property
-    def body_limit(self) -> int | None:
-        """The limit in force for the current request's body."""
-        return self._body_limit
-
     def skip_end(self) -> bool:
         """For a request without a body: take its END if it is next (it is parsed
         with the head), so no drain is needed before the next request."""
         events = self._events
         if events and events[0] is END:
             events.popleft()
+            self._their_done = True
             return True
         return False
 
@@ -355,6 +375,11 @@ class RequestParser:
     def pending(self) -> bool:
         """Events are parsed and waiting (a pipelined request, say)."""
         return bool(self._events)
+
+    @property
+    def failed(self) -> bool:
+        """The input went wrong somewhere (the error waits behind any complete requests)."""
+        return self._error is not None
 
     @property
     def between_requests(self) -> bool:
@@ -398,21 +423,54 @@ class RequestParser:
         # llhttp drops the OWS before a value but keeps the OWS after it (RFC 9112 5.1: not part of it)
         req.headers.append((name, value.rstrip(b" \t")))
 
+    def _version(self, buf: bytes, start: int) -> str:
+        """The request line's version where it is not at the usual place (llhttp also takes
+        several spaces around the target), or the error for one that is not HTTP/1.x."""
+        line = buf[start:buf.find(b"\n", start)].rstrip(b"\r")
+        version = _VERSIONS.get(line[-8:])
+        if version is not None and line[-9:-8] == b" ":
+            return version
+        if line[-9:-4] not in (b" HTTP", b"\tHTTP") and self._parser.get_http_version() != "0.9":
+            raise ProtocolError(400, "invalid_request_line", "not an HTTP request line")
+        if self._parser.get_http_version() == "0.9" and not line.endswith(b" HTTP/0.9"):
+            # llhttp says 0.9 for a line with no version
+            raise ProtocolError(400, "invalid_request_line", "no HTTP version (HTTP/0.9)")
+        raise ProtocolError(505, "invalid_request_line", "unsupported HTTP version")
+
+    def _split_head(self) -> tuple[bytes, int]:
+        """A head that began in earlier reads: its bytes, and where it ends in this read
+        (its blank line may straddle the reads)."""
+        data = self._data
+        k = (self._tail + data[:3]).find(_CRLF2)
+        end = k + 4 - len(self._tail) if k >= 0 else data.find(_CRLF2) + 4
+        return b"".join(self._head_parts) + data[:end], end
+
     def on_headers_complete(self) -> None:
         req = self._req
         assert req is not None
         p = self._parser
         raw_method = p.get_method()
         req.method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        req.version = p.get_http_version()
-        if req.version != "1.1" and req.version != "1.0":
-            if req.version == "0.9":
-                line = self._request_line(self._head()) or b""
-                if not line.endswith(b" HTTP/0.9"):  # llhttp says 0.9 for a line with no version
-                    raise ProtocolError(400, "invalid_request_line", "no HTTP version (HTTP/0.9)")
-            raise ProtocolError(505, "invalid_request_line", "unsupported HTTP version")
-        if req.method in _SHARED_METHODS or req.method in _RTSP_METHODS:
-            self._check_protocol_name(req.method)
+        # Where this head is: in buf, from start (its request line); its end in this read
+        # is found only when something follows it (the next head, a body).
+        if self._head_parts:
+            buf, end = self._split_head()
+            start = 0
+        else:
+            buf = self._data
+            start = self._scan
+            if self._after_head:  # after a head without a body, found now (see _head_start)
+                start = buf.find(_CRLF2, start) + 4
+                self._after_head = False
+            end = -1
+        first = buf[start]
+        if first == 13 or first == 10:  # empty lines before the request line
+            start = _skip_empty_lines(buf, start)
+        # The protocol and version, read from the bytes (cheaper than llhttp's version
+        # string) where they usually are: one SP each side of the target. Only "HTTP" is
+        # HTTP (RFC 9112 2.3; llhttp also takes RTSP/1.x and ICE/1.x).
+        pos = start + len(raw_method) + self._url_len + 2
+        req.version = _VERSIONS.get(buf[pos:pos + 8]) or self._version(buf, start)
         req.keep_alive = p.should_keep_alive()
         req.upgrade = p.should_upgrade()
         if req.upgrade:
@@ -464,30 +522,29 @@ class RequestParser:
         if self._head_parts:
             self._head_parts = []
             self._tail = b""
-        if req.chunked:
-            self._mode = _M_CHUNKED
-            self._chunked = ChunkedDecoder(self._limits.max_header_bytes)
-        elif req.content_length:
-            self._mode = _M_LENGTH
-            self._remaining = req.content_length
         self._events.append(req)
-
-    def _head(self) -> bytes:
-        """The bytes of the head being parsed (in llhttp's callbacks of its last piece)."""
-        return b"".join(self._head_parts) + self._cur_head if self._head_parts else self._cur_head
-
-    def _check_protocol_name(self, method: str) -> None:
-        """RFC 9112 2.3: HTTP-name is "HTTP", case-sensitive. llhttp also takes RTSP/1.x
-        (with GET, POST, OPTIONS and RTSP's own methods) and ICE/1.x (with SOURCE)."""
-        if method in _RTSP_METHODS:
-            raise ProtocolError(400, "invalid_request_line", "not an HTTP request line (RTSP)")
-        head = self._head()
-        s = 0
-        while head.startswith(b"\r\n", s):
-            s += 2
-        nl = head.find(b"\r\n", s)
-        if nl < 0 or head[nl - 8:nl - 3] != b"HTTP/":
-            raise ProtocolError(400, "invalid_request_line", "not an HTTP request line")
+        if not req.chunked and not req.content_length:
+            if end < 0:
+                self._scan = start
+                self._after_head = True
+            else:
+                self._scan = end
+            return
+        if end < 0:
+            end = buf.find(_CRLF2, start) + 4
+        if req.chunked:
+            self._chunked = ChunkedDecoder(self._limits.max_header_bytes)
+            self._chunk_start = end
+            raise _TakeOver()
+        # the next request starts after this one's body, here or in a later read
+        assert req.content_length is not None
+        body_end = end + req.content_length
+        size = len(self._data)
+        if body_end <= size:
+            self._scan = body_end
+        else:
+            self._scan = size
+            self._skip = body_end - size
 
     def _absolute_form(self, req: Request, target: bytes) -> None:
         if req.method == "CONNECT":
@@ -516,7 +573,6 @@ class RequestParser:
 
     def on_message_complete(self) -> None:
         self._state = _DONE
-        self._mode = _M_HEAD
         self._req = None
         self._events.append(END)
 

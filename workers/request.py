@@ -56,13 +56,16 @@ class Exchange(Protocol):
 
     status: int  # the status sent (or about to be), for the access log and metrics
     body_error: ProtocolError | None  # what went wrong with the body while the app read it
-    inp: Input | None
+    inp: Input | None  # this request's wsgi.input and start_response, held for its duration
+    sr: StartResponse | None
+    headed: bool  # the head has been handed to the protocol
     ctx: ListenerContext
     version: str  # the protocol version, for the connection's metrics
 
     @property
     def timed(self) -> Timed: ...  # whose greenlet runs the app: --request-timeout is armed on it
 
+    def write(self, data: bytes) -> None: ...  # start_response's legacy write(): write_data, flush
     def read_body(self) -> bytes: ...  # the next piece of the body, b"" at its end; BodyError
     def start_body(self, limit: int | None) -> None: ...  # before the first read; BodyError (413)
     def send_head(self, status: str, headers: list[tuple[str, str]]) -> None: ...
@@ -94,36 +97,46 @@ class RequestStage:
         env["REMOTE_ADDR"], env["REMOTE_PORT"] = remote
         if ctx.unix:
             _server_from_host(env)
-        inp = ex.inp = Input(ex.read_body, ex.start_body, self.max_body)
-        inp.bodyless = not req.chunked and not req.content_length
+        # The exchange holds these for the request (and lets go of them after it: they
+        # point back at it, and a cycle per request would be left to the garbage collector).
+        inp = ex.inp = Input(ex, self.max_body)
         env["wsgi.input"] = inp
         env["greenfork.set_max_request_body_size"] = inp.set_max_body_size
-        writer = _Writer(ex)
-        sr = writer.sr = StartResponse(writer.write, ex.head_sent)
+        sr = ex.sr = StartResponse(ex)
+        ex.headed = False
         result: Any = None
         # We are no proxy and speak nothing but HTTP: the server answers these itself.
         app = server.app if req.path != b"*" and req.method != "CONNECT" else _server_itself
         err = ""  # the metrics' error_type
         # --request-timeout bounds this request only; the connection's other requests and
         # the worker's other connections carry on (the sweeper throws RequestTimeout).
-        if self.request_timeout:
-            ex.timed.request_deadline = 0.0
+        timer = ex.timed if self.request_timeout else None
+        if timer is not None:
+            timer.request_deadline = 0.0
         try:
             result = app(env, sr)
-            if isinstance(result, FileWrapper) and writer.start() and ex.send_file(result):
+            if isinstance(result, FileWrapper) and start_head(ex) and ex.send_file(result):
                 pass
             elif type(result) is list or type(result) is tuple:
+                if not ex.headed:
+                    if sr.status is None:
+                        raise RuntimeError("the application returned without calling start_response")
+                    ex.headed = True
+                    ex.send_head(sr.status, sr.headers)
                 for data in result:
                     if data:
-                        writer.write_data(data)
+                        if type(data) is not bytes:
+                            raise TypeError(f"the application returned {type(data).__name__}, not bytes")
+                        ex.send_data(data)
             else:
                 for data in result:
                     if data:
-                        writer.write_data(data)
+                        write_data(ex, data)
                         ex.flush()  # an iterator may be streaming: do not hold its output
             if ex.body_error is not None:
                 raise BodyError(ex.body_error)  # the app answered a body it could not read
-            writer.start()
+            if not ex.headed:
+                start_head(ex)
             ex.end()
         except ClientGone as e:
             ex.abort()
@@ -154,7 +167,8 @@ class RequestStage:
                 if not ex.answer_instead(500):
                     ex.abort()
         finally:
-            ex.timed.request_deadline = -1.0
+            if timer is not None:
+                timer.request_deadline = -1.0
             close = None if type(result) is list else getattr(result, "close", None)
             if close is not None:
                 try:
@@ -168,36 +182,25 @@ class RequestStage:
             server.metrics.request(ex, req, err, started)
 
 
-class _Writer:
-    """Sends the head lazily: with the first body bytes, or at the end."""
+def start_head(ex: Exchange) -> bool:
+    """Send the head from start_response's arguments, once: lazily, with the first body
+    bytes or at the end, so that start_response may be called again with exc_info until then."""
+    if not ex.headed:
+        sr = ex.sr
+        assert sr is not None
+        if sr.status is None:
+            raise RuntimeError("the application returned without calling start_response")
+        ex.headed = True
+        ex.send_head(sr.status, sr.headers)
+    return True
 
-    __slots__ = ("ex", "headed", "sr")
 
-    def __init__(self, ex: Exchange) -> None:
-        self.ex = ex
-        self.sr: StartResponse = None  # type: ignore[assignment]  # set right after
-        self.headed = False
-
-    def start(self) -> bool:
-        if not self.headed:
-            sr = self.sr
-            if sr.status is None:
-                raise RuntimeError("the application returned without calling start_response")
-            self.headed = True
-            self.ex.send_head(sr.status, sr.headers)
-        return True
-
-    def write_data(self, data: bytes) -> None:
-        if not self.headed:
-            self.start()
-        if type(data) is not bytes:
-            raise TypeError(f"the application yielded {type(data).__name__}, not bytes")
-        self.ex.send_data(data)
-
-    def write(self, data: bytes) -> None:
-        """The legacy write() callable from start_response."""
-        self.write_data(data)
-        self.ex.flush()
+def write_data(ex: Exchange, data: bytes) -> None:
+    if not ex.headed:
+        start_head(ex)
+    if type(data) is not bytes:
+        raise TypeError(f"the application yielded {type(data).__name__}, not bytes")
+    ex.send_data(data)
 
 
 def _log_body_error(err: ProtocolError, req: Request, env: dict[str, Any]) -> None:

@@ -23,9 +23,16 @@ CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 class ResponseFramer:
     """Frames one response's body: fixed length, chunked, close-delimited or none."""
 
-    __slots__ = ("body_bytes", "chunked", "keep_alive", "no_body", "remaining")
+    __slots__ = ("body_bytes", "chunked", "keep_alive", "no_body", "remaining", "status")
 
-    def __init__(self, chunked: bool, remaining: int | None, no_body: bool, keep_alive: bool) -> None:
+    def __init__(self, chunked: bool, remaining: int | None, no_body: bool, keep_alive: bool,
+                 status: int = 0) -> None:
+        self.reset(chunked, remaining, no_body, keep_alive, status)
+
+    def reset(self, chunked: bool, remaining: int | None, no_body: bool, keep_alive: bool,
+              status: int = 0) -> None:
+        """For the next response on the connection (one framer serves them all)."""
+        self.status = status  # the response's status code
         self.body_bytes = 0  # body bytes framed so far (the access log's %(B)s)
         self.chunked = chunked
         self.remaining = remaining  # bytes still owed under Content-Length
@@ -91,9 +98,10 @@ def _status_line(status: str) -> tuple[bytes, int]:
     return hit
 
 
-def response_head(req: Request, status: str, headers: list[tuple[str, str]], *, keep_alive: bool,
-                  date: bytes, server: bool) -> tuple[bytes, ResponseFramer]:
-    """Serialize the status line and headers; decide framing and persistence.
+def response_head(req: Request, status: str, headers: list[tuple[str, str]], *, keep_alive: bool, date: bytes,
+                  server: bool, framer: ResponseFramer | None = None) -> tuple[bytes, ResponseFramer]:
+    """Serialize the status line and headers; decide framing and persistence (in framer,
+    reset, when one is given).
 
     keep_alive is the server's wish (False while draining); the request and
     the app's headers can only turn it off.
@@ -127,7 +135,10 @@ def response_head(req: Request, status: str, headers: list[tuple[str, str]], *, 
         out.append(b"Connection: close\r\n")
     out += (b"Date: ", date, b"\r\nServer: greenfork\r\n\r\n" if server else b"\r\n\r\n")
     remaining = None if (chunked or no_body) else length
-    return b"".join(out), ResponseFramer(chunked, remaining, no_body, keep_alive)
+    if framer is None:
+        return b"".join(out), ResponseFramer(chunked, remaining, no_body, keep_alive, code)
+    framer.reset(chunked, remaining, no_body, keep_alive, code)
+    return b"".join(out), framer
 
 
 def error_response(status: int, date: bytes, server: bool = True) -> bytes:

@@ -163,9 +163,6 @@ class Transport(Timed):
             parts = [out[0] if len(out) == 1 else b"".join(out)]
         out.clear()
         self.tx += total
-        self.send_parts(parts, total)
-
-    def send_parts(self, parts: list[bytes], total: int) -> None:
         # One non-blocking send usually takes it all; a wait (and the send timeout)
         # is only needed when the socket buffer is full.
         try:

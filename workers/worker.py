@@ -100,6 +100,8 @@ class WorkerServer:
                              max_header_bytes=s.max_request_headers_total_size,
                              max_body=s.max_request_body_size or None)
         self.keep_alive = s.keep_alive
+        # whether responses may offer keep-alive: not while draining, not with --keep-alive 0
+        self.keep_wish = s.keep_alive > 0
         self.server_header = s.server_header
         self.script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
         self.draining = False
@@ -274,6 +276,7 @@ class WorkerServer:
         if self.draining:
             return
         self.draining = True
+        self.keep_wish = False
         self._title(" (draining)")
         for g in self.acceptors:
             g.kill(block=False)

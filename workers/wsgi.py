@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from greenfork.workers.http1 import Request
@@ -39,6 +39,9 @@ def header_key(name: bytes) -> str | None:
     return key
 
 
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}
+
+
 def build_environ(base: dict[str, Any], req: Request, script_name: str) -> dict[str, Any]:
     """A fresh environ: the per-listener base copied, then the request's keys."""
     env = base.copy()
@@ -54,9 +57,10 @@ def build_environ(base: dict[str, Any], req: Request, script_name: str) -> dict[
     env["PATH_INFO"] = path_info
     env["QUERY_STRING"] = req.query.decode("latin-1")
     env["RAW_URI"] = env["REQUEST_URI"] = req.target.decode("latin-1")
-    env["SERVER_PROTOCOL"] = "HTTP/" + req.version
+    env["SERVER_PROTOCOL"] = _PROTOCOLS.get(req.version) or "HTTP/" + req.version
+    keys = _HEADER_KEYS
     for name, value in req.headers:
-        key = header_key(name)
+        key = keys.get(name) or header_key(name)
         if key is None:
             continue
         text = value.decode("latin-1")
@@ -72,23 +76,27 @@ def build_environ(base: dict[str, Any], req: Request, script_name: str) -> dict[
     return env
 
 
+class BodySource(Protocol):
+    """Where wsgi.input's bytes come from (the request stage's exchange)."""
+
+    def read_body(self) -> bytes: ...  # the next piece of the body, b"" at its end
+
+    def start_body(self, limit: int | None) -> None: ...  # once, before the first read_body()
+
+
 class Input:
     """wsgi.input: streams the body from the connection, never past its end.
 
-    pull() returns the next piece of body, or b"" at the end. on_first_read(max_body)
-    runs before the first pull: the protocol applies the limit there and sends
-    "100 Continue" when the client asked for it.
+    source.start_body(max_body) runs before the first source.read_body(): the protocol
+    applies the limit there and sends "100 Continue" when the client asked for it.
     """
 
-    __slots__ = ("_buf", "_done", "_first", "_pull", "bodyless", "consumed", "max_body", "started")
+    __slots__ = ("_buf", "_done", "_source", "consumed", "max_body", "started")
 
-    def __init__(self, pull: Callable[[], bytes], on_first_read: Callable[[int | None], None] | None = None,
-                 max_body: int | None = None) -> None:
-        self._pull = pull
-        self._first = on_first_read
+    def __init__(self, source: BodySource, max_body: int | None = None) -> None:
+        self._source = source
         self._buf = b""
         self._done = False
-        self.bodyless = False  # set by the connection: no Content-Length, not chunked
         self.consumed = 0
         self.max_body = max_body
         self.started = False
@@ -108,10 +116,8 @@ class Input:
             return b""
         if not self.started:
             self.started = True
-            if self._first is not None:
-                first, self._first = self._first, None
-                first(self.max_body)
-        data = self._pull()
+            self._source.start_body(self.max_body)
+        data = self._source.read_body()
         if not data:
             self._done = True
         return data
@@ -278,22 +284,29 @@ def _check_header(item: object) -> None:
         _CHECKED.add(item)
 
 
+class ResponseSink(Protocol):
+    """Where start_response's write() goes (the request stage's exchange)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def head_sent(self) -> bool: ...  # whether the head is on the wire (then exc_info re-raises)
+
+
 class StartResponse:
     """start_response and its write(), for one request."""
 
-    __slots__ = ("head_sent", "headers", "status", "write_body")
+    __slots__ = ("headers", "sink", "status")
 
-    def __init__(self, write_body: Callable[[bytes], None], head_sent: Callable[[], bool]) -> None:
+    def __init__(self, sink: ResponseSink) -> None:
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
-        self.write_body = write_body
-        self.head_sent = head_sent  # whether the head is on the wire (then exc_info re-raises)
+        self.sink = sink
 
     def __call__(self, status: str, headers: list[tuple[str, str]],
                  exc_info: ExcInfo | None = None) -> Callable[[bytes], None]:
         if exc_info is not None:
             try:
-                if self.head_sent():
+                if self.sink.head_sent():
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None  # PEP 3333: avoid a reference cycle
@@ -311,4 +324,4 @@ class StartResponse:
             _check_header(item)
         self.status = status
         self.headers = headers
-        return self.write_body
+        return self.sink.write

@@ -73,7 +73,6 @@ class Arbiter(ReloadActions, UpgradeActions):
         self.reload = Reload()
         self.upgrade = Upgrade()
         self.stop_clock = StopClock()
-        self.retiring = False  # a committed reload removed listeners; closed once no older worker is left
         self._follow: deque[Input] = deque()
         self.table = {key: tuple(_Bound(getattr(self, r.action), r.next,
                                         getattr(self, r.guard) if r.guard else None) for r in rules)
@@ -288,8 +287,8 @@ class Arbiter(ReloadActions, UpgradeActions):
         recycle.sample_due(self.pool, self.settings, self.generation, now)
 
     def _check_retired(self, now: float) -> None:
-        if self.retiring and not any(w.generation < self.generation for w in self.pool.every()):
-            self.retiring = False
+        if self.reload.retiring and not any(w.generation < self.generation for w in self.pool.every()):
+            self.reload.retiring = False
             self.out.append(CloseRetired())
 
     def _check_respawn(self, now: float) -> None:

@@ -67,7 +67,9 @@ class Reload:
     settings: Settings | None = None  # the new generation's settings, once prepared
     staged: bool = False  # the prepare step staged resources (listeners): commit or roll them back
     failure: str = ""  # why the new generation failed (GENERATION_FAILED)
+    # These two outlive the transaction:
     queued: bool = False  # a HUP arrived while STARTING or during the transaction: one more follows
+    retiring: bool = False  # a commit removed listeners: closed once no older generation's worker is left
 
     def move(self, what: str) -> None:
         self.state = step(RELOAD_TABLE, self.state, what, "the reload")

@@ -45,7 +45,6 @@ class ReloadActions:
         state: State
         generation: int
         next_gen: int
-        retiring: bool
         out: list[Command]
         pool: Pool
         reload: Reload
@@ -127,7 +126,7 @@ class ReloadActions:
             if w.generation < self.generation:
                 self.pool.stop(w, QUIT, "reload")
         if tx.staged:
-            self.retiring = True
+            tx.retiring = True
             self.out.append(CommitReload())
         tx.move("commit")
         log.info("Reload complete: generation %d is serving", self.generation)
@@ -160,7 +159,6 @@ class ReloadActions:
             log.info("Reloading again for the HUP received during the reload")
             self._follow_up(E.HUP)
 
-
     def _check_new_boot(self, now: float) -> None:
         tx = self.reload
         for w in self.pool.of_generation(tx.generation):
@@ -173,7 +171,6 @@ class ReloadActions:
                               f"{w.boot_deadline - w.spawned_at:.0f} s (--boot-timeout)")
                 self._follow_up(E.GENERATION_FAILED)
                 return
-
 
     def _drop_reload(self) -> None:
         """A stop during a reload: its new generation stops with everything else."""

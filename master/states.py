@@ -5,14 +5,21 @@ records it keeps, each with its own states and its own table. Actions (in
 arbiter.py) change records and emit commands (commands.py); they never choose
 the master's next state: the table does.
 
-THE MASTER (State x Event -> rules)
+THE MASTER (State x Event -> rules). Every change of state, from MASTER below:
 
-    STARTING --BOOTED--> RUNNING --HUP--> RELOADING --GENERATION_READY/FAILED--> RUNNING
-        |                 |  ^ \--WINCH (upgrade pending)--> PARKED --HUP/child exit--/
-        |                 |  |
-        +--TERM (delay)---+--+--> DELAYING --DELAY_OVER/TERM--> DRAINING --ALL_EXITED--> STOPPED
-        +--TERM, HANDED_OVER------------------------------------> DRAINING
-        +--QUICK, BOOT_FATAL------------------------------------> QUITTING --ALL_EXITED--> STOPPED
+    STARTING  --BOOTED-->                                      RUNNING
+    RUNNING   --HUP-->                                         RELOADING
+    RELOADING --GENERATION_READY, GENERATION_FAILED,
+                PREPARE_FAILED-->                              RUNNING
+    RUNNING   --WINCH (an upgrade is pending)-->               PARKED
+    PARKED    --HUP (rollback), CHILD_EXIT (of the new master)-> RUNNING
+    STARTING, RUNNING, RELOADING --TERM (--shutdown-delay)-->  DELAYING
+    DELAYING  --DELAY_OVER, TERM-->                            DRAINING
+    STARTING, RUNNING, RELOADING, PARKED --TERM (no delay)-->  DRAINING
+    RUNNING, PARKED, DELAYING --HANDED_OVER-->                 DRAINING
+    every state but QUITTING and STOPPED --QUICK-->            QUITTING
+    STARTING, DELAYING --BOOT_FATAL-->                         QUITTING
+    DRAINING, QUITTING --ALL_EXITED-->                         STOPPED
 
   MASTER maps (state, event) to rules tried in order: (guard, action, next). The
   first rule whose guard holds (no guard: always) runs its action; then the state
@@ -36,7 +43,10 @@ THE MASTER (State x Event -> rules)
 
   TICK runs the checks CHECKS lists for the state (the loop's select() timeout is
   the earliest deadline among the same checks, so a deadline nobody acts on can
-  never spin the loop).
+  never spin the loop). DELAYING, DRAINING and QUITTING keep their deadline in a
+  StopClock record: `deadline`, and `signalled` once the deadline's first signal
+  (SIGQUIT for a drain, SIGKILL for a quick stop) went out; then SIGKILL every
+  second until the last worker is reaped.
 
 A WORKER RECORD (WState x what -> WState), one per forked process
 
@@ -45,7 +55,9 @@ A WORKER RECORD (WState x what -> WState), one per forked process
 
   FORKING lasts from the Spawn command to its SPAWNED result (the executor fills
   in the pid). A slot's SlotHealth (crash back-off, the rapid-fail pause) outlives
-  its workers.
+  its workers. The worker table (pool.py) also knows whether any worker was ever
+  READY: until then a boot failure with exit code 3 or 4 is fatal (BOOT_FATAL),
+  after it the slot backs off and retries.
 
 THE RELOAD TRANSACTION (ReloadState x what -> ReloadState), one record
 
@@ -62,7 +74,9 @@ THE RELOAD TRANSACTION (ReloadState x what -> ReloadState), one record
   command line to re-execute) the prepared settings only validate: the upgrade
   machine re-executes the master instead (`reexec`), and the master stays RUNNING.
   A HUP while STARTING or RELOADING is queued (`queued`, at most one): it runs as
-  a follow-up HUP once the server is ready or the transaction has ended.
+  a follow-up HUP once the server is ready or the transaction has ended. A commit
+  that removed listeners sets `retiring`: the TICK check "retired" closes them
+  once no worker of an older generation is left.
 
 THE UPGRADE (UpgradeState x what -> UpgradeState), one record
 

@@ -128,7 +128,9 @@ class Arbiter(ReloadActions, UpgradeActions):
         if "hung" in checks:
             times += recycle.hung_deadlines(pool, s)
         if "recycle" in checks:
-            times += recycle.recycle_deadlines(pool, s, self.generation)
+            times += recycle.recycle_deadlines(pool, self.generation)
+        if "memory" in checks:
+            times += recycle.sample_deadlines(pool, s)
         if ("delay" in checks or "deadline" in checks) and self.stop_clock.deadline is not None:
             times.append(self.stop_clock.deadline)
         return min(times) if times else None

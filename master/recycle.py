@@ -79,11 +79,12 @@ def check_hung(pool: Pool, settings: Settings, now: float) -> None:
 
 
 # ------------------------------------------------------------------ recycling
-def recycle_deadlines(pool: Pool, settings: Settings, generation: int) -> list[float]:
-    out = [w.expires_at for w in _ready(pool, generation) if w.expires_at and not w.recycle]
-    if settings.max_worker_memory > 0 and pool.workers:
-        out.append(pool.next_sample)
-    return out
+def recycle_deadlines(pool: Pool, generation: int) -> list[float]:
+    return [w.expires_at for w in _ready(pool, generation) if w.expires_at and not w.recycle]
+
+
+def sample_deadlines(pool: Pool, settings: Settings) -> list[float]:
+    return [pool.next_sample] if settings.max_worker_memory > 0 and pool.workers else []
 
 
 def mark(w: Worker, reason: str, why: str) -> None:

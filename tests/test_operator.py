@@ -164,3 +164,23 @@ def test_a_low_port_as_a_user_says_how_to_bind_it(launcher: Launcher, sock_dir: 
     assert "Failed to bind to address http://127.0.0.1:80: permission denied (ports below" in out
     for way in ("start greenfork as root with --user", "CAP_NET_BIND_SERVICE", "socket activation"):
         assert way in out
+
+
+# ------------------------------------------------------------------ issue 19: HUP obeys `reloadable`
+
+def test_a_hup_applies_what_it_can_and_names_what_needs_a_restart(launcher: Launcher, tmp_path: Path) -> None:
+    cfg = tmp_path / "greenfork.toml"
+    cfg.write_text('app = "testapp:app"\nbind = ["http://127.0.0.1:0"]\nworkers = 1\n')
+    g = launcher.spawn(["-c", str(cfg)])  # not start(): its -w would win over the file
+    wait_for(lambda: "Booted 1 worker(s)" in g.log(), 20, "the first worker")
+    g.reload_info()
+    cfg.write_text('app = "testapp:app"\nbind = ["http://127.0.0.1:0"]\nworkers = 2\nbacklog = 100\n'
+                   'pidfile = "/nonexistent/gf.pid"\n')
+    g.signal(signal.SIGHUP)
+    wait_for(lambda: g.reload_info()["generation"] == 2, 15, "generation 2")
+    wait_for(lambda: len(g.workers()) == 2, 15, "two workers")  # the reloadable change applies
+    log = g.log()
+    assert ("Reload: backlog changed to 100, which a HUP does not apply (only a restart or a binary "
+            "upgrade (USR2) does); keeping 2048") in log
+    assert "Reload: pidfile changed to '/nonexistent/gf.pid'" in log
+    assert not Path("/nonexistent/gf.pid").exists() and http_get(g.url())[0] == 200

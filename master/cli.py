@@ -12,8 +12,9 @@ from importlib import metadata
 from greenfork.master import daemon, logs, privileges, upgrade
 from greenfork.master.addresses import AddressError
 from greenfork.master.apploader import AppSpecError, parse_spec
-from greenfork.master.arbiter import EXIT_USAGE
+from greenfork.master.control import EXIT_USAGE
 from greenfork.master.listeners import BindError
+from greenfork.master.pidfile import Pidfile, PidfileBusy
 from greenfork.master.settings import SETTINGS, SettingError, Settings
 
 EPILOG = """\
@@ -94,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(e))
     if ns.check_config:
         for s in SETTINGS:
-            print(f"{s.name} = {getattr(settings, s.name)!r}  ({settings.source_of(s.name)})")
+            value = config.show_value(s, getattr(settings, s.name))
+            print(f"{s.name} = {value}  ({settings.source_of(s.name)})")
         return 0
     # A master re-executed by an upgrade is already detached (its parent is the old daemon);
     # forking again would look to the old master like the new one dying.
@@ -124,6 +126,13 @@ def _serve(settings: Settings, resolve: Callable[[], Settings], detached: daemon
         logs.setup(settings.error_logfile, settings.log_level)
     except OSError as e:
         return _fail(f"cannot open error log {settings.error_logfile}: {e.strerror}")
+    if detached is not None and settings.error_logfile != "-":
+        detached.echo_errors()  # the starting command shows why a start fails, not only the file
+    if settings.pidfile and upgrade.ENV_FDS not in os.environ:
+        try:  # before binding: a second instance says so, not "address already in use"
+            Pidfile(settings.pidfile).check()
+        except PidfileBusy as e:
+            return _fail(str(e))
     # A binary upgrade (USR2, HUP with --preload) re-executes this same command from there.
     upgrade.remember_command(list(sys.orig_argv), start_dir)
     server = Server(settings=settings, reload_settings=resolve)

@@ -112,14 +112,34 @@ def build(layers: list[Layer]) -> Settings:
     return Settings(**values, sources=tuple(sources.items()))
 
 
+def show_value(s: Setting, value: object) -> str:
+    """A value as an operator writes it: modes in octal (`0o022`, not 18)."""
+    if s.type_doc == "octal mode" and isinstance(value, int) and not isinstance(value, bool):
+        return f"0o{value:03o}"
+    return repr(value)
+
+
 def parse_value(s: Setting, raw: object, where: str) -> Any:
+    def fail(shown: object, e: ValueError) -> SettingError:
+        return SettingError(f"invalid value '{shown}' for {s.name} (from {where}): {e}")
+
     try:
         value = s.parse(raw)
-        if s.validate is not None:
-            s.validate(value)
     except ValueError as e:
-        shown = raw if isinstance(raw, str) else repr(raw)
-        raise SettingError(f"invalid value '{shown}' for {s.name} (from {where}): {e}") from None
+        raise fail(raw if isinstance(raw, str) else repr(raw), e) from None
+    if s.validate is None:
+        return value
+    if s.multiple and isinstance(value, tuple):
+        # name the one bad item of a list (a bind list), not the whole list
+        for item in value:
+            try:
+                s.validate((item,))
+            except ValueError as e:
+                raise fail(item, e) from None
+    try:
+        s.validate(value)
+    except ValueError as e:
+        raise fail(raw if isinstance(raw, str) else repr(raw), e) from None
     return value
 
 

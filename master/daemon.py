@@ -8,11 +8,35 @@ every start-up error is shown by the command itself, followed by its exit code.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
+from greenfork.master import logs
+
 READY = b"\0greenfork:ready\n"
 EXIT = b"\0greenfork:exit:"
+
+
+class StderrEcho(logging.Handler):
+    """Errors written to stderr too, while the starting command reads it: with
+    --error-logfile they would otherwise reach only the file. Workers forked meanwhile
+    inherit it; once the command has returned, a write fails and it goes quiet."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.setFormatter(logging.Formatter(logs.FORMAT, logs.DATEFMT))
+        self.quiet = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.quiet:
+            return
+        try:
+            os.write(2, (self.format(record) + "\n").encode(errors="backslashreplace"))
+        except OSError:
+            self.quiet = True
+        except Exception:
+            self.handleError(record)
 
 
 class Detached:
@@ -20,10 +44,18 @@ class Detached:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.echo: StderrEcho | None = None
+
+    def echo_errors(self) -> None:
+        self.echo = StderrEcho()
+        logging.getLogger("greenfork").addHandler(self.echo)
 
     def _say(self, message: bytes) -> None:
         if self.fd < 0:
             return
+        if self.echo is not None:
+            logging.getLogger("greenfork").removeHandler(self.echo)
+            self.echo = None
         sys.stderr.flush()
         try:
             os.write(self.fd, message)

@@ -138,12 +138,26 @@ def _failure(spec: BindSpec, reason: str, path: str = "") -> BindError:
     return BindError(f"Failed to bind to address {where}: {reason}")
 
 
-def _reason(exc: OSError) -> str:
+def _reason(exc: OSError, port: int = 0) -> str:
     if exc.errno == errno.EADDRINUSE:
         return "address already in use"
     if exc.errno in (errno.EACCES, errno.EPERM):
+        first = _unprivileged_port_start()
+        if 0 < port < first:
+            return (f"permission denied (ports below {first} need privileges: start greenfork as root "
+                    "with --user to run the workers unprivileged, grant it the capability "
+                    "CAP_NET_BIND_SERVICE, or let systemd pass the socket (socket activation))")
         return "permission denied"
     return (exc.strerror or str(exc)).lower()
+
+
+def _unprivileged_port_start() -> int:
+    """Linux's net.ipv4.ip_unprivileged_port_start (1024 unless changed)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024
 
 
 def _published_url(sock: socket.socket, scheme: str) -> str:
@@ -196,11 +210,11 @@ def _bind_any(spec: BindSpec, backlog: int) -> socket.socket:
         return _tcp_socket(socket.AF_INET6, ("::", spec.port), backlog, v6only=False)
     except OSError as exc:
         if exc.errno not in _NO_FAMILY:
-            raise _failure(spec, _reason(exc)) from None
+            raise _failure(spec, _reason(exc, spec.port)) from None
     try:
         return _tcp_socket(socket.AF_INET, ("0.0.0.0", spec.port), backlog, v6only=False)
     except OSError as exc:
-        raise _failure(spec, _reason(exc)) from None
+        raise _failure(spec, _reason(exc, spec.port)) from None
 
 
 def _resolve(spec: BindSpec) -> list[_Target]:
@@ -242,7 +256,7 @@ def _bind_addresses(spec: BindSpec, targets: list[_Target], backlog: int) -> lis
         in_use = next((e for e in errors if e.errno == errno.EADDRINUSE), None)
         if in_use is not None or not bound:
             _close_sockets(bound)
-            raise _failure(spec, _reason(in_use or errors[0]))
+            raise _failure(spec, _reason(in_use or errors[0], spec.port))
         # a family the host lacks (no IPv6, say) is not a failure while another one works
         return bound
     raise _failure(spec, "address already in use (no free port common to all addresses)")

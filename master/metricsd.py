@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from greenfork.master.arbiter import Arbiter, State, Worker, WState
+from greenfork.master.arbiter import Arbiter
 from greenfork.master.listeners import Listener
+from greenfork.master.records import Worker
+from greenfork.master.states import State, WState
 from greenfork.metrics import appmetrics
 from greenfork.metrics import layout as L
 from greenfork.metrics.collector import Collector, Lifecycle, ListenerView, MasterView, WorkerView

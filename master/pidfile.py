@@ -23,7 +23,7 @@ class Pidfile:
         self.fd = -1
 
     def acquire(self, pid: int) -> None:
-        self._check_free()
+        self.check()
         directory = os.path.dirname(self.path)
         tmp = os.path.join(directory, f".{os.path.basename(self.path)}.{pid}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -41,7 +41,8 @@ class Pidfile:
             raise
         self.fd = fd
 
-    def _check_free(self) -> None:
+    def check(self) -> None:
+        """Raise PidfileBusy if a live server holds the pidfile."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -74,7 +75,7 @@ class Pidfile:
         if self.where == self.path or not self._ours(self.where):
             return
         try:
-            self._check_free()  # the dead master's PIDFILE is unlocked: stale
+            self.check()  # the dead master's PIDFILE is unlocked: stale
         except PidfileBusy:
             return  # a live master holds it
         os.replace(self.where, self.path)

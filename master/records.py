@@ -1,20 +1,21 @@
-"""The master's vocabulary: states, events, worker records, control bytes, the OS port.
-
-Kept apart from arbiter.py (the state machine itself) so the policy modules and
-the loop can share these without importing the machine.
-"""
+"""The records the master keeps: workers, slot health, the reload transaction, the upgrade,
+the stop clock. Each record with states moves only through its table (states.py)."""
 
 from __future__ import annotations
 
-import enum
 import signal
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from greenfork.master.settings import Settings
-
-# Exit codes (DESIGN §2): documented in docs/signals.md.
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_BOOT, EXIT_APP_IMPORT = 0, 1, 2, 3, 4
+from greenfork.master.states import (
+    RELOAD_TABLE,
+    UPGRADE_TABLE,
+    WORKER_TABLE,
+    ReloadState,
+    UpgradeState,
+    WState,
+    step,
+)
 
 RAPID_FAILS = 10  # boot failures per slot per minute before the slot pauses
 FAIL_WINDOW = 60.0
@@ -22,66 +23,14 @@ QUICK_GRACE = 2.0  # INT/QUIT: how long workers get before SIGKILL
 KILL_GRACE = 1.0  # after the graceful deadline's SIGQUIT, before SIGKILL
 
 
-class State(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    RELOADING = "reloading"  # a new generation is booting; the current one serves
-    PARKED = "parked"  # WINCH during an upgrade: no workers, sockets kept for a rollback
-    DELAYING = "delaying"  # TERM with --shutdown-delay: still serving, reported not ready
-    DRAINING = "draining"  # TERM: graceful stop
-    QUITTING = "quitting"  # INT/QUIT: quick stop
-    STOPPED = "stopped"
-
-
-class Event(enum.Enum):
-    READY = "ready"  # a worker reported READY
-    EXIT = "exit"  # a worker was reaped
-    TERM = "term"
-    QUICK = "quick"  # INT or QUIT
-    HUP = "hup"
-    TTIN = "ttin"
-    TTOU = "ttou"
-    USR1 = "usr1"
-    USR2 = "usr2"  # binary upgrade
-    WINCH = "winch"  # during an upgrade: stop this master's workers, keep its sockets
-    RECYCLE = "recycle"  # a worker reached --max-requests
-    RELOAD_ASK = "reload_ask"  # a worker saw a source file change (--reload)
-    CHILD_READY = "child_ready"  # the upgraded master's workers are ready
-    CHILD_EXIT = "child_exit"  # the upgraded master exited
-    TICK = "tick"  # a deadline may have passed
-
-
-class WState(enum.Enum):
-    BOOTING = "booting"
-    READY = "ready"
-    DRAINING = "draining"
-    GONE = "gone"
-
-
-# A worker record's own table: (state, what happened) -> next state.
-WORKER_TABLE: dict[tuple[WState, str], WState] = {
-    (WState.BOOTING, "ready"): WState.READY,
-    (WState.BOOTING, "stop"): WState.DRAINING,
-    (WState.BOOTING, "exit"): WState.GONE,
-    (WState.READY, "stop"): WState.DRAINING,
-    (WState.READY, "exit"): WState.GONE,
-    (WState.DRAINING, "ready"): WState.DRAINING,
-    (WState.DRAINING, "stop"): WState.DRAINING,
-    (WState.DRAINING, "exit"): WState.GONE,
-}
-
-
-class TransitionError(RuntimeError):
-    """A (state, event) pair that the table does not define: a bug, never ignored silently."""
-
-
 @dataclass(slots=True)
 class Worker:
     slot: int
     generation: int
-    pid: int = 0
-    state: WState = WState.BOOTING
+    pid: int = 0  # filled in by whoever executes the Spawn command
+    state: WState = WState.FORKING
     spawned_at: float = 0.0
+    boot_deadline: float = 0.0  # spawned_at + the --boot-timeout of the settings it was spawned with
     stop_sent: bool = False
     heartbeat: float = 0.0  # monotonic time of the last READY/heartbeat message
     # Why the master stopped it (reload, scale_down, shutdown, max_requests, ...);
@@ -95,10 +44,7 @@ class Worker:
     mem_over: int = 0  # consecutive memory samples above --max-worker-memory
 
     def move(self, what: str) -> None:
-        nxt = WORKER_TABLE.get((self.state, what))
-        if nxt is None:
-            raise TransitionError(f"worker {self.slot} (pid {self.pid}): {what} while {self.state.value}")
-        self.state = nxt
+        self.state = step(WORKER_TABLE, self.state, what, f"worker {self.slot} (pid {self.pid})")
 
 
 @dataclass(slots=True)
@@ -111,39 +57,52 @@ class SlotHealth:
     paused_logged: bool = False
 
 
-class OsPort(Protocol):
-    def monotonic(self) -> float: ...
-    def spawn(self, worker: Worker, settings: Settings) -> int: ...
-    def send(self, worker: Worker, message: bytes) -> None: ...
-    def kill(self, pid: int, sig: int) -> None: ...
-    def published(self, generation: int) -> None: ...
-    def ready(self) -> None: ...
-    def reopen_logs(self) -> None: ...
-    def reload_settings(self) -> Settings: ...
-    # Listener reconciliation for a reload that changes `bind`: prepare binds the new
-    # addresses (ValueError aborts the reload); commit or abort ends it; close_retired
-    # closes the removed ones once no worker of an older generation is left.
-    def prepare_listeners(self, bind: tuple[str, ...]) -> None: ...
-    def commit_listeners(self) -> None: ...
-    def abort_listeners(self) -> None: ...
-    def close_retired(self) -> None: ...
-    def memory(self, pid: int) -> int | None: ...
-    # Binary upgrade: can_exec is False under the Python API (no command line to re-run).
-    def can_exec(self) -> bool: ...
-    def exec_master(self, generation: int) -> int: ...
-    def pidfile_oldbin(self) -> None: ...
-    def pidfile_restore(self) -> None: ...
-    # Lifecycle notifications, for metrics and logs; they must not fail.
-    def worker_spawned(self, worker: Worker) -> None: ...
-    def worker_exited(self, worker: Worker, reason: str, status: int) -> None: ...
-    def reloaded(self, ok: bool) -> None: ...
+@dataclass(slots=True)
+class Reload:
+    """The reload transaction (states.py: RELOAD_TABLE). One record, reused."""
+
+    state: ReloadState = ReloadState.IDLE
+    reexec: bool = False  # --preload with a command line: re-execute the master instead
+    generation: int = 0  # the new generation, once prepared
+    settings: Settings | None = None  # the new generation's settings, once prepared
+    staged: bool = False  # the prepare step staged resources (listeners): commit or roll them back
+    failure: str = ""  # why the new generation failed (GENERATION_FAILED)
+    # These two outlive the transaction:
+    queued: bool = False  # a HUP arrived while STARTING or during the transaction: one more follows
+    retiring: bool = False  # a commit removed listeners: closed once no older generation's worker is left
+
+    def move(self, what: str) -> None:
+        self.state = step(RELOAD_TABLE, self.state, what, "the reload")
+        if self.state is ReloadState.IDLE:
+            self.reexec, self.generation, self.settings, self.staged, self.failure = False, 0, None, False, ""
 
 
-# Control messages, one byte each. Master -> worker:
-QUIT, TERMINATE, REOPEN = b"Q", b"T", b"O"
-# Worker -> master: accepting; alive (once a second from the worker's hub);
-# reached --max-requests; a watched source file changed (--reload).
-READY, HEARTBEAT, RECYCLE_ME, RELOAD_ME = b"R", b"H", b"M", b"L"
+@dataclass(slots=True)
+class Upgrade:
+    """A new master on the same sockets (states.py: UPGRADE_TABLE). One record, reused."""
+
+    state: UpgradeState = UpgradeState.IDLE
+    child: int = 0  # the new master's pid
+    handover: bool = False  # a --preload reload: this master drains once the new one is ready
+
+    def move(self, what: str) -> None:
+        self.state = step(UPGRADE_TABLE, self.state, what, "the upgrade")
+        if self.state is UpgradeState.IDLE:
+            self.child, self.handover = 0, False
+
+    @property
+    def pending(self) -> bool:
+        return self.state is not UpgradeState.IDLE
+
+
+@dataclass(slots=True)
+class StopClock:
+    """DELAYING's end, or the deadline of a drain or quick stop. `signalled`: the deadline
+    passed and its first signal (`first`) went out; from then on SIGKILL every KILL_GRACE."""
+
+    deadline: float | None = None
+    first: int = signal.SIGQUIT
+    signalled: bool = False
 
 
 def exit_reason(w: Worker, was: WState, status: int) -> str:

@@ -31,10 +31,6 @@ class Notifier:
         self.next_ping = 0.0
         self._sock: socket.socket | None = None
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def send(self, *fields: str) -> None:
         if self.address is None:
             return

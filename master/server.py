@@ -21,7 +21,7 @@ from typing import Any
 
 from greenfork.master import apploader, config, listeners, report, rlimits, subreaper, upgrade
 from greenfork.master.addresses import parse_bind
-from greenfork.master.arbiter import EXIT_APP_IMPORT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from greenfork.master.control import EXIT_APP_IMPORT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from greenfork.master.listeners import BindError, Listener
 from greenfork.master.listenset import ListenerSet, ordered
 from greenfork.master.loop import MasterLoop, set_title
@@ -133,17 +133,6 @@ class Server:
         self.bind()
         pid = os.getpid()
         upgraded = self._upgrade_fd >= 0
-        set_title(f"greenfork: master [{s.app_label}] gen {self._generation}")
-        report.log_addresses(self.addresses)
-        if self.metrics_address:
-            log.info("Metrics listening on: %s", self.metrics_address)
-        elif s.app_metrics:
-            log.warning("--app-metrics does nothing without --metrics-bind")
-        if s.preload and self._app_obj is None:
-            code = self._preload()
-            if code:
-                listeners.close_all(self.listeners + self.metrics_listeners)
-                return code
         lset = ListenerSet(self.listeners, backlog=s.backlog, unix_mode=s.unix_socket_mode)
         loop: MasterLoop | None = None
         pidfile = Pidfile(s.pidfile) if s.pidfile else None
@@ -160,9 +149,20 @@ class Server:
                 on_ready()
 
         try:
+            if pidfile is not None and not upgraded:
+                # First: a second instance on the same pidfile stops before it says anything.
+                pidfile.acquire(pid)
+            set_title(f"greenfork: master [{s.app_label}] gen {self._generation}")
+            report.log_addresses(self.addresses)
+            if self.metrics_address:
+                log.info("Metrics listening on: %s", self.metrics_address)
+            elif s.app_metrics:
+                log.warning("--app-metrics does nothing without --metrics-bind")
+            if s.preload and self._app_obj is None:
+                code = self._preload()
+                if code:
+                    return code
             if not upgraded:
-                if pidfile is not None:
-                    pidfile.acquire(pid)
                 self._publish(self._generation, lset.addresses)
             loop = MasterLoop(s, lset, app=self._app_obj, generation=self._generation,
                               reload_settings=self._reload_settings, on_ready=ready,
@@ -179,7 +179,7 @@ class Server:
             if os.getpid() == pid:  # never clean up from a worker that unwound this far
                 # A new master that outlives us (upgrade) serves on these sockets and owns the
                 # files now: close our copies, remove nothing it took over.
-                successor = loop is not None and loop.arbiter.child != 0
+                successor = loop is not None and loop.arbiter.upgrade.pending
                 lset.close_all(unlink=not successor)
                 listeners.close_all(self.metrics_listeners, unlink=not successor)
                 self.listeners = []

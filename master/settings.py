@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 ENV_PREFIX = "GREENFORK_"
@@ -193,11 +193,10 @@ class Setting:
     is_flag: bool = False  # --x / --no-x on the command line
     multiple: bool = False  # -b may be given several times
     positional: bool = False
-    env: str = field(default="")
 
     @property
     def env_var(self) -> str:
-        return self.env or ENV_PREFIX + self.name.upper()
+        return ENV_PREFIX + self.name.upper()
 
 
 _S = Setting

@@ -8,7 +8,7 @@ on the write end of a "ready" pipe, and executes the same command line with:
     GREENFORK_FD_BINDS=[...]      the --bind text each socket came from (JSON), so that
                                   the new master keeps sockets whose address it still binds
     GREENFORK_GENERATION=N        the new master's first generation number
-    GREENFORK_UPGRADE_FD=7        the new master writes b"R" there once its workers are READY
+    GREENFORK_UPGRADE_FD=7        the new master writes READY (b"R") there once its workers are READY
 
 The old master renames PIDFILE to PIDFILE.oldbin; the new master writes PIDFILE (and the
 addresses file) once its workers are READY.
@@ -23,12 +23,13 @@ import os
 import sys
 from collections.abc import MutableMapping
 
-from greenfork.master import listeners, report
+from greenfork.master import listeners
 from greenfork.master.addresses import parse_bind
 from greenfork.master.listeners import Listener
 
 log = logging.getLogger("greenfork.master")
 
+READY = b"R"  # what the new master writes to the ready pipe once its workers are READY
 ENV_FDS, ENV_BINDS, ENV_GEN, ENV_READY = ("GREENFORK_FDS", "GREENFORK_FD_BINDS", "GREENFORK_GENERATION",
                                           "GREENFORK_UPGRADE_FD")
 
@@ -101,30 +102,6 @@ def notify_ready(fd: int) -> None:
     if fd < 0:
         return
     with contextlib.suppress(OSError):
-        os.write(fd, b"R")
+        os.write(fd, READY)
     with contextlib.suppress(OSError):
         os.close(fd)
-
-
-def oldbin(path: str) -> str:
-    return path + ".oldbin"
-
-
-def pidfile_oldbin(path: str | None, pid: int) -> None:
-    if not path:
-        return
-    try:
-        report.atomic_write(oldbin(path), f"{pid}\n")
-        report.remove_file(path, only_if_pid=pid)
-    except OSError as e:
-        log.warning("Could not move the pidfile to %s: %s", oldbin(path), e.strerror)
-
-
-def pidfile_restore(path: str | None, pid: int) -> None:
-    if not path:
-        return
-    try:
-        report.atomic_write(path, f"{pid}\n")
-        report.remove_file(oldbin(path), only_if_pid=pid)
-    except OSError as e:
-        log.warning("Could not restore the pidfile %s: %s", path, e.strerror)

@@ -111,9 +111,6 @@ class Layout:
     def listener(self, index: int) -> int:
         return self.listeners + index * PER_LISTENER
 
-    def active_request(self, method: int, scheme: int) -> int:
-        return self.active_requests + method * len(SCHEMES) + scheme
-
     def cell(self, index: int) -> int:
         return self.cells + index * CELL
 

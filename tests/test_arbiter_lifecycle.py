@@ -1,4 +1,4 @@
-"""The arbiter's lifecycle pairs against the fake OS port: hung workers, recycling,
+"""The arbiter's lifecycle pairs against the command log: hung workers, recycling,
 binary upgrade (USR2, WINCH, the new master's readiness and death), --preload reloads."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from greenfork.master.arbiter import Event, State, WState
 from greenfork.master.recycle import MEMORY_INTERVAL, MEMORY_STRIKES
-from tests.test_arbiter import START, do, running, started, told_quit
+from greenfork.master.states import Event, State, UpgradeState, WState
+from tests.test_arbiter import START, do, feed, running, started, told_quit
 
 MiB = 1024 * 1024
 
@@ -51,7 +51,7 @@ def test_a_hung_worker_during_a_drain_is_aborted_too() -> None:
     port.now += 6
     assert do(arb, Event.TICK) == [("kill", 101, signal.SIGABRT)]
     assert port.exits == []
-    arb.handle(Event.EXIT, 101, 70)
+    feed(arb, Event.EXIT, 101, 70)
     assert port.exits == [(101, "timeout", 70)]
     assert arb.state is State.STOPPED
 
@@ -67,21 +67,21 @@ def test_max_requests_replacement_ready_first_one_at_a_time() -> None:
     assert do(arb, Event.TICK) == [("spawn", 1, 1, 104)]
     assert do(arb, Event.EXIT, 101, 0) == []  # nothing respawned: slot 0 has 103
     assert do(arb, Event.READY, 104) == told_quit(102)
-    arb.handle(Event.EXIT, 102, 0)
+    feed(arb, Event.EXIT, 102, 0)
     assert port.exits == [(101, "max_requests", 0), (102, "max_requests", 0)]
     assert sorted(arb.workers) == [103, 104]
 
 
 def test_a_replacement_that_fails_to_boot_leaves_the_old_worker_and_retries_later() -> None:
     arb, port = running(1, max_requests=10)
-    arb.handle(Event.RECYCLE, 101)
+    feed(arb, Event.RECYCLE, 101)
     assert do(arb, Event.TICK) == [("spawn", 0, 1, 102)]
     port.now += 1
     assert do(arb, Event.EXIT, 102, 4) == []
     assert arb.workers[101].state is WState.READY
     assert do(arb, Event.TICK) == [("spawn", 0, 1, 103)]  # first failure: no back-off yet
     port.now += 1
-    arb.handle(Event.EXIT, 103, 4)
+    feed(arb, Event.EXIT, 103, 4)
     assert do(arb, Event.TICK) == []  # second: backed off
     port.now += 1
     assert do(arb, Event.TICK) == [("spawn", 0, 1, 104)]
@@ -93,7 +93,7 @@ def test_max_worker_lifetime() -> None:
     port.now = START + 60.0
     assert do(arb, Event.TICK) == [("spawn", 0, 1, 102)]
     assert do(arb, Event.READY, 102) == told_quit(101)
-    arb.handle(Event.EXIT, 101, 0)
+    feed(arb, Event.EXIT, 101, 0)
     assert port.exits == [(101, "max_lifetime", 0)]
     assert arb.workers[102].expires_at == START + 120.0
 
@@ -121,14 +121,14 @@ def test_max_worker_memory_needs_consecutive_samples_over_the_limit() -> None:
     port.now += MEMORY_INTERVAL
     assert do(arb, Event.TICK) == [("spawn", 0, 1, 103)]
     assert do(arb, Event.READY, 103) == told_quit(101)
-    arb.handle(Event.EXIT, 101, 0)
+    feed(arb, Event.EXIT, 101, 0)
     assert port.exits == [(101, "max_memory", 0)]
 
 
 def test_recycle_waits_while_reloading_and_is_moot_after() -> None:
     arb, port = running(1, max_requests=10)
     port.reload_to = arb.settings
-    arb.handle(Event.HUP)
+    feed(arb, Event.HUP)
     port.take()
     assert do(arb, Event.RECYCLE, 101) == []
     assert do(arb, Event.TICK) == []
@@ -143,37 +143,37 @@ def test_usr2_starts_a_new_master_and_both_serve() -> None:
     arb, _ = running(2)
     assert do(arb, Event.USR2) == [("exec_master", 2, 103), ("oldbin",)]
     assert do(arb, Event.CHILD_READY) == []  # logged: the operator decides
-    assert arb.state is State.RUNNING and arb.child_ready
+    assert arb.state is State.RUNNING and arb.upgrade.state is UpgradeState.READY
     assert do(arb, Event.USR2) == []  # a second upgrade is refused
     assert do(arb, Event.TERM) == told_quit(101) + told_quit(102)
-    arb.handle(Event.EXIT, 101, 0)
-    arb.handle(Event.EXIT, 102, 0)
-    assert arb.state is State.STOPPED and arb.child == 103  # the new master outlives us
+    feed(arb, Event.EXIT, 101, 0)
+    feed(arb, Event.EXIT, 102, 0)
+    assert arb.state is State.STOPPED and arb.upgrade.child == 103  # the new master outlives us
 
 
 def test_usr2_refused_while_starting_reloading_or_without_a_command_line() -> None:
     arb, port = started(1)
     assert do(arb, Event.USR2) == []
     arb, port = running(1)
-    port.execable = False
+    arb.can_exec = False
     assert do(arb, Event.USR2) == []
-    port.execable = True
+    arb.can_exec = True
     port.exec_error = "fork failed"
     assert do(arb, Event.USR2) == []
-    assert arb.child == 0
+    assert arb.upgrade.child == 0
 
 
 def test_winch_parks_and_hup_rolls_back() -> None:
     arb, port = running(2)
-    arb.handle(Event.USR2)
-    arb.handle(Event.CHILD_READY)
+    feed(arb, Event.USR2)
+    feed(arb, Event.CHILD_READY)
     port.take()
     assert do(arb, Event.WINCH) == told_quit(101) + told_quit(102)
     assert arb.state is State.PARKED
     for event in (Event.WINCH, Event.TTIN, Event.TTOU, Event.USR2, Event.TICK, Event.RELOAD_ASK):
         assert do(arb, event) == []
-    arb.handle(Event.EXIT, 101, 0)
-    arb.handle(Event.EXIT, 102, 0)
+    feed(arb, Event.EXIT, 101, 0)
+    feed(arb, Event.EXIT, 102, 0)
     assert arb.state is State.PARKED and not arb.workers
     # rollback: HUP brings the workers back (the new master is then TERMed by the operator)
     assert do(arb, Event.HUP) == [("spawn", 0, 1, 104), ("spawn", 1, 1, 105)]
@@ -189,20 +189,20 @@ def test_winch_without_an_upgrade_is_ignored() -> None:
 
 def test_new_master_dying_while_parked_restores_the_pidfile_and_respawns() -> None:
     arb, port = running(1)
-    arb.handle(Event.USR2)
-    arb.handle(Event.CHILD_READY)
-    arb.handle(Event.WINCH)
-    arb.handle(Event.EXIT, 101, 0)
+    feed(arb, Event.USR2)
+    feed(arb, Event.CHILD_READY)
+    feed(arb, Event.WINCH)
+    feed(arb, Event.EXIT, 101, 0)
     port.take()
     assert do(arb, Event.CHILD_EXIT, 102, -9) == [
         ("restore_pidfile",), ("published", 1), ("spawn", 0, 1, 103)]
-    assert (arb.state, arb.child) == (State.RUNNING, 0)
+    assert (arb.state, arb.upgrade.child) == (State.RUNNING, 0)
     assert do(arb, Event.USR2) == [("exec_master", 3, 104), ("oldbin",)]  # a new upgrade may start
 
 
 def test_new_master_dying_before_ready_restores_the_pidfile() -> None:
     arb, port = running(1)
-    arb.handle(Event.USR2)
+    feed(arb, Event.USR2)
     port.take()
     assert do(arb, Event.CHILD_EXIT, 102, 1) == [("restore_pidfile",), ("published", 1)]
     assert arb.state is State.RUNNING
@@ -210,8 +210,8 @@ def test_new_master_dying_before_ready_restores_the_pidfile() -> None:
 
 def test_new_master_dying_while_the_old_drains_only_restores_the_pidfile() -> None:
     arb, port = running(1)
-    arb.handle(Event.USR2)
-    arb.handle(Event.TERM)
+    feed(arb, Event.USR2)
+    feed(arb, Event.TERM)
     port.take()
     assert do(arb, Event.CHILD_EXIT, 102, 1) == [("restore_pidfile",)]
     assert arb.state is State.DRAINING
@@ -219,9 +219,9 @@ def test_new_master_dying_while_the_old_drains_only_restores_the_pidfile() -> No
 
 def test_term_while_parked_stops_at_once_when_the_workers_are_gone() -> None:
     arb, port = running(1)
-    arb.handle(Event.USR2)
-    arb.handle(Event.WINCH)
-    arb.handle(Event.EXIT, 101, 0)
+    feed(arb, Event.USR2)
+    feed(arb, Event.WINCH)
+    feed(arb, Event.EXIT, 101, 0)
     port.take()
     assert do(arb, Event.TERM) == []
     assert arb.state is State.STOPPED
@@ -229,8 +229,8 @@ def test_term_while_parked_stops_at_once_when_the_workers_are_gone() -> None:
 
 def test_quick_while_parked_kills_the_draining_workers() -> None:
     arb, port = running(1)
-    arb.handle(Event.USR2)
-    arb.handle(Event.WINCH)
+    feed(arb, Event.USR2)
+    feed(arb, Event.WINCH)
     port.take()
     assert do(arb, Event.QUICK) == [("kill", 101, signal.SIGQUIT)]
     assert arb.state is State.QUITTING
@@ -242,7 +242,7 @@ def test_hup_with_preload_reexecs_and_drains_once_the_new_master_is_ready() -> N
     arb, port = running(2, preload=True)
     port.reload_to = arb.settings
     assert do(arb, Event.HUP) == [("reload",), ("exec_master", 2, 103), ("oldbin",)]
-    assert arb.state is State.RUNNING and arb.handover
+    assert arb.state is State.RUNNING and arb.upgrade.handover
     assert do(arb, Event.HUP) == [("reload",)]  # refused while the new master boots
     assert do(arb, Event.CHILD_READY) == told_quit(101) + told_quit(102)
     assert arb.state is State.DRAINING
@@ -252,10 +252,10 @@ def test_hup_with_preload_reexecs_and_drains_once_the_new_master_is_ready() -> N
 def test_hup_with_preload_whose_new_master_dies_keeps_this_one() -> None:
     arb, port = running(1, preload=True)
     port.reload_to = arb.settings
-    arb.handle(Event.HUP)
+    feed(arb, Event.HUP)
     port.take()
     assert do(arb, Event.CHILD_EXIT, 102, 4) == [("restore_pidfile",), ("published", 1)]
-    assert (arb.state, arb.child, arb.handover) == (State.RUNNING, 0, False)
+    assert (arb.state, arb.upgrade.child, arb.upgrade.handover) == (State.RUNNING, 0, False)
     assert port.reloads == [False]
 
 
@@ -263,12 +263,12 @@ def test_hup_with_preload_and_a_bad_config_does_not_exec() -> None:
     arb, port = running(1, preload=True)
     port.reload_error = "bad"
     assert do(arb, Event.HUP) == [("reload",)]
-    assert arb.child == 0 and port.reloads == [False]
+    assert arb.upgrade.child == 0 and port.reloads == [False]
 
 
 def test_hup_with_preload_under_the_python_api_reloads_by_generation() -> None:
     arb, port = running(1, preload=True)
-    port.execable = False
+    arb.can_exec = False
     port.reload_to = arb.settings
     assert do(arb, Event.HUP) == [("reload",), ("spawn", 0, 2, 102)]
     assert arb.state is State.RELOADING
@@ -277,7 +277,7 @@ def test_hup_with_preload_under_the_python_api_reloads_by_generation() -> None:
 @pytest.mark.parametrize("state", [State.DRAINING, State.QUITTING])
 def test_late_events_while_stopping_are_ignored(state: State) -> None:
     arb, port = running(1)
-    arb.handle(Event.TERM if state is State.DRAINING else Event.QUICK)
+    feed(arb, Event.TERM if state is State.DRAINING else Event.QUICK)
     port.take()
     for event in (Event.USR2, Event.WINCH, Event.RECYCLE, Event.RELOAD_ASK, Event.CHILD_READY):
         assert do(arb, event, 101) == []
@@ -297,15 +297,15 @@ def test_no_deadline_stays_in_the_past_in_any_state() -> None:
     port.mem = {101: 2 * MiB, 102: 2 * MiB}
     port.reload_to = arb.settings
     port.now += 20  # everything is due
-    arb.handle(Event.HUP)  # RELOADING: no recycling, no memory samples
+    feed(arb, Event.HUP)  # RELOADING: no recycling, no memory samples
     for pid in list(arb.workers):
         arb.workers[pid].heartbeat = port.now
-    arb.handle(Event.TICK)
+    feed(arb, Event.TICK)
     assert arb.state is State.RELOADING
     deadline = arb.next_deadline()
     assert deadline is None or deadline > port.now
-    arb.handle(Event.QUICK)
-    arb.handle(Event.TICK)
+    feed(arb, Event.QUICK)
+    feed(arb, Event.TICK)
     deadline = arb.next_deadline()
     assert deadline is not None and deadline > port.now  # only the quick-stop deadline
 
@@ -313,15 +313,15 @@ def test_no_deadline_stays_in_the_past_in_any_state() -> None:
 @pytest.mark.parametrize("stop", [Event.TERM, Event.WINCH])
 def test_a_crashed_slots_back_off_is_no_deadline_once_nothing_respawns(stop: Event) -> None:
     arb, port = running(1, graceful_timeout=30.0)
-    arb.handle(Event.EXIT, 101, -9)  # replaced at once by 102
+    feed(arb, Event.EXIT, 101, -9)  # replaced at once by 102
     port.now += 1
-    arb.handle(Event.EXIT, 102, -9)  # backed off: a respawn deadline
+    feed(arb, Event.EXIT, 102, -9)  # backed off: a respawn deadline
     port.now = arb.next_deadline() or 0
-    arb.handle(Event.TICK)  # 103
-    arb.handle(Event.READY, 103)
-    arb.handle(Event.USR2)
-    arb.handle(stop)
-    arb.handle(Event.EXIT, 103, 0)
+    feed(arb, Event.TICK)  # 103
+    feed(arb, Event.READY, 103)
+    feed(arb, Event.USR2)
+    feed(arb, stop)
+    feed(arb, Event.EXIT, 103, 0)
     port.now += 5
     deadline = arb.next_deadline()
     assert deadline is None or deadline > port.now

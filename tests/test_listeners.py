@@ -248,8 +248,16 @@ def test_permission_denied(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(listeners, "_tcp_socket", denied)
     with pytest.raises(BindError) as info:
-        bind_all([parse_bind("127.0.0.1:80")])
-    assert str(info.value) == "Failed to bind to address http://127.0.0.1:80: permission denied"
+        bind_all([parse_bind("127.0.0.1:8080")])
+    assert str(info.value) == "Failed to bind to address http://127.0.0.1:8080: permission denied"
+    # below the first unprivileged port, the message says how to get there
+    for bind in ("127.0.0.1:80", "http://*:443", "http://localhost:80"):
+        with pytest.raises(BindError) as info:
+            bind_all([parse_bind(bind)])
+        text = str(info.value)
+        assert "permission denied (ports below 1024 need privileges: start greenfork as root" in text
+        assert "with --user" in text
+        assert "CAP_NET_BIND_SERVICE" in text and "socket activation" in text
 
 
 def test_other_errors_use_lowercased_strerror() -> None:

@@ -81,17 +81,6 @@ def test_inherited_sockets_are_adopted_with_their_bind_text(sock_dir: Path) -> N
     ls.close_all()
 
 
-def test_pidfile_moves_to_oldbin_and_back(tmp_path: Path) -> None:
-    pidfile = tmp_path / "app.pid"
-    pidfile.write_text("100\n")
-    upgrade.pidfile_oldbin(str(pidfile), 100)
-    assert not pidfile.exists() and (tmp_path / "app.pid.oldbin").read_text() == "100\n"
-    pidfile.write_text("200\n")  # the new master's
-    upgrade.pidfile_restore(str(pidfile), 100)
-    assert pidfile.read_text() == "100\n" and not (tmp_path / "app.pid.oldbin").exists()
-    upgrade.pidfile_oldbin(None, 100)  # no pidfile configured: nothing to do
-
-
 def test_the_addresses_file_is_removed_only_by_its_owner(tmp_path: Path) -> None:
     path = tmp_path / "addr.json"
     report.write_addresses_file(str(path), 200, 2, ["http://127.0.0.1:1"])

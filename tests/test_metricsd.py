@@ -15,17 +15,19 @@ import pytest
 
 from greenfork.master import metricsd
 from greenfork.master.addresses import parse_bind
-from greenfork.master.arbiter import Arbiter, Event
+from greenfork.master.arbiter import Arbiter
 from greenfork.master.listeners import bind_all, close_all
 from greenfork.master.metricsd import MetricsService
 from greenfork.master.settings import defaults
-from tests.test_arbiter import FakePort
+from greenfork.master.states import Event
+from tests.test_arbiter import arbiter as fake_arbiter
+from tests.test_arbiter import feed
 
 
 @pytest.fixture
 def svc() -> Iterator[tuple[MetricsService, Arbiter]]:
     listeners = bind_all([parse_bind("http://127.0.0.1:0")])
-    arbiter = Arbiter(defaults(workers=2), FakePort())
+    arbiter, _ = fake_arbiter(defaults(workers=2))
     service = MetricsService(listeners, [], lambda: arbiter)
     try:
         yield service, arbiter
@@ -81,11 +83,11 @@ def test_routes_methods_and_readiness(svc: tuple[MetricsService, Arbiter]) -> No
     service, arbiter = svc
     assert status_of(exchange(service, b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
     assert status_of(exchange(service, b"GET /readyz HTTP/1.1\r\n\r\n")) == 503  # no worker yet
-    arbiter.start()
+    feed(arbiter, Event.START)
     pids = list(arbiter.workers)
-    arbiter.handle(Event.READY, pids[0])
+    feed(arbiter, Event.READY, pids[0])
     assert status_of(exchange(service, b"GET /readyz HTTP/1.1\r\n\r\n")) == 200  # one READY is enough
-    arbiter.handle(Event.TERM)
+    feed(arbiter, Event.TERM)
     assert status_of(exchange(service, b"GET /readyz HTTP/1.1\r\n\r\n")) == 503  # draining
     assert status_of(exchange(service, b"GET /livez HTTP/1.1\r\n\r\n")) == 200
     assert status_of(exchange(service, b"GET / HTTP/1.1\r\n\r\n")) == 404

@@ -22,7 +22,7 @@ import gevent.event
 from gevent import socket as gsocket
 
 from greenfork.master import apploader, logs
-from greenfork.master.arbiter import (
+from greenfork.master.control import (
     EXIT_APP_IMPORT,
     HEARTBEAT,
     QUIT,

@@ -144,8 +144,10 @@ class TlsConfig:
 
 
 def configured(settings: Settings) -> bool:
-    """Whether load() has anything to do: an https:// address or a certificate setting."""
-    return bool(settings.certfile or settings.sni or _https_binds(settings))
+    """Whether load() has anything to check: an https:// address or any TLS file or option."""
+    return bool(settings.certfile or settings.keyfile or settings.sni or settings.keyfile_password_file
+                or settings.ca_certs or settings.cert_reqs != "none" or settings.client_cert_user != "none"
+                or _https_binds(settings))
 
 
 def load(settings: Settings, alpn: Sequence[str] = ALPN_HTTP1, *, base_dir: str | None = None) -> TlsConfig:
@@ -166,9 +168,10 @@ def load(settings: Settings, alpn: Sequence[str] = ALPN_HTTP1, *, base_dir: str 
     def path_of(p: str) -> str:
         return os.path.normpath(os.path.join(base, os.path.expanduser(p)))
 
-    password = None
+    password, password_file = None, ""
     if settings.keyfile_password_file:
-        password = _read_password(path_of(settings.keyfile_password_file), warnings)
+        password_file = path_of(settings.keyfile_password_file)
+        password = _read_password(password_file, warnings)
     cafile = path_of(settings.ca_certs) if settings.ca_certs and settings.cert_reqs != "none" else None
     if cafile is not None:
         _check_ca_file(cafile)
@@ -176,7 +179,7 @@ def load(settings: Settings, alpn: Sequence[str] = ALPN_HTTP1, *, base_dir: str 
     def build(certfile: str, keyfile: str | None, sni: str | None) -> tuple[ssl.SSLContext, Certificate]:
         cert_path = path_of(certfile)
         key_path = path_of(keyfile) if keyfile else None
-        info = _check_pair(cert_path, key_path, password, sni, warnings)
+        info = _check_pair(cert_path, key_path, password, password_file, sni, warnings)
         ctx = _context(settings, cert_path, key_path, password, cafile, alpn)
         return ctx, info
 
@@ -284,8 +287,8 @@ def _check_ca_file(path: str) -> None:
     _load_certs(path, data, "CA file")
 
 
-def _check_pair(cert_path: str, key_path: str | None, password: bytes | None, sni: str | None,
-                warnings: list[str]) -> Certificate:
+def _check_pair(cert_path: str, key_path: str | None, password: bytes | None, password_file: str,
+                sni: str | None, warnings: list[str]) -> Certificate:
     from cryptography.hazmat.primitives import serialization
 
     cert_data = _read(cert_path, "certificate file")
@@ -299,18 +302,17 @@ def _check_pair(cert_path: str, key_path: str | None, password: bytes | None, sn
         raise TlsError(f"no PEM private key in {where}")
     _check_private(key_source, "private key file", warnings)
     block = m.group(0)
+    encrypted = b"ENCRYPTED" in block  # PKCS#8 "ENCRYPTED PRIVATE KEY" or a legacy Proc-Type header
+    if encrypted and password is None:
+        raise TlsError(f"the private key in {key_source} is encrypted: give its password "
+                       "with --keyfile-password-file")
     try:
-        try:
-            key = serialization.load_pem_private_key(block, password)
-        except TypeError:
-            if password is None:
-                raise TlsError(f"the private key in {key_source} is encrypted: give its password "
-                               "with --keyfile-password-file") from None
-            key = serialization.load_pem_private_key(block, None)  # not encrypted: no password needed
+        # a password given for other keys is not needed for an unencrypted one
+        key = serialization.load_pem_private_key(block, password if encrypted else None)
     except ValueError:
-        if password is not None and (b"ENCRYPTED" in block):
-            raise TlsError(f"cannot decrypt the private key in {key_source}: wrong password "
-                           "(--keyfile-password-file)") from None
+        if encrypted:
+            raise TlsError(f"cannot decrypt the private key in {key_source} with the password in "
+                           f"{password_file}: wrong password") from None
         raise TlsError(f"the private key in {key_source} is malformed or of an unsupported type") from None
     except Exception as e:  # cryptography raises UnsupportedAlgorithm for exotic keys
         raise TlsError(f"cannot use the private key in {key_source}: {e}") from None

@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +152,7 @@ def make(d: Path) -> Certs:
         return Pair(_write(d / f"{stem}.pem", _pem(cert), 0o644),
                     _write(d / f"{stem}.key", _key_pem(key, password)))
 
-    local = {"dns": ("localhost",), "ips": ("127.0.0.1", "::1")}
+    local: dict[str, Any] = {"dns": ("localhost",), "ips": ("127.0.0.1", "::1")}
     server = pair("server", _name("localhost"), "rsa", **local)
     foreign_key = _key()
     foreign_name = _name("some other CA")
@@ -195,3 +197,81 @@ def certs(factory: pytest.TempPathFactory) -> Certs:
     if "certs" not in _CACHE:
         _CACHE["certs"] = make(factory.mktemp("tlscerts"))
     return _CACHE["certs"]
+
+
+# ------------------------------------------------------------------ in-memory handshakes
+
+
+class HandshakeFailed(Exception):
+    def __init__(self, side: str, error: Exception) -> None:
+        super().__init__(f"{side}: {error}")
+        self.side = side
+        self.error = error
+
+
+def client_context(c: Certs, *, cert: Pair | None = None, alpn: list[str] | None = None,
+                   max_version: ssl.TLSVersion | None = None, ciphers: str | None = None) -> ssl.SSLContext:
+    """A client that trusts the test CA; hostname checks are left to each test."""
+    ctx = ssl.create_default_context(cafile=str(c.ca))
+    ctx.check_hostname = False
+    if cert is not None:
+        ctx.load_cert_chain(str(cert.cert), str(cert.key))
+    if alpn is not None:
+        ctx.set_alpn_protocols(alpn)
+    if max_version is not None:
+        with warnings.catch_warnings():  # TLS 1.1 is deprecated: that is what the test shows
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.maximum_version = max_version
+        if max_version < ssl.TLSVersion.TLSv1_2:
+            # OpenSSL 3 refuses TLS 1.1 on its own side at the default security level: lower it, so
+            # that it is the server that refuses
+            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    if ciphers is not None:
+        ctx.set_ciphers(ciphers)
+    return ctx
+
+
+def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server_hostname: str | None = None
+              ) -> tuple[ssl.SSLObject, ssl.SSLObject]:
+    """A client and a server SSLObject over MemoryBIOs, pumped until both finish (bounded)."""
+    sin, sout, cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    srv = server_ctx.wrap_bio(sin, sout, server_side=True)
+    cli = client_ctx.wrap_bio(cin, cout, server_hostname=server_hostname)
+    done = {"server": False, "client": False}
+    for _ in range(50):
+        for side, obj in (("client", cli), ("server", srv)):
+            if done[side]:
+                continue
+            try:
+                obj.do_handshake()
+                done[side] = True
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLError, OSError) as e:
+                raise HandshakeFailed(side, e) from e
+        moved = False
+        for src, dst in ((cout, sin), (sout, cin)):
+            data = src.read()
+            if data:
+                dst.write(data)
+                moved = True
+        if all(done.values()):
+            # TLS 1.3: the server's verdict on a client certificate (and its tickets) come after
+            # the client has finished; let the client read them
+            if moved:
+                try:
+                    cli.read(1)
+                except ssl.SSLWantReadError:
+                    pass
+                except (ssl.SSLError, OSError) as e:
+                    raise HandshakeFailed("client", e) from e
+            return srv, cli
+        if not moved and not all(done.values()):
+            raise AssertionError("handshake stalled")
+    raise AssertionError("handshake did not finish in 50 rounds")
+
+
+def der(pair_or_path: Pair | Path) -> bytes:
+    path = pair_or_path.cert if isinstance(pair_or_path, Pair) else pair_or_path
+    return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(serialization.Encoding.DER)

@@ -30,9 +30,9 @@ def server_name(sslobj: Any) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
-def environ(sslobj: ssl.SSLObject, client_cert_user: str = "none") -> dict[str, str]:
+def environ(sslobj: ssl.SSLObject | ssl.SSLSocket, client_cert_user: str = "none") -> dict[str, str]:
     """`wsgi.url_scheme`, `HTTPS`, `SSL_*` and, per `client_cert_user` ("none", "cn" or "dn"),
-    `REMOTE_USER` from the verified client certificate."""
+    `REMOTE_USER` from the verified client certificate. An SSLSocket works as well."""
     env = {"wsgi.url_scheme": "https", "HTTPS": "on"}
     version = sslobj.version()
     if version:
@@ -92,7 +92,9 @@ _SAN_KEYS = {"email": "Email", "DNS": "DNS"}
 
 def format_dn(rdns: Iterable[Iterable[tuple[str, str]]]) -> str:
     """A name from getpeercert() as OpenSSL prints it with -nameopt RFC2253,-esc_msb."""
-    return ",".join("+".join(f"{_short(k)}={_escape(v)}" for k, v in rdn) for rdn in reversed(list(rdns)))
+    # OpenSSL reverses the flat list of attributes, so the members of a multi-valued RDN too
+    return ",".join("+".join(f"{_short(k)}={_escape(v)}" for k, v in reversed(list(rdn)))
+                    for rdn in reversed(list(rdns)))
 
 
 def _first(rdns: Iterable[Iterable[tuple[str, str]]], key: str) -> str | None:

@@ -232,12 +232,12 @@ def client_context(c: Certs, *, cert: Pair | None = None, alpn: list[str] | None
     return ctx
 
 
-def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server_hostname: str | None = None
-              ) -> tuple[ssl.SSLObject, ssl.SSLObject]:
+def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server_hostname: str | None = None,
+              session: ssl.SSLSession | None = None) -> tuple[ssl.SSLObject, ssl.SSLObject]:
     """A client and a server SSLObject over MemoryBIOs, pumped until both finish (bounded)."""
     sin, sout, cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
     srv = server_ctx.wrap_bio(sin, sout, server_side=True)
-    cli = client_ctx.wrap_bio(cin, cout, server_hostname=server_hostname)
+    cli = client_ctx.wrap_bio(cin, cout, server_hostname=server_hostname, session=session)
     done = {"server": False, "client": False}
     for _ in range(50):
         for side, obj in (("client", cli), ("server", srv)):

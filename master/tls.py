@@ -361,7 +361,12 @@ def _context(settings: Settings, cert_path: str, key_path: str | None, password:
     # Session tickets stay on (OpenSSL's default): the ticket keys are made with this context,
     # in the master, so every forked worker can decrypt the tickets any other worker issued.
     ctx.options &= ~ssl.OP_NO_TICKET
-    ctx.set_ciphers(settings.ciphers)  # validated with the setting
+    # Python's own default string starts with @SECLEVEL=2 (RSA keys of 2048 bits or more, no
+    # SHA-1 signatures); replacing the string would drop that, so it is kept unless set explicitly
+    ciphers = settings.ciphers
+    if "@SECLEVEL" not in ciphers.upper():
+        ciphers += ":@SECLEVEL=2"
+    ctx.set_ciphers(ciphers)  # validated with the setting
     try:
         # a callable, never None: with None OpenSSL would prompt for a password on the terminal
         ctx.load_cert_chain(cert_path, key_path, password=_password_callback(password))

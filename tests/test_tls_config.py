@@ -179,6 +179,8 @@ def _cases(c: Certs) -> list[tuple[tuple[str, ...], str]]:
                                                                    "does not exist"),
         (https(*srv, "--sni", "a.*.example=/x.pem"), "a wildcard must be the whole leftmost label"),
         (https(*srv, "--cert-reqs", "maybe"), "invalid value 'maybe' for cert_reqs"),
+        (https("--certfile", str(c.weak.cert), "--keyfile", str(c.weak.key)),
+         f"OpenSSL refuses the certificate {c.weak.cert}: the key is too small for OpenSSL's security level"),
     ]
 
 
@@ -390,3 +392,11 @@ def test_a_failed_reload_leaves_the_old_config_usable(certs: Certs) -> None:
     with pytest.raises(tls.TlsError):
         load(certs, keyfile=str(certs.mismatched.key))
     assert old.enabled and old.certificates[0].path == str(certs.server.cert)
+
+
+def test_security_level_2_unless_the_cipher_string_sets_one(certs: Certs) -> None:
+    with pytest.raises(tls.TlsError, match="the key is too small"):
+        load(certs, certfile=str(certs.weak.cert), keyfile=str(certs.weak.key))
+    legacy = load(certs, certfile=str(certs.weak.cert), keyfile=str(certs.weak.key),
+                  ciphers=DEFAULT_CIPHERS + ":@SECLEVEL=1")
+    assert legacy.enabled

@@ -64,6 +64,7 @@ class Certs:
     mismatched: Pair  # the server certificate with another key
     combined: Path  # server certificate and key in one file
     cn_only: Pair  # no SAN: the CN is its only name
+    weak: Pair  # RSA 1024: below OpenSSL's security level 2
     garbage: Path  # text, not PEM
     der: Path  # the server certificate in DER
     empty: Path
@@ -91,8 +92,8 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
 
 
 def _key(kind: str = "ec") -> PrivateKey:
-    if kind == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind in ("rsa", "rsa1024"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=1024 if kind == "rsa1024" else 2048)
     return ec.generate_private_key(ec.SECP256R1())
 
 
@@ -181,6 +182,7 @@ def make(d: Path) -> Certs:
         mismatched=Pair(server.cert, _write(d / "other.key", _key_pem(other_key))),
         combined=_write(d / "combined.pem", server.cert.read_bytes() + server.key.read_bytes()),
         cn_only=pair("cn-only", _name("legacy.example.net")),
+        weak=pair("weak", _name("localhost"), "rsa1024", **local),
         garbage=_write(d / "garbage.pem", b"this is not a certificate\n", 0o644),
         der=_write(d / "server.der", x509.load_pem_x509_certificate(server.cert.read_bytes())
                    .public_bytes(serialization.Encoding.DER), 0o644),

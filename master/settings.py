@@ -383,8 +383,9 @@ SETTINGS: tuple[Setting, ...] = (
     _S("ciphers", _str, DEFAULT_CIPHERS, ("--ciphers",), section="TLS", validate=_ciphers,
        metavar="CIPHERS", default_doc="ECDHE with AES-GCM or ChaCha20 (Mozilla intermediate)",
        help="TLS 1.2 cipher suites in OpenSSL's syntax (`openssl ciphers -v 'STRING'` lists what a "
-            "string selects); the server's order is preferred. TLS 1.3's suites are OpenSSL's and "
-            "not changed by this."),
+            "string selects); the server's order is preferred. OpenSSL's security level 2 applies "
+            "unless the string sets its own `@SECLEVEL`. TLS 1.3's suites are OpenSSL's and not "
+            "changed by this."),
     _S("tls_min_version", _tls_version, "1.2", ("--tls-min-version",), section="TLS", metavar="VERSION",
        type_doc="1.2|1.3",
        help="Oldest TLS version accepted. TLS 1.0 and 1.1 are refused (RFC 8996)."),

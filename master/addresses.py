@@ -1,6 +1,7 @@
 """Bind addresses as the operator writes them, parsed into BindSpec values.
 
-Kestrel-style URLs (``http://127.0.0.1:8000``, ``http://unix:/run/app.sock``) and
+Kestrel-style URLs (``http://127.0.0.1:8000``, ``http://unix:/run/app.sock``, and the same
+with ``https://`` for TLS: BindSpec.scheme is then "https") and
 gunicorn's shorthand (``127.0.0.1:8000``, ``:8000``, ``unix:app.sock``, ``fd://3``) are
 accepted. Nothing here touches the network or the filesystem: names are resolved and
 paths made absolute by ``listeners``, so parsing can run (and fail) before any I/O.
@@ -19,6 +20,7 @@ ANY = "*"
 # gunicorn binds port 8000 when no port is given; a URL without port means the scheme's default
 DEFAULT_PORT = 8000
 HTTP_PORT = 80
+HTTPS_PORT = 443
 
 # "+" is Kestrel's spelling and "::" the IPv6 one: listeners binds all of them dual-stack
 _ANY_HOSTS = frozenset({"*", "+", "0.0.0.0", "::"})
@@ -43,7 +45,11 @@ class BindSpec:
     port: int = 0
     path: str = ""
     fd: int = -1
-    scheme: str = "http"
+    scheme: str = "http"  # "https": the listener speaks TLS (master/tls.py gives its context)
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
 
 
 def format_url(host: str, port: int, scheme: str = "http") -> str:
@@ -68,22 +74,20 @@ def parse_bind(text: str) -> BindSpec:
             raise _error(s, f"this looks like a file path; write 'unix:{s}' to bind a unix socket")
         return _parse_tcp(text, s, s, DEFAULT_PORT)
     scheme, rest = m.group(1).lower(), m.group(2)
-    if scheme == "http":
+    if scheme in ("http", "https"):
         if rest.lower().startswith("unix:"):
-            return _parse_unix(text, s, rest[5:])
-        return _parse_tcp(text, s, rest, HTTP_PORT)
-    if scheme == "https":
-        raise _error(s, "TLS (https://) is not supported yet; bind http:// and terminate TLS in a proxy")
+            return _parse_unix(text, s, rest[5:], scheme)
+        return _parse_tcp(text, s, rest, HTTP_PORT if scheme == "http" else HTTPS_PORT, scheme)
     if scheme == "fd":
         return _parse_fd(text, s, rest)
-    raise _error(s, f"unknown scheme {scheme!r} (use http://, unix: or fd://)")
+    raise _error(s, f"unknown scheme {scheme!r} (use http://, https://, unix: or fd://)")
 
 
 def _error(s: str, reason: str) -> AddressError:
     return AddressError(f"Invalid address {s!r}: {reason}")
 
 
-def _parse_unix(raw: str, s: str, rest: str) -> BindSpec:
+def _parse_unix(raw: str, s: str, rest: str, scheme: str = "http") -> BindSpec:
     if rest.startswith("//"):
         # unix:///abs is the URL spelling of /abs; with exactly two slashes the first path
         # segment would be a URL host, which no reader expects for a file path
@@ -94,7 +98,7 @@ def _parse_unix(raw: str, s: str, rest: str) -> BindSpec:
         raise _error(s, "the unix socket path is missing")
     if "\0" in rest:
         raise _error(s, "a unix socket path cannot contain a NUL character")
-    return BindSpec(raw=raw, kind="unix", path=rest)
+    return BindSpec(raw=raw, kind="unix", path=rest, scheme=scheme)
 
 
 def _parse_fd(raw: str, s: str, rest: str) -> BindSpec:
@@ -103,7 +107,7 @@ def _parse_fd(raw: str, s: str, rest: str) -> BindSpec:
     return BindSpec(raw=raw, kind="fd", fd=int(rest))
 
 
-def _parse_tcp(raw: str, s: str, rest: str, default_port: int) -> BindSpec:
+def _parse_tcp(raw: str, s: str, rest: str, default_port: int, scheme: str = "http") -> BindSpec:
     cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=-1)
     if cut >= 0:
         tail = rest[cut:]
@@ -125,17 +129,17 @@ def _parse_tcp(raw: str, s: str, rest: str, default_port: int) -> BindSpec:
         if after and not after.startswith(":"):
             raise _error(s, f"unexpected {after!r} after ']' (expected ':port')")
         port = _parse_port(s, after[1:]) if after else default_port
-        return BindSpec(raw=raw, kind="tcp", host=_ipv6_host(s, host), port=port)
+        return BindSpec(raw=raw, kind="tcp", host=_ipv6_host(s, host), port=port, scheme=scheme)
     if rest.count(":") >= 2:
-        return BindSpec(raw=raw, kind="tcp", host=_bare_ipv6(s, rest), port=default_port)
+        return BindSpec(raw=raw, kind="tcp", host=_bare_ipv6(s, rest), port=default_port, scheme=scheme)
     host, sep, port_text = rest.partition(":")
     port = _parse_port(s, port_text) if sep else default_port
     if not host:
         if not sep:
             raise _error(s, "the host is missing")
         # gunicorn reads ":8000" as every interface
-        return BindSpec(raw=raw, kind="tcp", host=ANY, port=port)
-    return BindSpec(raw=raw, kind="tcp", host=_tcp_host(s, host, bare=not sep), port=port)
+        return BindSpec(raw=raw, kind="tcp", host=ANY, port=port, scheme=scheme)
+    return BindSpec(raw=raw, kind="tcp", host=_tcp_host(s, host, bare=not sep), port=port, scheme=scheme)
 
 
 def _parse_port(s: str, text: str) -> int:

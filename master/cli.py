@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
@@ -93,6 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = resolve()
     except (SettingError, AppSpecError, AddressError) as e:
         return _fail(str(e))
+    # TLS files are checked here too, so --check-config catches them and a bad one is exit 2.
+    # TODO(integration): hand this TlsConfig to the Server instead of loading it again there.
+    from greenfork.master import tls
+
+    if tls.configured(settings):
+        try:
+            tls_config = tls.load(settings, base_dir=start_dir)
+        except tls.TlsError as e:
+            return _fail(str(e))
+        for level, line in [(30, w) for w in tls_config.warnings] + tls_config.expiry_report(time.time()):
+            print(f"greenfork: {'error' if level >= 40 else 'warning'}: {line}", file=sys.stderr)
     if ns.check_config:
         for s in SETTINGS:
             value = config.show_value(s, getattr(settings, s.name))

@@ -130,7 +130,7 @@ def systemd_fds(environ: Mapping[str, str], pid: int) -> list[int]:
 
 def _failure(spec: BindSpec, reason: str, path: str = "") -> BindError:
     if spec.kind == "unix":
-        where = f"unix:{path or spec.path}"
+        where = _unix_url(path or spec.path, spec.scheme)
     elif spec.kind == "fd":
         where = f"fd://{spec.fd}"
     else:
@@ -166,8 +166,14 @@ def _published_url(sock: socket.socket, scheme: str) -> str:
         if isinstance(name, bytes):
             # Linux abstract namespace: "@name" is the conventional spelling of the leading NUL
             name = name.replace(b"\0", b"@", 1).decode("utf-8", "surrogateescape")
-        return f"unix:{name}"
+        return _unix_url(name, scheme)
     return format_url(name[0], name[1], scheme)
+
+
+def _unix_url(path: str, scheme: str) -> str:
+    # A TLS unix socket is published in Kestrel's URL form, which --bind accepts back: a client
+    # reading "unix:/path" would speak cleartext to it and fail in the handshake.
+    return f"https://unix:{path}" if scheme == "https" else f"unix:{path}"
 
 
 # --- TCP ---------------------------------------------------------------------------------
@@ -296,7 +302,8 @@ def _bind_unix(spec: BindSpec, backlog: int, mode: int | None) -> Listener:
     except BaseException:
         sock.close()
         raise
-    return Listener(spec=spec, sock=sock, url=f"unix:{path}", transport="unix", unix_path=path, unix_ino=ino)
+    return Listener(spec=spec, sock=sock, url=_unix_url(path, spec.scheme), transport="unix", unix_path=path,
+                    unix_ino=ino)
 
 
 @contextlib.contextmanager

@@ -126,6 +126,115 @@ def _choice(*options: str) -> Callable[[object], str]:
     return parse
 
 
+# ---------------------------------------------------------------------- tls
+
+# Mozilla's "intermediate" TLS 1.2 suites without the DHE ones (the stdlib ssl sets no DH
+# parameters, so OpenSSL would never pick them): forward secrecy and AEAD only, AES-GCM first
+# because most servers have AES instructions, ChaCha20 for clients that do not.
+DEFAULT_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                   "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                   "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+_CERT_REQS = {"0": "none", "1": "optional", "2": "required",
+              "none": "none", "optional": "optional", "required": "required",
+              "cert_none": "none", "cert_optional": "optional", "cert_required": "required"}
+_TLS_VERSIONS = {"1.2": "1.2", "1.3": "1.3"}
+_OLD_TLS = {"1.0", "1.1", "1", "ssl3", "3.0"}
+_SNI_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_SNI_NAME_RE = re.compile(rf"(\*\.)?{_SNI_LABEL}(\.{_SNI_LABEL})*")
+
+
+@dataclass(frozen=True, slots=True)
+class SniCertificate:
+    """One `--sni NAME=CERTFILE[,KEYFILE]`: the certificate served to clients asking for NAME."""
+
+    server_name: str  # lower case, no trailing dot; "*.example.com" matches exactly one label
+    certfile: str
+    keyfile: str | None = None
+
+    def __str__(self) -> str:
+        tail = f",{self.keyfile}" if self.keyfile else ""
+        return f"{self.server_name}={self.certfile}{tail}"
+
+
+def _cert_reqs(v: object) -> str:
+    # gunicorn's --cert-reqs takes the ssl module's numbers: 0 none, 1 optional, 2 required
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)
+    if isinstance(v, str) and v.strip().lower() in _CERT_REQS:
+        return _CERT_REQS[v.strip().lower()]
+    raise ValueError("expected none, optional or required (or gunicorn's 0, 1, 2)")
+
+
+def _tls_version(v: object) -> str:
+    if isinstance(v, float | int) and not isinstance(v, bool):
+        v = f"{float(v):.1f}"
+    if not isinstance(v, str):
+        raise ValueError("expected 1.2 or 1.3")
+    s = v.strip().lower()
+    for prefix in ("tlsv", "tls"):
+        s = s.removeprefix(prefix)
+    if s in _TLS_VERSIONS:
+        return _TLS_VERSIONS[s]
+    if s in _OLD_TLS or s.startswith(("ssl", "1.0", "1.1")):
+        raise ValueError("TLS 1.0 and 1.1 are refused: RFC 8996 deprecates them (weak hashes, no "
+                         "AEAD ciphers) and current browsers and OpenSSL builds no longer accept them; "
+                         "use 1.2 or 1.3")
+    raise ValueError("expected 1.2 or 1.3")
+
+
+def _sni_name(name: str) -> str:
+    host = name.strip().lower().rstrip(".")
+    if not host:
+        raise ValueError("the server name is missing before '='")
+    try:
+        import ipaddress
+
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"{name!r} is an IP address: clients send only host names in SNI "
+                         "(RFC 6066); a client connecting by address gets the default certificate")
+    if not host.isascii():
+        raise ValueError(f"{name!r}: write an internationalized name in its xn-- (IDNA) form")
+    if ("*" in host and not host.startswith("*.")) or host.count("*") > 1:
+        raise ValueError(f"{name!r}: a wildcard must be the whole leftmost label, as in *.example.com")
+    if len(host) > 253 or not _SNI_NAME_RE.fullmatch(host):
+        raise ValueError(f"{name!r} is not a valid host name")
+    return host
+
+
+def _sni_entry(text: str) -> SniCertificate:
+    name, eq, files = text.partition("=")
+    if not eq:
+        raise ValueError(f"{text!r}: expected HOSTNAME=CERTFILE,KEYFILE")
+    host = _sni_name(name)
+    cert, _, key = files.partition(",")
+    if not cert.strip():
+        raise ValueError(f"{text!r}: the certificate file is missing after '='")
+    if "," in key:
+        raise ValueError(f"{text!r}: expected one certificate file and one key file")
+    return SniCertificate(host, cert.strip(), key.strip() or None)
+
+
+def _sni(v: object) -> tuple[SniCertificate, ...]:
+    # The environment gives one string: entries separated by spaces, since the comma is taken
+    # by CERTFILE,KEYFILE. The command line and the file give one entry per item.
+    if isinstance(v, str):
+        items: list[str] = v.split()
+    elif isinstance(v, list | tuple) and all(isinstance(x, str | SniCertificate) for x in v):
+        items = [str(x) for x in v]
+    else:
+        raise ValueError("expected a list of HOSTNAME=CERTFILE,KEYFILE strings")
+    entries = tuple(_sni_entry(x) for x in items)
+    seen: set[str] = set()
+    for e in entries:
+        if e.server_name in seen:
+            raise ValueError(f"{e.server_name} is given twice")
+        seen.add(e.server_name)
+    return entries
+
+
 # --------------------------------------------------------------- validators
 
 
@@ -168,12 +277,25 @@ def _addresses(v: Any) -> None:
         parse_bind(raw)  # AddressError is a ValueError with the full reason
 
 
+def _ciphers(v: Any) -> None:
+    import ssl
+
+    if not v.strip():
+        raise ValueError("must not be empty")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(v)
+    except ssl.SSLError:
+        raise ValueError("OpenSSL selects no cipher from this string (see `openssl ciphers -v 'STRING'`)") \
+            from None
+
+
 def _metrics_address(v: Any) -> None:
     if v is None:
         return
     from greenfork.master.addresses import parse_bind
 
-    if parse_bind(v).kind == "fd":
+    spec = parse_bind(v)
+    if spec.kind == "fd" or spec.scheme != "http":
         raise ValueError("expected an http:// or unix: address")
 
 
@@ -216,7 +338,9 @@ SETTINGS: tuple[Setting, ...] = (
        help="Address to listen on; repeat for several (a HUP keeps the sockets of unchanged "
             "addresses). Forms: `http://HOST:PORT`, `HOST:PORT`, "
             "`:PORT` (all interfaces), `[::1]:PORT`, `http://localhost:PORT` (both loopbacks), "
-            "`http://*:PORT` (dual-stack), port 0 (any free port, published), `unix:/path`, `fd://N`. "
+            "`http://*:PORT` (dual-stack), port 0 (any free port, published), `unix:/path`, `fd://N`; "
+            "TLS with `https://` in every form but `fd://` (`https://HOST:PORT`, `https://unix:/path`), "
+            "which needs --certfile (see docs/tls.md). "
             "With systemd socket activation (LISTEN_FDS) and no explicit bind, only the passed "
             "sockets are used. In the environment, separate addresses with commas."),
     _S("backlog", _int, 2048, ("--backlog",), section="Listening", validate=_between(1, 65535),
@@ -232,6 +356,53 @@ SETTINGS: tuple[Setting, ...] = (
        help="Write the bound addresses as JSON `{\"pid\", \"generation\", \"addresses\"}` to this file "
             "(atomically, rewritten whenever they change; removed on exit).",
        default_doc="none"),
+    # ---------------------------------------------------------------------- tls
+    _S("certfile", _opt_str, None, ("--certfile",), section="TLS", metavar="PATH", default_doc="none",
+       help="PEM file with the server certificate, followed by its intermediate CA certificates "
+            "(the chain clients need), and the private key too when --keyfile is not given. Needed "
+            "by every `https://` address; read by the master before it drops privileges."),
+    _S("keyfile", _opt_str, None, ("--keyfile",), section="TLS", metavar="PATH",
+       default_doc="the key in --certfile",
+       help="PEM file with the certificate's private key. It may be mode 600 and owned by root: "
+            "the master reads it before workers drop privileges. A key readable by group or others "
+            "is served, with a warning."),
+    _S("keyfile_password_file", _opt_str, None, ("--keyfile-password-file",), section="TLS",
+       metavar="PATH", default_doc="none",
+       help="File whose first line is the password of encrypted private keys (--keyfile and --sni's). "
+            "A file rather than a value, so the password is in neither `ps` output nor the "
+            "environment the application inherits."),
+    _S("ca_certs", _opt_str, None, ("--ca-certs",), section="TLS", metavar="PATH", default_doc="none",
+       help="PEM file with the CA certificates that client certificates must chain to "
+            "(used with --cert-reqs optional or required)."),
+    _S("cert_reqs", _cert_reqs, "none", ("--cert-reqs",), section="TLS", metavar="MODE",
+       type_doc="none|optional|required",
+       help="Client certificates: `none` (not asked for), `optional` (asked for; a client without "
+            "one is served, one that fails verification is refused), `required` (a client without a "
+            "valid one is refused in the handshake). gunicorn's 0, 1 and 2 mean the same."),
+    _S("ciphers", _str, DEFAULT_CIPHERS, ("--ciphers",), section="TLS", validate=_ciphers,
+       metavar="CIPHERS", default_doc="ECDHE with AES-GCM or ChaCha20 (Mozilla intermediate)",
+       help="TLS 1.2 cipher suites in OpenSSL's syntax (`openssl ciphers -v 'STRING'` lists what a "
+            "string selects); the server's order is preferred. OpenSSL's security level 2 applies "
+            "unless the string sets its own `@SECLEVEL`. TLS 1.3's suites are OpenSSL's and not "
+            "changed by this."),
+    _S("tls_min_version", _tls_version, "1.2", ("--tls-min-version",), section="TLS", metavar="VERSION",
+       type_doc="1.2|1.3",
+       help="Oldest TLS version accepted. TLS 1.0 and 1.1 are refused (RFC 8996)."),
+    _S("sni", _sni, (), ("--sni",), section="TLS", metavar="HOSTNAME=CERTFILE,KEYFILE", multiple=True,
+       type_doc="list of HOSTNAME=CERTFILE,KEYFILE", default_doc="none",
+       help="Serve another certificate to clients that ask for HOSTNAME (TLS SNI); repeat for several. "
+            "`*.example.com` matches one label (`a.example.com`, not `a.b.example.com`); an exact "
+            "name wins over a wildcard; other clients get --certfile. KEYFILE may be left out when "
+            "CERTFILE holds the key. In the environment separate entries with spaces."),
+    _S("tls_handshake_timeout", _float, 10.0, ("--tls-handshake-timeout",), section="TLS",
+       validate=_at_least(0.1), metavar="SECONDS", type_doc="seconds",
+       help="Close a connection whose TLS handshake is not complete after this long (Kestrel's "
+            "default), so a stalled or cleartext client cannot hold a connection slot."),
+    _S("client_cert_user", _choice("none", "cn", "dn"), "none", ("--client-cert-user",), section="TLS",
+       metavar="FIELD", type_doc="none|cn|dn",
+       help="Set `REMOTE_USER` from the verified client certificate's subject: its common name "
+            "(`cn`) or its whole distinguished name in RFC 4514 form (`dn`). Needs --cert-reqs "
+            "optional or required."),
     # ------------------------------------------------------------------ workers
     _S("workers", _int, 1, ("-w", "--workers"), section="Workers", validate=_between(1, 4096),
        metavar="N", type_doc="integer",
@@ -400,6 +571,16 @@ class Settings:
     backlog: int
     unix_socket_mode: int
     addresses_file: str | None
+    certfile: str | None
+    keyfile: str | None
+    keyfile_password_file: str | None
+    ca_certs: str | None
+    cert_reqs: str
+    ciphers: str
+    tls_min_version: str
+    sni: tuple[SniCertificate, ...]
+    tls_handshake_timeout: float
+    client_cert_user: str
     workers: int
     worker_connections: int
     timeout: float

@@ -88,7 +88,54 @@ def test_fd_forms(text: str, fd: int) -> None:
 
 def test_defaults() -> None:
     spec = parse_bind("127.0.0.1:1")
-    assert (spec.scheme, spec.path, spec.fd) == ("http", "", -1)
+    assert (spec.scheme, spec.path, spec.fd, spec.tls) == ("http", "", -1, False)
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("https://127.0.0.1:8443", "127.0.0.1", 8443),
+        ("https://[::1]:0", "::1", 0),
+        ("https://localhost:8443", "localhost", 8443),
+        ("https://*:443", ANY, 443),
+        ("https://+:443", ANY, 443),
+        ("https://0.0.0.0:1", ANY, 1),
+        ("https://[::]:1", ANY, 1),
+        ("https://:8443", ANY, 8443),
+        ("https://example.internal", "example.internal", 443),
+        ("https://[::1]", "::1", 443),
+        ("HTTPS://LocalHost:1/", "localhost", 1),
+    ],
+)
+def test_https_tcp_forms(text: str, host: str, port: int) -> None:
+    spec = parse_bind(text)
+    assert spec == BindSpec(raw=text, kind="tcp", host=host, port=port, scheme="https")
+    assert spec.tls
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("https://unix:/run/app.sock", "/run/app.sock"),
+        ("https://unix:///run/app.sock", "/run/app.sock"),
+        ("HTTPS://UNIX:rel.sock", "rel.sock"),
+    ],
+)
+def test_https_unix_forms(text: str, path: str) -> None:
+    spec = parse_bind(text)
+    assert spec == BindSpec(raw=text, kind="unix", path=path, scheme="https")
+    assert spec.tls
+
+
+def test_plain_unix_stays_cleartext() -> None:
+    assert not parse_bind("unix:/run/app.sock").tls
+    assert not parse_bind("http://unix:/run/app.sock").tls
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", ANY])
+def test_https_url_round_trips(host: str) -> None:
+    spec = parse_bind(format_url(host, 4321, "https"))
+    assert (spec.kind, spec.host, spec.port, spec.scheme) == ("tcp", host, 4321, "https")
 
 
 @pytest.mark.parametrize(
@@ -103,10 +150,14 @@ def test_defaults() -> None:
         ("http://x:1?a=1", "a query is not allowed in a bind address"),
         ("http://x:1#top", "a fragment is not allowed in a bind address"),
         ("http://user@x:1", "user information (user@) is not allowed in a bind address"),
-        ("ftp://x", "unknown scheme 'ftp' (use http://, unix: or fd://)"),
-        ("FTP://x", "unknown scheme 'ftp' (use http://, unix: or fd://)"),
-        ("tcp://x:1", "unknown scheme 'tcp' (use http://, unix: or fd://)"),
-        ("https://x:443", "TLS (https://) is not supported yet; bind http:// and terminate TLS in a proxy"),
+        ("ftp://x", "unknown scheme 'ftp' (use http://, https://, unix: or fd://)"),
+        ("FTP://x", "unknown scheme 'ftp' (use http://, https://, unix: or fd://)"),
+        ("tcp://x:1", "unknown scheme 'tcp' (use http://, https://, unix: or fd://)"),
+        ("https://x:1/api", "a path is not allowed in a bind address"),
+        ("https:8443", "malformed scheme, write 'https://'"),
+        ("https://", "the host is missing"),
+        ("https://unix:", "the unix socket path is missing"),
+        ("https://[::1]:99999", "the port 99999 is out of range (0-65535)"),
         ("http:8000", "malformed scheme, write 'http://'"),
         ("x:65536", "the port 65536 is out of range (0-65535)"),
         ("x:999999999999", "the port 999999999999 is out of range (0-65535)"),

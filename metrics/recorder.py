@@ -23,13 +23,16 @@ DelegationResult = Literal["success", "unavailable", "busy", "failed"]
 
 
 class Recorder:
-    __slots__ = ("_by_key", "_conn_cells", "_lay", "_req_cells", "_routes", "_targets", "_tls_cells", "mv",
-                 "slot")
+    __slots__ = ("_by_key", "_conn_cells", "_lay", "_lb", "_req_cells", "_routes", "_targets", "_tls_cells",
+                 "mv", "slot")
 
     def __init__(self, slot: Slot) -> None:
         self.slot = slot
         self.mv = slot.mv
         self._lay = slot.layout
+        # listener index -> offset of its block (indexes the layout was not made for share the
+        # last block): a tuple index per hook instead of a call
+        self._lb = tuple(self._lay.listener(i) for i in range(L.LISTENER_OTHER + 1))
         # raw label values -> offset of the cell's first bucket (workers/instrument.py
         # inlines the lookup in its per-request hook)
         self._req_cells: dict[_RawKey, int] = {}
@@ -78,21 +81,21 @@ class Recorder:
 
     # --------------------------------------------------------- connections
     def transferred(self, listener: int, rx: int, tx: int) -> None:
-        lb = self._lay.listener(listener)
+        lb = self._lb[listener]
         self.mv[lb + L.L_RX] += rx
         self.mv[lb + L.L_TX] += tx
 
     def conn_opened(self, listener: int) -> None:
-        lb = self._lay.listener(listener)
+        lb = self._lb[listener]
         self.mv[lb + L.L_ACCEPTED] += 1.0
         self.mv[lb + L.L_ACTIVE] += 1.0
 
     def rejected(self, listener: int) -> None:
-        self.mv[self._lay.listener(listener) + L.L_REJECTED] += 1.0
+        self.mv[self._lb[listener] + L.L_REJECTED] += 1.0
 
     def conn_closed(self, listener: int, version: str, err: str, duration: float, rx: int, tx: int) -> None:
         mv = self.mv
-        lb = self._lay.listener(listener)
+        lb = self._lb[listener]
         mv[lb + L.L_ACTIVE] -= 1.0
         mv[lb + L.L_RX] += rx
         mv[lb + L.L_TX] += tx
@@ -107,14 +110,14 @@ class Recorder:
 
     # ----------------------------------------------------------------- TLS
     def tls_handshake_started(self, listener: int) -> None:
-        self.mv[self._lay.listener(listener) + L.L_TLS_ACTIVE] += 1.0
+        self.mv[self._lb[listener] + L.L_TLS_ACTIVE] += 1.0
 
     def tls_handshake_done(self, listener: int, version: str, err: str, duration: float) -> None:
         """Once per started handshake, however it ended. `version`: "1.2", "1.3" or what
         ssl.SSLObject.version() says ("TLSv1.3"); "" when none was agreed. `err`: "" on
         success, else tls_handshake_failed, tls_handshake_timeout, tls_not_supported, io_error."""
         mv = self.mv
-        mv[self._lay.listener(listener) + L.L_TLS_ACTIVE] -= 1.0
+        mv[self._lb[listener] + L.L_TLS_ACTIVE] -= 1.0
         raw = (listener, version, err)
         b = self._tls_cells.get(raw)
         if b is None:
@@ -126,17 +129,17 @@ class Recorder:
 
     # -------------------------------------------------------------- HTTP/2
     def http2_stream_opened(self, listener: int) -> None:
-        self.mv[self._lay.listener(listener) + L.L_H2_ACTIVE] += 1.0
+        self.mv[self._lb[listener] + L.L_H2_ACTIVE] += 1.0
 
     def http2_stream_closed(self, listener: int, err: str = "") -> None:
         """Once per opened stream when it ends: "" if it completed, else why not."""
-        lb = self._lay.listener(listener)
+        lb = self._lb[listener]
         self.mv[lb + L.L_H2_ACTIVE] -= 1.0
         self.mv[lb + L.L_H2_STREAMS + L.error_index(err)] += 1.0  # error_index("") is 0: completed
 
     def http2_stream_refused(self, listener: int) -> None:
         """A stream refused (REFUSED_STREAM) past SETTINGS_MAX_CONCURRENT_STREAMS: never opened."""
-        self.mv[self._lay.listener(listener) + L.L_H2_STREAMS + L.ERROR_INDEX["stream_refused"]] += 1.0
+        self.mv[self._lb[listener] + L.L_H2_STREAMS + L.ERROR_INDEX["stream_refused"]] += 1.0
 
     # ----------------------------------------------------------- WebSocket
     def websocket_opened(self) -> None:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 from prometheus_client.exposition import generate_latest
@@ -556,3 +557,9 @@ def test_every_family_populated_parses_as_openmetrics() -> None:
                 for s in fams["greenfork_metrics_label_overflow"].samples}
     assert ("http_server_request_duration_seconds", "http_route") in overflow
     assert ("greenfork_tls_handshake_duration_seconds", "") in overflow
+
+
+def test_every_family_is_documented() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    missing = [name for name in families(everything()) if f"`{name}" not in doc]
+    assert not missing, f"in the scrape, not in docs/metrics.md: {missing}"

@@ -246,6 +246,59 @@ class Recorder:
             self._targets.setdefault(name, 1 + i)
 
 
+# The hooks the front door's producers call on `server.metrics` (workers/instrument.py).
+FRONT_DOOR_HOOKS = ("tls_handshake_started", "tls_handshake_done", "http2_stream_opened",
+                    "http2_stream_closed", "http2_stream_refused", "websocket_opened", "websocket_received",
+                    "websocket_sent", "websocket_closed", "response_cache", "delegated", "queued_requests",
+                    "announce")
+
+
+class NullFrontDoor:
+    """The same hooks doing nothing, for a worker without metrics: workers/instrument.py's
+    NullInstruments can inherit them, so a producer never checks whether metrics are on."""
+
+    __slots__ = ()
+
+    def tls_handshake_started(self, listener: int) -> None:
+        pass
+
+    def tls_handshake_done(self, listener: int, version: str, err: str, duration: float) -> None:
+        pass
+
+    def http2_stream_opened(self, listener: int) -> None:
+        pass
+
+    def http2_stream_closed(self, listener: int, err: str = "") -> None:
+        pass
+
+    def http2_stream_refused(self, listener: int) -> None:
+        pass
+
+    def websocket_opened(self) -> None:
+        pass
+
+    def websocket_received(self, nbytes: int) -> None:
+        pass
+
+    def websocket_sent(self, nbytes: int) -> None:
+        pass
+
+    def websocket_closed(self, code: int) -> None:
+        pass
+
+    def response_cache(self, result: CacheResult) -> None:
+        pass
+
+    def delegated(self, target: str, result: DelegationResult) -> None:
+        pass
+
+    def queued_requests(self, n: int) -> None:
+        pass
+
+    def announce(self, *, http2: bool = False, websocket: bool = False, max_queued_requests: int = 0) -> None:
+        pass
+
+
 def _doubles(values: list[int]) -> memoryview:
     import array
 

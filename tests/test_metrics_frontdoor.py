@@ -5,6 +5,7 @@ parser."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from greenfork.metrics import layout as L
 from greenfork.metrics.collector import CacheStats, Collector, Lifecycle, ListenerView, MasterView, WorkerView
-from greenfork.metrics.recorder import Recorder
+from greenfork.metrics.recorder import FRONT_DOOR_HOOKS, NullFrontDoor, Recorder
 from greenfork.metrics.slots import Names, Slot, SlotPool
 from tests.metricsutil import Key, find, monotonic_violations, parse, total
 
@@ -563,3 +564,15 @@ def test_every_family_is_documented() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
     missing = [name for name in families(everything()) if f"`{name}" not in doc]
     assert not missing, f"in the scrape, not in docs/metrics.md: {missing}"
+
+
+def test_the_null_hooks_match_the_real_ones() -> None:
+    """A worker without metrics gets NullFrontDoor's hooks: same names, same signatures."""
+    for name in FRONT_DOOR_HOOKS:
+        null, real = getattr(NullFrontDoor, name), getattr(Recorder, name)
+        assert inspect.signature(null) == inspect.signature(real), name
+    public = {n for n in vars(NullFrontDoor) if not n.startswith("_")}
+    assert public == set(FRONT_DOOR_HOOKS)
+    null = NullFrontDoor()
+    null.tls_handshake_done(0, "1.3", "", 0.1)
+    null.announce(http2=True)

@@ -14,7 +14,7 @@ import logging
 import resource
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
@@ -25,7 +25,7 @@ from greenfork.master.records import Worker
 from greenfork.master.states import State, WState
 from greenfork.metrics import appmetrics
 from greenfork.metrics import layout as L
-from greenfork.metrics.collector import Collector, Lifecycle, ListenerView, MasterView, WorkerView
+from greenfork.metrics.collector import CacheStats, Collector, Lifecycle, ListenerView, MasterView, WorkerView
 from greenfork.metrics.slots import Slot, SlotPool
 
 log = logging.getLogger("greenfork.master")
@@ -33,6 +33,9 @@ log = logging.getLogger("greenfork.master")
 MAX_CLIENTS = 16
 MAX_REQUEST = 8192
 CLIENT_TIMEOUT = 10.0
+# /readyz answers 503 while every READY worker with a request queue limit has at least this
+# share of it queued: a load balancer steers away before the workers start answering 503.
+READY_QUEUE_FRACTION = 0.9
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
@@ -54,8 +57,16 @@ def listener_view(lst: Listener) -> ListenerView:
 
 
 class MetricsService:
+    """The master's sources for the front door's families (each optional; also settable later
+    on `self.collector.frontdoor`): `certificates` returns (server_name, notAfter as Unix time)
+    for every certificate served; `cache_stats` returns the shared response cache's
+    CacheStats; `delegation_targets` are the --delegate prefixes, as workers report them."""
+
     def __init__(self, listeners: list[Listener], served: list[Listener], arbiter: Callable[[], Arbiter],
-                 *, app_dir: str | None = None) -> None:
+                 *, app_dir: str | None = None,
+                 certificates: Callable[[], Iterable[tuple[str, float]]] | None = None,
+                 cache_stats: Callable[[], CacheStats] | None = None,
+                 delegation_targets: Sequence[str] = ()) -> None:
         self.listeners = listeners
         self.arbiter = arbiter
         self.app_dir = app_dir
@@ -63,7 +74,8 @@ class MetricsService:
         self.lifecycle = Lifecycle()
         self.by_pid: dict[int, Slot] = {}
         self.collector = Collector(self.pool, [listener_view(x) for x in served], self.lifecycle,
-                                   self._view, app_dir=app_dir)
+                                   self._view, app_dir=app_dir, certificates=certificates,
+                                   cache_stats=cache_stats, delegation_targets=delegation_targets)
         self.clients: dict[int, _Client] = {}
         if app_dir:
             log.info("Application metrics directory: %s", app_dir)
@@ -118,7 +130,16 @@ class MetricsService:
     def ready(self) -> bool:
         arb = self.arbiter()
         return arb.state in (State.STARTING, State.RUNNING) and any(
-            w.state == WState.READY for w in arb.workers.values())
+            w.state == WState.READY for w in arb.workers.values()) and not self.saturated()
+
+    def saturated(self) -> bool:
+        """Every READY worker that has a request queue limit is nearly at it."""
+        queues = []
+        for w in self.arbiter().workers.values():
+            slot = self.by_pid.get(w.pid)
+            if w.state == WState.READY and slot is not None and slot.mv[L.H_QUEUE_LIMIT] > 0:
+                queues.append((slot.mv[L.H_QUEUED], slot.mv[L.H_QUEUE_LIMIT]))
+        return bool(queues) and all(n >= READY_QUEUE_FRACTION * limit for n, limit in queues)
 
     # ---------------------------------------------------------- serving
     def fds(self) -> tuple[list[int], list[int]]:

@@ -9,9 +9,8 @@ this package imports neither the master nor the workers.
 from __future__ import annotations
 
 import platform
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -22,30 +21,18 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.utils import floatToGoString
 
 from greenfork.metrics import layout as L
 from greenfork.metrics import procfs
-from greenfork.metrics.slots import Slot, SlotPool, add_cell, requests_in
+from greenfork.metrics.frontdoor import CacheStats, FrontDoor
+from greenfork.metrics.render import LISTENER_LABELS, Listeners, ListenerView, group
+from greenfork.metrics.slots import SlotPool, Totals, add_cell, requests_in, totals
+
+__all__ = ["CacheStats", "Collector", "Lifecycle", "ListenerView", "MasterView", "WorkerView"]
 
 EXIT_REASONS = ("reload", "max_requests", "max_lifetime", "max_memory", "timeout", "crashed", "killed",
                 "boot_failed", "scale_down", "shutdown")
 WORKER_STATES = ("booting", "ready", "draining")
-LISTENER_LABELS = ("server_address", "server_port", "network_transport")
-
-
-@dataclass
-class ListenerView:
-    url: str
-    sock: socket.socket | None  # for TCP_INFO; None when not a TCP listener
-    address: str
-    port: str
-    transport: str
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return {"server_address": self.address, "server_port": self.port,
-                "network_transport": self.transport}
 
 
 @dataclass
@@ -98,10 +85,20 @@ def _version(dist: str) -> str:
 
 
 class Collector:
+    """`certificates`, `cache_stats` and `delegation_targets` are the master's own sources
+    for the front door's families (frontdoor.py); each may also be set later as an attribute
+    of `self.frontdoor`."""
+
     def __init__(self, pool: SlotPool, listeners: list[ListenerView], lifecycle: Lifecycle,
-                 view: Callable[[], MasterView], app_dir: str | None = None) -> None:
+                 view: Callable[[], MasterView], app_dir: str | None = None, *,
+                 certificates: Callable[[], Iterable[tuple[str, float]]] | None = None,
+                 cache_stats: Callable[[], CacheStats] | None = None,
+                 delegation_targets: Sequence[str] = ()) -> None:
         self.pool = pool
         self.listeners = listeners
+        self.lst = Listeners(listeners)
+        self.frontdoor = FrontDoor(pool, self.lst, certificates=certificates, cache_stats=cache_stats,
+                                   delegation_targets=delegation_targets)
         self.lifecycle = lifecycle
         self.view = view
         self.app_dir = app_dir
@@ -112,26 +109,23 @@ class Collector:
 
     def collect(self) -> Iterator[Metric]:
         view = self.view()
-        live = self.pool.live()
-        slot_cells = {s.index: s.cells() for s, _pid in live}
-        cells: dict[int, list[float]] = {k: list(v) for k, v in self.pool.retired.cells.items()}
-        for cs in slot_cells.values():
-            for key, values in cs:
-                add_cell(cells, key, values)
-        yield from self._http(cells, live)
-        yield from self._listeners(cells, live)
-        yield from self._workers(view, slot_cells)
+        t = totals(self.pool)
+        yield from self._http(t)
+        yield from self._listeners(t)
+        yield from self.frontdoor.collect(t)
+        yield from self._workers(view, t)
         yield from self.process.collect()
         yield from self._app()
 
     # ---------------------------------------------------------------- HTTP
-    def _http(self, cells: dict[int, list[float]], live: list[tuple[Slot, int]]) -> Iterator[Metric]:
+    def _http(self, t: Totals) -> Iterator[Metric]:
         h = Metric("http_server_request_duration_seconds",
                    "Duration of HTTP server requests: request line parsed to response complete.",
                    "histogram")
         groups: dict[tuple[tuple[str, str], ...], list[float]] = {}
-        for key, values in cells.items():
-            family, _lst, method, status, scheme, version, err = L.unpack(key)
+        routes = self.pool.routes
+        for key, values in t.cells.items():
+            family, _lst, method, status, scheme, version, err, _tls, route = L.unpack(key)
             if family != L.FAMILY_REQUEST:
                 continue
             labels = {"http_request_method": L.METHODS[method]}
@@ -139,14 +133,14 @@ class Collector:
                 labels["http_response_status_code"] = L.OTHER if status == L.STATUS_OTHER else str(status)
             labels["url_scheme"] = L.SCHEMES[scheme]
             labels["network_protocol_version"] = L.VERSIONS[version]
+            if route:
+                labels["http_route"] = routes.name(route)
             if err:
                 labels["error_type"] = L.ERROR_TYPES[err]
             add_cell(groups, tuple(labels.items()), values)  # type: ignore[arg-type]
-        for labels_t, values in sorted(groups.items()):
-            _histogram(h, dict(labels_t), L.REQUEST_BUCKETS, values)
-        yield h
+        yield group(h, groups, L.REQUEST_BUCKETS)
         active: dict[tuple[int, int], float] = {}
-        for slot, _pid in live:
+        for slot, _pid in t.live:
             base = slot.layout.active_requests
             n = len(L.SCHEMES)
             for i, v in enumerate(slot.mv[base:base + len(L.METHODS) * n].tolist()):
@@ -160,16 +154,7 @@ class Collector:
         yield g
 
     # ----------------------------------------------------------- listeners
-    def _listeners(self, cells: dict[int, list[float]], live: list[tuple[Slot, int]]) -> Iterator[Metric]:
-        n = len(self.listeners)
-        totals = [list(self.pool.retired.listeners.get(i, [0.0] * L.PER_LISTENER)) for i in range(n)]
-        for i in range(n):
-            for f in (L.L_ACTIVE, L.L_KEEPALIVE):
-                totals[i][f] = 0.0  # gauges: live slots only
-        for slot, _pid in live:
-            for i in range(n):
-                for f, v in enumerate(slot.listener_fields(i)):
-                    totals[i][f] += v
+    def _listeners(self, t: Totals) -> Iterator[Metric]:
         names = list(LISTENER_LABELS)
         fams = [
             (GaugeMetricFamily, "greenfork_active_connections", "Open client connections.", L.L_ACTIVE),
@@ -183,8 +168,8 @@ class Collector:
         ]
         for cls, name, doc, f in fams:
             fam = cls(name, doc, labels=names)
-            for i, lst in enumerate(self.listeners):
-                fam.add_metric([lst.labels[k] for k in names], max(0.0, totals[i][f]))
+            for lv, fields in self.lst.rows(t.listeners, lambda _i, _fields: True):
+                fam.add_metric(lv, max(0.0, fields[f]))
             yield fam
         qlen = GaugeMetricFamily("greenfork_listen_queue_length",
                                  "Connections waiting in the kernel's accept queue.", labels=names)
@@ -204,23 +189,20 @@ class Collector:
         yield info
         h = Metric("greenfork_connection_duration_seconds", "Client connection lifetime.", "histogram")
         groups: dict[tuple[tuple[str, str], ...], list[float]] = {}
-        for key, values in cells.items():
-            family, li, _m, _s, _sc, version, err = L.unpack(key)
+        for key, values in t.cells.items():
+            family, li, _m, _s, _sc, version, err, _tls, _route = L.unpack(key)
             if family != L.FAMILY_CONNECTION:
                 continue
-            labels = dict(self.listeners[li].labels) if li < n else dict.fromkeys(names, L.OTHER)
+            labels = self.lst.labels(li)
             if version:
                 labels["network_protocol_version"] = L.VERSIONS[version]
             if err:
                 labels["error_type"] = L.ERROR_TYPES[err]
             add_cell(groups, tuple(labels.items()), values)  # type: ignore[arg-type]
-        for labels_t, values in sorted(groups.items()):
-            _histogram(h, dict(labels_t), L.CONNECTION_BUCKETS, values)
-        yield h
+        yield group(h, groups, L.CONNECTION_BUCKETS)
 
     # ------------------------------------------------------------- workers
-    def _workers(self, view: MasterView, slot_cells: dict[int, list[tuple[int, list[float]]]]
-                 ) -> Iterator[Metric]:
+    def _workers(self, view: MasterView, t: Totals) -> Iterator[Metric]:
         lc, retired = self.lifecycle, self.pool.retired
         g = GaugeMetricFamily("greenfork_workers", "Worker processes by state.", labels=["state"])
         for state in WORKER_STATES:
@@ -247,7 +229,7 @@ class Collector:
                                 value=lc.last_success_time)
         # Per slot: counters include every holder the slot ever had.
         requests = dict(retired.requests)
-        for idx, cs in slot_cells.items():
+        for idx, cs in t.slot_cells.items():
             requests[idx] = requests.get(idx, 0.0) + requests_in(cs)
         cpu = dict(retired.cpu)
         rss, pss, uss, fds, hb, start = ([] for _ in range(6))
@@ -296,14 +278,16 @@ class Collector:
             c.add_metric([str(idx)], cpu[idx])
         yield c
         yield InfoMetricFamily("greenfork_build", "Versions greenfork runs with.", value=self.build)
-        c = CounterMetricFamily("greenfork_metrics_label_overflow", "Observations folded into the _OTHER "
-                                "cell because a worker's label table was full.", labels=["metric"])
-        over_req, over_conn = retired.overflow_req, retired.overflow_conn
-        for s, _pid in self.pool.live():
-            over_req += s.mv[L.H_OVERFLOW_REQ]
-            over_conn += s.mv[L.H_OVERFLOW_CONN]
-        c.add_metric(["http_server_request_duration_seconds"], over_req)
-        c.add_metric(["greenfork_connection_duration_seconds"], over_conn)
+        c = CounterMetricFamily("greenfork_metrics_label_overflow", "Observations folded into _OTHER "
+                                "because a worker's table of label sets (or of one label's values, "
+                                "`label`) was full.", labels=["metric"])
+        for metric, f in (("http_server_request_duration_seconds", L.H_OVERFLOW_REQ),
+                          ("greenfork_connection_duration_seconds", L.H_OVERFLOW_CONN),
+                          ("greenfork_tls_handshake_duration_seconds", L.H_OVERFLOW_TLS)):
+            c.add_metric([metric], t.header[f])
+        for metric, name, f in (("http_server_request_duration_seconds", "http_route", L.H_OVERFLOW_ROUTE),
+                                ("greenfork_delegated_connections_total", "target", L.H_OVERFLOW_TARGET)):
+            c.add_sample(c.name + "_total", {"metric": metric, "label": name}, t.header[f])
         yield c
 
     # ---------------------------------------------------------------- apps
@@ -314,18 +298,3 @@ class Collector:
 
         yield from MultiProcessCollector(None, path=self.app_dir).collect()  # type: ignore[no-untyped-call]
 
-
-def _le(bounds: tuple[float, ...]) -> list[str]:
-    return [floatToGoString(b) for b in (*bounds, float("inf"))]  # type: ignore[no-untyped-call]
-
-
-_LE: dict[tuple[float, ...], list[str]] = {b: _le(b) for b in (L.REQUEST_BUCKETS, L.CONNECTION_BUCKETS)}
-
-
-def _histogram(h: Metric, labels: dict[str, str], bounds: tuple[float, ...], values: list[float]) -> None:
-    acc = 0.0
-    for i, le in enumerate(_LE[bounds]):
-        acc += values[i]
-        h.add_sample(h.name + "_bucket", {**labels, "le": le}, acc)
-    h.add_sample(h.name + "_count", labels, acc)
-    h.add_sample(h.name + "_sum", labels, values[L.NBUCKETS])

@@ -43,10 +43,18 @@ def _scrape(c: Collector) -> dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def test_cell_keys_round_trip_and_fit_a_double() -> None:
-    for args in [(0, 0, 0, 0, 0, 0, 0), (1, 254, 9, 599, 2, 2, 11), (0, 255, 15, 1023, 7, 7, 15)]:
+    biggest = (3, 255, 15, 1023, 7, 7, 63, 7, 1023)  # every field at its widest
+    for args in [(0, 0, 0, 0, 0, 0, 0, 0, 0), (1, 254, 9, 599, 2, 3, len(L.ERROR_TYPES) - 1, 5, 577),
+                 (2, 0, 0, 0, 0, 0, 11, 4, 0), biggest]:
         key = L.pack(*args)
         assert L.unpack(key) == args
         assert key < 2**53 and int(float(key)) == key
+        assert L.family_of(key) == args[0] and L.route_of(key) == args[8]
+        assert L.unpack(L.with_route(key, 5)) == (*args[:8], 5)
+    # the closed sets fit their fields
+    assert len(L.METHODS) <= 16 and len(L.VERSIONS) <= 8 and len(L.SCHEMES) <= 8
+    assert len(L.ERROR_TYPES) <= 64 and len(L.TLS_VERSIONS) <= 8
+    assert L.MASTER_ROUTES + 2 <= 1024 and L.ROUTES + 2 <= 1024
 
 
 def test_layout_is_versioned_and_sized_for_its_listeners() -> None:

@@ -20,6 +20,9 @@ from greenfork.master.listeners import bind_all, close_all
 from greenfork.master.metricsd import MetricsService
 from greenfork.master.settings import defaults
 from greenfork.master.states import Event
+from greenfork.metrics.collector import CacheStats
+from greenfork.metrics.recorder import Recorder
+from tests.metricsutil import parse, total
 from tests.test_arbiter import arbiter as fake_arbiter
 from tests.test_arbiter import feed
 
@@ -155,3 +158,51 @@ def test_connections_are_bounded(svc: tuple[MetricsService, Arbiter]) -> None:
     pump(service, answered)
     for s in [*idle, extra]:
         s.close()
+
+
+def test_the_masters_front_door_sources_are_served() -> None:
+    listeners = bind_all([parse_bind("http://127.0.0.1:0")])
+    arbiter, _ = fake_arbiter(defaults(workers=1))
+    stats = [CacheStats(stores=5, evictions=1, bytes=1234)]
+    service = MetricsService(listeners, [], lambda: arbiter,
+                             certificates=lambda: [("example.com", 1_900_000_000.0)],
+                             cache_stats=lambda: stats[0], delegation_targets=["/api"])
+    try:
+        body = exchange(service, b"GET /metrics HTTP/1.1\r\n\r\n").split(b"\r\n\r\n", 1)[1].decode()
+        s = parse(body)
+        expiry = total(s, "greenfork_tls_certificate_expiry_timestamp_seconds", server_name="example.com")
+        assert expiry == 1.9e9
+        assert total(s, "greenfork_response_cache_stores_total") == 5
+        assert total(s, "greenfork_response_cache_bytes") == 1234
+        assert total(s, "greenfork_delegated_connections_total", target="/api", result="success") == 0
+        # a source set after construction (the TLS contexts may be built later) is used as well
+        service.collector.frontdoor.certificates = lambda: [("late.example.com", 2e9)]
+        body = exchange(service, b"GET /metrics HTTP/1.1\r\n\r\n").split(b"\r\n\r\n", 1)[1].decode()
+        assert total(parse(body), "greenfork_tls_certificate_expiry_timestamp_seconds",
+                     server_name="late.example.com") == 2e9
+    finally:
+        service.close()
+        close_all(listeners)
+
+
+def test_readyz_reports_saturation_of_every_ready_workers_request_queue(
+        svc: tuple[MetricsService, Arbiter]) -> None:
+    service, arbiter = svc
+    arbiter.start()
+    recorders = []
+    for pid, w in arbiter.workers.items():
+        slot = service.acquire(w)
+        service.assign(slot, pid)
+        arbiter.handle(Event.READY, pid)
+        rec = Recorder(slot)
+        rec.announce(max_queued_requests=10)
+        recorders.append(rec)
+    ready = b"GET /readyz HTTP/1.1\r\n\r\n"
+    assert status_of(exchange(service, ready)) == 200
+    recorders[0].queued_requests(10)
+    assert status_of(exchange(service, ready)) == 200  # one worker still has room
+    recorders[1].queued_requests(int(10 * metricsd.READY_QUEUE_FRACTION))
+    resp = exchange(service, ready)
+    assert status_of(resp) == 503 and resp.endswith(b"not ready\n")
+    recorders[1].queued_requests(2)
+    assert status_of(exchange(service, ready)) == 200

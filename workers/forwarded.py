@@ -385,6 +385,7 @@ def _elements(line: str) -> list[dict[str, str] | None]:
         element: dict[str, str] = {}
         i = _ows(line, pos)
         bad_at = -1
+        invalid = False
         while i < n and line[i] != ",":
             if line[i] == ";":
                 i = _ows(line, i + 1)
@@ -411,8 +412,7 @@ def _elements(line: str) -> list[dict[str, str] | None]:
                 value = t.group()
                 i = t.end()
             if name in element or not _value_ok(name, value):
-                bad_at = i
-                break
+                invalid = True  # well-formed, so its end is known: parsing goes on to it
             element[name] = value
             i = _ows(line, i)
             if i < n and line[i] not in ";,":
@@ -423,7 +423,9 @@ def _elements(line: str) -> list[dict[str, str] | None]:
             comma = line.find(",", bad_at)
             pos = n + 1 if comma < 0 else comma + 1
             continue
-        if element:  # an empty one ("a=b,,c=d") is skipped, as RFC 9110 5.6.1 asks
+        if invalid:
+            out.append(None)
+        elif element:  # an empty one ("a=b,,c=d") is skipped, as RFC 9110 5.6.1 asks
             out.append(element)
         pos = i + 1
     return out

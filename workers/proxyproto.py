@@ -272,10 +272,10 @@ class ProxyParser:
         lf = buf.find(b"\n", 0, V1_MAX)
         cr = buf.find(b"\r", 0, V1_MAX if lf < 0 else lf)
         if lf < 0:
-            if cr >= 0 and cr + 1 < len(buf):
-                raise self._fail("v1 header: a CR not followed by LF")
             if len(buf) >= V1_MAX:
                 raise self._fail(f"v1 header: no CRLF within {V1_MAX} bytes")
+            if cr >= 0 and cr + 1 < len(buf):
+                raise self._fail("v1 header: a CR not followed by LF")
             return None
         if cr != lf - 1:
             raise self._fail("v1 header: the line does not end in CRLF" if cr < 0 else

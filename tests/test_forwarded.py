@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -228,6 +229,18 @@ def test_only_honoured_headers_apply() -> None:
     assert changed["REMOTE_ADDR"] == "198.51.100.1"  # Forwarded wins over X-Forwarded-For
     # headers with underscores are not the dashed ones (as in the environ)
     assert run(h("X_Forwarded_For", "203.0.113.7"))[0] == {}
+
+
+def test_docs_name_every_environ_key() -> None:
+    env = env_for()
+    Forwarding(TRUST, ALL).apply(env, h("X-Forwarded-For", "203.0.113.7", "X-Forwarded-Proto", "https",
+                                        "X-Forwarded-Host", "e.com", "X-Forwarded-Port", "8443",
+                                        "X-Forwarded-Prefix", "/p"))
+    keys = set(env)  # what a request starts with, and every key forwarding adds
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "proxies.md").read_text()
+    assert len(keys) == 15 and [k for k in keys if f"`{k}`" not in docs] == []
+    for name in HONOURABLE:
+        assert f"`{name}`" in docs
 
 
 # ------------------------------------------------------------------ RFC 7239 Forwarded

@@ -317,6 +317,16 @@ def test_v2_tlvs() -> None:
     assert "greenfork.peer_addr" not in h.environ()
 
 
+def test_docs_name_every_environ_key() -> None:
+    data = v2(fam=0x31, addr=unix(b"/a", b"/b"), tlvs=tlv(0x02, b"a.example") + ssl_tlv(
+        7, 0, *((t, b"x") for t in range(0x21, 0x26))))
+    keys = set(parse(data)[0].environ(("127.0.0.1", "1"))) | set(both(v2(tlvs=tlv(0x01, b"h2")))[0].environ())
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "proxies.md").read_text()
+    assert len(keys) == 16 and [k for k in keys if f"`{k}`" not in docs] == []
+    for word in ("alpn", "authority", "unique_id", "netns", "tlvs"):
+        assert f"`{word}`" in docs
+
+
 def test_ssl_client_verify_values() -> None:
     assert SSLInfo(client=1, verify=0).client_verify == "NONE"  # TLS, no certificate
     assert SSLInfo(client=1 | 2, verify=0).client_verify == "SUCCESS"

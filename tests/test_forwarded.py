@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,8 @@ def test_honoured_names() -> None:
     ("  203.0.113.7 ,\t10.0.0.2  ", "203.0.113.7", ""),
     ("203.0.113.7:5678", "203.0.113.7", "5678"),
     ("2001:db8::1", "2001:db8::1", ""),
+    ("2001:DB8:0:0::1", "2001:db8::1", ""),  # the form a direct peer would have
+    ("::ffff:192.0.2.1", "::ffff:192.0.2.1", ""),
     ("[2001:db8::1]", "2001:db8::1", ""),
     ("[2001:db8::1]:4711", "2001:db8::1", "4711"),
     ("garbage, 10.0.0.2", "10.0.0.2", ""),  # garbage stops the walk at the last address reached
@@ -307,7 +310,8 @@ def test_forwarded_elements_parser() -> None:
 
 # ------------------------------------------------------------------ properties
 ip4 = st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
-ip6 = st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n)))
+# in the form inet_ntop gives, which is what REMOTE_ADDR carries ("::0.1.0.0", not "::1:0")
+ip6 = st.binary(min_size=16, max_size=16).map(lambda b: socket.inet_ntop(socket.AF_INET6, b))
 trusted = st.sampled_from(["10.0.0.1", "10.200.3.4", "127.0.0.1", "::1", "fd00::7"])
 untrusted = st.sampled_from(["203.0.113.7", "198.51.100.2", "2001:db8::5", "8.8.8.8"])
 

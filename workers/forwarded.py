@@ -21,9 +21,10 @@ applied hop's value wins for each field.
 Applied (only from a trusted peer, only the honoured headers):
 
   ===================  ====================================================================
-  X-Forwarded-For      REMOTE_ADDR; REMOTE_PORT from an entry's port (``1.2.3.4:5678``,
-                       ``[2001:db8::1]:4711``), else ``""``. Entries are IPv4, IPv6 (bare or
-                       in brackets), optionally with a port; several headers combine in order
+  X-Forwarded-For      REMOTE_ADDR (as inet_ntop writes it); REMOTE_PORT from an entry's port
+                       (``1.2.3.4:5678``, ``[2001:db8::1]:4711``), else ``""``. Entries are
+                       IPv4, IPv6 (bare or in brackets), optionally with a port; several
+                       headers combine in order
   X-Forwarded-Proto    wsgi.url_scheme and HTTPS (``on``/``off``); only ``http`` and ``https``
                        (any case), anything else is ignored
   X-Forwarded-Host     HTTP_HOST, SERVER_NAME and SERVER_PORT (the host's port, else the
@@ -50,8 +51,8 @@ greenfork.original_server_port, greenfork.original_script_name.
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -342,13 +343,15 @@ def _port_ok(port: str) -> bool:
 
 
 def _ip(text: str, port: str, version: int) -> _Node:
-    if "%" in text or not text.isascii():
-        return _Node(_GARBAGE)
+    """An address in the form the kernel gives a direct peer (inet_ntop): REMOTE_ADDR reads
+    the same however a proxy spelt it ("2001:DB8:0::1" is "2001:db8::1")."""
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
     try:
-        ipaddress.IPv4Address(text) if version == 4 else ipaddress.IPv6Address(text)
-    except ValueError:
+        # glibc's inet_pton is strict: no leading zeros, no zone, exactly 4 or 8 parts
+        addr = socket.inet_ntop(family, socket.inet_pton(family, text))
+    except (OSError, ValueError, UnicodeEncodeError):
         return _Node(_GARBAGE)
-    return _Node(_IP, text, "" if port.startswith("_") else port)
+    return _Node(_IP, addr, "" if port.startswith("_") else port)
 
 
 def _prefix(text: str) -> str | None:

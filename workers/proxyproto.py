@@ -28,7 +28,7 @@ Rules kept (the spec's MUSTs, and what HAProxy's own receiver enforces):
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 from typing import Any, Final
@@ -257,18 +257,21 @@ class ProxyParser:
     def _fail(self, detail: str) -> ProxyProtocolError:
         return ProxyProtocolError(detail, len(self._buf))
 
+    def _missing(self, buf: bytes) -> ProxyProtocolError:
+        return self._fail(f"no PROXY protocol header (mode {self.mode}): the connection starts with "
+                          f"{buf[:16]!r}")
+
     def _which(self, first: int) -> int:
         if first == 0x50 and self.mode != "v2":  # "P"
             return 1
         if first == 0x0D and self.mode != "v1":  # "\r"
             return 2
-        raise self._fail(f"no PROXY protocol {self.mode} header: the connection starts with "
-                         f"{self._buf[:16]!r}")
+        raise self._missing(self._buf)
 
     def _v1(self, buf: bytes) -> ProxyHeader | None:
         n = len(_V1_PREFIX)
         if buf[:n] != _V1_PREFIX[:len(buf)]:
-            raise self._fail(f"no PROXY protocol header: the connection starts with {buf[:16]!r}")
+            raise self._missing(buf)
         lf = buf.find(b"\n", 0, V1_MAX)
         cr = buf.find(b"\r", 0, V1_MAX if lf < 0 else lf)
         if lf < 0:
@@ -298,14 +301,14 @@ class ProxyParser:
         return ProxyHeader(1, "PROXY", family, "stream", (src, sport), (dst, dport), lf + 1)
 
     def _v1_addr(self, raw: bytes, version: int) -> str:
+        """The address in the form the kernel gives a direct peer (inet_ntop), so REMOTE_ADDR
+        reads the same with or without a proxy: "2001:db8::1", "::ffff:192.0.2.1"."""
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
         try:
-            text = raw.decode("ascii")
-            if "%" in text:  # a zone makes no sense across hosts
-                raise ValueError(text)
-            ip = ipaddress.IPv4Address(text) if version == 4 else ipaddress.IPv6Address(text)
-        except ValueError:
+            # glibc's inet_pton is strict: no leading zeros, no zone, exactly 4 or 8 parts
+            return socket.inet_ntop(family, socket.inet_pton(family, raw.decode("ascii")))
+        except (OSError, ValueError):
             raise self._fail(f"v1 header: {raw[:45]!r} is not an IPv{version} address") from None
-        return str(ip)
 
     def _v1_port(self, raw: bytes) -> int:
         if not raw.isdigit() or len(raw) > 5 or (raw[:1] == b"0" and raw != b"0") or int(raw) > 65535:
@@ -315,7 +318,7 @@ class ProxyParser:
     def _v2(self, buf: bytes) -> ProxyHeader | None:
         n = min(len(buf), 12)
         if buf[:n] != V2_SIGNATURE[:n]:
-            raise self._fail(f"no PROXY protocol v2 header: the connection starts with {buf[:16]!r}")
+            raise self._missing(buf)
         if len(buf) >= 13 and buf[12] >> 4 != 2:
             raise self._fail(f"v2 header: version {buf[12] >> 4} (only 2 exists)")
         if len(buf) >= 13 and buf[12] & 0x0F > 1:
@@ -392,10 +395,10 @@ class ProxyParser:
     def _v2_addresses(self, header: bytes, family: str) -> tuple[Address, Address]:
         if family == "inet":
             s, d, sp, dp = _INET.unpack_from(header, 16)
-            return (str(ipaddress.IPv4Address(s)), sp), (str(ipaddress.IPv4Address(d)), dp)
+            return (socket.inet_ntop(socket.AF_INET, s), sp), (socket.inet_ntop(socket.AF_INET, d), dp)
         if family == "inet6":
             s, d, sp, dp = _INET6.unpack_from(header, 16)
-            return (str(ipaddress.IPv6Address(s)), sp), (str(ipaddress.IPv6Address(d)), dp)
+            return (socket.inet_ntop(socket.AF_INET6, s), sp), (socket.inet_ntop(socket.AF_INET6, d), dp)
         return (_unix_path(header[16:124]), 0), (_unix_path(header[124:232]), 0)
 
     def _tlvs(self, data: bytes, pos: int, end: int, what: str) -> list[tuple[int, int, int]]:

@@ -68,6 +68,26 @@ def test_bool_says_whether_anything_can_apply() -> None:
     assert not Forwarding(TRUST, "")
 
 
+def test_repeated_values_answer_from_the_cache_per_request() -> None:
+    f = Forwarding(TRUST, ALL)
+    headers = h("X-Forwarded-For", "203.0.113.7", "X-Forwarded-Host", "example.com",
+                "X-Forwarded-Port", "8443")
+    first = f.changes(headers, "127.0.0.1", env_for())
+    # the same values on another request: the remembered walk, with this request's originals
+    second = f.changes(headers, "::1", env_for("::1", HTTP_HOST="other:1", SERVER_PORT="9"))
+    assert first is not None and second is not None and len(f._cache) == 1
+    assert first.environ["REMOTE_ADDR"] == second.environ["REMOTE_ADDR"] == "203.0.113.7"
+    assert first.environ["greenfork.peer_addr"] == "127.0.0.1"
+    assert second.environ["greenfork.peer_addr"] == "::1"
+    assert second.environ["greenfork.original_host"] == "other:1"
+    assert second.environ["greenfork.original_server_port"] == "9"
+    assert second.environ == Forwarding(TRUST, ALL).changes(headers, "::1", env_for(
+        "::1", HTTP_HOST="other:1", SERVER_PORT="9")).environ  # type: ignore[union-attr]
+    for i in range(3000):
+        f.changes(h("X-Forwarded-For", f"203.0.{i // 256}.{i % 256}"), "127.0.0.1", env_for())
+    assert len(f._cache) <= 1024
+
+
 def test_honoured_names() -> None:
     assert parse_honoured("X-Forwarded-For, forwarded") == {"x-forwarded-for", "forwarded"}
     assert parse_honoured(["x-forwarded-host,x-forwarded-port"]) == {"x-forwarded-host", "x-forwarded-port"}

@@ -70,6 +70,7 @@ HONOURABLE: Final = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
 DEFAULT_HONOURED: Final = ("x-forwarded-for", "x-forwarded-proto")
 _FOR, _PROTO, _HOST, _PORT, _PREFIX, _FORWARDED = range(6)
 _MAX_HOPS = 32  # hops applied at most: bounds the work a long header can cause
+_CACHE_MAX = 1024  # walk outcomes remembered per worker
 _MAX_RECOVERIES = 8  # unterminated quotes skipped per Forwarded line before the rest is dropped
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -117,15 +118,28 @@ class _Node:
 _IP, _OBFUSCATED_NODE, _GARBAGE = 0, 1, 2
 
 
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What a walk decided: the outermost value applied for each field (None: none)."""
+
+    addr: _Node | None
+    scheme: str | None
+    host: str | None
+    port: str | None
+    prefix: str | None
+    problems: tuple[str, ...]
+
+
 class Forwarding:
     """Forwarded-header handling for one worker: a trust list and the honoured headers."""
 
-    __slots__ = ("_on", "honoured", "trust")
+    __slots__ = ("_cache", "_on", "honoured", "trust")
 
     def __init__(self, trust: TrustList, honoured: str | Iterable[str] = DEFAULT_HONOURED) -> None:
         self.trust = trust
         self.honoured = parse_honoured(honoured)
         self._on = tuple(name in self.honoured for name in HONOURABLE)
+        self._cache: dict[tuple[tuple[int, bytes], ...], _Outcome] = {}
 
     def __bool__(self) -> bool:
         """False when nothing can ever be applied: the caller can skip the call altogether."""
@@ -147,18 +161,26 @@ class Forwarding:
         if not self.trust.trusts(peer):
             return None
         on = self._on
-        found: list[list[bytes]] | None = None
+        found: list[tuple[int, bytes]] = []
         for name, value in headers:
             i = _NAMES.get(name)
             if i is None:
                 i = _name_index(name)
             if i >= 0 and on[i]:
-                if found is None:
-                    found = [[], [], [], [], [], []]
-                found[i].append(value)
-        if found is None:
+                found.append((i, value))
+        if not found:
             return None
-        return _Walk(self.trust, found, env).run()
+        # A proxy repeats the same values on each request of a client's connection: the walk's
+        # outcome depends on them alone (the peer is trusted and hop 0 is the peer's), so it is
+        # remembered, boundedly.
+        key = tuple(found)
+        outcome = self._cache.get(key)
+        if outcome is None:
+            outcome = _Walk(self.trust, found).run()
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[key] = outcome
+        return Changes(_environ(outcome, env), outcome.problems)
 
 
 def _name_index(name: bytes) -> int:
@@ -174,17 +196,19 @@ def _name_index(name: bytes) -> int:
 class _Walk:
     """One request's hop walk (see the module docstring)."""
 
-    def __init__(self, trust: TrustList, found: list[list[bytes]], env: Mapping[str, Any]) -> None:
+    def __init__(self, trust: TrustList, found: list[tuple[int, bytes]]) -> None:
         self.trust = trust
-        self.env = env
         self.problems: list[str] = []
-        lists: list[list[str]] = [_split(values) for values in found[:_FORWARDED]]
-        if found[_FORWARDED]:
-            fors, protos, hosts = self._forwarded(found[_FORWARDED])
+        by_header: list[list[bytes]] = [[], [], [], [], [], []]
+        for i, value in found:
+            by_header[i].append(value)
+        lists: list[list[str]] = [_split(values) for values in by_header[:_FORWARDED]]
+        if by_header[_FORWARDED]:
+            fors, protos, hosts = self._forwarded(by_header[_FORWARDED])
             lists[_FOR], lists[_PROTO], lists[_HOST] = fors, protos, hosts
         self.lists = lists
 
-    def run(self) -> Changes:
+    def run(self) -> _Outcome:
         lists = self.lists
         trust = self.trust
         addr: _Node | None = None
@@ -227,46 +251,7 @@ class _Walk:
             addr = node
             if not trust.trusts(node.addr):
                 break
-        return Changes(self._environ(addr, scheme, host, port, prefix), tuple(self.problems))
-
-    def _environ(self, addr: _Node | None, scheme: str | None, host: str | None, port: str | None,
-                 prefix: str | None) -> dict[str, Any]:
-        env = self.env
-        out: dict[str, Any] = {}
-
-        def keep(key: str, value: Any) -> None:
-            if key not in env:
-                out[key] = value
-
-        if addr is not None:
-            keep("greenfork.peer_addr", env.get("REMOTE_ADDR", ""))
-            keep("greenfork.peer_port", env.get("REMOTE_PORT", ""))
-            out["REMOTE_ADDR"], out["REMOTE_PORT"] = addr.addr, addr.port
-        if scheme is not None:
-            keep("greenfork.original_scheme", env.get("wsgi.url_scheme", "http"))
-            out["wsgi.url_scheme"] = scheme
-            out["HTTPS"] = "on" if scheme == "https" else "off"
-        final_scheme = scheme or env.get("wsgi.url_scheme", "http")
-        if host is not None or port is not None:
-            keep("greenfork.original_host", env.get("HTTP_HOST"))
-            keep("greenfork.original_server_port", env.get("SERVER_PORT", ""))
-        if host is not None:
-            keep("greenfork.original_server_name", env.get("SERVER_NAME", ""))
-            name, host_port = parse_host(host) or ("", "")
-            out["HTTP_HOST"] = host
-            out["SERVER_NAME"] = name[1:-1] if name.startswith("[") else name
-            out["SERVER_PORT"] = host_port or default_port(final_scheme) or env.get("SERVER_PORT", "")
-        if port is not None:
-            out["SERVER_PORT"] = port
-            current = out.get("HTTP_HOST", env.get("HTTP_HOST"))
-            parsed = parse_host(current) if current else None
-            if parsed is not None and parsed[0]:
-                name = parsed[0]
-                out["HTTP_HOST"] = name if port == default_port(final_scheme) else f"{name}:{port}"
-        if prefix is not None:
-            keep("greenfork.original_script_name", env.get("SCRIPT_NAME", ""))
-            out["SCRIPT_NAME"] = prefix
-        return out
+        return _Outcome(addr, scheme, host, port, prefix, tuple(self.problems))
 
     # ------------------------------------------------------------------ RFC 7239
     def _forwarded(self, lines: list[bytes]) -> tuple[list[str], list[str], list[str]]:
@@ -288,6 +273,47 @@ class _Walk:
                 hosts.append(element.get("host", "\0none"))
         # Placeholders keep the columns aligned; _at() reads "\0none" as absent.
         return fors, protos, hosts
+
+
+def _environ(outcome: _Outcome, env: Mapping[str, Any]) -> dict[str, Any]:
+    """The environ updates for an outcome, keeping (once) what they replace."""
+    addr, scheme, host, port, prefix = (outcome.addr, outcome.scheme, outcome.host, outcome.port,
+                                        outcome.prefix)
+    out: dict[str, Any] = {}
+
+    def keep(key: str, value: Any) -> None:
+        if key not in env:
+            out[key] = value
+
+    if addr is not None:
+        keep("greenfork.peer_addr", env.get("REMOTE_ADDR", ""))
+        keep("greenfork.peer_port", env.get("REMOTE_PORT", ""))
+        out["REMOTE_ADDR"], out["REMOTE_PORT"] = addr.addr, addr.port
+    if scheme is not None:
+        keep("greenfork.original_scheme", env.get("wsgi.url_scheme", "http"))
+        out["wsgi.url_scheme"] = scheme
+        out["HTTPS"] = "on" if scheme == "https" else "off"
+    final_scheme = scheme or env.get("wsgi.url_scheme", "http")
+    if host is not None or port is not None:
+        keep("greenfork.original_host", env.get("HTTP_HOST"))
+        keep("greenfork.original_server_port", env.get("SERVER_PORT", ""))
+    if host is not None:
+        keep("greenfork.original_server_name", env.get("SERVER_NAME", ""))
+        name, host_port = parse_host(host) or ("", "")
+        out["HTTP_HOST"] = host
+        out["SERVER_NAME"] = name[1:-1] if name.startswith("[") else name
+        out["SERVER_PORT"] = host_port or default_port(final_scheme) or env.get("SERVER_PORT", "")
+    if port is not None:
+        out["SERVER_PORT"] = port
+        current = out.get("HTTP_HOST", env.get("HTTP_HOST"))
+        parsed = parse_host(current) if current else None
+        if parsed is not None and parsed[0]:
+            name = parsed[0]
+            out["HTTP_HOST"] = name if port == default_port(final_scheme) else f"{name}:{port}"
+    if prefix is not None:
+        keep("greenfork.original_script_name", env.get("SCRIPT_NAME", ""))
+        out["SCRIPT_NAME"] = prefix
+    return out
 
 
 def _split(values: list[bytes]) -> list[str]:

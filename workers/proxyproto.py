@@ -161,7 +161,9 @@ class ProxyHeader:
         greenfork.proxy_protocol    a dict: ``version`` (1, 2), ``command`` (``PROXY``,
                                     ``LOCAL``), ``alpn``, ``authority``, ``unique_id``, ``netns``
                                     (str or None; ALPN and unique ID decoded as Latin-1, byte for
-                                    byte) and ``tlvs`` ({type: raw bytes} for unknown TLVs)
+                                    byte) and ``tlvs`` ({type: raw bytes} for unknown TLVs, the
+                                    last one of a repeated type); one dict per connection, shared
+                                    by its requests: read-only
         ==========================  ==============================================================
 
         Only a PROXY command sets anything but greenfork.proxy_protocol: a LOCAL connection is the

@@ -198,6 +198,8 @@ class ResponseCache:
         rec = self._mm[pos:pos + ln]
         if len(rec) != ln:
             return None
+        if self._hook is not None:
+            self._hook("copied")
         if self._check_claim and off + D < h[H_RESERVED]:
             self.races += 1
             return None

@@ -133,8 +133,9 @@ _MONTHS: Final = {m: i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 _IMF = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), ([0-9]{2}) ([A-Z][a-z]{2}) ([0-9]{4}) "
                   r"([0-9]{2}):([0-9]{2}):([0-9]{2}) GMT\Z", re.ASCII)
-_RFC850 = re.compile(r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), ([0-9]{2})-([A-Z][a-z]{2})-"
-                     r"([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) GMT\Z", re.ASCII)
+_RFC850 = re.compile(r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+                     r"([0-9]{2})-([A-Z][a-z]{2})-([0-9]{2}) "
+                     r"([0-9]{2}):([0-9]{2}):([0-9]{2}) GMT\Z", re.ASCII)
 _ASCTIME = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ([0-9 ][0-9]) "
                       r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([0-9]{4})\Z", re.ASCII)
 
@@ -193,7 +194,8 @@ def request_rule(method: str, fields: Fields) -> RequestRule:
         if name in fields:
             lookup, reason = False, name
     cc = parse_cache_control(fields.get("cache-control"))
-    if cc.has("no-cache") or ("cache-control" not in fields and "no-cache" in fields.get("pragma", "").lower()):
+    pragma = "cache-control" not in fields and "no-cache" in fields.get("pragma", "").lower()
+    if cc.has("no-cache") or pragma:
         # RFC 9111 5.2.1.4 (and Pragma, 5.4): not from the cache without validation; the app's
         # fresh response may replace the stored one
         lookup, reason = False, "no-cache"
@@ -388,11 +390,14 @@ ONLY_IF_CACHED_MISS: Final = Answer("504 Gateway Timeout", [("Content-Type", "te
                                     b"504 not in the server cache\n")  # RFC 9111 5.2.1.7
 
 
-def _opaque_tags(value: str) -> list[str]:
-    tags = _ETAG.findall(value)
-    if not tags and '"' not in value:  # lenient: unquoted tags, compared as sent
-        tags = [t.strip(" \t").removeprefix("W/") for t in value.split(",")]
-    return tags
+def _etag_matches(stored: str, inm: str) -> bool:
+    """Weak comparison (RFC 9110 8.8.3.2): opaque-tags equal, W/ ignored. An app's malformed
+    (unquoted) ETag matches only the exact same text, so a bad tag never yields a wrong 304."""
+    stored = stored.strip(" \t")
+    m = _ETAG.fullmatch(stored)
+    if m is None:
+        return stored in (t.strip(" \t") for t in inm.split(","))
+    return m.group(1) in _ETAG.findall(inm)
 
 
 def not_modified(entry: Entry, request: Fields, now: float) -> bool:
@@ -403,10 +408,7 @@ def not_modified(entry: Entry, request: Fields, now: float) -> bool:
     if inm is not None:
         if inm.strip(" \t") == "*":
             return True
-        if entry.etag is None:
-            return False
-        mine = _opaque_tags(entry.etag)
-        return bool(mine) and mine[0] in _opaque_tags(inm)
+        return entry.etag is not None and _etag_matches(entry.etag, inm)
     ims = parse_http_date(request.get("if-modified-since"), now)
     if ims is None:
         return False

@@ -59,9 +59,10 @@ _TAG = 1 << 63  # a used way's tag is never 0
 (H_MAGIC, H_SIZE, H_CAPACITY, H_GROUPS, H_MAX_ENTRY, H_RESERVED, H_HEAD, H_TAIL, H_DIRTY, H_SEQ,
  H_STORES, H_EVICTIONS, H_ENTRIES, H_BYTES, H_RECOVERIES) = range(15)
 
-# A record: stamp (its log offset), crc of everything from `length` on, length, generation, flags,
-# key/meta/body lengths, header and vary counts, stored_at, lifetime, initial_age; then key, meta
-# (latin-1, NUL-separated: status, etag, last-modified, header names and values, vary pairs), body.
+# A record: stamp (its log offset), crc of everything from `length` to the body's end, length,
+# generation, flags, key/meta/body lengths, header and vary counts, stored_at, lifetime,
+# initial_age; then the key, the meta (latin-1, NUL-separated: status, etag, last-modified, header
+# names and values, vary pairs) and the body, padded to 16 bytes.
 _REC = struct.Struct("<QIIIIIIIIIddd")
 _REC_SIZE = _REC.size  # 72
 _CRC_FROM = 12
@@ -103,6 +104,11 @@ class CacheStats(NamedTuple):
 
 class CacheBusy(Exception):
     pass
+
+
+class _Record(NamedTuple):
+    pieces: tuple[bytes | bytearray, ...]  # written back to back at the record's offset
+    length: int  # with the padding to 16 bytes
 
 
 def _align(n: int) -> int:
@@ -191,41 +197,45 @@ class ResponseCache:
         return None
 
     def _read(self, w: int, key: bytes, now: float) -> Entry | None:
-        off, ln, h, D = self._offs[w], self._lens[w], self._h, self._D
+        off, ln, h, D, mm = self._offs[w], self._lens[w], self._h, self._D, self._mm
         if not _REC_SIZE <= ln <= self._max_record or off + D < h[H_RESERVED] or off + ln > h[H_HEAD]:
             return None
         pos = self._data + off % D
-        rec = self._mm[pos:pos + ln]
-        if len(rec) != ln:
+        # three copies (header; key and meta; body) so that the body is copied once, into the
+        # object the caller sends: a second large allocation would cost more than the copy
+        hdr = mm[pos:pos + _REC_SIZE]
+        (stamp, crc, length, gen, flags, klen, mlen, blen, nh, nv, stored_at, lifetime,
+         initial_age) = _REC.unpack_from(hdr)
+        if stamp != off or length != ln or gen != self.generation or klen != len(key) \
+                or _REC_SIZE + klen + mlen + blen > ln:
             return None
+        m0 = pos + _REC_SIZE
+        km = mm[m0:m0 + klen + mlen]
+        body = mm[m0 + klen + mlen:m0 + klen + mlen + blen]
         if self._hook is not None:
             self._hook("copied")
         if self._check_claim and off + D < h[H_RESERVED]:
             self.races += 1
             return None
-        (stamp, crc, length, gen, flags, klen, mlen, blen, nh, nv, stored_at, lifetime,
-         initial_age) = _REC.unpack_from(rec)
-        if stamp != off or length != ln or gen != self.generation or klen != len(key) \
-                or rec[_REC_SIZE:_REC_SIZE + klen] != key:
+        if not km.startswith(key):
             return None
-        if zlib.crc32(memoryview(rec)[_CRC_FROM:]) != crc:
+        if zlib.crc32(body, zlib.crc32(km, zlib.crc32(memoryview(hdr)[_CRC_FROM:]))) != crc:
             self.corrupt += 1
             return None
         if not lifetime > initial_age + max(0.0, now - stored_at):
             return None
-        m0 = _REC_SIZE + klen
-        parts = rec[m0:m0 + mlen].decode("latin-1").split("\0")
+        parts = km[klen:].decode("latin-1").split("\0")
         if len(parts) != 3 + 2 * nh + 2 * nv:
             return None
         hv = parts[3:3 + 2 * nh]
-        vv = parts[3 + 2 * nh:]
-        vary = tuple((n, v[1:] if v[:1] == "=" else None) for n, v in zip(vv[::2], vv[1::2], strict=True))
+        vary: tuple[tuple[str, str | None], ...] = ()
+        if nv:
+            vv = parts[3 + 2 * nh:]
+            vary = tuple((n, v[1:] if v[:1] == "=" else None) for n, v in zip(vv[::2], vv[1::2], strict=True))
         if not self._ref[w]:
             self._ref[w] = 1
-        return Entry(parts[0], tuple(zip(hv[::2], hv[1::2], strict=True)),
-                     rec[m0 + mlen:m0 + mlen + blen], stored_at, lifetime, initial_age,
-                     parts[1] or None, parts[2] or None,
-                     vary, bool(flags & FLAG_STUB))
+        return Entry._make((parts[0], tuple(zip(hv[::2], hv[1::2], strict=True)), body, stored_at, lifetime,
+                            initial_age, parts[1] or None, parts[2] or None, vary, bool(flags & FLAG_STUB)))
 
     def stats(self) -> CacheStats:
         """A consistent snapshot when writers come and go; best effort if one died inside."""
@@ -252,7 +262,7 @@ class ResponseCache:
             try:
                 self._step("locked")
                 off = self._append(rec, entry.stored_at)
-                self._index_put(key, off, len(rec))
+                self._index_put(key, off, rec.length)
                 self._step("indexed")
                 self._h[H_STORES] += 1
             except Exception:
@@ -348,7 +358,9 @@ class ResponseCache:
 
     # -- internals (all below run with the lock held) -------------------------------------------
 
-    def _encode(self, key: bytes, e: Entry) -> bytearray | None:
+    def _encode(self, key: bytes, e: Entry) -> _Record | None:
+        """The record's pieces and CRC, made before taking the lock (the body is not copied here:
+        it goes once, from the caller's bytes into the log)."""
         if len(e.body) > self.max_entry:
             return None
         parts = [e.status, e.etag or "", e.last_modified or ""]
@@ -360,22 +372,19 @@ class ResponseCache:
         if meta_text.count("\0") != len(parts) - 1:  # a NUL inside a field (never valid in HTTP)
             return None
         try:
-            meta = meta_text.encode("latin-1")
+            km = key + meta_text.encode("latin-1")
         except UnicodeEncodeError:
             return None
-        klen, mlen, blen = len(key), len(meta), len(e.body)
-        length = _align(_REC_SIZE + klen + mlen + blen)
+        length = _align(_REC_SIZE + len(km) + len(e.body))
         if length > self._max_record:
             return None
-        rec = bytearray(length)
-        _REC.pack_into(rec, 0, 0, 0, length, self.generation, FLAG_STUB if e.stub else 0, klen, mlen, blen,
-                       len(e.headers), len(e.vary), e.stored_at, e.lifetime, e.initial_age)
-        m0 = _REC_SIZE + klen
-        rec[_REC_SIZE:m0] = key
-        rec[m0:m0 + mlen] = meta
-        rec[m0 + mlen:m0 + mlen + blen] = e.body
-        struct.pack_into("<I", rec, 8, zlib.crc32(memoryview(rec)[_CRC_FROM:]))
-        return rec
+        hdr = bytearray(_REC_SIZE)
+        _REC.pack_into(hdr, 0, 0, 0, length, self.generation, FLAG_STUB if e.stub else 0, len(key),
+                       len(km) - len(key), len(e.body), len(e.headers), len(e.vary), e.stored_at, e.lifetime,
+                       e.initial_age)
+        crc = zlib.crc32(e.body, zlib.crc32(km, zlib.crc32(memoryview(hdr)[_CRC_FROM:])))
+        struct.pack_into("<I", hdr, 8, crc)
+        return _Record((hdr, km, e.body), length)
 
     def _lock(self, wait: float) -> bool:
         deadline = time.monotonic() + wait
@@ -451,8 +460,8 @@ class ResponseCache:
         rem = self._D - head % self._D
         return head + rem if rem < need else head
 
-    def _append(self, rec: bytearray, now: float) -> int:
-        need, D, h = len(rec), self._D, self._h
+    def _append(self, rec: _Record, now: float) -> int:
+        need, D, h = rec.length, self._D, self._h
         chances = SECOND_CHANCES
         while True:
             off = self._place(need)
@@ -462,22 +471,25 @@ class ResponseCache:
         self._write(off, rec)
         return off
 
-    def _write(self, off: int, rec: bytes | bytearray) -> None:
-        h, n = self._h, len(rec)
+    def _write(self, off: int, rec: _Record) -> None:
+        h, n, mm = self._h, rec.length, self._mm
         head = h[H_HEAD]
         h[H_RESERVED] = off + n  # claim first: readers of what lies there now will drop their copy
         if off != head:
-            _QQ.pack_into(self._mm, self._data + head % self._D, head | _SKIP, off - head)
+            _QQ.pack_into(mm, self._data + head % self._D, head | _SKIP, off - head)
         self._step("reserved")
         pos = self._data + off % self._D
         if self._hook is None:
-            self._mm[pos:pos + n] = rec
+            for piece in rec.pieces:
+                mm[pos:pos + len(piece)] = piece
+                pos += len(piece)
         else:
-            half = n // 2 // _ALIGN * _ALIGN
-            self._mm[pos:pos + half] = rec[:half]
+            whole = b"".join(rec.pieces)
+            half = len(whole) // 2
+            mm[pos:pos + half] = whole[:half]
             self._step("half")
-            self._mm[pos + half:pos + n] = rec[half:]
-        _Q.pack_into(self._mm, pos, off)
+            mm[pos + half:pos + len(whole)] = whole[half:]
+        _Q.pack_into(mm, self._data + off % self._D, off)
         self._step("written")
         h[H_HEAD] = off + n
 
@@ -505,7 +517,7 @@ class ResponseCache:
         fresh = lifetime > initial_age + max(0.0, now - stored_at)
         if second_chance and self._ref[w] and fresh and gen == self.generation:
             self._ref[w] = 0
-            rec = mm[pos:pos + length]
+            rec = _Record((mm[pos:pos + length],), length)
             h[H_TAIL] = t + length
             off = self._place(length)
             if off + length <= h[H_TAIL] + D:

@@ -14,6 +14,8 @@ import os
 import random
 import select
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -110,6 +112,12 @@ def children() -> Iterator[Children]:
 
 
 # -- one process ----------------------------------------------------------------------------------
+
+def test_the_store_imports_no_gevent() -> None:
+    """The master creates the cache, and the master never imports gevent."""
+    code = "import sys, greenfork.master.respcache\nassert 'gevent' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
 
 def test_create_refuses_sizes_it_cannot_honour() -> None:
     with pytest.raises(ValueError, match="below the minimum"):
@@ -434,6 +442,9 @@ def test_a_writer_killed_mid_store_neither_poisons_nor_blocks(children: Children
         assert e is None or e.body == bodies[k]
         hits += e is not None
     assert hits > 30
+    t0 = time.monotonic()
+    s = c.stats()  # the master's scrape: best effort while a writer is inside, never a hang
+    assert time.monotonic() - t0 < 0.1 and s.bytes_used <= s.capacity
 
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from typing import Final, NamedTuple
 
 DEFAULT_MAX_ENTRY: Final = 256 * 1024  # HTTP.sys's default largest cached response
+MAX_ENTRY_LIMIT: Final = 1 << 30  # a record's length is a 32-bit field
 MIN_SIZE: Final = 64 * 1024
 MAGIC: Final = 0x67665243_00000001  # "gfRC", layout version 1
 WAYS: Final = 8
@@ -143,7 +144,7 @@ class ResponseCache:
         self._ref_at = t0 + 24 * nways
         self._data = h[H_SIZE] - self._D
         self.max_entry = h[H_MAX_ENTRY]
-        self._max_record = self._D // 4
+        self._max_record = min(self._D // 4, MAX_ENTRY_LIMIT + (1 << 20))
         self.generation = 0
         self.races = 0  # copies dropped because a writer reached them (this process)
         self.corrupt = 0  # copies that passed the claim check but failed the CRC (this process)
@@ -159,9 +160,10 @@ class ResponseCache:
         nways = max(WAYS, (size_bytes - HEADER) // (BYTES_PER_WAY + 25) // WAYS * WAYS)
         data = (HEADER + 25 * nways + 4095) & ~4095
         capacity = (size_bytes - data) & ~(_ALIGN - 1)
-        if not 0 < max_entry <= capacity // 4 - 4096:
+        if not 0 < max_entry <= min(capacity // 4 - 4096, MAX_ENTRY_LIMIT):
             raise ValueError(f"response cache max entry {max_entry} must be between 1 and "
-                             f"{max(0, capacity // 4 - 4096)} bytes (a quarter of the cache, less headers)")
+                             f"{max(0, min(capacity // 4 - 4096, MAX_ENTRY_LIMIT))} bytes "
+                             "(a quarter of the cache, less headers)")
         total = data + capacity
         fd = os.memfd_create("greenfork-respcache", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
@@ -204,6 +206,8 @@ class ResponseCache:
         # three copies (header; key and meta; body) so that the body is copied once, into the
         # object the caller sends: a second large allocation would cost more than the copy
         hdr = mm[pos:pos + _REC_SIZE]
+        if len(hdr) != _REC_SIZE:
+            return None
         (stamp, crc, length, gen, flags, klen, mlen, blen, nh, nv, stored_at, lifetime,
          initial_age) = _REC.unpack_from(hdr)
         if stamp != off or length != ln or gen != self.generation or klen != len(key) \
@@ -394,7 +398,8 @@ class ResponseCache:
                 return True
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.ENOLCK):
-                    raise
+                    self.errors += 1  # a closed or broken segment: no store, no exception
+                    return False
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.0005)  # in a worker, gevent's sleep: the hub keeps running

@@ -8,16 +8,19 @@ what may go in, under which key, and what a hit answers. docs/caching.md explain
 
 Flow at the request stage:
 
+    fields = request_fields(req.headers)
     rule = request_rule(method, fields)
-    key = primary_key(scheme, host, path, query)          # None: no Host, bypass
+    key = primary_key(scheme, host, path, query)          # None (no Host): bypass
     if rule.lookup and key:
         entry = find(cache.lookup, key, fields, now)
         if entry and usable(entry, rule, now): send answer(entry, method, fields, now); done
         if rule.only_if_cached: send ONLY_IF_CACHED_MISS; done
-    ... call the app; once its response is complete:
-    if rule.store and key and method == "GET":
-        ok = response_rule(status, rfields, authorized="authorization" in fields, ...)
-        if ok.store: for k, e in make_entries(...): cache.store(k, e)
+    request_time = now; call the app; once its response is complete (every byte, no error):
+    if rule.store and key:                                # GET only: HEAD has rule.store False
+        ok = response_rule(status, response_fields(headers), authorized="authorization" in fields,
+                           request_time=request_time, response_time=time.time())
+        if ok.store: for k, e in make_entries(key, fields, status_line, headers, body, ok, ...):
+                         cache.store(k, e)
     elif key and invalidates(method, status): cache.remove(key)
 """
 

@@ -174,9 +174,11 @@ def test_close_codes_invalid_on_the_wire(code: int) -> None:
 @pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 4999])
 def test_peer_close_is_echoed(code: int) -> None:
     p = proto()
-    events = p.receive(frame(TEXT, b"last") + frame(CLOSE, close_payload(code, b"bye")) + frame(TEXT, b"after"))
+    events = p.receive(frame(TEXT, b"last") + frame(CLOSE, close_payload(code, b"bye"))
+                       + frame(TEXT, b"after"))
     assert events[0] == "last"
-    assert isinstance(events[1], Closed) and (events[1].code, events[1].reason, events[1].by_peer) == (code, "bye", True)
+    ev = events[1]
+    assert isinstance(ev, Closed) and (ev.code, ev.reason, ev.by_peer) == (code, "bye", True)
     assert len(events) == 2  # nothing after the close frame
     assert parse_server_frames(p.data_to_send()) == [(CLOSE, close_payload(code))]
     assert p.state is State.CLOSED
@@ -234,7 +236,8 @@ def negotiated(max_message_size: int = MiB, offer: str = "permessage-deflate; cl
                ) -> tuple[WebSocketProtocol, FrameProtocol]:
     o = inspect("GET", "HTTP/1.1", [(b"Host", b"x"), (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
                                     (b"Sec-WebSocket-Key", base64.b64encode(os.urandom(16))),
-                                    (b"Sec-WebSocket-Version", b"13"), (b"Sec-WebSocket-Extensions", offer.encode())])
+                                    (b"Sec-WebSocket-Version", b"13"),
+                                    (b"Sec-WebSocket-Extensions", offer.encode())])
     assert isinstance(o, Offer)
     response, agreed = accept(o, None, [BoundedDeflate(max_message_size)])
     assert b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=12" in response
@@ -314,7 +317,8 @@ def test_handshake_accepts_rfc_example() -> None:
     ("GET", "HTTP/1.1", {"Upgrade": b"h2c"}),
     ("GET", "HTTP/1.1", {"Connection": b"keep-alive"}),
 ])
-def test_not_an_upgrade_is_a_plain_request(method: str, version: str, fields: dict[str, bytes | None]) -> None:
+def test_not_an_upgrade_is_a_plain_request(method: str, version: str,
+                                           fields: dict[str, bytes | None]) -> None:
     assert inspect(method, version, head(**fields)) is None
 
 

@@ -188,7 +188,7 @@ Message = str | bytearray
 Event = Message | Pong | Closed
 
 
-def _utf8_len(text: str) -> int:
+def utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
@@ -256,7 +256,7 @@ class WebSocketProtocol:
 
     def _data(self, payload: object, text: bool, frame_done: bool, message_done: bool) -> Message | None:
         if isinstance(payload, str):
-            n = _utf8_len(payload)
+            n = utf8_len(payload)
         else:
             assert isinstance(payload, (bytes, bytearray))
             n = len(payload)

@@ -50,6 +50,7 @@ from greenfork.workers.websocket_protocol import (
     State,
     StateError,
     WebSocketProtocol,
+    utf8_len,
 )
 
 if TYPE_CHECKING:
@@ -363,16 +364,18 @@ class Upgrade:
                         if isinstance(ev, (str, bytearray)):
                             inbox.append(ev)
                             self.msgs += 1
-                            observer.received(len(ev))
+                            observer.received(utf8_len(ev) if isinstance(ev, str) else len(ev))
                             got = True
                         elif isinstance(ev, Closed):
                             self.code = ev.code
                     if got:
                         self.arrived.set()
                     state = proto.state
-                    if state is State.CLOSED:
+                    if state is State.CLOSED or state is State.FAILED:
+                        # FAILED: RFC 6455 7.1.7, our close frame is out, close the connection
+                        # now (as gevent-websocket does) rather than read on for the peer's
                         break
-                    if state is not State.OPEN:
+                    if state is State.CLOSING:
                         self.arrived.set()  # receive() returns None from now on
                         self.owner.closing(self)
                 while len(inbox) >= limits.max_queued and not self.finished:

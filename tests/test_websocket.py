@@ -68,8 +68,8 @@ def harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
         for name in hide:
             cmd += ["--hide", name]
         with open(out, "wb") as f:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         started.append(proc)
 
         def listening() -> int | None:
@@ -101,9 +101,11 @@ class RawClient:
                  headers: dict[str, str] | None = None, version: str = "HTTP/1.1") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         fields = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
-                  "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Version": "13"}
+                  "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+                  "Sec-WebSocket-Version": "13"}
         fields.update(headers or {})
-        request = f"GET {path} {version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items() if v) + "\r\n"
+        lines = "".join(f"{k}: {v}\r\n" for k, v in fields.items() if v)
+        request = f"GET {path} {version}\r\n{lines}\r\n"
         self.sock.sendall(request.encode() + extra)
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
@@ -194,7 +196,8 @@ def test_echo_over_raw_frames_and_close_handshake(harness: Callable[..., Harness
     (frame(CONT, b"no start"), 1002),
 ], ids=["unmasked", "utf8", "utf8-fragment", "rsv1", "big-control", "close-1005", "close-999",
         "close-5000", "lone-continuation"])
-def test_protocol_errors_close_with_their_code(harness: Callable[..., Harness], data: bytes, code: int) -> None:
+def test_protocol_errors_close_with_their_code(harness: Callable[..., Harness], data: bytes,
+                                              code: int) -> None:
     h = harness()
     c = RawClient(h.port)
     c.send(data)
@@ -285,7 +288,8 @@ def test_idle_timeout_closes_with_1001(harness: Callable[..., Harness]) -> None:
             assert ws.recv(timeout=5) == "x"
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=5)
-        assert info.value.rcvd is not None and (info.value.rcvd.code, info.value.rcvd.reason) == (1001, "idle timeout")
+        rcvd = info.value.rcvd
+        assert rcvd is not None and (rcvd.code, rcvd.reason) == (1001, "idle timeout")
 
 
 # ---------------------------------------------------------------- real clients

@@ -58,6 +58,11 @@ class Harness:
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    yield from harnesses(tmp_path)
+
+
+def harnesses(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    """start(app, limits=, grace=, hide=) runs a harness; all are killed (process group) at the end."""
     started: list[subprocess.Popen[bytes]] = []
 
     def start(app: str = GWS, *, limits: dict[str, Any] | None = None, grace: float = 5.0,

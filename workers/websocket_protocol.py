@@ -340,5 +340,5 @@ class _TooBig(Exception):
 
 def valid_close_code(code: int) -> bool:
     """Whether an application may send `code` (RFC 6455 7.4.1 and 7.4.2)."""
-    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or \
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013) or \
         3000 <= code <= 4999

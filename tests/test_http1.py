@@ -13,10 +13,10 @@ from greenfork.workers.http1 import (
     CLOSED,
     END,
     NEED_DATA,
-    RequestParser,
     Limits,
     ProtocolError,
     Request,
+    RequestParser,
 )
 from greenfork.workers.response import (
     CONTINUE,

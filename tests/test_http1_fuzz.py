@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from greenfork.workers.http1 import CLOSED, END, NEED_DATA, RequestParser, ProtocolError, Request
+from greenfork.workers.http1 import CLOSED, END, NEED_DATA, ProtocolError, Request, RequestParser
 from tests.test_http1 import Partial, Req, normalize, run
 
 EXAMPLES = int(os.environ.get("GREENFORK_FUZZ_EXAMPLES", "5000"))

@@ -188,12 +188,12 @@ def test_the_masters_front_door_sources_are_served() -> None:
 def test_readyz_reports_saturation_of_every_ready_workers_request_queue(
         svc: tuple[MetricsService, Arbiter]) -> None:
     service, arbiter = svc
-    arbiter.start()
+    feed(arbiter, Event.START)
     recorders = []
-    for pid, w in arbiter.workers.items():
+    for pid, w in list(arbiter.workers.items()):
         slot = service.acquire(w)
         service.assign(slot, pid)
-        arbiter.handle(Event.READY, pid)
+        feed(arbiter, Event.READY, pid)
         rec = Recorder(slot)
         rec.announce(max_queued_requests=10)
         recorders.append(rec)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from greenfork.workers.timers import BODY, DRAIN, FRESH, HEADERS, IDLE, NONE, SEND, Expired, Sweeper, Timed, Timeouts
+from greenfork.workers.timers import (
+    BODY,
+    DRAIN,
+    FRESH,
+    HEADERS,
+    IDLE,
+    NONE,
+    SEND,
+    Expired,
+    Sweeper,
+    Timed,
+    Timeouts,
+)
 
 
 class FakeGreenlet:

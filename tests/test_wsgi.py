@@ -12,7 +12,7 @@ from wsgiref.validate import validator
 
 import pytest
 
-from greenfork.workers.http1 import RequestParser, Request
+from greenfork.workers.http1 import Request, RequestParser
 from greenfork.workers.wsgi import Errors, FileWrapper, Input, StartResponse, build_environ, header_key
 
 BASE: dict[str, Any] = {"SERVER_NAME": "localhost", "SERVER_PORT": "8000", "wsgi.url_scheme": "http"}

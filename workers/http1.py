@@ -244,7 +244,7 @@ class RequestParser:
         elif b"\n" in piece and not self._header_count:
             # An HTTP/0.9 request line ("GET /" CRLF, no version) leaves llhttp waiting
             # for header fields that will never come: answer it now.
-            err = self._http09()
+            err = self._http09(b"".join(self._head_parts))
             if err is not None:
                 self._fail(err)
 
@@ -267,12 +267,12 @@ class RequestParser:
         nl = head.find(b"\n", s)
         return None if nl < 0 else head[s:nl].rstrip(b"\r")
 
-    def _http09(self) -> ProtocolError | None:
+    def _http09(self, head: bytes | None = None) -> ProtocolError | None:
         """The error for a head whose request line has no version, once that line is complete
         (llhttp has taken a method and a target from it)."""
         if not self._url:
             return None
-        line = self._request_line(self._head())
+        line = self._request_line(self._head() if head is None else head)
         if line is not None and line.count(b" ") < 2:
             return ProtocolError(400, "invalid_request_line", "no HTTP version (HTTP/0.9)")
         return None

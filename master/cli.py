@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from greenfork.master import daemon, logs, privileges, upgrade
 from greenfork.master.addresses import AddressError
@@ -17,6 +18,9 @@ from greenfork.master.control import EXIT_USAGE
 from greenfork.master.listeners import BindError
 from greenfork.master.pidfile import Pidfile, PidfileBusy
 from greenfork.master.settings import SETTINGS, SettingError, Settings
+
+if TYPE_CHECKING:
+    from greenfork.master.tls import TlsConfig
 
 EPILOG = """\
 Every option can also be set as an environment variable GREENFORK_<NAME> (e.g.
@@ -94,17 +98,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = resolve()
     except (SettingError, AppSpecError, AddressError) as e:
         return _fail(str(e))
-    # TLS files are checked here too, so --check-config catches them and a bad one is exit 2.
-    # TODO(integration): hand this TlsConfig to the Server instead of loading it again there.
+    # TLS files are read here, before anything starts (and before --chdir), so that
+    # --check-config checks them and a bad one is exit 2; the Server serves with this load.
     from greenfork.master import tls
 
+    tls_config = None
     if tls.configured(settings):
         try:
-            tls_config = tls.load(settings, base_dir=start_dir)
+            tls_config = tls.load(settings, tls.ALPN_HTTP1, base_dir=start_dir)
         except tls.TlsError as e:
             return _fail(str(e))
-        for level, line in [(30, w) for w in tls_config.warnings] + tls_config.expiry_report(time.time()):
-            print(f"greenfork: {'error' if level >= 40 else 'warning'}: {line}", file=sys.stderr)
+        if ns.check_config:
+            for level, line in [(30, w) for w in tls_config.warnings] + tls_config.expiry_report(time.time()):
+                print(f"greenfork: {'error' if level >= 40 else 'warning'}: {line}", file=sys.stderr)
     if ns.check_config:
         for s in SETTINGS:
             value = config.show_value(s, getattr(settings, s.name))
@@ -113,14 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A master re-executed by an upgrade is already detached (its parent is the old daemon);
     # forking again would look to the old master like the new one dying.
     detached = daemon.daemonize() if settings.daemon and upgrade.ENV_FDS not in os.environ else None
-    code = _serve(settings, resolve, detached, start_dir)
+    code = _serve(settings, resolve, detached, start_dir, tls_config)
     if detached is not None:
         detached.exited(code)
     return code
 
 
 def _serve(settings: Settings, resolve: Callable[[], Settings], detached: daemon.Detached | None,
-           start_dir: str) -> int:
+           start_dir: str, tls_config: TlsConfig | None) -> int:
     from greenfork.master.server import Server
 
     if settings.umask is not None:
@@ -147,7 +153,7 @@ def _serve(settings: Settings, resolve: Callable[[], Settings], detached: daemon
             return _fail(str(e))
     # A binary upgrade (USR2, HUP with --preload) re-executes this same command from there.
     upgrade.remember_command(list(sys.orig_argv), start_dir)
-    server = Server(settings=settings, reload_settings=resolve)
+    server = Server(settings=settings, reload_settings=resolve, tls_config=tls_config, base_dir=start_dir)
     try:
         server.bind()
     except BindError as e:

@@ -52,6 +52,7 @@ from greenfork.master.workerinfo import WorkerInfo
 
 if TYPE_CHECKING:
     from greenfork.master.metricsd import MetricsService
+    from greenfork.master.tls import TlsConfig
     from greenfork.metrics.slots import Slot
 
 log = logging.getLogger("greenfork.master")
@@ -173,7 +174,8 @@ class Executor:
                 metrics.release(slot)
             raise
         if pid == 0:  # pragma: no cover - runs in the child, measured by process tests
-            self._child(worker, cmd.settings, self.staging.listeners(cmd.staged), parent, child, slot)
+            self._child(worker, cmd.settings, self.staging.listeners(cmd.staged), parent, child, slot,
+                        self.staging.tls_for(cmd.staged))
         gc.unfreeze()
         child.close()
         parent.setblocking(False)
@@ -186,7 +188,7 @@ class Executor:
         return pid
 
     def _child(self, worker: Worker, settings: Settings, mine: list[Listener], parent: socket.socket,
-               child: socket.socket, slot: Slot | None) -> None:
+               child: socket.socket, slot: Slot | None, tls: TlsConfig | None) -> None:
         code = EXIT_BOOT
         try:
             signal.set_wakeup_fd(-1)
@@ -212,7 +214,7 @@ class Executor:
             code = run(WorkerInfo(
                 slot=worker.slot, generation=worker.generation, settings=settings,
                 listeners=mine, addresses=tuple(lst.url for lst in mine), control=child,
-                master_pid=self.pid, app=self.app, metrics=slot))
+                master_pid=self.pid, app=self.app, metrics=slot, tls=tls))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except BaseException:

@@ -26,13 +26,14 @@ from greenfork.master.executor import HANDLED, Executor
 from greenfork.master.listeners import Listener
 from greenfork.master.listenset import ListenerSet
 from greenfork.master.pidfile import Pidfile
-from greenfork.master.prepare import Staging
+from greenfork.master.prepare import Staging, TlsLoader
 from greenfork.master.sdnotify import Notifier
 from greenfork.master.settings import Settings
 from greenfork.master.states import Event, State
 
 if TYPE_CHECKING:
     from greenfork.master.metricsd import MetricsService
+    from greenfork.master.tls import TlsConfig
 
 log = logging.getLogger("greenfork.master")
 
@@ -78,7 +79,8 @@ class MasterLoop:
                  on_ready: Callable[[], None] | None = None,
                  on_published: Callable[[int, tuple[str, ...]], None] | None = None,
                  metrics_listeners: list[Listener] | None = None,
-                 pidfile: Pidfile | None = None) -> None:
+                 pidfile: Pidfile | None = None, tls: TlsConfig | None = None,
+                 load_tls: TlsLoader | None = None) -> None:
         self.title = ""
         self.wake_r, self.wake_w = socket.socketpair()
         self.arbiter = Arbiter(settings, generation=generation, can_exec=upgrade.can_exec())
@@ -91,12 +93,19 @@ class MasterLoop:
             from greenfork.metrics import appmetrics
 
             self.metrics = MetricsService(metrics_listeners, lset.current, lambda: self.arbiter,
-                                          app_dir=appmetrics.create_dir() if settings.app_metrics else None)
+                                          app_dir=appmetrics.create_dir() if settings.app_metrics else None,
+                                          certificates=self._certificates)
         identity = privileges.resolve(settings.user, settings.group)
+        self.staging = Staging(lset, reload_settings, tls=tls, load_tls=load_tls)
         self.executor = Executor(
-            Staging(lset, reload_settings), app=app, identity=identity, notify=self.notify,
+            self.staging, app=app, identity=identity, notify=self.notify,
             metrics=self.metrics, metrics_listeners=metrics_listeners, pidfile=pidfile,
             masters_own=[self.wake_r, self.wake_w], on_ready=on_ready, on_published=on_published)
+
+    def _certificates(self) -> list[tuple[str, float]]:
+        """greenfork_tls_certificate_expiry_timestamp_seconds: the serving generation's."""
+        tls = self.staging.tls
+        return list(tls.expiry_by_server_name().items()) if tls is not None else []
 
     def dispatch(self, event: Event, pid: int = 0, status: int = 0) -> None:
         if self.executor.exit_code is None:  # after Exit, inputs of the same turn are dropped

@@ -26,7 +26,9 @@ from greenfork.master.listeners import BindError, Listener
 from greenfork.master.listenset import ListenerSet, ordered
 from greenfork.master.loop import MasterLoop, set_title
 from greenfork.master.pidfile import Pidfile, PidfileBusy
+from greenfork.master.prepare import log_tls
 from greenfork.master.settings import BY_NAME, DEMO_APP, SettingError, Settings
+from greenfork.master.tls import TlsConfig, TlsError
 
 log = logging.getLogger("greenfork.master")
 
@@ -35,8 +37,11 @@ class Server:
     """A greenfork master. `app` is a spec string, a WSGI callable, or None for the demo."""
 
     def __init__(self, app: str | Callable[..., Any] | None = None, *, settings: Settings | None = None,
-                 reload_settings: Callable[[], Settings] | None = None, **options: Any) -> None:
+                 reload_settings: Callable[[], Settings] | None = None, tls_config: TlsConfig | None = None,
+                 base_dir: str | None = None, **options: Any) -> None:
         self._app_obj: Callable[..., Any] | None = None
+        self._tls = tls_config  # loaded by the CLI already (it checks the files before starting)
+        self._base_dir = base_dir or os.getcwd()  # relative certificate paths are read from here
         if settings is None:
             values: dict[str, object] = dict(options)
             if isinstance(app, str):
@@ -162,14 +167,18 @@ class Server:
                 code = self._preload()
                 if code:
                     return code
+            tls_config = self._load_tls(s)
             if not upgraded:
                 self._publish(self._generation, lset.addresses)
             loop = MasterLoop(s, lset, app=self._app_obj, generation=self._generation,
                               reload_settings=self._reload_settings, on_ready=ready,
                               on_published=self._publish, metrics_listeners=self.metrics_listeners,
-                              pidfile=pidfile)
+                              pidfile=pidfile, tls=tls_config, load_tls=self._tls_loader)
             code = loop.run()
         except PidfileBusy as e:
+            log.error("%s", e)
+            code = EXIT_USAGE
+        except TlsError as e:
             log.error("%s", e)
             code = EXIT_USAGE
         except OSError as e:
@@ -190,6 +199,20 @@ class Server:
         if code == EXIT_OK:
             log.info("Shutdown complete")
         return code
+
+    def _load_tls(self, settings: Settings) -> TlsConfig | None:
+        """The certificates and contexts, read here in the master before any worker drops
+        its privileges (a key may be 0600 root's). TlsError: a configuration error."""
+        config = self._tls if self._tls is not None else self._tls_loader(settings)
+        log_tls(config)
+        return config
+
+    def _tls_loader(self, settings: Settings) -> TlsConfig | None:
+        from greenfork.master import tls
+
+        if not tls.configured(settings):
+            return None
+        return tls.load(settings, tls.ALPN_HTTP1, base_dir=self._base_dir)
 
     def _preload(self) -> int:
         """--preload: import the app here, once, so workers share its pages after fork.

@@ -5,11 +5,14 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenfork.master.listeners import Listener
 from greenfork.master.settings import Settings
 from greenfork.metrics.slots import Slot
+
+if TYPE_CHECKING:
+    from greenfork.master.tls import TlsConfig
 
 
 @dataclass(slots=True)
@@ -23,3 +26,4 @@ class WorkerInfo:
     master_pid: int
     app: Callable[..., Any] | None = None  # an embedded callable (Server(app=func)); else settings.app
     metrics: Slot | None = None  # this worker's metrics slot (--metrics-bind), written by it alone
+    tls: TlsConfig | None = None  # the SSLContexts of its https:// listeners, built by the master

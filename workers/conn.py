@@ -16,10 +16,12 @@ from __future__ import annotations
 import _socket
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from gevent import GreenletExit
 
+from greenfork.master import tlsinfo
 from greenfork.workers.h1proto import (
     CLOSED,
     DRAIN,
@@ -32,8 +34,10 @@ from greenfork.workers.h1proto import (
     Request,
 )
 from greenfork.workers.request import BodyError, http_date, write_data
+from greenfork.workers.response import error_response
 from greenfork.workers.timers import BODY, FRESH, HEADERS, IDLE, NONE, Expired, RequestTimeout
 from greenfork.workers.timers import DRAIN as DRAINING
+from greenfork.workers.tlstransport import HandshakeFailed, TlsTransport
 from greenfork.workers.transport import FLUSH_AT, ClientGone, Transport
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse
 
@@ -46,8 +50,8 @@ DRAIN_LIMIT = 1 << 20  # unread body bytes we discard to keep a connection reusa
 
 
 class Connection:
-    __slots__ = ("addr", "body_error", "ctx", "head_at", "headed", "inp", "mark", "out", "p", "remote", "req",
-                 "served", "server", "since", "sr", "status", "t", "timed",
+    __slots__ = ("addr", "body_error", "ctx", "extra", "head_at", "headed", "inp", "mark", "out", "p",
+                 "remote", "req", "served", "server", "since", "sr", "status", "t", "timed",
                  "error_type", "opened", "version")  # for metrics (workers/instrument.py)
 
     def __init__(self, server: WorkerServer, sock: _socket.socket, addr: Any, ctx: ListenerContext,
@@ -56,7 +60,10 @@ class Connection:
         self.addr = addr
         self.ctx = ctx
         self.remote = ctx.remote(addr)  # REMOTE_ADDR, REMOTE_PORT
-        t = self.t = self.timed = transport or Transport(sock, server.hub)
+        if transport is None:
+            transport = Transport(sock, server.hub) if ctx.ssl is None else \
+                TlsTransport(sock, server.hub, ctx.ssl)
+        t = self.t = self.timed = transport
         self.out = t.out
         t.describe = self.peer
         t.enter(FRESH)  # a new connection waits for its first byte
@@ -72,6 +79,8 @@ class Connection:
         self.since = 0  # the transport's flush count when it started
         self.head_at = -1  # the flush count when its head was queued (-1: not yet)
         self.opened, self.error_type, self.version = 0.0, "", ""
+        # environ keys this connection adds to each of its requests (TLS: mod_ssl's names)
+        self.extra: dict[str, str] = {}
 
     @property
     def greenlet(self) -> Any:
@@ -94,6 +103,8 @@ class Connection:
         t = self.t
         linger = False
         try:
+            if type(t) is TlsTransport and not self._handshake(t):
+                return
             linger = self._serve()
         except ClientGone as e:
             self.error_type = self.error_type or e.reason
@@ -170,6 +181,28 @@ class Connection:
                 return p.must_linger()
             # a stray body piece or END can only follow a request the app
             # already finished with; _handle drained it, so nothing to do
+
+    def _handshake(self, t: TlsTransport) -> bool:
+        """The TLS handshake, timed and counted; False if the connection is over."""
+        metrics = self.server.metrics
+        index = self.ctx.index
+        metrics.tls_handshake_started(index)
+        started = time.monotonic()
+        try:
+            t.handshake()
+        except HandshakeFailed as e:
+            self.error_type = e.reason
+            metrics.tls_handshake_done(index, "", e.reason, time.monotonic() - started)
+            log.debug("TLS handshake with %s failed: %s (%s)", self.peer(), e.reason, e.detail)
+            if e.reason == "tls_not_supported":
+                # nginx's courtesy: a plain HTTP request on a TLS port is told so, in plain HTTP
+                self.out.append(error_response(400, http_date(), self.server.server_header,
+                                               b"plain HTTP sent to an HTTPS port\n"))
+                Transport.flush(t)
+            return False
+        metrics.tls_handshake_done(index, t.version, "", time.monotonic() - started)
+        self.extra = tlsinfo.environ(t.sslobj, self.ctx.client_cert_user)
+        return True
 
     def _reject(self, err: ProtocolError) -> None:
         self.error_type = err.error_type

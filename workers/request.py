@@ -56,6 +56,7 @@ class Exchange(Protocol):
 
     status: int  # the status sent (or about to be), for the access log and metrics
     body_error: ProtocolError | None  # what went wrong with the body while the app read it
+    extra: dict[str, str]  # environ keys the connection adds (TLS, a PROXY header ...)
     inp: Input | None  # this request's wsgi.input and start_response, held for its duration
     sr: StartResponse | None
     headed: bool  # the head has been handed to the protocol
@@ -95,6 +96,8 @@ class RequestStage:
         ctx = ex.ctx
         env = build_environ(ctx.base_environ, req, self.script_name)
         env["REMOTE_ADDR"], env["REMOTE_PORT"] = remote
+        if ex.extra:
+            env.update(ex.extra)
         if ctx.unix:
             _server_from_host(env)
         # The exchange holds these for the request (and lets go of them after it: they

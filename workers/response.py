@@ -141,10 +141,10 @@ def response_head(req: Request, status: str, headers: list[tuple[str, str]], *, 
     return b"".join(out), framer
 
 
-def error_response(status: int, date: bytes, server: bool = True) -> bytes:
+def error_response(status: int, date: bytes, server: bool = True, body: bytes = b"") -> bytes:
     """A tiny fixed answer for a request we reject; never echoes the input."""
     reason = _REASONS.get(status, "Error").encode()
-    body = b"%d %b\n" % (status, reason)
+    body = body or b"%d %b\n" % (status, reason)
     return b"HTTP/1.1 %d %b\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n" \
            b"Date: %b\r\n%b\r\n%b" % (status, reason, len(body), date,
                                        b"Server: greenfork\r\n" if server else b"", body)

@@ -118,7 +118,7 @@ class Timeouts:
         return cls(request_headers=s.request_headers_timeout, keep_alive=s.keep_alive,
                    min_body_rate=s.min_request_body_data_rate, body_grace=s.request_body_grace_period,
                    send=s.send_timeout, request=s.request_timeout,
-                   handshake=getattr(s, "tls_handshake_timeout", 10.0))
+                   handshake=s.tls_handshake_timeout)
 
     def interval(self) -> float:
         """Once a second; more often when a timeout is configured shorter than 4 s (tests),

@@ -126,6 +126,7 @@ class Transport(Timed):
         for a bounded time and amount, until the client closes too. Then close()."""
         try:
             self.flush()
+            self.end_writing()
             self.sock.shutdown(socket.SHUT_WR)
         except (ClientGone, OSError):
             return
@@ -141,6 +142,9 @@ class Transport(Timed):
             pass
         finally:
             self.enter(NONE)
+
+    def end_writing(self) -> None:
+        """The last bytes before the write side shuts (TLS: its close_notify)."""
 
     def recv_raw(self) -> bytes:
         """The next bytes on the socket itself (below any decryption), b"" at EOF."""

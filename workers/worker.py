@@ -33,6 +33,7 @@ from greenfork.master.control import (
     TERMINATE,
 )
 from greenfork.master.listeners import Listener
+from greenfork.master.tls import TlsConfig
 from greenfork.master.workerinfo import WorkerInfo
 from greenfork.workers import instrument, reloader, stackdump
 from greenfork.workers.acceptor import Acceptor
@@ -66,13 +67,18 @@ def server_software() -> str:
 class ListenerContext:
     """What a connection needs to know about the socket it came in on."""
 
-    def __init__(self, listener: Listener, base: dict[str, Any], index: int = 0) -> None:
+    def __init__(self, listener: Listener, base: dict[str, Any], index: int = 0,
+                 tls: TlsConfig | None = None) -> None:
         self.index = index  # position in the listener list: the metrics' listener labels
         self.scheme = listener.spec.scheme
         self.unix = listener.transport == "unix"
         self.sendfile = True
+        # the master's SSLContext for an https:// listener (built before the fork)
+        self.ssl = tls.context_for(listener.spec) if tls is not None else None
+        self.client_cert_user = tls.client_cert_user if tls is not None else "none"
         name, port = self._server_name(listener)
         self.base_environ = dict(base, SERVER_NAME=name, SERVER_PORT=port)
+        self.base_environ["wsgi.url_scheme"] = self.scheme
 
     @staticmethod
     def _server_name(listener: Listener) -> tuple[str, str]:
@@ -142,7 +148,7 @@ class WorkerServer:
             self.app = self._counted(self.app)
         base = self._base_environ()
         for i, lst in enumerate(info.listeners):
-            ctx = ListenerContext(lst, base, i)
+            ctx = ListenerContext(lst, base, i, info.tls)
             # The worker takes its own gevent socket over the inherited descriptor.
             sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
             self.sockets.append(sock)

@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tls_config = None
     if tls.configured(settings):
         try:
-            tls_config = tls.load(settings, tls.ALPN_HTTP1, base_dir=start_dir)
+            tls_config = tls.load(settings, tls.alpn_protocols(settings), base_dir=start_dir)
         except tls.TlsError as e:
             return _fail(str(e))
         if ns.check_config:

@@ -212,7 +212,7 @@ class Server:
 
         if not tls.configured(settings):
             return None
-        return tls.load(settings, tls.ALPN_HTTP1, base_dir=self._base_dir)
+        return tls.load(settings, tls.alpn_protocols(settings), base_dir=self._base_dir)
 
     def _preload(self) -> int:
         """--preload: import the app here, once, so workers share its pages after fork.

@@ -235,6 +235,37 @@ def _sni(v: object) -> tuple[SniCertificate, ...]:
     return entries
 
 
+# -------------------------------------------------------------------- http/2
+
+_PROTOCOLS = {"h1": "h1", "http/1.1": "h1", "h2": "h2"}
+
+
+def _protocols(v: object) -> tuple[str, ...]:
+    """gunicorn's --http-protocols: "h1,h2" (any order: see the help text)."""
+    items = _str_list(v)
+    out: list[str] = []
+    for item in items:
+        name = _PROTOCOLS.get(item.strip().lower())
+        if name is None:
+            raise ValueError(f"unknown protocol {item!r}: expected h1, h2 or both (h1,h2)")
+        if name in out:
+            raise ValueError(f"{item!r} is given twice")
+        out.append(name)
+    if not out:
+        raise ValueError("expected h1, h2 or both (h1,h2)")
+    return tuple(out)
+
+
+def _h2c(v: object) -> str:
+    s = _str(v).strip().lower()
+    if s in ("upgrade", "both"):
+        raise ValueError("the HTTP/1.1 Upgrade to h2c is deprecated by RFC 9113 (section 3.1) and not "
+                         "offered; clients speak h2c with prior knowledge (curl --http2-prior-knowledge)")
+    if s not in ("off", "prior-knowledge"):
+        raise ValueError("expected off or prior-knowledge")
+    return s
+
+
 # --------------------------------------------------------------- validators
 
 
@@ -468,6 +499,60 @@ SETTINGS: tuple[Setting, ...] = (
             "count (or None: no limit). 0 disables the limit."),
     _S("server_header", _bool, True, ("--server-header",), section="HTTP", is_flag=True,
        type_doc="boolean", help="Send `Server: greenfork` in responses."),
+    # ------------------------------------------------------------------- http/2
+    _S("http_protocols", _protocols, ("h1", "h2"), ("--http-protocols",), section="HTTP/2",
+       metavar="PROTOCOLS", type_doc="list of h1, h2", default_doc="h1,h2",
+       help="The HTTP versions served, comma-separated (gunicorn's name): `h1` is HTTP/1.1, `h2` "
+            "HTTP/2, over TLS when the client picks `h2` by ALPN and on cleartext listeners when it "
+            "opens with the HTTP/2 preface (prior knowledge, see --http2-cleartext). `h1` alone turns "
+            "HTTP/2 off. The order does not matter: a TLS client offering both gets HTTP/2. With `h2` "
+            "alone only `h2` is offered by ALPN; a client that does not pick it is still answered in "
+            "HTTP/1.1, as there is no way to refuse it politely."),
+    _S("http2_cleartext", _h2c, "prior-knowledge", ("--http2-cleartext",), section="HTTP/2",
+       metavar="MODE", type_doc="off|prior-knowledge",
+       help="Cleartext HTTP/2 (h2c) on http:// and unix: listeners: `prior-knowledge` serves a "
+            "connection that opens with the HTTP/2 connection preface (RFC 9113 3.3), `off` serves "
+            "those listeners HTTP/1.1 only. The HTTP/1.1 `Upgrade: h2c` is not offered (RFC 9113 "
+            "deprecates it). Only with `h2` in --http-protocols."),
+    _S("http2_max_concurrent_streams", _int, 100, ("--http2-max-concurrent-streams",), section="HTTP/2",
+       validate=_between(1, 2**31 - 1), metavar="N", type_doc="integer",
+       help="Streams (requests) one HTTP/2 connection may have in progress, announced as "
+            "SETTINGS_MAX_CONCURRENT_STREAMS; a stream past it is refused with REFUSED_STREAM (the "
+            "client may retry it) and the connection carries on. A stream counts until its "
+            "application call has returned, even when the client reset it (Kestrel's "
+            "MaxStreamsPerConnection)."),
+    _S("http2_header_table_size", _int, 4096, ("--http2-header-table-size",), section="HTTP/2",
+       validate=_between(0, 1 << 20), metavar="BYTES", type_doc="integer",
+       help="Size of the HPACK dynamic table the server's decoder keeps per connection, announced "
+            "as SETTINGS_HEADER_TABLE_SIZE (Kestrel's HeaderTableSize)."),
+    _S("http2_max_frame_size", _int, 16384, ("--http2-max-frame-size",), section="HTTP/2",
+       validate=_between(16384, 16777215), metavar="BYTES", type_doc="integer",
+       help="Largest frame payload the server accepts, announced as SETTINGS_MAX_FRAME_SIZE; a "
+            "larger frame is a FRAME_SIZE_ERROR (Kestrel's MaxFrameSize)."),
+    _S("http2_max_request_header_field_size", _int, 16384, ("--http2-max-request-header-field-size",),
+       section="HTTP/2", validate=_between(64, 1 << 24), metavar="BYTES", type_doc="integer",
+       help="Longest name or value of one request header field after HPACK decoding; a longer one is "
+            "answered 431 on its stream (Kestrel's MaxRequestHeaderFieldSize). The whole header "
+            "section is bounded by --max-request-headers-total-size and --max-request-header-count, "
+            "as in HTTP/1.1, and announced as SETTINGS_MAX_HEADER_LIST_SIZE."),
+    _S("http2_initial_window_size", _int, 768 * 1024, ("--http2-initial-window-size",), section="HTTP/2",
+       validate=_between(65535, 2**31 - 1), metavar="BYTES", type_doc="integer",
+       help="Request body bytes a client may send on one stream before the application reads them, "
+            "announced as SETTINGS_INITIAL_WINDOW_SIZE (Kestrel's InitialStreamWindowSize; gunicorn's "
+            "name). The window reopens as the application reads wsgi.input."),
+    _S("http2_initial_connection_window_size", _int, 1 << 20, ("--http2-initial-connection-window-size",),
+       section="HTTP/2", validate=_between(65535, 2**31 - 1), metavar="BYTES", type_doc="integer",
+       help="Request body bytes a client may send on all streams of a connection together before "
+            "applications read them (Kestrel's InitialConnectionWindowSize): it bounds the memory one "
+            "connection's unread bodies take."),
+    _S("http2_keep_alive_ping_delay", _float, 0.0, ("--http2-keep-alive-ping-delay",), section="HTTP/2",
+       validate=_at_least(0), metavar="SECONDS", type_doc="seconds", default_doc="0 (off)",
+       help="Send a PING on an HTTP/2 connection that has received nothing for this long, to find "
+            "peers that vanished without a close (Kestrel's KeepAlivePingDelay). 0 disables."),
+    _S("http2_keep_alive_ping_timeout", _float, 20.0, ("--http2-keep-alive-ping-timeout",),
+       section="HTTP/2", validate=_at_least(0.1), metavar="SECONDS", type_doc="seconds",
+       help="Close the connection when nothing arrives this long after such a PING (Kestrel's "
+            "KeepAlivePingTimeout)."),
     # ------------------------------------------------------------------ metrics
     _S("metrics_bind", _opt_str, None, ("--metrics-bind",), section="Metrics", validate=_metrics_address,
        metavar="ADDRESS", reloadable=False, default_doc="off",
@@ -597,6 +682,16 @@ class Settings:
     max_request_headers_total_size: int
     max_request_body_size: int
     server_header: bool
+    http_protocols: tuple[str, ...]
+    http2_cleartext: str
+    http2_max_concurrent_streams: int
+    http2_header_table_size: int
+    http2_max_frame_size: int
+    http2_max_request_header_field_size: int
+    http2_initial_window_size: int
+    http2_initial_connection_window_size: int
+    http2_keep_alive_ping_delay: float
+    http2_keep_alive_ping_timeout: float
     metrics_bind: str | None
     app_metrics: bool
     error_logfile: str

@@ -30,10 +30,18 @@ if TYPE_CHECKING:
 
     from cryptography import x509
 
-__all__ = ["ALPN_HTTP1", "EXPIRY_WARNING_DAYS", "SNI_ATTR", "Certificate", "TlsConfig", "TlsError",
-           "configured", "load"]
+__all__ = ["ALPN_H2", "ALPN_HTTP1", "EXPIRY_WARNING_DAYS", "SNI_ATTR", "Certificate", "TlsConfig", "TlsError",
+           "alpn_protocols", "configured", "load"]
 
 ALPN_HTTP1: tuple[str, ...] = ("http/1.1",)
+# HTTP/2 first: a client that offers both gets HTTP/2 (OpenSSL picks by the server's order)
+ALPN_H2: tuple[str, ...] = ("h2", "http/1.1")
+
+
+def alpn_protocols(settings: Settings) -> tuple[str, ...]:
+    """The ALPN names TLS listeners offer, from --http-protocols."""
+    protocols = settings.http_protocols
+    return (("h2",) if "h2" in protocols else ()) + (("http/1.1",) if "h1" in protocols else ())
 EXPIRY_WARNING_DAYS = 14
 
 # The SNI callback stores the name the client asked for on its SSLObject under this attribute:

@@ -75,6 +75,11 @@ ERROR_TYPES: Final = (
     # not in METRICS.md's list (proposed there): a PROXY header that does not arrive in time,
     # an HTTP/2 stream the client reset, one refused past SETTINGS_MAX_CONCURRENT_STREAMS
     "proxy_protocol_timeout", "stream_reset", "stream_refused",
+    # HTTP/2 (workers/h2proto.py): floods without a name above, any other connection error the
+    # RFC names (the GOAWAY's code says which), and an HPACK block that decodes past the bound
+    # (Kestrel's name)
+    "priority_flood", "empty_frames_flood", "window_update_flood", "http2_protocol_error",
+    "max_request_headers_total_size_exceeded",
     OTHER)
 
 # Per-listener block

@@ -19,7 +19,7 @@ import errno
 import logging
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import gevent
 from greenlet import getcurrent, greenlet
@@ -32,6 +32,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("greenfork.worker")
 
 POOL_MAX: Final = 64
+
+
+class Runnable(Protocol):
+    """What a pooled greenlet serves: a connection, or an HTTP/2 stream (h2stream.py)."""
+
+    greenlet: Any
+
+    def run(self) -> None: ...
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -95,7 +103,7 @@ class Acceptor:
         finally:
             watcher.close()
 
-    def start(self, conn: Connection) -> None:
+    def start(self, conn: Runnable) -> None:
         """Serve conn in a parked greenlet, or a new one; either starts once the hub runs."""
         parked = self.parked
         g = None
@@ -106,7 +114,7 @@ class Acceptor:
         conn.greenlet = g
         self.hub.loop.run_callback(g.switch, conn)
 
-    def _serve(self, conn: Connection) -> None:
+    def _serve(self, conn: Runnable) -> None:
         server = self.server
         parked = self.parked
         hub = self.hub

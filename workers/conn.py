@@ -42,17 +42,22 @@ from greenfork.workers.transport import FLUSH_AT, ClientGone, Transport
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse
 
 if TYPE_CHECKING:
+    from greenfork.workers.h2conn import H2Driver
     from greenfork.workers.worker import ListenerContext, WorkerServer
 
 log = logging.getLogger("greenfork.worker")
 
+# The HTTP/2 connection preface (h2proto.PREFACE; spelled out here so that a worker serving
+# only HTTP/1.1 never imports h2)
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DRAIN_LIMIT = 1 << 20  # unread body bytes we discard to keep a connection reusable
 
 
 class Connection:
     __slots__ = ("addr", "body_error", "ctx", "extra", "head_at", "headed", "inp", "mark", "out", "p",
                  "remote", "req", "served", "server", "since", "sr", "status", "t", "timed",
-                 "error_type", "opened", "version")  # for metrics (workers/instrument.py)
+                 "error_type", "opened", "version",  # for metrics (workers/instrument.py)
+                 "h2")  # the HTTP/2 driver, while it serves this connection (workers/h2conn.py)
 
     def __init__(self, server: WorkerServer, sock: _socket.socket, addr: Any, ctx: ListenerContext,
                  transport: Transport | None = None) -> None:
@@ -81,6 +86,7 @@ class Connection:
         self.opened, self.error_type, self.version = 0.0, "", ""
         # environ keys this connection adds to each of its requests (TLS: mod_ssl's names)
         self.extra: dict[str, str] = {}
+        self.h2: H2Driver | None = None
 
     @property
     def greenlet(self) -> Any:
@@ -103,8 +109,18 @@ class Connection:
         t = self.t
         linger = False
         try:
-            if type(t) is TlsTransport and not self._handshake(t):
-                return
+            if type(t) is TlsTransport:
+                if not self._handshake(t):
+                    return
+                if t.alpn == "h2":
+                    linger = self._http2(b"")
+                    return
+            elif self.ctx.h2c:
+                data = self._first_bytes()
+                if data[:24] == H2_PREFACE:
+                    linger = self._http2(data)
+                    return
+                self.p.receive_data(data)
             linger = self._serve()
         except ClientGone as e:
             self.error_type = self.error_type or e.reason
@@ -181,6 +197,26 @@ class Connection:
                 return p.must_linger()
             # a stray body piece or END can only follow a request the app
             # already finished with; _handle drained it, so nothing to do
+
+    # ---------------------------------------------------------------- HTTP/2
+    def _first_bytes(self) -> bytes:
+        """A cleartext listener that also serves HTTP/2 with prior knowledge: the first read,
+        and more while it is a strict prefix of the HTTP/2 preface (which no HTTP/1.1
+        request starts with), so that the choice is made on whole bytes."""
+        t = self.t
+        data = t.recv()
+        while 0 < len(data) < 24 and H2_PREFACE.startswith(data):
+            more = t.recv()
+            if not more:
+                break
+            data += more
+        return data
+
+    def _http2(self, data: bytes) -> bool:
+        """Serve the connection as HTTP/2 (workers/h2conn.py); `data` was read already."""
+        from greenfork.workers.h2conn import serve
+
+        return serve(self, data)
 
     def _handshake(self, t: TlsTransport) -> bool:
         """The TLS handshake, timed and counted; False if the connection is over."""

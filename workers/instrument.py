@@ -101,6 +101,9 @@ class Instruments(Recorder):
                 req = conn.req
                 if req is not None:
                     active[req.method, conn.ctx.scheme] += 1
+                if conn.h2 is not None:  # HTTP/2: each stream in progress
+                    for method in conn.h2.active_methods():
+                        active[method, conn.ctx.scheme] += 1
                 t = conn.t
                 if t.rx or t.tx:
                     self.transferred(index, t.rx, t.tx)

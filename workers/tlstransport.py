@@ -133,6 +133,30 @@ class TlsTransport(Transport):
                     return b""  # a close without close_notify: an EOF all the same
             self._in.write(data)
 
+    def recv_nowait(self) -> bytes | None:
+        """The plaintext already here (b"" at EOF or close_notify), or None if it would wait."""
+        obj = self._obj
+        while True:
+            try:
+                return obj.read(_RECORD)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return b""
+            except ssl.SSLError as e:
+                raise ClientGone("io_error") from e
+            self._send_ciphertext()
+            data = Transport.recv_nowait(self)
+            if data is None:
+                return None
+            if not data:
+                self._in.write_eof()
+                try:
+                    return obj.read(_RECORD)
+                except ssl.SSLError:
+                    return b""
+            self._in.write(data)
+
     def wait_readable(self) -> None:
         if self._obj.pending() or self._in.pending:
             return  # decrypted bytes (or whole records) are already here

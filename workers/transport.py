@@ -85,6 +85,16 @@ class Transport(Timed):
             self.rx += len(data)
             return data
 
+    def recv_nowait(self) -> bytes | None:
+        """The bytes already here (b"" at the client's EOF), or None if a read would wait
+        (HTTP/2's driver waits for input and for its streams at once: h2conn.py)."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return None
+        self.rx += len(data)
+        return data
+
     def wait_readable(self) -> None:
         w = self._rw
         if w is None:

@@ -54,6 +54,14 @@ HEARTBEAT_INTERVAL = 1.0
 DRAIN_IDLE_GRACE = 1.0
 
 
+def _h2limits(s: Any) -> Any:
+    if "h2" not in s.http_protocols:
+        return None
+    from greenfork.workers.h2proto import H2Limits  # (imports h2 only when HTTP/2 is on)
+
+    return H2Limits.from_settings(s)
+
+
 def server_software() -> str:
     """SERVER_SOFTWARE (RFC 3875 4.1.17): apps and middleware branch on it."""
     from importlib import metadata
@@ -75,6 +83,7 @@ class ListenerContext:
         self.sendfile = True
         # the master's SSLContext for an https:// listener (built before the fork)
         self.ssl = tls.context_for(listener.spec) if tls is not None else None
+        self.h2c = False  # cleartext HTTP/2 with prior knowledge (set by the worker from its settings)
         self.client_cert_user = tls.client_cert_user if tls is not None else "none"
         name, port = self._server_name(listener)
         self.base_environ = dict(base, SERVER_NAME=name, SERVER_PORT=port)
@@ -125,6 +134,9 @@ class WorkerServer:
         self.sockets: list[socket.socket] = []
         self.control: socket.socket | None = None
         self.metrics = instrument.attach(self)
+        # HTTP/2's limits (workers/h2proto.py), None when --http-protocols leaves it out
+        self.h2limits = _h2limits(s)
+        self.metrics.announce(http2=self.h2limits is not None)
         # Whether a request's duration is wanted at all (reading the clock is not free)
         self.timed = self.access_log is not None or self.metrics is not instrument.NULL
         self.requests = 0
@@ -149,6 +161,8 @@ class WorkerServer:
         base = self._base_environ()
         for i, lst in enumerate(info.listeners):
             ctx = ListenerContext(lst, base, i, info.tls)
+            ctx.h2c = ctx.ssl is None and self.h2limits is not None and \
+                self.settings.http2_cleartext == "prior-knowledge"
             # The worker takes its own gevent socket over the inherited descriptor.
             sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
             self.sockets.append(sock)
@@ -291,6 +305,9 @@ class WorkerServer:
         if not self.connections:
             self.stopped.set()
         else:
+            for conn in list(self.connections):
+                if conn.h2 is not None:  # HTTP/2: GOAWAY in two steps (workers/h2conn.py)
+                    conn.h2.go_away()
             self.sweeper.drain(DRAIN_IDLE_GRACE, time.monotonic())
 
     def _finish(self) -> int:

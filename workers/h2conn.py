@@ -309,6 +309,10 @@ class H2Driver:
             log.debug("HTTP/2 connection error from %s: %r", self.conn.peer(), e)
             self._close(ErrorCodes.PROTOCOL_ERROR, "http2_protocol_error")
             return
+        except Exception:  # a bug (ours or h2's): the client still hears that the connection ends
+            log.exception("Unexpected error on an HTTP/2 connection from %s", self.conn.peer())
+            self._close(ErrorCodes.INTERNAL_ERROR, "_OTHER")
+            return
         for ev in events:
             if type(ev) is RequestReceived:
                 self._request(ev)
@@ -445,11 +449,11 @@ class H2Driver:
         if s is None:
             self.opened += 1
             self.metrics.http2_stream_opened(self.index)
-            self.metrics.http2_stream_closed(self.index, "invalid_request_headers")
+            self.metrics.http2_stream_closed(self.index, ev.error_type)
             return
         if s.reset_code is None:
             s.reset_code = ErrorCodes.PROTOCOL_ERROR
-            s.err = "invalid_request_headers"
+            s.err = ev.error_type
         s.wake()
 
     def _peer_goaway(self, ev: ConnectionTerminated) -> None:

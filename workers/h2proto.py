@@ -35,11 +35,9 @@ from h2.events import ConnectionTerminated, Event
 from h2.exceptions import (
     DenialOfServiceError,
     FlowControlError,
-    FrameDataMissingError,
     FrameTooLargeError,
     InvalidBodyLengthError,
     ProtocolError,
-    StreamClosedError,
 )
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
@@ -128,11 +126,13 @@ class H2Abuse(ProtocolError):
 
 
 class StreamMalformed(Event):
-    """A stream we reset with PROTOCOL_ERROR because its request is malformed (RFC 9113 8.1.1)."""
+    """A stream we reset with PROTOCOL_ERROR: its request is malformed (RFC 9113 8.1.1), or
+    another stream error (error_type says which)."""
 
-    def __init__(self, stream_id: int, reason: str) -> None:
+    def __init__(self, stream_id: int, reason: str, error_type: str = "invalid_request_headers") -> None:
         self.stream_id = stream_id
         self.reason = reason
+        self.error_type = error_type
 
     def __repr__(self) -> str:
         return f"<StreamMalformed stream_id:{self.stream_id}, reason:{self.reason}>"
@@ -172,6 +172,16 @@ class GuardedDecoder(Decoder):
                           "hpack_decode_failed") from None
 
 
+class ZeroWindowUpdate(Frame):
+    """A WINDOW_UPDATE of 0 on a stream: hyperframe cannot parse it, and h2 would then make
+    it a connection error; RFC 9113 6.9 makes it a stream error."""
+
+    type = WindowUpdateFrame.type
+
+    def serialize_body(self) -> bytes:
+        return b"\0\0\0\0"
+
+
 class GuardedFrameBuffer(FrameBuffer):
     """h2's frame buffer, which sees every frame first: each is counted against the flood
     budgets, and a header block is bounded in bytes and frames."""
@@ -187,6 +197,17 @@ class GuardedFrameBuffer(FrameBuffer):
     def in_header_block(self) -> bool:
         """A header block has started and waits for its CONTINUATION frames."""
         return bool(self._headers_buffer)
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= 13 and data[3] == 0x8 and data[:3] == b"\0\0\4" and not self._headers_buffer \
+                and not (data[9] & 0x7F or data[10] or data[11] or data[12]):
+            sid = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+            if sid:
+                del data[:13]
+                self._spend(WINDOW_UPDATE)
+                return ZeroWindowUpdate(sid)
+        return super().__next__()
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
         kind = type(f)
@@ -256,6 +277,7 @@ class ServerConnection(H2Connection):
         self.decoder = GuardedDecoder(limits.decoded_bound)
         self.decoder.max_allowed_table_size = limits.header_table_size
         self.incoming_buffer = GuardedFrameBuffer(guard, limits.block_bound)
+        self._frame_dispatch_table[ZeroWindowUpdate] = self._receive_zero_window_update
 
     def start(self) -> None:
         """The server's connection preface: SETTINGS, then the connection window opened
@@ -320,6 +342,13 @@ class ServerConnection(H2Connection):
                 frames.append(WindowUpdateFrame(0, window_increment=increment))
             return frames, events
 
+    def _receive_rst_stream_frame(self, frame: RstStreamFrame) -> tuple[list[Frame], list[Event]]:
+        sid = frame.stream_id
+        if sid > (self.highest_inbound_stream_id if sid % 2 else self.highest_outbound_stream_id):
+            # RFC 9113 6.4: RST_STREAM for an idle stream is a connection error (h2 ignores it)
+            raise ProtocolError(f"RST_STREAM for the idle stream {sid}")
+        return super()._receive_rst_stream_frame(frame)
+
     def _receive_priority_frame(self, frame: HeadersFrame | PriorityFrame) -> tuple[list[Frame], list[Event]]:
         if type(frame) is PriorityFrame and frame.depends_on == frame.stream_id:
             # RFC 9113 5.3.1: a stream error (h2 makes it a connection error)
@@ -328,13 +357,22 @@ class ServerConnection(H2Connection):
             return [RstStreamFrame(frame.stream_id, error_code=ErrorCodes.PROTOCOL_ERROR)], []
         return super()._receive_priority_frame(frame)
 
+    def _receive_zero_window_update(self, frame: ZeroWindowUpdate) -> tuple[list[Frame], list[Event]]:
+        sid = frame.stream_id
+        if self._open_stream(sid):
+            return self._malformed(sid, "WINDOW_UPDATE of 0", "http2_protocol_error")
+        if sid > (self.highest_inbound_stream_id if sid % 2 else self.highest_outbound_stream_id):
+            raise ProtocolError(f"WINDOW_UPDATE for the idle stream {sid}")  # RFC 9113 5.1
+        return [], []  # a closed stream's: nothing to reset
+
     def _open_stream(self, stream_id: int) -> bool:
         stream = self.streams.get(stream_id)
         return stream is not None and not stream.closed
 
-    def _malformed(self, stream_id: int, reason: str) -> tuple[list[Frame], list[Event]]:
+    def _malformed(self, stream_id: int, reason: str,
+                   error_type: str = "invalid_request_headers") -> tuple[list[Frame], list[Event]]:
         frames: list[Frame] = self.streams[stream_id].reset_stream(ErrorCodes.PROTOCOL_ERROR)
-        return frames, [StreamMalformed(stream_id, reason)]
+        return frames, [StreamMalformed(stream_id, reason, error_type)]
 
 
 def _code(value: int) -> ErrorCodes | int:
@@ -344,6 +382,5 @@ def _code(value: int) -> ErrorCodes | int:
         return value
 
 
-__all__ = ["MAX_STREAM_ID", "PREFACE", "FrameDataMissingError", "GuardedDecoder", "GuardedFrameBuffer",
-           "H2Abuse", "H2Limits", "ServerConnection", "StreamClosedError", "StreamMalformed", "error_type",
-           "goaway"]
+__all__ = ["MAX_STREAM_ID", "PREFACE", "GuardedDecoder", "GuardedFrameBuffer", "H2Abuse", "H2Limits",
+           "ServerConnection", "StreamMalformed", "error_type", "goaway"]

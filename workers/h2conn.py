@@ -79,7 +79,7 @@ class H2Driver:
 
     __slots__ = ("_rw", "conn", "congested", "ctx", "final_timer", "gone", "gone_reason", "greenlet", "guard",
                  "h2", "hub", "index", "last_input", "last_stream", "limits", "metrics", "opened", "ping_out",
-                 "room_waiters", "server", "state", "streams", "t", "wake_pending", "waiting",
+                 "queued", "room_waiters", "server", "state", "streams", "t", "wake_pending", "waiting",
                  "window_waiters")
 
     def __init__(self, conn: Connection, limits: H2Limits) -> None:
@@ -99,6 +99,7 @@ class H2Driver:
         self.window_waiters: set[Stream] = set()  # streams waiting for the peer's window
         self.room_waiters: list[Stream] = []  # streams waiting for the socket to take our bytes
         self.congested = False  # a write is blocked: the socket is full
+        self.queued = 0  # response bytes streams queued in h2 since the last flush took them
         self.gone = False  # the connection is over: streams fail at their next step
         self.gone_reason = "io_error"
         self.state = RUNNING
@@ -262,6 +263,7 @@ class H2Driver:
     def _flush(self) -> None:
         t = self.t
         data = self.h2.data_to_send()
+        self.queued = 0
         if data:
             t.out.append(data)
         if not t.out:
@@ -343,7 +345,7 @@ class H2Driver:
     def _request(self, ev: RequestReceived) -> None:
         sid = ev.stream_id
         ended = ev.stream_ended is not None
-        if sid > self.last_stream or (self.state != RUNNING and self.state != DRAINING) \
+        if sid > self.last_stream or self.state == CLOSED \
                 or len(self.streams) >= self.limits.max_concurrent_streams:
             self._refuse(sid)
             return
@@ -363,7 +365,7 @@ class H2Driver:
             # The client is about to run out of stream ids: it can open no more on this
             # connection, so say so now, and let it finish what it has in flight.
             self.conn.error_type = self.conn.error_type or "stream_id_exhausted"
-            self._final_goaway()
+            self._final_goaway(sid)
 
     def _refuse(self, sid: int) -> None:
         """REFUSED_STREAM: not processed at all, the client may retry it (RFC 9113 8.7)."""
@@ -511,10 +513,11 @@ class H2Driver:
             self._final_goaway()
             self.output()
 
-    def _final_goaway(self) -> None:
-        """The second GOAWAY: the last stream id we took; later streams are refused."""
+    def _final_goaway(self, last: int = 0) -> None:
+        """The second GOAWAY: the last stream id we take (by default every stream the client
+        opened so far, even those of this read not yet handed out); later ones are refused."""
         self.state = FINAL
-        self.last_stream = self.h2.highest_inbound_stream_id
+        self.last_stream = last or self.h2.highest_inbound_stream_id
         try:
             self.h2.send_goaway(self.last_stream)
         except H2Error:

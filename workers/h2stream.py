@@ -75,7 +75,8 @@ TRANSITIONS: Final = {
 _TABLE: Final = [[TRANSITIONS.get((s, e), -1) for e in range(len(EVENT_NAMES))]
                   for s in range(len(STATE_NAMES))]
 
-BATCH: Final = 1 << 18  # response bytes queued in h2 before the stream checks for room again
+BATCH: Final = 1 << 16  # response bytes queued in h2 at a time, between checks for room
+HIGH_WATER: Final = 1 << 18  # response bytes queued on a connection before its streams wait for the writer
 
 
 class LocalProtocolError(RuntimeError):
@@ -358,7 +359,7 @@ class Stream:
         pos = 0
         size = len(data)
         while True:
-            if d.congested:
+            if d.congested or d.queued >= HIGH_WATER:
                 self._wait_for(d.room_waiters)
             try:
                 window = h2.local_flow_control_window(sid)
@@ -372,6 +373,7 @@ class Stream:
                     d.window_waiters.discard(self)
                 continue
             frame = h2.max_outbound_frame_size
+            start = pos
             stop = min(size, pos + window, pos + BATCH)
             frames = 0
             while pos < stop:
@@ -381,6 +383,7 @@ class Stream:
                 pos += n
                 frames += 1
             d.guard.earn(WINDOW_UPDATE, UPDATES_PER_DATA_FRAME * frames)
+            d.queued += stop - start
             if pos >= size:
                 return
             d.output()  # the writer starts on what is queued while we go on

@@ -1,0 +1,233 @@
+"""HTTP/2 with the clients people use: curl, nghttp and h2load (nghttp2), httpx; over TLS with
+ALPN (the test certificates of tests/tlscerts.py) and over cleartext with prior knowledge.
+Also: streams really run concurrently, the access log and the metrics cover HTTP/2, and
+`--http-protocols h1` turns it off."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import tlscerts
+from tests.conftest import curl
+from tests.h2raw import Raw
+from tests.metricsutil import scrape, total
+from tests.procs import Greenfork, Launcher, wait_for
+from tests.tlscerts import Certs
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return tlscerts.certs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[Greenfork]:
+    """One worker, a cleartext and a TLS listener, an access log and metrics."""
+    tmp = tmp_path_factory.mktemp("h2clients")
+    ln = Launcher(tmp)
+    try:
+        yield ln.start(["h2app:app", "-b", "127.0.0.1:0", "-b", "https://127.0.0.1:0",
+                        "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key),
+                        "--access-logfile", str(tmp / "access.log"), "--metrics-bind", "127.0.0.1:0"])
+    finally:
+        ln.cleanup()
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is required (scripts/test installs nghttp2-client)")
+    return path
+
+
+def run(*cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def access_log(g: Greenfork) -> str:
+    return (g.log_path.parent / "access.log").read_text()
+
+
+# ----------------------------------------------------------------------- curl
+def test_curl_prior_knowledge(server: Greenfork) -> None:
+    r = run(curl(), "-sS", "--http2-prior-knowledge", "-w", "\n%{http_version}", f"{server.url(0)}/env")
+    body, version = r.stdout.rsplit("\n", 1)
+    assert r.returncode == 0 and version == "2", r.stderr
+    env = json.loads(body)
+    assert env["SERVER_PROTOCOL"] == "HTTP/2" and env["wsgi.url_scheme"] == "http"
+
+
+def test_curl_over_tls_negotiates_h2_by_alpn(server: Greenfork, certs: Certs) -> None:
+    r = run(curl(), "-sS", "--http2", "--cacert", str(certs.ca), "-w", "\n%{http_version}",
+            f"{server.url(1)}/headers")
+    body, version = r.stdout.rsplit("\n", 1)
+    assert r.returncode == 0 and version == "2", r.stderr
+    env = json.loads(body)
+    assert env["SERVER_PROTOCOL"] == "HTTP/2" and env["wsgi.url_scheme"] == "https"
+    assert env["HTTPS"] == "on" and env["SSL_PROTOCOL"].startswith("TLSv1.")  # the TLS keys, as HTTP/1.1's
+
+
+def test_curl_asking_for_http1_gets_http1_on_both(server: Greenfork, certs: Certs) -> None:
+    for url in (server.url(0), server.url(1)):
+        r = run(curl(), "-sS", "--http1.1", "--cacert", str(certs.ca), "-o", "/dev/null",
+                "-w", "%{http_version}", f"{url}/")
+        assert r.returncode == 0 and r.stdout == "1.1", r.stderr
+
+
+def test_curl_uploads_a_large_body(server: Greenfork, tmp_path: Path) -> None:
+    data = tmp_path / "up.bin"
+    data.write_bytes(bytes(range(256)) * (5 * 4096))  # 5 MiB: several windows' worth
+    out = tmp_path / "back.bin"
+    r = run(curl(), "-sS", "--http2-prior-knowledge", "--data-binary", f"@{data}", "-o", str(out),
+            "-H", "Content-Type: application/octet-stream", f"{server.url(0)}/echo")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data.read_bytes()
+    r = run(curl(), "-sS", "--http2-prior-knowledge", "--data-binary", f"@{data}",
+            f"{server.url(0)}/slowread?n=65536")
+    assert r.returncode == 0 and r.stdout == str(5 << 20), r.stderr
+
+
+def test_curl_downloads_and_the_body_is_intact(server: Greenfork, certs: Certs, tmp_path: Path) -> None:
+    for url in (server.url(0), server.url(1)):
+        out = tmp_path / "big.bin"
+        how = "--http2-prior-knowledge" if url.startswith("http:") else "--http2"
+        r = run(curl(), "-sS", how, "--cacert", str(certs.ca), "-o", str(out), f"{url}/big?n={3 << 20}")
+        assert r.returncode == 0, r.stderr
+        assert out.read_bytes() == b"x" * (3 << 20)
+
+
+# ------------------------------------------------------------------ nghttp2
+def test_nghttp_runs_ten_streams_at_once(server: Greenfork) -> None:
+    """nghttp sends its URIs as concurrent streams of one connection."""
+    urls = [f"{server.url(0)}/sleep?s=0.5&n={i}" for i in range(10)]
+    started = time.monotonic()
+    r = run(tool("nghttp"), "-n", "--stat", *urls)
+    elapsed = time.monotonic() - started
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("200") >= 10 or "responseEnd" in r.stdout
+    assert elapsed < 2.0, f"ten 0.5 s streams took {elapsed:.2f} s"
+
+
+def test_ten_streams_sleeping_finish_together(server: Greenfork) -> None:
+    with Raw.connect(server.port(0)) as c:
+        started = time.monotonic()
+        for i in range(10):
+            c.request(1 + 2 * i, "/sleep?s=0.5")
+        for i in range(10):
+            headers, body = c.response(1 + 2 * i)
+            assert headers[":status"] == "200" and body == b"slept\n"
+        elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 1.2, f"ten 0.5 s streams took {elapsed:.2f} s"
+
+
+def test_a_slow_stream_does_not_hold_up_the_others(server: Greenfork) -> None:
+    with Raw.connect(server.port(0)) as c:
+        c.request(1, "/sleep?s=2")
+        started = time.monotonic()
+        for sid in (3, 5, 7):
+            c.request(sid, "/")
+            c.response(sid)
+        assert time.monotonic() - started < 1.0
+        c.response(1)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_h2load(server: Greenfork, which: int) -> None:
+    url = server.url(which)
+    r = run(tool("h2load"), "-n", "3000", "-c", "4", "-m", "10", *(["--npn-list", "h2"] if which else []),
+            f"{url}/")
+    out = r.stdout
+    assert r.returncode == 0, out + r.stderr
+    assert "3000 succeeded, 0 failed, 0 errored" in out and "3000 2xx" in out, out
+    if which:
+        assert "Application protocol: h2" in out
+
+
+def test_h2load_uploads(server: Greenfork, tmp_path: Path) -> None:
+    data = tmp_path / "16k.bin"
+    data.write_bytes(b"z" * 16384)
+    r = run(tool("h2load"), "-n", "500", "-c", "2", "-m", "8", "-d", str(data), f"{server.url(0)}/echo")
+    assert "500 succeeded, 0 failed" in r.stdout, r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------- httpx
+def test_httpx_over_tls(server: Greenfork, certs: Certs) -> None:
+    import httpx
+
+    with httpx.Client(http2=True, verify=tlscerts.client_context(certs)) as client:
+        responses = [client.get(f"{server.url(1)}/headers?i={i}") for i in range(5)]
+        posted = client.post(f"{server.url(1)}/echo", content=b"q" * 100000)
+    assert all(r.http_version == "HTTP/2" and r.status_code == 200 for r in responses)
+    assert json.loads(responses[0].content)["SERVER_PROTOCOL"] == "HTTP/2"
+    assert posted.http_version == "HTTP/2" and posted.content == b"q" * 100000
+
+
+def test_httpx_concurrent_streams_on_one_connection(server: Greenfork, certs: Certs) -> None:
+    import asyncio
+
+    import httpx
+
+    async def main() -> tuple[list[httpx.Response], float]:
+        async with httpx.AsyncClient(http2=True, verify=tlscerts.client_context(certs)) as client:
+            await client.get(f"{server.url(1)}/")  # the connection, once
+            started = time.monotonic()
+            rs = await asyncio.gather(*(client.get(f"{server.url(1)}/sleep?s=0.5&i={i}") for i in range(10)))
+            return list(rs), time.monotonic() - started
+
+    rs, elapsed = asyncio.run(main())
+    assert all(r.status_code == 200 and r.http_version == "HTTP/2" for r in rs)
+    assert elapsed < 2.0
+
+
+# ------------------------------------------------------- access log, metrics
+def test_access_log_and_metrics_cover_http2(server: Greenfork) -> None:
+    with Raw.connect(server.port(0)) as c:
+        c.request(1, "/pid")
+        c.response(1)
+        c.request(3, "/sleep?s=1.5")
+        metrics = server.info["metrics"]
+
+        def active() -> bool:
+            return total(scrape(metrics), "greenfork_active_http2_streams") >= 1 and \
+                total(scrape(metrics), "http_server_active_requests", http_request_method="GET") >= 1
+        wait_for(active, 5, "an active stream in the metrics")
+        c.response(3)
+    wait_for(lambda: '"GET /pid HTTP/2" 200' in access_log(server), 5, "the access log line")
+    samples = scrape(metrics)
+
+    def done() -> bool:
+        s = scrape(metrics)
+        return total(s, "http_server_request_duration_seconds_count", network_protocol_version="2") >= 2
+    wait_for(done, 5, "HTTP/2 requests in the metrics")
+    samples = scrape(metrics)
+    assert total(samples, "greenfork_http2_streams_total") >= 2
+    assert total(samples, "greenfork_connection_duration_seconds_count", network_protocol_version="2") >= 1
+
+
+def test_http1_only_turns_http2_off(launcher: Launcher, certs: Certs) -> None:
+    g = launcher.start(["h2app:app", "-b", "127.0.0.1:0", "-b", "https://127.0.0.1:0",
+                        "--http-protocols", "h1",
+                        "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key)])
+    r = run(curl(), "-sS", "--http2", "--cacert", str(certs.ca), "-o", "/dev/null", "-w", "%{http_version}",
+            f"{g.url(1)}/")
+    assert r.returncode == 0 and r.stdout == "1.1"  # ALPN offers no h2
+    r = run(curl(), "-sS", "--http2-prior-knowledge", f"{g.url(0)}/")
+    assert r.returncode != 0  # the preface is no HTTP/1.1 request
+
+
+def test_cleartext_off_keeps_tls_h2(launcher: Launcher, certs: Certs) -> None:
+    g = launcher.start(["h2app:app", "-b", "127.0.0.1:0", "-b", "https://127.0.0.1:0",
+                        "--http2-cleartext", "off",
+                        "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key)])
+    r = run(curl(), "-sS", "--http2-prior-knowledge", f"{g.url(0)}/")
+    assert r.returncode != 0
+    r = run(curl(), "-sS", "--http2", "--cacert", str(certs.ca), "-o", "/dev/null", "-w", "%{http_version}",
+            f"{g.url(1)}/")
+    assert r.returncode == 0 and r.stdout == "2"

@@ -42,6 +42,13 @@ class Raw:
         # every header block the server sent, decoded in order (HPACK's state depends on it)
         self.blocks: dict[int, list[list[tuple[str, str]]]] = {}
         self._block = b""
+        self.answer_pings = True  # as RFC 9113 6.7 asks (a test may play a peer that does not)
+        self.auto_window = True  # give back the window of each DATA frame read
+        # each stream's response so far: its final headers, body and whether it has ended
+        self.heads: dict[int, dict[str, str]] = {}
+        self.bodies: dict[int, bytearray] = {}
+        self.ended: set[int] = set()
+        self.resets: dict[int, int] = {}
 
     @classmethod
     def connect(cls, port: int, *, tls: ssl.SSLContext | None = None, preface: bool = True,
@@ -111,12 +118,7 @@ class Raw:
                     f.parse_body(memoryview(bytes(self.buf[9:9 + length])))
                     del self.buf[:9 + length]
                     self.frames.append(f)
-                    if isinstance(f, HeadersFrame | ContinuationFrame):
-                        self._block += f.data
-                        if "END_HEADERS" in f.flags:
-                            decoded = [(k, v) for k, v in self.dec.decode(self._block)]
-                            self.blocks.setdefault(f.stream_id, []).append(decoded)
-                            self._block = b""
+                    self._track(f)
                     return f
             if self.closed:
                 return None
@@ -132,6 +134,29 @@ class Raw:
                 self.closed = True
             self.buf += data
 
+    def _track(self, f: Frame) -> None:
+        sid = f.stream_id
+        if isinstance(f, HeadersFrame | ContinuationFrame):
+            self._block += f.data
+            if "END_HEADERS" in f.flags:
+                decoded = [(k, v) for k, v in self.dec.decode(self._block)]
+                self.blocks.setdefault(sid, []).append(decoded)
+                self._block = b""
+                if dict(decoded).get(":status", "200")[0] != "1":  # 1xx: informational
+                    self.heads.setdefault(sid, {}).update(decoded)
+        elif isinstance(f, DataFrame):
+            self.bodies.setdefault(sid, bytearray()).extend(f.data)
+            if self.auto_window and f.flow_controlled_length:
+                try:
+                    self.send(WindowUpdateFrame(0, window_increment=f.flow_controlled_length),
+                              WindowUpdateFrame(sid, window_increment=f.flow_controlled_length))
+                except OSError:
+                    pass
+        elif isinstance(f, RstStreamFrame):
+            self.resets[sid] = f.error_code
+        if sid and "END_STREAM" in f.flags:
+            self.ended.add(sid)
+
     def until(self, pred: Callable[[Frame], bool], timeout: float = 5.0) -> Frame:
         """Read until a frame matches (answering the server's SETTINGS and PINGs)."""
         deadline = time.monotonic() + timeout
@@ -144,6 +169,11 @@ class Raw:
                 return f
 
     def _answer(self, f: Frame) -> None:
+        if isinstance(f, PingFrame) and "ACK" not in f.flags and self.answer_pings:
+            try:
+                self.send(PingFrame(0, opaque_data=f.opaque_data, flags=["ACK"]))
+            except OSError:
+                pass
         if isinstance(f, SettingsFrame) and "ACK" not in f.flags:
             try:
                 self.send(SettingsFrame(0, flags=["ACK"]))
@@ -160,30 +190,16 @@ class Raw:
         assert isinstance(f, RstStreamFrame)
         return f
 
-    def response(self, sid: int, timeout: float = 10.0, window_updates: bool = True
-                 ) -> tuple[dict[str, str], bytes]:
-        """Headers (pseudo ones included) and body of stream sid, up to its END_STREAM."""
-        headers: dict[str, str] = {}
-        body = bytearray()
+    def response(self, sid: int, timeout: float = 10.0) -> tuple[dict[str, str], bytes]:
+        """Headers (pseudo ones included) and body of stream sid, once its END_STREAM is read."""
         deadline = time.monotonic() + timeout
-        while True:
+        while sid not in self.ended:
+            if sid in self.resets:
+                raise AssertionError(f"stream {sid} reset: {self.resets[sid]}")
             f = self.until(lambda f: f.stream_id in (sid, 0), max(0.01, deadline - time.monotonic()))
-            if isinstance(f, HeadersFrame | ContinuationFrame):
-                if "END_HEADERS" in f.flags:
-                    block = dict(self.blocks[sid][-1])
-                    if block.get(":status", "200")[0] != "1":  # 1xx: informational, skipped
-                        headers.update(block)
-            elif isinstance(f, DataFrame):
-                body += f.data
-                if window_updates and f.flow_controlled_length:
-                    self.send(WindowUpdateFrame(0, window_increment=f.flow_controlled_length),
-                              WindowUpdateFrame(sid, window_increment=f.flow_controlled_length))
-            elif isinstance(f, RstStreamFrame):
-                raise AssertionError(f"stream {sid} reset: {f.error_code}")
-            elif isinstance(f, GoAwayFrame) and (f.error_code or f.last_stream_id < sid):
+            if isinstance(f, GoAwayFrame) and (f.error_code or f.last_stream_id < sid):
                 raise AssertionError(f"GOAWAY while waiting for stream {sid}: {f.error_code}")
-            if f.stream_id == sid and "END_STREAM" in f.flags:
-                return headers, bytes(body)
+        return self.heads.get(sid, {}), bytes(self.bodies.get(sid, b""))
 
     def eof(self, timeout: float = 5.0) -> list[Frame]:
         """Read until the server closes; the frames read meanwhile."""

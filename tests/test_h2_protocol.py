@@ -225,6 +225,7 @@ def test_data_past_the_stream_window_is_flow_control_error(server: Greenfork) ->
 
 def test_response_waits_for_the_window(server: Greenfork) -> None:  # 6.9.2
     with Raw.connect(server.port(), settings={S.INITIAL_WINDOW_SIZE: 0}) as c:
+        c.auto_window = False
         c.request(1, "/")
         head = c.until(lambda f: isinstance(f, HeadersFrame) and f.stream_id == 1)
         assert "END_STREAM" not in head.flags

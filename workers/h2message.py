@@ -125,7 +125,10 @@ def parse_request(headers: list[tuple[bytes, bytes]], limits: H2Limits) -> Reque
             hosts += 1
             host = value
         elif name == b"content-length":
-            content_length = int(value)  # h2 checked the digits and that repeats agree
+            # (h2 has checked this already, and that repeats agree; the rule stays true here alone)
+            if not value.isdigit() or (content_length is not None and int(value) != content_length):
+                return _malformed("invalid content-length")
+            content_length = int(value)
         elif name == b"expect":
             if value.lower() != b"100-continue":
                 return Rejected(417, "invalid_request_headers", "unsupported Expect")

@@ -5,6 +5,7 @@ Also: streams really run concurrently, the access log and the metrics cover HTTP
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -231,3 +232,83 @@ def test_cleartext_off_keeps_tls_h2(launcher: Launcher, certs: Certs) -> None:
     r = run(curl(), "-sS", "--http2", "--cacert", str(certs.ca), "-o", "/dev/null", "-w", "%{http_version}",
             f"{g.url(1)}/")
     assert r.returncode == 0 and r.stdout == "2"
+
+
+# ------------------------------------------- the HTTP/1.1 limits, per stream
+def test_request_timeout_is_per_stream(launcher: Launcher) -> None:
+    g = launcher.start(["h2app:app", "-b", "127.0.0.1:0", "--request-timeout", "1"])
+    with Raw.connect(g.port()) as c:
+        c.request(1, "/sleep?s=3")
+        started = time.monotonic()
+        for sid in (3, 5):
+            c.request(sid, "/")
+            assert c.response(sid)[1] == b"hello\n"
+        headers, _ = c.response(1)
+        assert headers[":status"] == "504" and time.monotonic() - started < 3
+        c.request(7, "/")
+        assert c.response(7)[1] == b"hello\n"
+
+
+def test_body_limits_and_rate_are_per_stream(launcher: Launcher) -> None:
+    from hyperframe.frame import DataFrame
+
+    from tests.h2raw import request_headers
+
+    g = launcher.start(["h2app:app", "-b", "127.0.0.1:0", "--max-request-body-size", "1000",
+                        "--request-body-grace-period", "1", "--min-request-body-data-rate", "1000"])
+    with Raw.connect(g.port()) as c:
+        c.send(c.headers_frame(1, request_headers("/echo", "POST", extra=[("content-length", "5000")]),
+                               end_stream=False))
+        assert c.response(1)[0][":status"] == "413"  # by its content-length
+        c.send(c.headers_frame(3, request_headers("/echo", "POST"), end_stream=False),
+               DataFrame(3, b"x" * 800), DataFrame(3, b"x" * 800))
+        assert c.response(3)[0][":status"] == "413"  # as it arrives
+        c.send(c.headers_frame(5, request_headers("/echo", "POST"), end_stream=False), DataFrame(5, b"slow"))
+        started = time.monotonic()
+        assert c.response(5)[0][":status"] == "408"  # under 1000 B/s once the grace second is over
+        assert time.monotonic() - started < 4
+        c.request(7, "/")
+        assert c.response(7)[1] == b"hello\n"  # the connection was never at fault
+
+
+def test_keep_alive_pings(launcher: Launcher) -> None:
+    from hyperframe.frame import PingFrame
+
+    g = launcher.start(["h2app:app", "-b", "127.0.0.1:0", "--http2-keep-alive-ping-delay", "0.5",
+                        "--http2-keep-alive-ping-timeout", "1"])
+    with Raw.connect(g.port()) as good, Raw.connect(g.port()) as silent:
+        silent.answer_pings = False
+        for c in (good, silent):
+            c.request(1, "/")
+            c.response(1)
+        import threading
+
+        def answer_for_three_seconds() -> None:
+            with contextlib.suppress(TimeoutError):
+                good.until(lambda f: False, timeout=3)  # (reading answers each PING at once)
+
+        t = threading.Thread(target=answer_for_three_seconds)
+        t.start()
+        started = time.monotonic()
+        silent.eof(timeout=10)  # a PING after 0.5 s of silence, no answer for 1 s: closed
+        assert 1.0 < time.monotonic() - started < 4
+        assert any(isinstance(f, PingFrame) and "ACK" not in f.flags for f in silent.frames)
+        t.join(10)
+        assert any(isinstance(f, PingFrame) and "ACK" not in f.flags for f in good.frames)  # asked too
+        good.request(3, "/")
+        assert good.response(3)[1] == b"hello\n"  # and answered, so it lives on
+
+
+def test_a_tls12_cipher_rfc9113_forbids_is_refused_with_inadequate_security(launcher: Launcher,
+                                                                             certs: Certs) -> None:
+    import ssl
+
+    from h2.errors import ErrorCodes
+
+    g = launcher.start(["h2app:app", "-b", "https://127.0.0.1:0", "--ciphers", "AES128-GCM-SHA256",
+                        "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key)])
+    ctx = tlscerts.client_context(certs, alpn=["h2"], max_version=ssl.TLSVersion.TLSv1_2,
+                                  ciphers="AES128-GCM-SHA256")
+    with Raw.connect(g.port(), tls=ctx) as c:
+        assert c.goaway().error_code == ErrorCodes.INADEQUATE_SECURITY
+    assert "block list" in g.log()

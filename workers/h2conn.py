@@ -485,10 +485,9 @@ class H2Driver:
                     h2.reset_stream(sid, ErrorCodes.NO_ERROR)
             except H2Error:
                 pass
-            unread = sum(flow for _, flow in s.chunks)
-            if unread:
-                self.consumed(sid, unread)
-            s.chunks.clear()
+            if s.chunks:
+                self.consumed(sid, sum(flow for _, flow in s.chunks))
+                s.chunks.clear()
         self.metrics.http2_stream_closed(self.index, s.err)
         self.output()
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Final
 
 from greenfork.workers.h2proto import H2Limits
-from greenfork.workers.http1 import Request, _valid_host  # Host syntax, shared with HTTP/1.1
+from greenfork.workers.http1 import _HOSTS_OK, Request, _valid_host  # Host syntax, shared with HTTP/1.1
 
 _PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path"})
 _CONNECTION_SPECIFIC: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection",
@@ -87,8 +87,11 @@ def parse_request(headers: list[tuple[bytes, bytes]], limits: H2Limits) -> Reque
                 return _malformed("a pseudo-header after a regular field")
             if name not in _PSEUDO:
                 return _malformed(f"unknown pseudo-header {name!r}")
-            if b"\0" in value or b"\r" in value or b"\n" in value:
-                return _malformed(f"invalid {name.decode('latin-1')}")
+            if item not in checked:
+                if b"\0" in value or b"\r" in value or b"\n" in value:
+                    return _malformed(f"invalid {name.decode('latin-1')}")
+                if name != b":path":  # (no point remembering those)
+                    checked.add(item)
             if name == b":method":
                 if method is not None:
                     return _malformed("two :method")
@@ -152,14 +155,14 @@ def parse_request(headers: list[tuple[bytes, bytes]], limits: H2Limits) -> Reque
     if authority is not None:
         if b"@" in authority:
             return _malformed("userinfo in :authority")
-        if not _valid_host(authority):
+        if authority not in _HOSTS_OK and not _valid_host(authority):
             return Rejected(400, "invalid_request_headers", "invalid :authority")
         if host is not None and host != authority:
             return _malformed("Host disagrees with :authority")
         req.host = authority
     if hosts > 1:
         return Rejected(400, "invalid_request_headers", "more than one Host")
-    if host is not None and authority is None and not _valid_host(host):
+    if host is not None and authority is None and host not in _HOSTS_OK and not _valid_host(host):
         return Rejected(400, "invalid_request_headers", "invalid Host")
     if text == "CONNECT":
         if scheme is not None or path is not None:

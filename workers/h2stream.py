@@ -231,7 +231,10 @@ class Stream:
             self.expect = False
             if not self.ended and self.state == OPEN and not self.chunks and self.reset_code is None \
                     and not self.d.gone:
-                self._h2_call(self.d.h2.send_headers, self.sid, [(b":status", b"100")])
+                try:
+                    self.d.h2.send_headers(self.sid, [(b":status", b"100")])
+                except H2Error:
+                    self._gone_or_reset()
                 self.d.output()
 
     # ------------------------------------------------------- the response
@@ -325,31 +328,44 @@ class Stream:
     def _push(self, end: bool) -> None:
         """Hand the head and the pending body to h2, waiting for the peer's window and for
         room in the socket as needed; END_STREAM too if end."""
-        if self.reset_code is not None or self.d.gone:
+        d = self.d
+        if self.reset_code is not None or d.gone:
             self._gone()
         self._move(PUSH)
-        h2 = self.d.h2
+        h2 = d.h2
         sid = self.sid
         head = self.head
         pending = self.pending
-        if head is not None:
-            self.head = None
-            self.head_out = True
-            if end and not pending:
-                self._h2_call(h2.send_headers, sid, head, True)
-                self._move(END)
-                self.d.output()
-                return
-            self._h2_call(h2.send_headers, sid, head)
-        if pending:
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            pending.clear()
-            self._send(data, end)
-        elif end:
-            self._h2_call(h2.end_stream, sid)
+        try:
+            if head is not None:
+                self.head = None
+                self.head_out = True
+                if end and not pending:
+                    h2.send_headers(sid, head, True)
+                    self.state = DONE  # (SENDING, END)
+                    d.output()
+                    return
+                h2.send_headers(sid, head)
+            if pending:
+                data = pending[0] if len(pending) == 1 else b"".join(pending)
+                pending.clear()
+                size = len(data)
+                # The usual small response: one DATA frame, when the window has room for it.
+                if end and size <= h2.max_outbound_frame_size and not d.congested and \
+                        size <= h2.local_flow_control_window(sid):
+                    h2.send_data(sid, data, True)
+                    d.queued += size
+                    d.guard.earn(WINDOW_UPDATE, UPDATES_PER_DATA_FRAME)
+                else:
+                    self._send(data, end)
+            elif end:
+                h2.end_stream(sid)
+        except H2Error:
+            # The stream was reset meanwhile, or the connection failed: h2 refuses the frame.
+            self._gone_or_reset()
         if end:
             self._move(END)
-        self.d.output()
+        d.output()
 
     def _send(self, data: bytes, end: bool) -> None:
         d = self.d
@@ -361,10 +377,7 @@ class Stream:
         while True:
             if d.congested or d.queued >= HIGH_WATER:
                 self._wait_for(d.room_waiters)
-            try:
-                window = h2.local_flow_control_window(sid)
-            except H2Error:
-                self._gone_or_reset()
+            window = h2.local_flow_control_window(sid)
             if window <= 0:
                 d.window_waiters.add(self)
                 try:
@@ -378,8 +391,7 @@ class Stream:
             frames = 0
             while pos < stop:
                 n = min(frame, stop - pos)
-                last = end and pos + n == size
-                self._h2_call(h2.send_data, sid, data if n == size else view[pos:pos + n], last)
+                h2.send_data(sid, data if n == size else view[pos:pos + n], end and pos + n == size)
                 pos += n
                 frames += 1
             d.guard.earn(WINDOW_UPDATE, UPDATES_PER_DATA_FRAME * frames)
@@ -410,10 +422,3 @@ class Stream:
         if self.reset_code is None and not self.d.gone:
             self.reset_code = ErrorCodes.STREAM_CLOSED
         self._gone()
-
-    def _h2_call(self, fn: object, *args: object) -> None:
-        try:
-            fn(*args)  # type: ignore[operator]
-        except H2Error:
-            # The stream was reset meanwhile, or the connection failed: h2 refuses the frame.
-            self._gone_or_reset()

@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
 """greenfork against gunicorn's gevent worker, interleaved, as ratios.
 
-    scripts/bench/run                 # 3 rounds of every workload (about 6 minutes)
+    scripts/bench/run                 # 3 rounds of every HTTP/1.1 workload (about 6 minutes)
     scripts/bench/run --quick         # 1 round, short runs (about 1 minute)
     scripts/bench/run --workloads hello,sleep --rounds 5
+    scripts/bench/run --workloads h2_hello,h2c_hello,h2_big,h2c_big,h2_echo16k,h2c_echo16k
+
+HTTP/2 workloads (h2_* over TLS with ALPN h2, h2c_* cleartext with prior knowledge) run h2load
+with 8 connections of 8 streams each (64 in flight); gunicorn serves them with
+--http-protocols h2,h1 (and --http2-cleartext prior-knowledge for h2c). A warm-up run sizes the
+request count to --duration seconds (h2load -n: a server that stalls a stream cannot hang the
+run, -N2 turns a silent connection into errors). The certificate is a throw-away ECDSA P-256
+pair for 127.0.0.1 made with openssl in a temporary directory.
 
 Each (round, workload) starts both servers in turn with 2 workers, pinned to
 CPU 0 while wrk runs on CPU 1 (on a 2-core machine this measures per-core
@@ -33,6 +41,16 @@ SERVERS = {
     "greenfork": "{bin}/greenfork {app} --workers 2 --bind 127.0.0.1:{port}",
     "gunicorn-gevent": "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} {app}",
 }
+# HTTP/2 variants (kind: "h2" over TLS, "h2c" cleartext)
+H2_SERVERS = {
+    ("greenfork", "h2"): "{bin}/greenfork {app} --workers 2 --bind https://127.0.0.1:{port} "
+                         "--certfile {cert} --keyfile {key}",
+    ("greenfork", "h2c"): "{bin}/greenfork {app} --workers 2 --bind 127.0.0.1:{port}",
+    ("gunicorn-gevent", "h2"): "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} "
+                               "--certfile {cert} --keyfile {key} --http-protocols h2,h1 {app}",
+    ("gunicorn-gevent", "h2c"): "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} "
+                                "--http-protocols h2,h1 --http2-cleartext prior-knowledge {app}",
+}
 LUA_PIPELINE = """
 init = function(args)
   local r = {}
@@ -52,6 +70,30 @@ WORKLOADS = {
     "echo16k": ("echo", 64, [], LUA_POST),
     "sleep": ("sleep", 1000, [], ""),
 }
+# name: (app, kind, extra h2load args); all with -c 8 -m 8
+H2_WORKLOADS = {
+    "h2_hello": ("hello", "h2", []),
+    "h2c_hello": ("hello", "h2c", []),
+    "h2_big": ("big", "h2", []),
+    "h2c_big": ("big", "h2c", []),
+    "h2_echo16k": ("echo", "h2", ["-d", "{post16k}"]),
+    "h2c_echo16k": ("echo", "h2c", ["-d", "{post16k}"]),
+}
+_CERTS: dict[str, str] = {}
+
+
+def certs() -> dict[str, str]:
+    """A throw-away certificate for 127.0.0.1, and the 16 KiB upload body (made once)."""
+    if not _CERTS:
+        d = tempfile.mkdtemp(prefix="greenfork-bench-")
+        cert, key, body = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem"), os.path.join(d, "16k.bin")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        with open(body, "wb") as f:
+            f.write(b"a" * 16384)
+        _CERTS.update(cert=cert, key=key, post16k=body)
+    return _CERTS
 
 
 def free_port() -> int:
@@ -98,7 +140,58 @@ def wrk(port: int, conns: int, seconds: int, extra: list[str], lua: str) -> tupl
     return rps, errors, float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan")
 
 
+def h2load(port: int, kind: str, n: int, extra: list[str]) -> tuple[float, int, float]:
+    """(requests/s, failed + errored + timed out, mean ms) from one h2load run pinned to CPU 1."""
+    scheme = "https" if kind == "h2" else "http"
+    cmd = ["taskset", "-c", "1", "h2load", "-c8", "-m8", "-n", str(n), "-N2",
+           *(["--npn-list", "h2"] if kind == "h2" else []), *[x.format(**certs()) for x in extra],
+           f"{scheme}://127.0.0.1:{port}/"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    if m is None:
+        raise RuntimeError(f"h2load: no summary: {out[-400:]}")
+    counts = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    assert counts is not None
+    errors = int(counts.group(2)) + int(counts.group(3)) + int(counts.group(4))
+    ok = int(counts.group(1))
+    errors += n - ok - errors if ok + errors < n else 0  # requests never answered
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    return float(m.group(1)), errors, float(mean.group(1)) * scale[mean.group(2)] if mean else float("nan")
+
+
+def run_h2(server: str, workload: str, seconds: int) -> tuple[float, int, float]:
+    app, kind, extra = H2_WORKLOADS[workload]
+    port = free_port()
+    cmd = shlex.split(H2_SERVERS[(server, kind)].format(bin=BIN, app="apps:" + app, port=port, **certs()))
+    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=HERE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # ready once it answers over HTTP/2
+            try:
+                warm = h2load(port, kind, 200, extra)
+                if warm[1] == 0:
+                    break
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{server} did not serve {kind}")
+            time.sleep(0.2)
+        sized = h2load(port, kind, 2000, extra)  # warm-up, and the request count for `seconds`
+        return h2load(port, kind, max(2000, int(sized[0] * seconds)), extra)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 def run_one(server: str, workload: str, seconds: int) -> tuple[float, int, float]:
+    if workload in H2_WORKLOADS:
+        return run_h2(server, workload, seconds)
     app, conns, extra, lua = WORKLOADS[workload]
     port = free_port()
     cmd = shlex.split(SERVERS[server].format(bin=BIN, app="apps:" + app, port=port))
@@ -123,7 +216,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 round of 3 s runs")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="also: " + ",".join(H2_WORKLOADS))
     a = ap.parse_args()
     if a.quick:
         a.rounds, a.duration = 1, 3
@@ -136,7 +229,8 @@ def main() -> int:
                 results.setdefault((server, w), []).append(r)
                 print(f"round {rnd} {w:12} {server:16} {r[0]:>10,.0f} rps  p99 {r[2]:7.1f} ms  "
                       f"errors {r[1]}", file=sys.stderr, flush=True)
-    print("\n| workload | greenfork rps | gunicorn-gevent rps | ratio (median) | greenfork p99 ms | errors |")
+    print("\n| workload | greenfork rps | gunicorn-gevent rps | ratio (median) | greenfork p99 ms "
+          "(h2: mean) | errors |")
     print("|---|---:|---:|---:|---:|---:|")
     for w in names:
         g, u = results[("greenfork", w)], results[("gunicorn-gevent", w)]

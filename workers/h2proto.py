@@ -90,6 +90,7 @@ DEFAULT_CONNECTION_WINDOW: Final = 65535  # RFC 9113 6.9.2: the connection windo
 # Frames of one header block (HEADERS or PUSH_PROMISE and its CONTINUATIONs): a real client
 # needs a few (a 32 KiB header section at the smallest frame size is 3).
 MAX_BLOCK_FRAMES: Final = 32
+PRUNE_AT: Final = 64  # streams h2 keeps (open and closed) before it is asked to forget the closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +288,7 @@ class ServerConnection(H2Connection):
             validate_inbound_headers=False, normalize_inbound_headers=False,
             validate_outbound_headers=False, normalize_outbound_headers=False))
         self.limits = limits
+        self._prune_at = PRUNE_AT
         self.local_settings = Settings(client=False, initial_values={
             SettingCodes.HEADER_TABLE_SIZE: limits.header_table_size,
             SettingCodes.ENABLE_PUSH: 0,
@@ -355,10 +357,13 @@ class ServerConnection(H2Connection):
     # -------------------------------------------------------- stream limit
     @property
     def open_inbound_streams(self) -> int:
-        # h2 forgets closed streams only when this is read (it reads it for each new stream);
-        # it would answer a stream past the limit with a connection error: the driver
-        # refuses such streams itself, with REFUSED_STREAM.
-        H2Connection.open_inbound_streams.fget(self)  # type: ignore[attr-defined]
+        # h2 reads this for each new stream, to answer one past the limit with a connection
+        # error: the driver refuses such streams itself, with REFUSED_STREAM. Reading it is
+        # also when h2 forgets closed streams, walking all of them: done here only once their
+        # number has doubled, so the walk costs O(1) a stream.
+        if len(self.streams) >= self._prune_at:
+            H2Connection.open_inbound_streams.fget(self)  # type: ignore[attr-defined]
+            self._prune_at = max(PRUNE_AT, 2 * len(self.streams))
         return 0
 
     # ------------------------------------------------ stream errors stay so

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from gevent import GreenletExit
 from h2.errors import ErrorCodes
-from h2.exceptions import H2Error
+from h2.exceptions import FlowControlError, H2Error
 
 from greenfork.workers.h2guard import UPDATES_PER_DATA_FRAME, WINDOW_UPDATE
 from greenfork.workers.h2message import error_head, has_body, response_head
@@ -350,12 +350,16 @@ class Stream:
                 data = pending[0] if len(pending) == 1 else b"".join(pending)
                 pending.clear()
                 size = len(data)
-                # The usual small response: one DATA frame, when the window has room for it.
-                if end and size <= h2.max_outbound_frame_size and not d.congested and \
-                        size <= h2.local_flow_control_window(sid):
-                    h2.send_data(sid, data, True)
-                    d.queued += size
-                    d.guard.earn(WINDOW_UPDATE, UPDATES_PER_DATA_FRAME)
+                # The usual small response: one DATA frame, if the window has room for it
+                # (h2 checks that before it changes anything).
+                if end and size <= h2.max_outbound_frame_size and not d.congested:
+                    try:
+                        h2.send_data(sid, data, True)
+                    except FlowControlError:
+                        self._send(data, end)
+                    else:
+                        d.queued += size
+                        d.guard.earn(WINDOW_UPDATE, UPDATES_PER_DATA_FRAME)
                 else:
                     self._send(data, end)
             elif end:

@@ -188,6 +188,7 @@ class H2Driver:
         if self._rw is not None:
             self._rw.close()
             self._rw = None
+        self.conn.h2 = None  # (it points back at us)
 
     def _cipher_ok(self) -> bool:
         """RFC 9113 9.2.2: over TLS 1.2, only ephemeral key exchange with an AEAD cipher."""

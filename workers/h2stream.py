@@ -153,6 +153,7 @@ class Stream:
         except Exception:
             log.exception("Unexpected error on HTTP/2 stream %d from %s", self.sid, self.d.conn.peer())
         finally:
+            self.inp = self.sr = None  # they point back at us: no cycle left behind
             self.d.stream_done(self)
 
     # ------------------------------------------------- waits (driver wakes us)

@@ -44,6 +44,8 @@ def app(environ, start_response):
         data = {k: environ.get(k) for k in ENV_KEYS}
         data["pid"] = os.getpid()
         return _text(start_response, json.dumps(data).encode(), extra=[("X-Pid", str(os.getpid()))])
+    if path == "/software":
+        return _text(start_response, environ["SERVER_SOFTWARE"].encode())
     if path == "/boom":
         raise RuntimeError("secret-detail-that-must-not-leak")
     if path == "/bad-length":

@@ -40,7 +40,8 @@ def tls_args(c: Certs, *extra: str) -> list[str]:
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True,
+                          timeout=30)
 
 
 def s_client(port: int, *args: str, request: bytes = b"Q\n") -> str:
@@ -141,11 +142,11 @@ def test_plain_http_on_a_tls_port_and_a_stalled_handshake(launcher: Launcher, ce
     assert time.monotonic() - started < 8
     stall.close()
     url = re.search(r"Metrics listening on: (\S+)", g.log()).group(1)  # type: ignore[union-attr]
-    samples = wait_for(lambda: (s := scrape(url)) and total(
-        s, "greenfork_tls_handshake_duration_seconds_count", error_type="tls_handshake_timeout") and s,
-        10, "the timed-out handshake in the metrics")
-    assert total(samples, "greenfork_tls_handshake_duration_seconds_count", error_type="tls_not_supported") == 1
-    assert total(samples, "greenfork_tls_handshake_duration_seconds_count") >= 3
+    handshakes = "greenfork_tls_handshake_duration_seconds_count"
+    samples = wait_for(lambda: (s := scrape(url)) and total(s, handshakes, error_type="tls_handshake_timeout")
+                       and s, 10, "the timed-out handshake in the metrics")
+    assert total(samples, handshakes, error_type="tls_not_supported") == 1
+    assert total(samples, handshakes) >= 3
     expiry = total(samples, "greenfork_tls_certificate_expiry_timestamp_seconds")
     assert expiry > time.time()
 

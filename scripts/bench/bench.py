@@ -10,8 +10,7 @@ HTTP/2 workloads (h2_* over TLS with ALPN h2, h2c_* cleartext with prior knowled
 with 8 connections of 8 streams each (64 in flight); gunicorn serves them with
 --http-protocols h2,h1 (and --http2-cleartext prior-knowledge for h2c). A warm-up run sizes the
 request count to --duration seconds (h2load -n: a server that stalls a stream cannot hang the
-run, -N2 turns a silent connection into errors). The certificate is a throw-away ECDSA P-256
-pair for 127.0.0.1 made with openssl in a temporary directory.
+run, -N2 turns a silent connection into errors).
 
 Each (round, workload) starts both servers in turn with 2 workers, pinned to
 CPU 0 while wrk runs on CPU 1 (on a 2-core machine this measures per-core
@@ -28,6 +27,7 @@ import re
 import shlex
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -41,15 +41,12 @@ SERVERS = {
     "greenfork": "{bin}/greenfork {app} --workers 2 --bind 127.0.0.1:{port}",
     "gunicorn-gevent": "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} {app}",
 }
-# HTTP/2 variants (kind: "h2" over TLS, "h2c" cleartext)
-H2_SERVERS = {
-    ("greenfork", "h2"): "{bin}/greenfork {app} --workers 2 --bind https://127.0.0.1:{port} "
-                         "--certfile {cert} --keyfile {key}",
-    ("greenfork", "h2c"): "{bin}/greenfork {app} --workers 2 --bind 127.0.0.1:{port}",
-    ("gunicorn-gevent", "h2"): "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} "
-                               "--certfile {cert} --keyfile {key} --http-protocols h2,h1 {app}",
-    ("gunicorn-gevent", "h2c"): "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} "
-                                "--http-protocols h2,h1 --http2-cleartext prior-knowledge {app}",
+# The same servers over TLS, with one ECDSA P-256 certificate made at run time (as peers.py does).
+TLS_SERVERS = {
+    "greenfork": "{bin}/greenfork {app} --workers 2 --bind https://127.0.0.1:{port} "
+                 "--certfile {certfile} --keyfile {keyfile}",
+    "gunicorn-gevent": "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} "
+                       "--certfile {certfile} --keyfile {keyfile} {app}",
 }
 LUA_PIPELINE = """
 init = function(args)
@@ -69,6 +66,18 @@ WORKLOADS = {
     "file": ("file", 64, [], ""),
     "echo16k": ("echo", 64, [], LUA_POST),
     "sleep": ("sleep", 1000, [], ""),
+    # TLS: keep-alive (the record layer per request), and a full handshake per request
+    "tls_hello": ("hello", 64, [], ""),
+    "tls_hello_close": ("hello", 64, ["-H", "Connection: close"], ""),
+}
+# HTTP/2 variants (kind: "h2" over TLS, "h2c" cleartext)
+H2_SERVERS = {
+    ("greenfork", "h2"): TLS_SERVERS["greenfork"],
+    ("greenfork", "h2c"): SERVERS["greenfork"],
+    ("gunicorn-gevent", "h2"): "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} "
+                               "--certfile {certfile} --keyfile {keyfile} --http-protocols h2,h1 {app}",
+    ("gunicorn-gevent", "h2c"): "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} "
+                                "--http-protocols h2,h1 --http2-cleartext prior-knowledge {app}",
 }
 # name: (app, kind, extra h2load args); all with -c 8 -m 8
 H2_WORKLOADS = {
@@ -79,21 +88,6 @@ H2_WORKLOADS = {
     "h2_echo16k": ("echo", "h2", ["-d", "{post16k}"]),
     "h2c_echo16k": ("echo", "h2c", ["-d", "{post16k}"]),
 }
-_CERTS: dict[str, str] = {}
-
-
-def certs() -> dict[str, str]:
-    """A throw-away certificate for 127.0.0.1, and the 16 KiB upload body (made once)."""
-    if not _CERTS:
-        d = tempfile.mkdtemp(prefix="greenfork-bench-")
-        cert, key, body = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem"), os.path.join(d, "16k.bin")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
-                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-        with open(body, "wb") as f:
-            f.write(b"a" * 16384)
-        _CERTS.update(cert=cert, key=key, post16k=body)
-    return _CERTS
 
 
 def free_port() -> int:
@@ -102,11 +96,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30, tls: bool = False) -> bool:
     deadline = time.monotonic() + timeout
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+                s = ctx.wrap_socket(raw) if tls else raw
                 s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
                 if s.recv(16).startswith(b"HTTP/1."):
                     return True
@@ -115,7 +112,18 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) ->
     return False
 
 
-def wrk(port: int, conns: int, seconds: int, extra: list[str], lua: str) -> tuple[float, int, float]:
+def make_certificate() -> tuple[str, str]:
+    """An ECDSA P-256 pair for 127.0.0.1 in a temporary directory (never committed)."""
+    d = tempfile.mkdtemp(prefix="gf-bench-cert-")
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-keyout", key, "-out", cert, "-days", "7", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+def wrk(port: int, conns: int, seconds: int, extra: list[str], lua: str,
+        scheme: str = "http") -> tuple[float, int, float]:
     """(requests/s, socket errors + non-2xx, p99 ms) from one wrk run pinned to CPU 1."""
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s",
            "--latency", *extra]
@@ -125,7 +133,7 @@ def wrk(port: int, conns: int, seconds: int, extra: list[str], lua: str) -> tupl
         with os.fdopen(fd, "w") as f:
             f.write(lua)
         cmd += ["-s", script]
-    cmd.append(f"http://127.0.0.1:{port}/")
+    cmd.append(f"{scheme}://127.0.0.1:{port}/")
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     finally:
@@ -140,11 +148,15 @@ def wrk(port: int, conns: int, seconds: int, extra: list[str], lua: str) -> tupl
     return rps, errors, float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan")
 
 
+CERT: tuple[str, str] | None = None
+POST16K = ""
+
+
 def h2load(port: int, kind: str, n: int, extra: list[str]) -> tuple[float, int, float]:
     """(requests/s, failed + errored + timed out, mean ms) from one h2load run pinned to CPU 1."""
     scheme = "https" if kind == "h2" else "http"
     cmd = ["taskset", "-c", "1", "h2load", "-c8", "-m8", "-n", str(n), "-N2",
-           *(["--npn-list", "h2"] if kind == "h2" else []), *[x.format(**certs()) for x in extra],
+           *(["--npn-list", "h2"] if kind == "h2" else []), *[x.format(post16k=POST16K) for x in extra],
            f"{scheme}://127.0.0.1:{port}/"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
@@ -152,26 +164,33 @@ def h2load(port: int, kind: str, n: int, extra: list[str]) -> tuple[float, int, 
         raise RuntimeError(f"h2load: no summary: {out[-400:]}")
     counts = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
     assert counts is not None
-    errors = int(counts.group(2)) + int(counts.group(3)) + int(counts.group(4))
     ok = int(counts.group(1))
-    errors += n - ok - errors if ok + errors < n else 0  # requests never answered
+    errors = int(counts.group(2)) + int(counts.group(3)) + int(counts.group(4))
+    errors += max(0, n - ok - errors)  # requests never answered
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     return float(m.group(1)), errors, float(mean.group(1)) * scale[mean.group(2)] if mean else float("nan")
 
 
 def run_h2(server: str, workload: str, seconds: int) -> tuple[float, int, float]:
+    global CERT, POST16K
     app, kind, extra = H2_WORKLOADS[workload]
+    if CERT is None:
+        CERT = make_certificate()
+    if not POST16K:
+        POST16K = os.path.join(os.path.dirname(CERT[0]), "16k.bin")
+        with open(POST16K, "wb") as f:
+            f.write(b"a" * 16384)
     port = free_port()
-    cmd = shlex.split(H2_SERVERS[(server, kind)].format(bin=BIN, app="apps:" + app, port=port, **certs()))
+    cmd = shlex.split(H2_SERVERS[(server, kind)].format(bin=BIN, app="apps:" + app, port=port,
+                                                        certfile=CERT[0], keyfile=CERT[1]))
     proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=HERE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while True:  # ready once it answers over HTTP/2
             try:
-                warm = h2load(port, kind, 200, extra)
-                if warm[1] == 0:
+                if h2load(port, kind, 200, extra)[1] == 0:
                     break
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
@@ -190,18 +209,26 @@ def run_h2(server: str, workload: str, seconds: int) -> tuple[float, int, float]
 
 
 def run_one(server: str, workload: str, seconds: int) -> tuple[float, int, float]:
+    global CERT
     if workload in H2_WORKLOADS:
         return run_h2(server, workload, seconds)
     app, conns, extra, lua = WORKLOADS[workload]
     port = free_port()
-    cmd = shlex.split(SERVERS[server].format(bin=BIN, app="apps:" + app, port=port))
+    tls = workload.startswith("tls_")
+    if tls and CERT is None:
+        CERT = make_certificate()
+    template = (TLS_SERVERS if tls else SERVERS)[server]
+    certfile, keyfile = CERT or ("", "")
+    cmd = shlex.split(template.format(bin=BIN, app="apps:" + app, port=port, certfile=certfile,
+                                      keyfile=keyfile))
     proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=HERE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    scheme = "https" if tls else "http"
     try:
-        if not wait_ready(port, proc):
+        if not wait_ready(port, proc, tls=tls):
             raise RuntimeError(f"{server} did not start")
-        wrk(port, min(conns, 16), 1, extra, lua)  # warm-up
-        return wrk(port, conns, seconds, extra, lua)
+        wrk(port, min(conns, 16), 1, extra, lua, scheme)  # warm-up
+        return wrk(port, conns, seconds, extra, lua, scheme)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -216,7 +243,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 round of 3 s runs")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="also: " + ",".join(H2_WORKLOADS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help="comma-separated: " + ", ".join([*WORKLOADS, *H2_WORKLOADS]))
     a = ap.parse_args()
     if a.quick:
         a.rounds, a.duration = 1, 3

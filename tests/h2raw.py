@@ -54,6 +54,7 @@ class Raw:
     def connect(cls, port: int, *, tls: ssl.SSLContext | None = None, preface: bool = True,
                 settings: dict[int, int] | None = None, host: str = "127.0.0.1", timeout: float = 10) -> Raw:
         s = socket.create_connection((host, port), timeout=timeout)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as real clients: no 40 ms stalls
         if tls is not None:
             s = tls.wrap_socket(s, server_hostname=None)
             assert s.selected_alpn_protocol() == "h2", s.selected_alpn_protocol()

@@ -312,3 +312,27 @@ def test_a_tls12_cipher_rfc9113_forbids_is_refused_with_inadequate_security(laun
     with Raw.connect(g.port(), tls=ctx) as c:
         assert c.goaway().error_code == ErrorCodes.INADEQUATE_SECURITY
     assert "block list" in g.log()
+
+
+def test_no_reference_cycle_per_stream(launcher: Launcher) -> None:
+    """Each stream's objects are freed by reference counting alone (tests/apps/gcapp.py turns
+    the collector off and reports what it would find)."""
+    from hyperframe.frame import DataFrame
+
+    from tests.h2raw import request_headers
+
+    g = launcher.start(["gcapp:app", "-b", "127.0.0.1:0"])
+    with Raw.connect(g.port()) as c:
+        c.request(1, "/gc")  # what start-up (and this connection's own objects) left
+        c.response(1)
+        for i in range(300):
+            sid = 3 + 2 * i
+            if i % 3:
+                c.send(c.headers_frame(sid, request_headers("/", "POST"), end_stream=False),
+                       DataFrame(sid, b"x" * (i % 7 + 1), flags=["END_STREAM"]))
+            else:
+                c.request(sid, "/")
+            c.response(sid)
+        c.request(1001, "/gc")
+        _, body = c.response(1001)
+    assert int(body) == 0, f"the collector found {int(body)} objects after 300 streams"

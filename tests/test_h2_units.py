@@ -389,3 +389,17 @@ def test_frame_sequences_raise_only_protocol_errors(seq: list[str]) -> None:
         feed(s, bytes(data))
     except ProtocolError:
         pass
+
+
+@pytest.mark.parametrize(("version", "cipher", "ok"), [
+    ("TLSv1.3", "TLS_AES_128_GCM_SHA256", True),
+    ("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256", True),
+    ("TLSv1.2", "ECDHE-RSA-CHACHA20-POLY1305", True),
+    ("TLSv1.2", "DHE-RSA-AES256-CCM", True),
+    ("TLSv1.2", "AES128-GCM-SHA256", False),  # no forward secrecy
+    ("TLSv1.2", "ECDHE-RSA-AES128-SHA256", False),  # CBC
+])
+def test_rfc9113_tls12_cipher_rule(version: str, cipher: str, ok: bool) -> None:
+    from greenfork.workers.h2proto import cipher_allowed
+
+    assert cipher_allowed(version, cipher) is ok

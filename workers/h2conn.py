@@ -52,8 +52,16 @@ from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
 
 from greenfork.workers.h2guard import PRIORITY, PRIORITY_PER_STREAM, RESET, Guard
-from greenfork.workers.h2message import Rejected, error_head, parse_request
-from greenfork.workers.h2proto import MAX_STREAM_ID, H2Limits, ServerConnection, StreamMalformed, error_type
+from greenfork.workers.h2message import Rejected, answer_rejected, parse_request
+from greenfork.workers.h2ping import pinger
+from greenfork.workers.h2proto import (
+    MAX_STREAM_ID,
+    H2Limits,
+    ServerConnection,
+    StreamMalformed,
+    cipher_allowed,
+    error_type,
+)
 from greenfork.workers.h2stream import CLOSED as STREAM_CLOSED
 from greenfork.workers.h2stream import DONE as STREAM_DONE
 from greenfork.workers.h2stream import Stream
@@ -175,8 +183,8 @@ class H2Driver:
         if self.final_timer is not None:
             self.final_timer.close()
             self.final_timer = None
-        if _pinger is not None:
-            _pinger.drivers.discard(self)
+        if self.limits.ping_delay > 0:
+            pinger(self.hub, self.limits.ping_delay).drivers.discard(self)
         for s in list(self.streams.values()):
             s.wake()
         self.t.enter(NONE)
@@ -191,13 +199,12 @@ class H2Driver:
         self.conn.h2 = None  # (it points back at us)
 
     def _cipher_ok(self) -> bool:
-        """RFC 9113 9.2.2: over TLS 1.2, only ephemeral key exchange with an AEAD cipher."""
         t = self.t
-        if type(t) is not TlsTransport or t.version != "TLSv1.2":
+        if type(t) is not TlsTransport:
             return True
         cipher = t.sslobj.cipher()
         name = cipher[0] if cipher else ""
-        if name.startswith(("ECDHE-", "DHE-")) and any(x in name for x in ("GCM", "CHACHA20", "CCM")):
+        if cipher_allowed(t.version, name):
             return True
         self.conn.error_type = "tls_handshake_failed"
         log.warning("HTTP/2 refused to %s: TLS 1.2 cipher %s is on RFC 9113's block list (check --ciphers)",
@@ -382,22 +389,7 @@ class H2Driver:
     def _reject(self, sid: int, rej: Rejected, ended: bool) -> None:
         """A request we do not serve: malformed (reset), or answered here without the app."""
         log.debug("HTTP/2 request from %s refused: %s", self.conn.peer(), rej)
-        h2 = self.h2
-        try:
-            if rej.status:
-                head, body = error_head(rej.status, http_date(), self.server.server_header)
-                window = h2.local_flow_control_window(sid)
-                if window >= len(body):
-                    h2.send_headers(sid, head)
-                    h2.send_data(sid, body, end_stream=True)
-                else:
-                    h2.send_headers(sid, [*head[:2], (b"content-length", b"0"), *head[3:]], end_stream=True)
-                if not ended:
-                    h2.reset_stream(sid, ErrorCodes.NO_ERROR)  # RFC 9113 8.1: no need to send the rest
-            else:
-                h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
-        except H2Error:
-            pass
+        answer_rejected(self.h2, sid, rej, ended, http_date(), self.server.server_header)
         self.metrics.http2_stream_closed(self.index, rej.error_type)
 
     def _data(self, ev: DataReceived) -> None:
@@ -548,34 +540,11 @@ class H2Driver:
         return [s.req.method for s in self.streams.values()]
 
 
-class Pinger:
-    """The worker's one timer for HTTP/2 keep-alive pings (only with --http2-keep-alive-ping-delay)."""
-
-    def __init__(self, hub: Any, interval: float) -> None:
-        self.drivers: set[H2Driver] = set()
-        self._timer = hub.loop.timer(interval, interval, ref=False)
-        self._timer.start(self._tick)
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        for d in list(self.drivers):
-            try:
-                d.keepalive(now)
-            except Exception:
-                log.exception("HTTP/2 keep-alive ping failed")
-
-
-_pinger: Pinger | None = None
-
-
 def serve(conn: Connection, initial: bytes) -> bool:
     """Serve `conn` as HTTP/2 (from Connection.run); returns whether its close must linger."""
-    global _pinger
     limits = conn.server.h2limits
     assert limits is not None
     d = H2Driver(conn, limits)
     if limits.ping_delay > 0:
-        if _pinger is None:
-            _pinger = Pinger(conn.server.hub, max(0.05, min(1.0, limits.ping_delay / 4)))
-        _pinger.drivers.add(d)
+        pinger(conn.server.hub, limits.ping_delay).drivers.add(d)
     return d.run(initial)

@@ -28,7 +28,10 @@ from __future__ import annotations
 
 from typing import Final
 
-from greenfork.workers.h2proto import H2Limits
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
+
+from greenfork.workers.h2proto import H2Limits, ServerConnection
 from greenfork.workers.http1 import _HOSTS_OK, Request, _valid_host  # Host syntax, shared with HTTP/1.1
 
 _PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path"})
@@ -277,3 +280,23 @@ def error_head(status: int, date: bytes, server: bool) -> tuple[list[tuple[bytes
     if server:
         head.append(_SERVER)
     return head, body
+
+
+def answer_rejected(h2: ServerConnection, sid: int, rej: Rejected, ended: bool, date: bytes,
+                    server: bool) -> None:
+    """A request not served: reset if malformed, else answered with its status (its small body
+    when the stream's window has room for it, none otherwise: never a wait)."""
+    try:
+        if rej.status:
+            head, body = error_head(rej.status, date, server)
+            if h2.local_flow_control_window(sid) >= len(body):
+                h2.send_headers(sid, head)
+                h2.send_data(sid, body, end_stream=True)
+            else:
+                h2.send_headers(sid, [*head[:2], (b"content-length", b"0"), *head[3:]], end_stream=True)
+            if not ended:
+                h2.reset_stream(sid, ErrorCodes.NO_ERROR)  # RFC 9113 8.1: no need to send the rest
+        else:
+            h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+    except H2Error:
+        pass  # the stream is gone already (reset by the client in the same read, say)

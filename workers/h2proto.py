@@ -170,6 +170,14 @@ def error_type(exc: Exception) -> str:
     return "http2_protocol_error"
 
 
+def cipher_allowed(tls_version: str, cipher: str) -> bool:
+    """RFC 9113 9.2.2: HTTP/2 over TLS 1.2 only with ephemeral key exchange and an AEAD cipher
+    (Appendix A lists every other suite); TLS 1.3's suites all qualify."""
+    if tls_version != "TLSv1.2":
+        return True
+    return cipher.startswith(("ECDHE-", "DHE-")) and any(x in cipher for x in ("GCM", "CHACHA20", "CCM"))
+
+
 def goaway(last_stream_id: int, code: ErrorCodes = ErrorCodes.NO_ERROR) -> bytes:
     """A GOAWAY frame, serialized."""
     return bytes(GoAwayFrame(0, last_stream_id=last_stream_id, error_code=code).serialize())
@@ -432,4 +440,4 @@ def _code(value: int) -> ErrorCodes | int:
 
 
 __all__ = ["MAX_STREAM_ID", "PREFACE", "GuardedDecoder", "GuardedFrameBuffer", "H2Abuse", "H2Limits",
-           "ServerConnection", "StreamMalformed", "error_type", "goaway"]
+           "ServerConnection", "StreamMalformed", "cipher_allowed", "error_type", "goaway"]

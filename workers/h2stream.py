@@ -342,11 +342,11 @@ class Stream:
                 self.head = None
                 self.head_out = True
                 if end and not pending:
-                    h2.send_headers(sid, head, True)
+                    h2.send_response(sid, head, True)
                     self.state = DONE  # (SENDING, END)
                     d.output()
                     return
-                h2.send_headers(sid, head)
+                h2.send_response(sid, head, False)
             if pending:
                 data = pending[0] if len(pending) == 1 else b"".join(pending)
                 pending.clear()
@@ -355,7 +355,7 @@ class Stream:
                 # (h2 checks that before it changes anything).
                 if end and size <= h2.max_outbound_frame_size and not d.congested:
                     try:
-                        h2.send_data(sid, data, True)
+                        h2.send_body(sid, data, True)
                     except FlowControlError:
                         self._send(data, end)
                     else:
@@ -396,7 +396,7 @@ class Stream:
             frames = 0
             while pos < stop:
                 n = min(frame, stop - pos)
-                h2.send_data(sid, data if n == size else view[pos:pos + n], end and pos + n == size)
+                h2.send_body(sid, data if n == size else view[pos:pos + n], end and pos + n == size)
                 pos += n
                 frames += 1
             d.guard.earn(WINDOW_UPDATE, UPDATES_PER_DATA_FRAME * frames)

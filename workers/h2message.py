@@ -34,9 +34,12 @@ from h2.exceptions import H2Error
 from greenfork.workers.h2proto import H2Limits, ServerConnection
 from greenfork.workers.http1 import _HOSTS_OK, Request, _valid_host  # Host syntax, shared with HTTP/1.1
 
-_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path"})
-_CONNECTION_SPECIFIC: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection",
-                                         b"transfer-encoding", b"upgrade"})
+_PSEUDO: Final = {b":method": 0, b":scheme": 1, b":authority": 2, b":path": 3}
+_CONNECTION, _TE, _HOST, _LENGTH, _EXPECT = range(5)
+# The fields with a rule of their own (RFC 9113 8.2.2's connection-specific ones among them)
+_SPECIAL: Final = {b"connection": _CONNECTION, b"keep-alive": _CONNECTION, b"proxy-connection": _CONNECTION,
+                   b"transfer-encoding": _CONNECTION, b"upgrade": _CONNECTION, b"te": _TE, b"host": _HOST,
+                   b"content-length": _LENGTH, b"expect": _EXPECT}
 _NAME_CHARS: Final = bytes(c for c in range(0x21, 0x7F) if not 0x41 <= c <= 0x5A and c != 0x3A)
 _TOKEN: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -74,72 +77,63 @@ def _field_ok(name: bytes, value: bytes) -> bool:
 
 def parse_request(headers: list[tuple[bytes, bytes]], limits: H2Limits) -> Request | Rejected:
     """The Request of a complete request header list, or why it is not served."""
-    method = scheme = authority = path = None
+    pseudo: list[bytes | None] = [None, None, None, None]  # :method, :scheme, :authority, :path
     fields: list[tuple[bytes, bytes]] = []
-    count = size = 0
+    size = 0
     host: bytes | None = None
     hosts = 0
     content_length: int | None = None
     expect = False
     checked = _CHECKED
-    field_max = limits.max_header_field_size
     for item in headers:
         name, value = item
         if name[:1] == b":":
+            i = _PSEUDO.get(name)
+            if i is None:
+                return _malformed(f"unknown pseudo-header {name!r}")
             if fields:
                 return _malformed("a pseudo-header after a regular field")
-            if name not in _PSEUDO:
-                return _malformed(f"unknown pseudo-header {name!r}")
+            if pseudo[i] is not None:
+                return _malformed(f"two {name.decode('latin-1')}")
             if item not in checked:
                 if b"\0" in value or b"\r" in value or b"\n" in value:
                     return _malformed(f"invalid {name.decode('latin-1')}")
-                if name != b":path":  # (no point remembering those)
+                if i != 3:  # (:path: no point remembering those)
                     checked.add(item)
-            if name == b":method":
-                if method is not None:
-                    return _malformed("two :method")
-                method = value
-            elif name == b":path":
-                if path is not None:
-                    return _malformed("two :path")
-                path = value
-            elif name == b":scheme":
-                if scheme is not None:
-                    return _malformed("two :scheme")
-                scheme = value
-            else:
-                if authority is not None:
-                    return _malformed("two :authority")
-                authority = value
+            pseudo[i] = value
             continue
-        count += 1
         size += len(name) + len(value) + 4  # counted as HTTP/1.1 counts a header line
         if item not in checked:
             if not _field_ok(name, value):
                 return _malformed(f"invalid header field {name[:64]!r}")
+            field_max = limits.max_header_field_size
             if len(name) > field_max or len(value) > field_max:
                 return Rejected(431, "invalid_request_headers", "a header field is too large")
             if len(checked) >= 1024:
                 checked.clear()
             checked.add(item)
-        if name in _CONNECTION_SPECIFIC:
-            return _malformed(f"connection-specific field {name.decode('latin-1')}")
-        if name == b"te":
-            if value.lower() != b"trailers":
-                return _malformed("TE other than trailers")
-        elif name == b"host":
-            hosts += 1
-            host = value
-        elif name == b"content-length":
-            # (h2 has checked this already, and that repeats agree; the rule stays true here alone)
-            if not value.isdigit() or (content_length is not None and int(value) != content_length):
-                return _malformed("invalid content-length")
-            content_length = int(value)
-        elif name == b"expect":
-            if value.lower() != b"100-continue":
+        special = _SPECIAL.get(name)
+        if special is not None:
+            if special == _CONNECTION:
+                return _malformed(f"connection-specific field {name.decode('latin-1')}")
+            if special == _TE:
+                if value.lower() != b"trailers":
+                    return _malformed("TE other than trailers")
+            elif special == _HOST:
+                hosts += 1
+                host = value
+            elif special == _LENGTH:
+                # (h2 has checked this already, and that repeats agree; the rule holds here alone too)
+                if not value.isdigit() or (content_length is not None and int(value) != content_length):
+                    return _malformed("invalid content-length")
+                content_length = int(value)
+            elif value.lower() != b"100-continue":  # Expect
                 return Rejected(417, "invalid_request_headers", "unsupported Expect")
-            expect = True
+            else:
+                expect = True
         fields.append(item)
+    method, scheme, authority, path = pseudo
+    count = len(fields)
     if method is None:
         return _malformed("no :method")
     if count > limits.max_header_count:

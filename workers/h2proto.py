@@ -248,17 +248,23 @@ class GuardedFrameBuffer(FrameBuffer):
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
         kind = type(f)
         if self._headers_buffer:
-            # h2 checks that this is a CONTINUATION of the same stream
+            # a block in progress: h2 checks that this is a CONTINUATION of the same stream
             if isinstance(f, ContinuationFrame):
                 self.block_frames += 1
                 self.block_bytes += len(f.data)
                 if self.block_frames > MAX_BLOCK_FRAMES or self.block_bytes > self.block_bound:
                     raise H2Abuse(f"header block of {self.block_frames} frames, {self.block_bytes} bytes",
                                   ErrorCodes.ENHANCE_YOUR_CALM, "continuation_flood")
-        elif isinstance(f, HeadersFrame):
+            return super()._update_header_buffer(f)
+        if kind is HeadersFrame:
+            assert isinstance(f, HeadersFrame)
+            if "END_HEADERS" in f.flags:
+                return f  # a whole block: h2's own step would hand it back as it is
             self.block_frames = 1
             self.block_bytes = len(f.data)
-        elif kind is DataFrame:
+            return super()._update_header_buffer(f)
+        # Outside a header block h2 hands every other frame back as it is: only the budgets
+        if kind is DataFrame:
             assert isinstance(f, DataFrame)
             if not f.data and "END_STREAM" not in f.flags:
                 self._spend(EMPTY)
@@ -278,7 +284,9 @@ class GuardedFrameBuffer(FrameBuffer):
             self._spend(PRIORITY)
         elif kind is ExtensionFrame:
             self._spend(EMPTY)  # ignored by the RFC's rule (5.5), but not for free
-        return super()._update_header_buffer(f)
+        elif kind is not ContinuationFrame:
+            return super()._update_header_buffer(f)  # PUSH_PROMISE: h2 refuses it later
+        return f
 
     def _spend(self, kind: int) -> None:
         flood = self.guard.spend(kind)
@@ -351,12 +359,16 @@ class ServerConnection(H2Connection):
         self._prepare_for_sending(frames)
         return events  # type: ignore[no-any-return]
 
-    def send_response(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+    def send_response(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool,
+                      body: bytes = b"") -> bool:
         """h2's send_headers for a server's final response (status >= 200, built valid and as
         bytes by h2message.py), without the steps such a response never needs: client-side
         checks, priority, encoding bytes to bytes, looking for :method or a 1xx status, the
         validation flags of checks that are off. The same state machines, HPACK encoder and
-        frames (it is a quarter of what the response side of a small request costs)."""
+        frames (it is a quarter of what the response side of a small request costs).
+
+        With a body (and not end_stream), the whole response goes with it: one DATA frame
+        with END_STREAM, if the windows and the frame size allow; returns whether it did."""
         self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
         stream = self._get_stream_by_id(stream_id)
         stream.state_machine.process_input(StreamInputs.SEND_HEADERS)
@@ -365,7 +377,15 @@ class ServerConnection(H2Connection):
         if end_stream:
             stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
             frames[0].flags.add("END_STREAM")
+        size = len(body)
+        done = 0 < size <= self.max_outbound_frame_size and size <= self.outbound_flow_control_window \
+            and size <= stream.outbound_flow_control_window
+        if done:
+            self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+            frames += stream.send_data(body, True)
+            self.outbound_flow_control_window -= size
         self._prepare_for_sending(frames)
+        return done
 
     def send_body(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> None:
         """h2's send_data for one unpadded DATA frame: the same checks (window, frame size),

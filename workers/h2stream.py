@@ -346,7 +346,18 @@ class Stream:
                     self.state = DONE  # (SENDING, END)
                     d.output()
                     return
-                h2.send_response(sid, head, False)
+                if end and len(pending) == 1 and not d.congested:
+                    # The usual small response: HEADERS and one DATA frame with END_STREAM.
+                    data = pending[0]
+                    if h2.send_response(sid, head, False, data):
+                        pending.clear()
+                        self.state = DONE  # (SENDING, END)
+                        d.queued += len(data)
+                        d.guard.earn(WINDOW_UPDATE, UPDATES_PER_DATA_FRAME)
+                        d.output()
+                        return
+                else:
+                    h2.send_response(sid, head, False)
             if pending:
                 data = pending[0] if len(pending) == 1 else b"".join(pending)
                 pending.clear()

@@ -43,7 +43,10 @@ def command(server: str, kind: str, app: str, port: int) -> list[str]:
         return [GREENFORK, app, "--workers", "1", *bind]
     cmd = [GUNICORN, "--no-control-socket", "-w", "1", "-k", "gevent", "--worker-connections", "1000",
            "-b", f"127.0.0.1:{port}", "--http-protocols", "h2,h1"]
-    cmd += ["--certfile", CERT, "--keyfile", KEY] if kind == "h2" else ["--http2-cleartext", "prior-knowledge"]
+    if kind == "h2":
+        cmd += ["--certfile", CERT, "--keyfile", KEY]
+    else:
+        cmd += ["--http2-cleartext", "prior-knowledge"]
     return [*cmd, app]
 
 
@@ -84,7 +87,8 @@ def main() -> int:
     for w in names:
         g = [x[0] for x in results[(w, "greenfork")]]
         u = [x[0] for x in results[(w, "gunicorn-gevent")]]
-        print(f"{w}: greenfork {sorted(round(x) for x in g)} us/request, gunicorn {sorted(round(x) for x in u)}; "
+        print(f"{w}: greenfork {sorted(round(x) for x in g)} us/request, "
+              f"gunicorn {sorted(round(x) for x in u)}; "
               f"ratio {statistics.median(u) / statistics.median(g):.2f}x "
               f"(answered: {[x[1] for x in results[(w, 'greenfork')]]} / "
               f"{[x[1] for x in results[(w, 'gunicorn-gevent')]]})")

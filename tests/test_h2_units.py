@@ -403,3 +403,25 @@ def test_rfc9113_tls12_cipher_rule(version: str, cipher: str, ok: bool) -> None:
     from greenfork.workers.h2proto import cipher_allowed
 
     assert cipher_allowed(version, cipher) is ok
+
+
+def test_our_hpack_table_stays_small_and_clients_follow() -> None:
+    from greenfork.workers.h2proto import ENCODER_TABLE
+
+    s = server()
+    c = client()
+    c.update_settings({SettingsFrame.HEADER_TABLE_SIZE: 65536})
+    for sid in range(1, 80, 2):
+        c.send_headers(sid, REQ, end_stream=True)
+    events = feed(s, c.data_to_send())
+    assert s.encoder.header_table_size == ENCODER_TABLE
+    got = []
+    for e in events:
+        if isinstance(e, h2.events.RequestReceived):
+            date = b"Sun, 29 Nov 2026 18:00:%02d GMT" % (e.stream_id % 60)  # a new Date value each time
+            s.send_response(e.stream_id, [(b":status", b"200"), (b"date", date), (b"x-a", b"1")], True)
+    for e in c.receive_data(s.data_to_send()):
+        if isinstance(e, h2.events.ResponseReceived):
+            got.append(dict(e.headers))
+    assert len(got) == 40 and all(g[b"x-a"] == b"1" for g in got)  # the client's decoder followed
+    assert s.encoder.header_table._current_size <= ENCODER_TABLE

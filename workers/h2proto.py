@@ -45,7 +45,7 @@ from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from h2.stream import StreamInputs
 from h2.utilities import HeaderValidationFlags
-from hpack import Decoder, HPACKError, OversizedHeaderListError
+from hpack import Decoder, Encoder, HPACKError, OversizedHeaderListError
 from hpack import hpack as hpack_module
 from hpack import table as hpack_table
 from hyperframe.frame import (
@@ -95,6 +95,7 @@ DEFAULT_CONNECTION_WINDOW: Final = 65535  # RFC 9113 6.9.2: the connection windo
 # Frames of one header block (HEADERS or PUSH_PROMISE and its CONTINUATIONs): a real client
 # needs a few (a 32 KiB header section at the smallest frame size is 3).
 MAX_BLOCK_FRAMES: Final = 32
+ENCODER_TABLE: Final = 1024  # bytes of HPACK dynamic table our encoder uses (SmallTableEncoder)
 PRUNE_AT: Final = 64  # streams h2 keeps (open and closed) before it is asked to forget the closed
 
 
@@ -186,6 +187,22 @@ def cipher_allowed(tls_version: str, cipher: str) -> bool:
 def goaway(last_stream_id: int, code: ErrorCodes = ErrorCodes.NO_ERROR) -> bytes:
     """A GOAWAY frame, serialized."""
     return bytes(GoAwayFrame(0, last_stream_id=last_stream_id, error_code=code).serialize())
+
+
+class SmallTableEncoder(Encoder):
+    """h2's HPACK encoder, keeping a dynamic table of at most ENCODER_TABLE bytes whatever the
+    peer allows (RFC 7541 4.2 lets the encoder use less, with a size update it sends). The
+    encoder searches its table linearly for every field it sends, and the Date value adds an
+    entry each second: at 4 KiB a long-lived connection's table fills with old dates and each
+    response walks dozens of them. A few stable response fields fit in 1 KiB."""
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        Encoder.header_table_size.fset(self, min(value, ENCODER_TABLE))  # type: ignore[attr-defined]
 
 
 class GuardedDecoder(Decoder):
@@ -319,6 +336,8 @@ class ServerConnection(H2Connection):
             SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
         })
         self.max_inbound_frame_size = limits.max_frame_size
+        self.encoder = SmallTableEncoder()
+        self.encoder.header_table_size = ENCODER_TABLE
         self.decoder = GuardedDecoder(limits.decoded_bound)
         self.decoder.max_allowed_table_size = limits.header_table_size
         self.incoming_buffer = GuardedFrameBuffer(guard, limits.block_bound)

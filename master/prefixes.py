@@ -137,7 +137,7 @@ def _path(text: str, path: str) -> str:
         return ""
     if "%" in path:
         raise ValueError(f"{text!r}: write the path decoded (as it reaches PATH_INFO), without %-escapes")
-    path = path.rstrip("/") if path != "/" else ""
+    path = path[:-1] if path.endswith("/") else path  # "/api/" is "/api"; "/api//" has an empty segment
     if not path:
         return ""
     for seg in path[1:].split("/"):

@@ -3,11 +3,11 @@ server receives them on its `handoff:` listener. docs/port-sharing.md is the ope
 
 Both run as a step of Connection.run(), before the HTTP/1.1 loop (ListenerContext.share):
 
-- Delegator.step, on a front's listeners: read the first request head with a parser of its
-  own, match its host and path against --delegate; on a match, pass the client's socket and
-  every byte read so far to the target (handoff.py's message, the socket attached with
-  SCM_RIGHTS) and wait for the target's ACK; otherwise hand the bytes back to the transport
-  (Transport.unread) and let the connection be served here. A target that is down, or whose
+- Delegator.step, on a front's listeners: read the first request head into the connection's
+  own parser and look at it (RequestParser.first_request), match its host and path against
+  --delegate; on a match, pass the client's socket and every byte read so far to the target
+  (handoff.py's message, the socket attached with SCM_RIGHTS) and wait for the target's ACK;
+  otherwise the connection's loop goes on with the request already parsed. A target that is down, or whose
   hand-off queue (its listen backlog) is full, is retried for --delegate-wait, then the
   client gets 503 with Retry-After from the front. Once the message is sent the front never
   answers the client itself: the target may still take it.
@@ -37,7 +37,7 @@ import gevent
 from greenfork.master.prefixes import Delegate
 from greenfork.metrics.recorder import DelegationResult
 from greenfork.workers.handoff import ACK, Decoder, Handoff, HandoffError, encode
-from greenfork.workers.http1 import NEED_DATA, Request, RequestParser
+from greenfork.workers.http1 import Request
 from greenfork.workers.mounts import PrefixTable, request_host
 from greenfork.workers.request import http_date
 from greenfork.workers.timers import FRESH, HEADERS, NONE, SEND, Expired
@@ -90,26 +90,28 @@ class Delegator:
         t = conn.t
         if getattr(t, "alpn", None) == "h2":
             return True  # an HTTP/2 connection is served here (its streams are not one head)
-        parser = RequestParser(self.server.limits)
+        # The connection's own parser reads the first head: served here, the loop takes the
+        # request from it as it is; handed over, it is dropped with the connection.
+        p = conn.p
         got: list[bytes] = []
         while True:
-            ev = parser.next_event()
-            if type(ev) is Request:
+            req = p.first_request()
+            if req is not None:
                 break
-            if ev is not NEED_DATA:  # a malformed head, or a close: the connection's own parser answers
-                return _serve_here(conn, got)
-            data = t.recv()  # in FRESH, then HEADERS: the sweeper bounds the head as the HTTP loop does
+            if p.failed:
+                return True  # a malformed head: the loop answers it as it would have
+            data = t.recv()  # in FRESH, then HEADERS: the sweeper bounds the head as the loop does
+            p.receive_data(data)
             if not data:
-                return _serve_here(conn, got)
+                return True  # closed before a whole head: the loop sees the same
             if t.phase == FRESH:
                 t.enter(HEADERS, restart=False)
             got.append(data)
-            parser.receive_data(data)
-        hit = self.table.match(request_host(_host_of(ev)), _path_of(ev))
+        hit = self.table.match(request_host(_host_of(req)), _path_of(req))
         if hit is None:
-            return _serve_here(conn, got)
+            return True
         t.enter(NONE)
-        conn.version = ev.version
+        conn.version = req.version
         self.hand_off(conn, hit[0], b"".join(got))
         return False
 
@@ -161,17 +163,6 @@ def _tls_transport() -> type:
     return TlsTransport
 
 
-def _serve_here(conn: Connection, got: list[bytes]) -> bool:
-    """The connection is served here: the HTTP loop reads what the step read, first."""
-    if got:
-        data = b"".join(got)
-        if type(conn.t) is Transport:
-            conn.t.unread(data)
-        else:
-            conn.p.receive_data(data)  # TLS: plaintext cannot go back under the decryption
-    return True
-
-
 def _host_of(req: Request) -> str:
     if req.host is not None:
         return req.host.decode("latin-1")
@@ -221,11 +212,14 @@ def _offer(path: str, msg: bytes, fd: int, t: Transport, hub: Any) -> tuple[Dele
             if sent < len(msg):
                 _send_rest(s, memoryview(msg)[sent:], hub, watchers)
             while True:
+                # wait first: the target has not even been scheduled yet (a failed read is
+                # a syscall and an exception per hand-off)
+                _wait(hub, s, _READ, watchers)
                 try:
                     answer = s.recv(1)
                     break
                 except BlockingIOError:
-                    _wait(hub, s, _READ, watchers)
+                    continue
                 except OSError:
                     answer = b""
                     break

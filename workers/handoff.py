@@ -4,8 +4,12 @@ A front connects to the target's `handoff:` unix socket and sends one message, w
 client's socket attached to its first byte (SCM_RIGHTS):
 
     "GFH1"  header length (2 bytes)  data length (4 bytes)   big-endian
-    header  JSON: {"peer": [REMOTE_ADDR, REMOTE_PORT], "extra": {environ key: value}, "prefix": "/api"}
+    header  UTF-8 fields separated by NUL: REMOTE_ADDR, REMOTE_PORT, the matched prefix, then
+            environ key and value pairs (what the front's connection adds: TLS, PROXY)
     data    the bytes the front read from the client: the first request head and what followed
+
+(NUL-separated rather than JSON: a hand-off per connection is the front's whole cost, and
+this is a split instead of a JSON parse, a fifth of the time.)
 
 The target answers ACK (one byte) once it holds the socket, then closes. Until the front
 reads that byte it keeps its own copy of the socket: a target that closes without it (a
@@ -19,7 +23,6 @@ both: only a front may connect to the socket (its mode and group: --unix-socket-
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from dataclasses import dataclass, field
@@ -52,8 +55,12 @@ class Handoff:
 
 
 def encode(h: Handoff) -> bytes:
-    header = json.dumps({"peer": list(h.peer), "extra": h.extra, "prefix": h.prefix},
-                        separators=(",", ":")).encode()
+    fields = [*h.peer, h.prefix]
+    for k, v in h.extra.items():
+        fields += (k, v)
+    if any("\0" in f for f in fields):
+        raise HandoffError("a NUL in a hand-off field")
+    header = "\0".join(fields).encode("utf-8", "surrogateescape")
     if len(header) > MAX_HEADER or len(h.data) > MAX_DATA:
         raise HandoffError("hand-off message too large")
     return b"".join((_FRAME.pack(MAGIC, len(header), len(h.data)), header, h.data))
@@ -70,28 +77,21 @@ def _allowed_key(key: str) -> bool:
 
 def _decode_header(raw: bytes) -> tuple[tuple[str, str], dict[str, str], str]:
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise HandoffError("the header is not JSON") from None
-    if not isinstance(doc, dict):
-        raise HandoffError("the header is not an object")
-    peer = doc.get("peer", ["", ""])
-    extra = doc.get("extra", {})
-    prefix = doc.get("prefix", "")
-    if not (isinstance(peer, list) and len(peer) == 2
-            and all(isinstance(x, str) and len(x) < 256 for x in peer)):
-        raise HandoffError("peer is not [address, port]")
-    if not (isinstance(extra, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items())):
-        raise HandoffError("extra is not an object of strings")
+        fields = raw.decode("utf-8", "surrogateescape").split("\0")
+    except UnicodeDecodeError:  # pragma: no cover - surrogateescape takes any bytes
+        raise HandoffError("the header is not UTF-8") from None
+    if len(fields) < 3 or len(fields) % 2 == 0:
+        raise HandoffError("the header is not address, port, prefix and key-value pairs")
+    addr, port, prefix = fields[:3]
+    if len(addr) > 255 or len(port) > 5 or (port and not port.isdigit()):
+        raise HandoffError("the peer is not an address and a port")
+    extra = dict(zip(fields[3::2], fields[4::2], strict=True))
     bad = [k for k in extra if not _allowed_key(k)]
     if bad:
         raise HandoffError(f"extra names keys a front may not set: {', '.join(sorted(bad))}")
     if extra.get("wsgi.url_scheme", "http") not in ("http", "https"):
         raise HandoffError("wsgi.url_scheme is neither http nor https")
-    if not isinstance(prefix, str):
-        raise HandoffError("prefix is not a string")
-    return (peer[0], peer[1]), extra, prefix
+    return (addr, port), extra, prefix
 
 
 class Decoder:

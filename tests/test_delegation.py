@@ -132,8 +132,13 @@ def test_a_target_that_is_down_gets_503_with_retry_after(pair: Trio, sock_dir: P
     assert get(f.url(), "/three/y")[0] == 503
     assert delegated(f)[("/three", "unavailable")] == 2
     assert "Delegation to unix:" in f.log() and f.log().count("failed: ") == 1  # logged once per outage
-    conns = find(scrape(f.info["metrics"]), "greenfork_connection_duration_seconds_count")
+    samples = scrape(f.info["metrics"])
+    conns = find(samples, "greenfork_connection_duration_seconds_count")
     assert sum(v for labels, v in conns if labels.get("error_type") == "delegation_failed") == 2
+    reqs = find(samples, "http_server_request_duration_seconds_count")  # and the requests' 503s
+    assert sum(v for labels, v in reqs if labels.get("error_type") == "delegation_failed"
+               and labels["http_response_status_code"] == "503"
+               and labels["http_request_method"] == "GET") == 2
 
 
 def test_a_target_coming_up_is_used_without_a_restart(launcher: Launcher, sock_dir: Path) -> None:

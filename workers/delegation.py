@@ -112,18 +112,19 @@ class Delegator:
             return True
         t.enter(NONE)
         conn.version = req.version
-        self.hand_off(conn, hit[0], b"".join(got))
+        conn.req = req  # for the 503's request metrics (let go of in settle())
+        self.hand_off(conn, hit[0], b"".join(got), time.monotonic())
         return False
 
-    def hand_off(self, conn: Connection, d: Delegate, data: bytes) -> None:
+    def hand_off(self, conn: Connection, d: Delegate, data: bytes, started: float) -> None:
         t = conn.t
         if isinstance(t, _tls_transport()):
             from greenfork.workers.relay import relay_through
 
-            relay_through(self, conn, d, data)
+            relay_through(self, conn, d, data, started)
             return
         msg = encode(Handoff(data, conn.remote, conn.extra, str(d.prefix)))
-        self.settle(conn, d, *self.send(d, msg, t.sock.fileno(), t))
+        self.settle(conn, d, *self.send(d, msg, t.sock.fileno(), t), started)
 
     def send(self, d: Delegate, msg: bytes, fd: int, t: Transport) -> tuple[DelegationResult, str, bool]:
         """Try the target until it takes the socket or --delegate-wait is over: (the result as
@@ -137,11 +138,15 @@ class Delegator:
             gevent.sleep(pause)
             pause = min(pause * 2, RETRY_MAX)
 
-    def settle(self, conn: Connection, d: Delegate, result: DelegationResult, why: str, ours: bool) -> None:
+    def settle(self, conn: Connection, d: Delegate, result: DelegationResult, why: str, ours: bool,
+               started: float) -> None:
         """Count the outcome, log a target's failure once (and its recovery), answer 503 when
-        the client is still ours to answer."""
-        self.server.metrics.delegated(d.target, result)
+        the client is still ours to answer (counted as that request's, error_type
+        delegation_failed)."""
+        server = self.server
+        server.metrics.delegated(d.target, result)
         if result == "success":
+            conn.req = None
             if d.target in self.failing:
                 self.failing.discard(d.target)
                 log.info("Delegation to unix:%s (%s) works again", d.path, d.target)
@@ -154,7 +159,11 @@ class Delegator:
         else:
             log.debug("Delegation to unix:%s (%s) failed: %s", d.path, d.target, why)
         if ours:
-            unavailable(conn.t, self.server.settings.server_header)
+            conn.status = 503
+            if conn.req is not None:  # the request's duration: from its head to the 503
+                server.metrics.request(conn, conn.req, "delegation_failed", started)
+            unavailable(conn.t, server.settings.server_header)
+        conn.req = None
 
 
 def _tls_transport() -> type:

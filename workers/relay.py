@@ -35,7 +35,7 @@ _READ, _WRITE = 1, 2
 CHUNK = 65536
 
 
-def relay_through(dl: Delegator, conn: Connection, d: Delegate, data: bytes) -> None:
+def relay_through(dl: Delegator, conn: Connection, d: Delegate, data: bytes, started: float) -> None:
     t = conn.t
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     mine.setblocking(False)
@@ -50,7 +50,7 @@ def relay_through(dl: Delegator, conn: Connection, d: Delegate, data: bytes) -> 
         raise
     finally:
         theirs.close()  # the target holds its own copy once it took it
-    dl.settle(conn, d, result, why, ours)
+    dl.settle(conn, d, result, why, ours, started)
     if result != "success" and ours:
         mine.close()
         return

@@ -39,8 +39,10 @@ from greenfork.metrics.recorder import DelegationResult
 from greenfork.workers.handoff import ACK, Decoder, Handoff, HandoffError, encode
 from greenfork.workers.http1 import Request
 from greenfork.workers.mounts import PrefixTable, request_host
+from greenfork.workers.relay import relay_through
 from greenfork.workers.request import http_date
 from greenfork.workers.timers import FRESH, HEADERS, NONE, SEND, Expired
+from greenfork.workers.tlstransport import TlsTransport
 from greenfork.workers.transport import Transport
 
 if TYPE_CHECKING:
@@ -118,12 +120,14 @@ class Delegator:
 
     def hand_off(self, conn: Connection, d: Delegate, data: bytes, started: float) -> None:
         t = conn.t
-        if isinstance(t, _tls_transport()):
-            from greenfork.workers.relay import relay_through
-
+        if isinstance(t, TlsTransport):
             relay_through(self, conn, d, data, started)
             return
-        msg = encode(Handoff(data, conn.remote, conn.extra, str(d.prefix)))
+        try:
+            msg = encode(Handoff(data, conn.remote, conn.extra, str(d.prefix)))
+        except HandoffError as e:  # (a NUL in a field the front's connection added)
+            self.settle(conn, d, "failed", str(e), True, started)
+            return
         self.settle(conn, d, *self.send(d, msg, t.sock.fileno(), t), started)
 
     def send(self, d: Delegate, msg: bytes, fd: int, t: Transport) -> tuple[DelegationResult, str, bool]:
@@ -164,12 +168,6 @@ class Delegator:
                 server.metrics.request(conn, conn.req, "delegation_failed", started)
             unavailable(conn.t, server.settings.server_header)
         conn.req = None
-
-
-def _tls_transport() -> type:
-    from greenfork.workers.tlstransport import TlsTransport
-
-    return TlsTransport
 
 
 def _host_of(req: Request) -> str:

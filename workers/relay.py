@@ -22,7 +22,7 @@ import gevent
 from gevent import GreenletExit
 
 from greenfork.master.prefixes import Delegate
-from greenfork.workers.handoff import Handoff, encode
+from greenfork.workers.handoff import Handoff, HandoffError, encode
 from greenfork.workers.transport import ClientGone, Transport
 
 if TYPE_CHECKING:
@@ -43,8 +43,10 @@ def relay_through(dl: Delegator, conn: Connection, d: Delegate, data: bytes, sta
     extra = dict(conn.extra)
     extra["wsgi.url_scheme"] = "https"
     try:
-        msg = encode(Handoff(data, conn.remote, extra, str(d.prefix)))
-        result, why, ours = dl.send(d, msg, theirs.fileno(), t)
+        result, why, ours = dl.send(d, encode(Handoff(data, conn.remote, extra, str(d.prefix))),
+                                    theirs.fileno(), t)
+    except HandoffError as e:  # (a NUL in a field the TLS environ holds: never, but not a crash)
+        result, why, ours = "failed", str(e), True
     except BaseException:
         mine.close()
         raise

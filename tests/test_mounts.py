@@ -304,3 +304,16 @@ def test_decoder_fuzz_never_raises_anything_else(data: bytes, step: int) -> None
                 assert isinstance(got.data, bytes) and all(isinstance(x, str) for x in got.peer)
     except HandoffError:
         pass
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from("/.*-_:[]%?# aAzZ09\u00e9\x00\t"), max_size=24))
+def test_prefix_parser_fuzz_refuses_with_a_reason_or_round_trips(text: str) -> None:
+    try:
+        p = parse_prefix(text)
+    except ValueError as e:
+        assert str(e)
+        return
+    assert parse_prefix(str(p)) == p
+    assert p.host or p.path
+    assert not p.path or (p.path.startswith("/") and not p.path.endswith("/") and "//" not in p.path)

@@ -123,17 +123,19 @@ class Mounts:
             [(p, (app, str(p))) for p, app in mounted])
         self.main = main
 
-    def route(self, env: dict[str, Any]) -> tuple[WSGIApp, str]:
-        """(the application, the metrics' http_route: the mount as configured, "" for the main app)."""
+    def route(self, env: dict[str, Any]) -> WSGIApp:
+        """The application; a mounted one finds its prefix as configured in
+        environ["greenfork.route"] (the metrics' http_route), the main one none."""
         path = env["PATH_INFO"]
         hit = self.table.match(request_host(env.get("HTTP_HOST", "")), path)
         if hit is None:
-            return self.main, ""
+            return self.main
         (app, route), matched = hit
         if matched:
             env["SCRIPT_NAME"] += matched
             env["PATH_INFO"] = path[len(matched):]
-        return app, route
+        env["greenfork.route"] = route
+        return app
 
 
 def not_found(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:

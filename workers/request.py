@@ -112,11 +112,10 @@ class RequestStage:
         result: Any = None
         # We are no proxy and speak nothing but HTTP: the server answers these itself.
         app = server.app if req.path != b"*" and req.method != "CONNECT" else _server_itself
-        # issue 17: with --mount, the prefix picks the app and splits SCRIPT_NAME/PATH_INFO;
-        # its prefix is the metrics' http_route (workers/mounts.py). Off: one attribute test.
-        route = ""
+        # issue 17: with --mount, the prefix picks the app, splits SCRIPT_NAME/PATH_INFO and
+        # names itself in environ["greenfork.route"] (workers/mounts.py). Off: one attribute test.
         if self.mounts is not None and app is not _server_itself:
-            app, route = self.mounts.route(env)
+            app = self.mounts.route(env)
         err = ""  # the metrics' error_type
         # --request-timeout bounds this request only; the connection's other requests and
         # the worker's other connections carry on (the sweeper throws RequestTimeout).
@@ -186,7 +185,9 @@ class RequestStage:
             if server.access_log is not None:
                 server.access_log.log(env, ex.status, sr.headers, ex.body_bytes(),
                                       time.monotonic() - started)
-            server.metrics.request(ex, req, err, started, route)
+            # http_route: a mount's prefix (issue 17), or a route template the app set there
+            route = env.get("greenfork.route", "")
+            server.metrics.request(ex, req, err, started, route if type(route) is str else "")
 
 
 def start_head(ex: Exchange) -> bool:

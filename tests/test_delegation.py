@@ -354,3 +354,31 @@ def test_receivers_hup_and_usr2_under_load_lose_nothing(launcher: Launcher, sock
     assert counts[("/one", "unavailable")] == counts[("/two", "unavailable")] == 0, counts
     assert counts[("/one", "busy")] == counts[("/two", "busy")] == 0, counts
     assert sum(counts[(t, "success")] for t in ("/one", "/two")) > 400, counts
+
+
+def test_a_handoff_with_the_wrong_kind_of_descriptor_is_refused_and_closed(launcher: Launcher,
+                                                                           sock_dir: Path) -> None:
+    import array
+
+    from greenfork.workers.handoff import Handoff, encode
+
+    g = receiver(launcher, "one", sock_dir / "k.sock")
+    worker = g.workers()[0]
+    before = len(os.listdir(f"/proc/{worker}/fd"))
+    msg = encode(Handoff(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+    r, w = os.pipe()
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        for fds in ([r], [dgram.fileno()], [r, w]):  # not a socket, not a stream, two of them
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                s.connect(str(sock_dir / "k.sock"))
+                s.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                assert s.recv(1) == b""  # no ACK: refused
+    finally:
+        os.close(r)
+        os.close(w)
+        dgram.close()
+    wait_for(lambda: g.log().count("Refused a hand-off") == 3, 5, "three refusals")
+    assert "not a stream socket" in g.log() and "2 descriptors instead of one" in g.log()
+    wait_for(lambda: len(os.listdir(f"/proc/{worker}/fd")) <= before, 5, "every received descriptor closed")

@@ -311,7 +311,8 @@ class Receiver:
                     break
             if len(fds) != 1:
                 raise HandoffError(f"{len(fds)} descriptors instead of one")
-            client = _socket.socket(fileno=fds.pop())
+            client = _socket.socket(fileno=fds[0])  # OSError if it is not a socket: closed below
+            fds.clear()
             if client.type != socket.SOCK_STREAM:
                 client.close()
                 raise HandoffError("the descriptor is not a stream socket")

@@ -107,6 +107,10 @@ class Connection:
         try:
             if type(t) is TlsTransport and not self._handshake(t):
                 return
+            # issue 17: a handoff: listener takes its connection out of a front's message; a
+            # delegating front may hand this one over (workers/delegation.py)
+            if self.ctx.share is not None and not self.ctx.share.step(self):
+                return
             linger = self._serve()
         except ClientGone as e:
             self.error_type = self.error_type or e.reason

@@ -46,6 +46,9 @@ class BindSpec:
     path: str = ""
     fd: int = -1
     scheme: str = "http"  # "https": the listener speaks TLS (master/tls.py gives its context)
+    # issue 17: `handoff:/path`, a unix socket on which this server receives connections a
+    # delegating front hands over (docs/port-sharing.md); kind is "unix"
+    handoff: bool = False
 
     @property
     def tls(self) -> bool:
@@ -65,6 +68,9 @@ def parse_bind(text: str) -> BindSpec:
     lower = s.lower()
     if lower.startswith("unix:"):
         return _parse_unix(text, s, s[5:])
+    if lower.startswith("handoff:"):  # issue 17: a delegating front's connections come in here
+        spec = _parse_unix(text, s, s[8:])
+        return BindSpec(raw=text, kind="unix", path=spec.path, handoff=True)
     m = _SCHEME_RE.fullmatch(s)
     if m is None:
         if _BROKEN_SCHEME_RE.match(s):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from greenfork.master import daemon, logs, privileges, upgrade
+from greenfork.master import daemon, listeners, logs, mountapps, privileges, upgrade
 from greenfork.master.addresses import AddressError
 from greenfork.master.apploader import AppSpecError, parse_spec
 from greenfork.master.control import EXIT_USAGE
@@ -138,7 +138,8 @@ def _serve(settings: Settings, resolve: Callable[[], Settings], detached: daemon
             return _fail(f"cannot change to directory {settings.chdir}: {e.strerror}")
     try:
         identity = privileges.resolve(settings.user, settings.group)
-    except privileges.PrivilegeError as e:
+        handoff_gid = mountapps.handoff_gid(settings.handoff_socket_group)  # issue 17
+    except (privileges.PrivilegeError, ValueError) as e:
         return _fail(str(e))
     try:
         logs.setup(settings.error_logfile, settings.log_level)
@@ -169,6 +170,12 @@ def _serve(settings: Settings, resolve: Callable[[], Settings], detached: daemon
     owned = [lst.unix_path for lst in server.listeners if lst.unix_path]
     owned += [p for p in (settings.error_logfile, settings.access_logfile) if p and p != "-"]
     privileges.hand_over(owned, identity)
+    try:  # issue 17: a front running as another user connects through the group
+        mountapps.own_handoff_sockets([lst.unix_path for lst in server.listeners
+                                       if lst.spec.handoff and lst.unix_path], handoff_gid)
+    except ValueError as e:
+        listeners.close_all(server.listeners)
+        return _fail(str(e))
     return server.run(on_ready=detached.ready if detached is not None else None)
 
 

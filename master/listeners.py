@@ -94,7 +94,7 @@ def adopt_fd(fd: int, spec: BindSpec | None = None) -> Listener:
             raise fail("not a listening stream socket")
         if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             raise fail("unsupported address family (expected IPv4, IPv6 or unix)")
-        url = _published_url(sock, spec.scheme)
+        url = _published_url(sock, spec.scheme, spec.handoff)
         sock.setblocking(True)
     except OSError as exc:
         sock.detach()
@@ -130,7 +130,7 @@ def systemd_fds(environ: Mapping[str, str], pid: int) -> list[int]:
 
 def _failure(spec: BindSpec, reason: str, path: str = "") -> BindError:
     if spec.kind == "unix":
-        where = _unix_url(path or spec.path, spec.scheme)
+        where = _unix_url(path or spec.path, spec.scheme, spec.handoff)
     elif spec.kind == "fd":
         where = f"fd://{spec.fd}"
     else:
@@ -160,19 +160,21 @@ def _unprivileged_port_start() -> int:
         return 1024
 
 
-def _published_url(sock: socket.socket, scheme: str) -> str:
+def _published_url(sock: socket.socket, scheme: str, handoff: bool = False) -> str:
     name: Any = sock.getsockname()
     if sock.family == socket.AF_UNIX:
         if isinstance(name, bytes):
             # Linux abstract namespace: "@name" is the conventional spelling of the leading NUL
             name = name.replace(b"\0", b"@", 1).decode("utf-8", "surrogateescape")
-        return _unix_url(name, scheme)
+        return _unix_url(name, scheme, handoff)
     return format_url(name[0], name[1], scheme)
 
 
-def _unix_url(path: str, scheme: str) -> str:
+def _unix_url(path: str, scheme: str, handoff: bool = False) -> str:
     # A TLS unix socket is published in Kestrel's URL form, which --bind accepts back: a client
     # reading "unix:/path" would speak cleartext to it and fail in the handshake.
+    if handoff:  # issue 17: not HTTP but hand-offs: published as the bind form that made it
+        return f"handoff:{path}"
     return f"https://unix:{path}" if scheme == "https" else f"unix:{path}"
 
 
@@ -302,8 +304,8 @@ def _bind_unix(spec: BindSpec, backlog: int, mode: int | None) -> Listener:
     except BaseException:
         sock.close()
         raise
-    return Listener(spec=spec, sock=sock, url=_unix_url(path, spec.scheme), transport="unix", unix_path=path,
-                    unix_ino=ino)
+    return Listener(spec=spec, sock=sock, url=_unix_url(path, spec.scheme, spec.handoff), transport="unix",
+                    unix_path=path, unix_ino=ino)
 
 
 @contextlib.contextmanager

@@ -94,7 +94,10 @@ class MasterLoop:
 
             self.metrics = MetricsService(metrics_listeners, lset.current, lambda: self.arbiter,
                                           app_dir=appmetrics.create_dir() if settings.app_metrics else None,
-                                          certificates=self._certificates)
+                                          certificates=self._certificates,
+                                          # issue 17: delegated shown from zero, mounts in listener_info
+                                          delegation_targets=[d.target for d in settings.delegate],
+                                          mounts=[m.prefix for m in settings.mount])
         identity = privileges.resolve(settings.user, settings.group)
         self.staging = Staging(lset, reload_settings, tls=tls, load_tls=load_tls)
         self.executor = Executor(

@@ -21,6 +21,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from greenfork.master.arbiter import Arbiter
 from greenfork.master.listeners import Listener
+from greenfork.master.prefixes import Prefix, prefix_urls
 from greenfork.master.records import Worker
 from greenfork.master.states import State, WState
 from greenfork.metrics import appmetrics
@@ -49,11 +50,15 @@ class _Client:
     out: memoryview | None = None
 
 
-def listener_view(lst: Listener) -> ListenerView:
+def listener_view(lst: Listener, mounts: Sequence[Prefix] = ()) -> ListenerView:
+    """mounts: --mount's prefixes, published as URLs of the listener (issue 17)."""
+    urls = tuple(prefix_urls(lst.url, mounts))
     if lst.transport == "unix":
-        return ListenerView(lst.url, None, lst.url.removeprefix("unix:"), "", "unix")
+        # the socket's path (handoff:/path, issue 17, is a unix socket too)
+        return ListenerView(lst.url, None, lst.url.split("unix:", 1)[-1].removeprefix("handoff:"), "", "unix",
+                            urls)
     host, port = lst.sock.getsockname()[:2]
-    return ListenerView(lst.url, lst.sock, str(host), str(port), "tcp")
+    return ListenerView(lst.url, lst.sock, str(host), str(port), "tcp", urls)
 
 
 class MetricsService:
@@ -66,14 +71,14 @@ class MetricsService:
                  *, app_dir: str | None = None,
                  certificates: Callable[[], Iterable[tuple[str, float]]] | None = None,
                  cache_stats: Callable[[], CacheStats] | None = None,
-                 delegation_targets: Sequence[str] = ()) -> None:
+                 delegation_targets: Sequence[str] = (), mounts: Sequence[Prefix] = ()) -> None:
         self.listeners = listeners
         self.arbiter = arbiter
         self.app_dir = app_dir
         self.pool = SlotPool(len(served))
         self.lifecycle = Lifecycle()
         self.by_pid: dict[int, Slot] = {}
-        self.collector = Collector(self.pool, [listener_view(x) for x in served], self.lifecycle,
+        self.collector = Collector(self.pool, [listener_view(x, mounts) for x in served], self.lifecycle,
                                    self._view, app_dir=app_dir, certificates=certificates,
                                    cache_stats=cache_stats, delegation_targets=delegation_targets)
         self.clients: dict[int, _Client] = {}

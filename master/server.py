@@ -19,7 +19,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from greenfork.master import apploader, config, listeners, report, rlimits, subreaper, upgrade
+from greenfork.master import (
+    apploader,
+    config,
+    listeners,
+    mountapps,
+    prefixes,
+    report,
+    rlimits,
+    subreaper,
+    upgrade,
+)
 from greenfork.master.addresses import parse_bind
 from greenfork.master.control import EXIT_APP_IMPORT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from greenfork.master.listeners import BindError, Listener
@@ -158,7 +168,11 @@ class Server:
                 # First: a second instance on the same pidfile stops before it says anything.
                 pidfile.acquire(pid)
             set_title(f"greenfork: master [{s.app_label}] gen {self._generation}")
-            report.log_addresses(self.addresses)
+            # issue 17: each --mount's prefix URLs are published after the listeners' (HTTP.sys's
+            # form), and each --delegate's destination is logged
+            report.log_addresses(prefixes.published(self.addresses, s.mount))
+            for line in prefixes.delegations(self.listeners, s.delegate):
+                log.info("%s", line)
             if self.metrics_address:
                 log.info("Metrics listening on: %s", self.metrics_address)
             elif s.app_metrics:
@@ -221,10 +235,16 @@ class Server:
         import gc
 
         try:
-            self._app_obj = apploader.load(self.settings.app, self.settings.chdir)
+            if not mountapps.no_main_app(self.settings):  # (issue 17: else the workers' 404)
+                self._app_obj = apploader.load(self.settings.app, self.settings.chdir)
         except Exception as e:
             log.error("Failed to load the application %s: %s", self.settings.app, e,
                       exc_info=not isinstance(e, apploader.AppImportError))
+            return EXIT_APP_IMPORT
+        try:
+            mountapps.preload(self.settings.mount, self.settings.chdir)  # issue 17: --mount's apps
+        except mountapps.MountImportError as e:
+            mountapps.report(e)
             return EXIT_APP_IMPORT
         gc.freeze()
         return 0
@@ -232,7 +252,8 @@ class Server:
     def _publish(self, generation: int, addresses: tuple[str, ...]) -> None:
         self._generation = generation
         if self.settings.addresses_file:
-            report.write_addresses_file(self.settings.addresses_file, os.getpid(), generation, addresses,
+            report.write_addresses_file(self.settings.addresses_file, os.getpid(), generation,
+                                        prefixes.published(addresses, self.settings.mount),  # issue 17
                                         self.metrics_address)
 
     # -------------------------------------------------------------- embedded

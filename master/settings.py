@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from greenfork.master.prefixes import Delegate, Mount, parse_delegates, parse_mounts
+
 ENV_PREFIX = "GREENFORK_"
 DEMO_APP = "greenfork.workers.demo:app"
 COMBINED_LOG = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -326,7 +328,7 @@ def _metrics_address(v: Any) -> None:
     from greenfork.master.addresses import parse_bind
 
     spec = parse_bind(v)
-    if spec.kind == "fd" or spec.scheme != "http":
+    if spec.kind == "fd" or spec.scheme != "http" or spec.handoff:
         raise ValueError("expected an http:// or unix: address")
 
 
@@ -387,6 +389,34 @@ SETTINGS: tuple[Setting, ...] = (
        help="Write the bound addresses as JSON `{\"pid\", \"generation\", \"addresses\"}` to this file "
             "(atomically, rewritten whenever they change; removed on exit).",
        default_doc="none"),
+    # ------------------------------------------------------------ port sharing
+    # issue 17 (docs/port-sharing.md): several apps on one listener, and whole connections
+    # handed to other greenfork servers; the prefixes are parsed in master/prefixes.py.
+    _S("mount", parse_mounts, (), ("--mount",), section="Port sharing", metavar="PREFIX=APP",
+       multiple=True, type_doc="list of PREFIX=APP", default_doc="none", reloadable=False,
+       help="Serve APP (`module:callable`, as the main APP) under PREFIX on every listener: `/path`, "
+            "`host`, `host/path`, or `*.example.com` for every name under example.com. The longest "
+            "matching path wins (whole segments only: `/api` matches `/api/x`, not `/apix`), then a "
+            "host-only prefix, then the main APP, or 404 when no APP is given. The app sees the "
+            "prefix's path in SCRIPT_NAME and the rest in PATH_INFO. Repeat for several; in the "
+            "environment separate them with commas; in greenfork.toml a list or a table "
+            "`mount = {\"/api\" = \"api:app\"}`. Changed by a restart or a binary upgrade (USR2)."),
+    _S("delegate", parse_delegates, (), ("--delegate",), section="Port sharing",
+       metavar="PREFIX=unix:PATH", multiple=True, type_doc="list of PREFIX=unix:PATH", default_doc="none",
+       help="Hand every connection whose first request matches PREFIX (as in --mount) to the greenfork "
+            "server listening on `handoff:PATH` (its own user, virtualenv, code and lifecycle): the "
+            "client socket and the bytes read so far go over the unix socket (SCM_RIGHTS), and that "
+            "server serves the connection from then on, keep-alive requests included. Repeat for "
+            "several."),
+    _S("delegate_wait", _float, 1.0, ("--delegate-wait",), section="Port sharing", validate=_at_least(0),
+       metavar="SECONDS", type_doc="seconds",
+       help="How long a front keeps trying a target that is down or whose hand-off queue is full, "
+            "before it answers 503 with Retry-After (a reload or upgrade of the target keeps its "
+            "socket: nothing waits then)."),
+    _S("handoff_socket_group", _opt_str, None, ("--handoff-socket-group",), section="Port sharing",
+       metavar="GROUP", reloadable=False, default_doc="the workers' group",
+       help="Group owning the `handoff:` socket files this server creates, so that a front running as "
+            "another user in that group may connect (with --unix-socket-mode 660)."),
     # ---------------------------------------------------------------------- tls
     _S("certfile", _opt_str, None, ("--certfile",), section="TLS", metavar="PATH", default_doc="none",
        help="PEM file with the server certificate, followed by its intermediate CA certificates "
@@ -507,7 +537,8 @@ SETTINGS: tuple[Setting, ...] = (
        help="The HTTP versions served, comma-separated (gunicorn's name): `h1` is HTTP/1.1, `h2` "
             "HTTP/2, over TLS when the client picks `h2` by ALPN and on cleartext listeners when it "
             "opens with the HTTP/2 preface (prior knowledge, see --http2-cleartext). `h1` alone turns "
-            "HTTP/2 off. The order does not matter: a TLS client offering both gets HTTP/2. With `h2` "
+            "HTTP/2 off, and so does --delegate (a delegating front hands over HTTP/1.1 connections). "
+            "The order does not matter: a TLS client offering both gets HTTP/2. With `h2` "
             "alone only `h2` is offered by ALPN; a client that does not pick it is still answered in "
             "HTTP/1.1, as there is no way to refuse it politely."),
     _S("http2_cleartext", _h2c, "prior-knowledge", ("--http2-cleartext",), section="HTTP/2",
@@ -658,6 +689,10 @@ class Settings:
     backlog: int
     unix_socket_mode: int
     addresses_file: str | None
+    mount: tuple[Mount, ...]  # issue 17: port sharing
+    delegate: tuple[Delegate, ...]
+    delegate_wait: float
+    handoff_socket_group: str | None
     certfile: str | None
     keyfile: str | None
     keyfile_password_file: str | None

@@ -39,9 +39,11 @@ ALPN_H2: tuple[str, ...] = ("h2", "http/1.1")
 
 
 def alpn_protocols(settings: Settings) -> tuple[str, ...]:
-    """The ALPN names TLS listeners offer, from --http-protocols."""
-    protocols = settings.http_protocols
-    return (("h2",) if "h2" in protocols else ()) + (("http/1.1",) if "h1" in protocols else ())
+    """The ALPN names TLS listeners offer, from --http-protocols. A front that delegates
+    (--delegate) offers no h2: it hands over whole connections by their first HTTP/1.1 head,
+    which an HTTP/2 connection does not have, so its clients must speak HTTP/1.1."""
+    h2 = "h2" in settings.http_protocols and not settings.delegate
+    return (("h2",) if h2 else ()) + (("http/1.1",) if "h1" in settings.http_protocols or not h2 else ())
 EXPIRY_WARNING_DAYS = 14
 
 # The SNI callback stores the name the client asked for on its SSLObject under this attribute:

@@ -90,7 +90,10 @@ def inherited(environ: MutableMapping[str, str]) -> tuple[list[Listener], int, i
         lst.spec = spec
         if lst.transport == "unix" and spec.kind == "unix":
             # this master owns the file now: it removes it on exit (inode-checked)
-            lst.unix_path = lst.url.removeprefix("unix:")
+            # the path the socket is bound to (not parsed back from a unix:, https://unix: or
+            # handoff: URL; issue 17 added the last)
+            name = lst.sock.getsockname()
+            lst.unix_path = name if isinstance(name, str) else ""
             with contextlib.suppress(OSError):
                 lst.unix_ino = os.lstat(lst.unix_path).st_ino
         adopted.append(lst)

@@ -185,7 +185,8 @@ class Collector:
         info = InfoMetricFamily("greenfork_listener", "A bound address (the addresses feature).",
                                 labels=names)
         for lst in self.listeners:
-            info.add_metric([lst.labels[k] for k in names], {"url": lst.url})
+            for url in (lst.url, *lst.prefixes):  # issue 17: a mount's prefixes are its addresses too
+                info.add_metric([lst.labels[k] for k in names], {"url": url})
         yield info
         h = Metric("greenfork_connection_duration_seconds", "Client connection lifetime.", "histogram")
         groups: dict[tuple[tuple[str, str], ...], list[float]] = {}

@@ -22,6 +22,7 @@ class ListenerView:
     address: str
     port: str
     transport: str
+    prefixes: tuple[str, ...] = ()  # issue 17: the --mount prefix URLs served on it (greenfork_listener_info)
 
     @property
     def labels(self) -> dict[str, str]:

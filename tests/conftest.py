@@ -45,16 +45,17 @@ def world_python() -> str:
     project's interpreter may live under /root (mode 700), so those tests use a
     venv built from Debian's python3 in /tmp instead. Built once per machine.
     """
+    import hashlib
     import subprocess
     import sys
 
     base = "/usr/bin/python3"
     root = Path(__file__).resolve().parent.parent
-    target = Path("/tmp/greenfork-world-venv")
+    # one per checkout: worktrees of the same machine would otherwise reinstall each other's code
+    target = Path("/tmp/greenfork-world-venv-" + hashlib.sha256(str(root).encode()).hexdigest()[:8])
     stamp = target / ".ok"
     if not Path(base).exists():
         pytest.fail("Debian's python3 is needed for the --user tests (apt-get install python3)")
-    import hashlib
 
     digest = hashlib.sha256()
     for path in sorted([root / "pyproject.toml", *root.glob("master/*.py"), *root.glob("workers/*.py"),

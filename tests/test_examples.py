@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import Launcher, http_get, wait_for
+from tests.procs import APPS, Launcher, http_get, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -99,3 +102,84 @@ def test_kubernetes_and_docker_command_lines_are_valid_greenfork_settings() -> N
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "shutdown_delay = 5.0" in out.stdout and "metrics_bind = 'http://0.0.0.0:9110'" in out.stdout
+
+
+# issue 17: a front and two app servers (docs/port-sharing.md)
+PORT_SHARING_UNITS = ("greenfork-front.service", "greenfork-api.service", "greenfork-shop.service")
+
+
+def _unit_text(name: str, tmp_path: Path, version: int) -> str:
+    text = (EXAMPLES / "systemd" / name).read_text()
+    text = re.sub(r"/srv/(\w+)/\.venv/bin/greenfork", str(Path(sys.executable).parent / "greenfork"), text)
+    text = re.sub(r"/srv/\w+", str(tmp_path), text)
+    if version < 253:  # as the units' own comments say for older systemd
+        text = text.replace("Type=notify-reload", "Type=notify").replace("ReloadSignal=SIGHUP\n", "")
+        text = text.replace("#ExecReload=", "ExecReload=")
+    return text
+
+
+def _exec_start(text: str) -> list[str]:
+    """The ExecStart command line, its continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", text.split("\nExecStart=", 1)[1]).split("\n", 1)[0]
+    return shlex.split(joined)
+
+
+def test_port_sharing_units_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is required (scripts/test installs Debian's systemd)")
+    version = int(subprocess.run([analyze, "--version"], capture_output=True, text=True).stdout.split()[1])
+    paths = []
+    for name in PORT_SHARING_UNITS:
+        (tmp_path / name).write_text(_unit_text(name, tmp_path, version))
+        paths.append(str(tmp_path / name))
+    out = subprocess.run([analyze, "verify", *paths], capture_output=True, text=True, timeout=60)
+    problems = [line for line in out.stderr.splitlines() if "greenfork" in line]
+    assert out.returncode == 0 and not problems, out.stderr
+    # the command lines are valid settings, and say what the page says
+    front, api, shop = (_exec_start(_unit_text(n, tmp_path, version)) for n in PORT_SHARING_UNITS)
+    for args in (front, api, shop):
+        out = subprocess.run([sys.executable, "-m", "greenfork.master", *args[1:], "--check-config"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+    assert "--delegate" in front and "handoff:/run/greenfork/api/handoff.sock" in api
+
+
+def test_port_sharing_units_serve_as_written(launcher: Launcher, sock_dir: Path, tmp_path: Path) -> None:
+    """The three ExecStart lines, run as written but for what this machine lacks: the apps are
+    tests/apps/shareapps.py's, /run/greenfork a temporary directory, port 80 a free one, and the
+    users and groups of the units (test_delegation.py runs receivers as another user)."""
+    units = [_exec_start(_unit_text(n, tmp_path, 999)) for n in PORT_SHARING_UNITS]
+    apps = {"site.wsgi:application": "shareapps:main", "api.wsgi:application": "shareapps:api",
+            "shop.wsgi:application": "shareapps:shop"}
+
+    def adapt(args: list[str]) -> list[str]:
+        out: list[str] = []
+        skip = False
+        for a in args[1:]:
+            if skip:
+                skip = False
+                continue
+            if a in ("--user", "--handoff-socket-group"):
+                skip = True
+                continue
+            a = apps.get(a, a).replace("/run/greenfork", str(sock_dir)).replace("http://0.0.0.0:80",
+                                                                                "http://127.0.0.1:0")
+            out.append(a)
+        return out
+
+    (sock_dir / "api").mkdir()
+    (sock_dir / "shop").mkdir()
+    front_args, api_args, shop_args = (adapt(u) for u in units)
+    launcher.start(api_args, cwd=APPS)
+    launcher.start(shop_args, cwd=APPS)
+    front = launcher.start(front_args, cwd=APPS)
+
+    def app_of(path: str, host: str | None = None) -> str:
+        status, _, body = http_get(front.url(), path, {"Host": host} if host else None)
+        assert status == 200, body
+        return str(json.loads(body)["app"])
+
+    assert app_of("/api/users") == "api"
+    assert app_of("/cart", "shop.example.com") == "shop"
+    assert app_of("/") == "main"

@@ -425,3 +425,14 @@ def test_our_hpack_table_stays_small_and_clients_follow() -> None:
             got.append(dict(e.headers))
     assert len(got) == 40 and all(g[b"x-a"] == b"1" for g in got)  # the client's decoder followed
     assert s.encoder.header_table._current_size <= ENCODER_TABLE
+
+
+def test_alpn_follows_http_protocols_and_delegation() -> None:
+    from greenfork.master import tls
+    from greenfork.master.settings import defaults
+
+    assert tls.alpn_protocols(defaults()) == ("h2", "http/1.1")
+    assert tls.alpn_protocols(defaults(http_protocols=("h1",))) == ("http/1.1",)
+    assert tls.alpn_protocols(defaults(http_protocols=("h2",))) == ("h2",)
+    # a delegating front hands over HTTP/1.1 connections: it offers no h2
+    assert tls.alpn_protocols(defaults(delegate=("a delegate",))) == ("http/1.1",)

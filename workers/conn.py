@@ -122,7 +122,11 @@ class Connection:
                 if data[:24] == H2_PREFACE:
                     linger = self._http2(data)
                     return
-                self.p.receive_data(data)
+                t.unread(data)  # HTTP/1.1: what follows reads these bytes first
+            # issue 17: a handoff: listener takes its connection out of a front's message; a
+            # delegating front may hand this one over (workers/delegation.py)
+            if self.ctx.share is not None and not self.ctx.share.step(self):
+                return
             linger = self._serve()
         except ClientGone as e:
             self.error_type = self.error_type or e.reason

@@ -334,6 +334,13 @@ class RequestParser:
             return CLOSED
         return NEED_DATA
 
+    def first_request(self) -> Request | None:
+        """The next event if it is a request head, without handing it out: a step that runs
+        before the connection's loop (issue 17's delegation) may route on it, and the loop
+        then takes it as if nothing had looked."""
+        events = self._events
+        return events[0] if events and type(events[0]) is Request else None
+
     def _handed_out(self, req: Request) -> None:
         """A request head goes to the consumer (the connection's rules hang on this)."""
 

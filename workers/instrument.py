@@ -47,7 +47,7 @@ class NullInstruments(NullFrontDoor):
     def rejected(self, listener: int) -> None:
         pass
 
-    def request(self, conn: Exchange, req: Request, err: str, started: float) -> None:
+    def request(self, conn: Exchange, req: Request, err: str, started: float, route: str = "") -> None:
         pass
 
 
@@ -73,13 +73,14 @@ class Instruments(Recorder):
         self.conn_closed(conn.ctx.index, conn.version, conn.error_type, monotonic() - conn.opened, t.rx, t.tx)
         t.rx = t.tx = 0
 
-    def request(self, conn: Exchange, req: Request, err: str, started: float) -> None:
+    def request(self, conn: Exchange, req: Request, err: str, started: float, route: str = "") -> None:
+        """route: the mount's prefix (issue 17), the http_route label; "" leaves it out."""
         duration = monotonic() - started
         status = conn.status
         if status == CLIENT_GONE:
             status = 0  # no response went out: the status label is left off, error_type says why
         version = conn.version = req.version
-        raw = (req.method, status, conn.ctx.scheme, version, err)
+        raw = (req.method, status, conn.ctx.scheme, version, err, route)
         b = self._req_cells.get(raw)
         if b is None:
             b = self.request_cell(raw)

@@ -24,6 +24,7 @@ from greenfork.workers.transport import ClientGone
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
 
 if TYPE_CHECKING:
+    from greenfork.workers.mounts import Mounts
     from greenfork.workers.worker import ListenerContext, WorkerServer
 
 log = logging.getLogger("greenfork.worker")
@@ -88,6 +89,7 @@ class RequestStage:
         self.script_name = server.script_name
         self.max_body = server.limits.max_body
         self.request_timeout = server.request_timeout
+        self.mounts: Mounts | None = None  # issue 17: --mount's table, set by the worker once loaded
 
     def serve(self, ex: Exchange, req: Request, remote: tuple[str, str]) -> None:
         server = self.server
@@ -110,6 +112,10 @@ class RequestStage:
         result: Any = None
         # We are no proxy and speak nothing but HTTP: the server answers these itself.
         app = server.app if req.path != b"*" and req.method != "CONNECT" else _server_itself
+        # issue 17: with --mount, the prefix picks the app, splits SCRIPT_NAME/PATH_INFO and
+        # names itself in environ["greenfork.route"] (workers/mounts.py). Off: one attribute test.
+        if self.mounts is not None and app is not _server_itself:
+            app = self.mounts.route(env)
         err = ""  # the metrics' error_type
         # --request-timeout bounds this request only; the connection's other requests and
         # the worker's other connections carry on (the sweeper throws RequestTimeout).
@@ -179,7 +185,9 @@ class RequestStage:
             if server.access_log is not None:
                 server.access_log.log(env, ex.status, sr.headers, ex.body_bytes(),
                                       time.monotonic() - started)
-            server.metrics.request(ex, req, err, started)
+            # http_route: a mount's prefix (issue 17), or a route template the app set there
+            route = env.get("greenfork.route", "")
+            server.metrics.request(ex, req, err, started, route if type(route) is str else "")
 
 
 def start_head(ex: Exchange) -> bool:

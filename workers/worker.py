@@ -33,12 +33,14 @@ from greenfork.master.control import (
     TERMINATE,
 )
 from greenfork.master.listeners import Listener
+from greenfork.master.prefixes import published
 from greenfork.master.tls import TlsConfig
 from greenfork.master.workerinfo import WorkerInfo
-from greenfork.workers import instrument, reloader, stackdump
+from greenfork.workers import instrument, mounts, reloader, stackdump
 from greenfork.workers.acceptor import Acceptor
 from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.conn import Connection
+from greenfork.workers.delegation import Step, steps
 from greenfork.workers.http1 import Limits
 from greenfork.workers.request import RequestStage
 from greenfork.workers.shed import Shedder
@@ -55,7 +57,7 @@ DRAIN_IDLE_GRACE = 1.0
 
 
 def _h2limits(s: Any) -> Any:
-    if "h2" not in s.http_protocols:
+    if "h2" not in s.http_protocols or s.delegate:  # (a delegating front speaks HTTP/1.1: master/tls.py)
         return None
     from greenfork.workers.h2proto import H2Limits  # (imports h2 only when HTTP/2 is on)
 
@@ -85,6 +87,9 @@ class ListenerContext:
         self.ssl = tls.context_for(listener.spec) if tls is not None else None
         self.h2c = False  # cleartext HTTP/2 with prior knowledge (set by the worker from its settings)
         self.client_cert_user = tls.client_cert_user if tls is not None else "none"
+        # issue 17: what a connection does before the HTTP loop: receive a hand-off, or be
+        # handed over by a delegating front (workers/delegation.py); None on other listeners
+        self.share: Step | None = None
         name, port = self._server_name(listener)
         self.base_environ = dict(base, SERVER_NAME=name, SERVER_PORT=port)
         self.base_environ["wsgi.url_scheme"] = self.scheme
@@ -141,6 +146,8 @@ class WorkerServer:
         self.timed = self.access_log is not None or self.metrics is not instrument.NULL
         self.requests = 0
         self.request_timeout = s.request_timeout
+        # --max-requests (+ jitter): drawn once, whichever application counts the request
+        self.recycle_at = s.max_requests + random.randint(0, s.max_requests_jitter)
         self.stage = RequestStage(self)
 
     # --------------------------------------------------------------- startup
@@ -150,7 +157,8 @@ class WorkerServer:
         self._signals()
         stackdump.install(info.slot)
         try:
-            self.app = info.app if info.app is not None else apploader.load(
+            # (issue 17: with --mount or --delegate and no APP, the main application is a 404)
+            self.app = info.app if info.app is not None else mounts.main_app(self.settings) or apploader.load(
                 self.settings.app, self.settings.chdir)
         except Exception as e:
             log.error("Failed to load the application %s: %s", self.settings.app, e,
@@ -158,11 +166,21 @@ class WorkerServer:
             return EXIT_APP_IMPORT
         if self.settings.max_requests > 0:
             self.app = self._counted(self.app)
+        if self.settings.mount:  # issue 17: each mount's application; one that fails names its mount
+            try:
+                self.stage.mounts = mounts.build(self.settings, self.app, self._counted)
+            except mounts.MountImportError as e:
+                mounts.report(e)
+                return EXIT_APP_IMPORT
         base = self._base_environ()
+        shares = steps(self)  # issue 17
         for i, lst in enumerate(info.listeners):
             ctx = ListenerContext(lst, base, i, info.tls)
+            ctx.share = shares.get(i)
+            # cleartext HTTP/2 by prior knowledge; never on a handoff: listener, whose
+            # connections come from a front that read an HTTP/1.1 head
             ctx.h2c = ctx.ssl is None and self.h2limits is not None and \
-                self.settings.http2_cleartext == "prior-knowledge"
+                self.settings.http2_cleartext == "prior-knowledge" and not lst.spec.handoff
             # The worker takes its own gevent socket over the inherited descriptor.
             sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
             self.sockets.append(sock)
@@ -191,7 +209,7 @@ class WorkerServer:
     def _counted(self, app: Any) -> Any:
         """--max-requests: count requests; at the limit (+ jitter) ask the master for a
         replacement. This worker serves on until the replacement is ready and it is told to QUIT."""
-        limit = self.settings.max_requests + random.randint(0, self.settings.max_requests_jitter)
+        limit = self.recycle_at
 
         def counted(environ: dict[str, Any], start_response: Any) -> Any:
             self.requests += 1
@@ -216,7 +234,8 @@ class WorkerServer:
             "wsgi.file_wrapper": FileWrapper,
             "SCRIPT_NAME": self.script_name,
             "SERVER_SOFTWARE": server_software(),
-            "greenfork.server_addresses": list(self.info.addresses),
+            # issue 17: and each --mount's prefix URLs after the listeners' (master/prefixes.py)
+            "greenfork.server_addresses": published(self.info.addresses, self.settings.mount),
             "greenfork.worker": self.info.slot,
             "greenfork.generation": self.info.generation,
         }

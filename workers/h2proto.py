@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionInputs, H2Connection
+from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated, Event
+from h2.events import ConnectionTerminated, Event, RequestReceived
 from h2.exceptions import (
     DenialOfServiceError,
     FlowControlError,
@@ -450,7 +450,9 @@ class ServerConnection(H2Connection):
     # ------------------------------------------------ stream errors stay so
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
         try:
-            return super()._receive_headers_frame(frame)
+            if frame.stream_id in self.streams:  # trailers, or a frame on a stream that is done
+                return super()._receive_headers_frame(frame)
+            return self._receive_request(frame)
         except ProtocolError as e:
             # Raised after the block decoded and the stream opened (h2's checks of
             # content-length, trailers, a stream depending on itself): the request is
@@ -459,6 +461,30 @@ class ServerConnection(H2Connection):
             if type(e) is not ProtocolError or not self._open_stream(frame.stream_id):
                 raise
             return self._malformed(frame.stream_id, str(e))
+
+    def _receive_request(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
+        """h2's receipt of a HEADERS frame opening a stream, less what a server never needs:
+        the concurrency check (the driver refuses streams itself), looking for a 1xx status
+        (a client sends none), the validation flags of checks that are off. The same decoder,
+        state machines, stream and content-length tracking, and the same events."""
+        self.open_inbound_streams  # noqa: B018  (forgets closed streams now and then)
+        headers = self.decoder.decode(frame.data, raw=True)  # GuardedDecoder: the RFC's errors
+        events: list[Event] = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._begin_new_stream(frame.stream_id, AllowedStreamIDs.ODD)
+        received: list[Event] = stream.state_machine.process_input(StreamInputs.RECV_HEADERS)
+        request = received[0]
+        assert isinstance(request, RequestReceived)
+        if "END_STREAM" in frame.flags:
+            ended = stream.state_machine.process_input(StreamInputs.RECV_END_STREAM)
+            request.stream_ended = ended[0]  # type: ignore[assignment]  # (a StreamEnded)
+            received += ended
+        stream._initialize_content_length(headers)
+        request.headers = headers  # type: ignore[assignment]  # (the decoder's list)
+        if "PRIORITY" in frame.flags:
+            _, updated = self._receive_priority_frame(frame)
+            request.priority_updated = updated[0]  # type: ignore[assignment]  # (a PriorityUpdated)
+            received += updated
+        return [], events + received
 
     def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[Event]]:
         try:

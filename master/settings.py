@@ -596,7 +596,9 @@ SETTINGS: tuple[Setting, ...] = (
     _S("metrics_bind", _opt_str, None, ("--metrics-bind",), section="Metrics", validate=_metrics_address,
        metavar="ADDRESS", reloadable=False, default_doc="off",
        help="Serve Prometheus metrics (`/metrics`), `/livez` and `/readyz` from the master on this "
-            "address, e.g. `http://127.0.0.1:9110` (port 0 picks a free port, published like --bind's)."),
+            "address, e.g. `http://127.0.0.1:9110` (port 0 picks a free port, published like --bind's). "
+            "With `?proxy-protocol=MODE` it reads a PROXY header first (from --proxy-allow-from "
+            "peers), for load balancers whose health checks send one (HAProxy's check-send-proxy)."),
     _S("app_metrics", _bool, False, ("--app-metrics",), section="Metrics", is_flag=True,
        type_doc="boolean", reloadable=False,
        help="Also serve the application's own prometheus_client metrics on `/metrics` (multiprocess "

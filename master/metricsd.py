@@ -136,7 +136,9 @@ class MetricsService:
 
     def ready(self) -> bool:
         arb = self.arbiter()
-        return arb.state in (State.STARTING, State.RUNNING) and any(
+        # RELOADING: the current generation serves while the new one boots (a health check that
+        # failed there would take a load balancer's server out on every HUP)
+        return arb.state in (State.STARTING, State.RUNNING, State.RELOADING) and any(
             w.state == WState.READY for w in arb.workers.values()) and not self.saturated()
 
     def saturated(self) -> bool:

@@ -263,3 +263,18 @@ def test_hup_applies_a_new_global_mode(launcher: Launcher, tmp_path: Path) -> No
         assert env_of(s, request())["REMOTE_ADDR"] == "127.0.0.1"
     with connect(v2only) as s:  # the listener's own option is unchanged by the global one
         assert env_of(s, v2(("203.0.113.2", 1), ("192.0.2.1", 2)) + request())["REMOTE_ADDR"] == "203.0.113.2"
+
+
+def test_readyz_stays_up_while_a_reload_boots_new_workers(launcher: Launcher, tmp_path: Path) -> None:
+    """A load balancer's health check must not take the server out during a HUP: the current
+    workers serve until the new ones are ready (found by HAProxy's checks in a reload test)."""
+    delay = tmp_path / "delay"
+    g = launcher.start(["proxyapp:app", "-b", "http://127.0.0.1:0", "--metrics-bind", "http://127.0.0.1:0"],
+                       env={"PROXYAPP_BOOT_DELAY": str(delay)})
+    metrics = g.info["metrics"]
+    assert get(metrics, "/readyz")[0] == 200
+    delay.write_text("3")
+    g.signal(signal.SIGHUP)
+    wait_for(lambda: len(g.workers()) == 2, 10, "the new worker to start booting")
+    assert get(metrics, "/readyz")[0] == 200 and get(g.url(), "/")[0] == 200
+    wait_for(lambda: g.reload_info()["generation"] == 2, 15, "the reload")

@@ -14,8 +14,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 from urllib.parse import parse_qs
+
+# A slow boot on demand: when the file PROXYAPP_BOOT_DELAY names exists, importing this module
+# takes as many seconds as it says (a reload whose new workers take a while).
+_delay = os.environ.get("PROXYAPP_BOOT_DELAY")
+if _delay and os.path.exists(_delay):
+    with open(_delay) as _f:
+        time.sleep(float(_f.read()))
 
 
 def _text(start_response: Any, body: bytes, status: str = "200 OK") -> list[bytes]:

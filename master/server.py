@@ -164,6 +164,7 @@ class Server:
                 pidfile.acquire(pid)
             set_title(f"greenfork: master [{s.app_label}] gen {self._generation}")
             report.log_addresses(self.addresses)
+            self._log_proxy_protocol()
             if self.metrics_address:
                 log.info("Metrics listening on: %s", self.metrics_address)
             elif s.app_metrics:
@@ -204,6 +205,18 @@ class Server:
         if code == EXIT_OK:
             log.info("Shutdown complete")
         return code
+
+    def _log_proxy_protocol(self) -> None:
+        """Which listeners require a PROXY header (issue 14): a client that connects straight
+        to one is closed unanswered, so say so where the operator looks first."""
+        s = self.settings
+        for lst in self.listeners + self.metrics_listeners:
+            mode = lst.spec.proxy_protocol
+            if mode is None and lst not in self.metrics_listeners:
+                mode = s.proxy_protocol
+            if mode not in (None, "off"):
+                log.info("%s requires a PROXY protocol header (%s) from %s", lst.url, mode,
+                         s.proxy_allow_from or "nobody (--proxy-allow-from is empty)")
 
     def _load_tls(self, settings: Settings) -> TlsConfig | None:
         """The certificates and contexts, read here in the master before any worker drops

@@ -71,6 +71,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_v1_sets_the_client_of_every_request_on_the_connection(server: Server) -> None:
+    assert f"{server.any} requires a PROXY protocol header (any) from 127.0.0.1,::1,unix" in server.g.log()
+    assert f"{server.plain} requires" not in server.g.log()
     with connect(server.any) as s:
         me = server.local(s)
         env = env_of(s, v1(("203.0.113.7", 51000), ("192.0.2.1", 443)) + request())

@@ -24,6 +24,7 @@ Nothing here runs for a listener without PROXY: the connection tests one attribu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from greenfork.master.addresses import BindSpec
@@ -50,7 +51,7 @@ class ProxyFront:
         return f"ProxyFront({self.mode!r}, {self.trust!r})"
 
 
-def fronts(settings: Any) -> Any:
+def fronts(settings: Any) -> Callable[[BindSpec | None], ProxyFront | None]:
     """A function from a listener's BindSpec (None: a socket systemd passed) to its
     ProxyFront, or None when the listener takes no PROXY header. One trust list (and its
     cache) is shared by the worker's listeners."""

@@ -5,6 +5,7 @@ and every refusal closed without a byte and counted by error_type."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -280,3 +281,48 @@ def test_readyz_stays_up_while_a_reload_boots_new_workers(launcher: Launcher, tm
     wait_for(lambda: len(g.workers()) == 2, 10, "the new worker to start booting")
     assert get(metrics, "/readyz")[0] == 200 and get(g.url(), "/")[0] == 200
     wait_for(lambda: g.reload_info()["generation"] == 2, 15, "the reload")
+
+
+def test_inherited_sockets_take_the_option_or_the_global_mode(launcher: Launcher) -> None:
+    """fd://N takes ?proxy-protocol= like any form; a socket systemd passes (no bind text)
+    follows --proxy-protocol."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.procs import APPS, children
+
+    inherited = socket.create_server(("127.0.0.1", 0))
+    try:
+        inherited.set_inheritable(True)
+        fd = inherited.fileno()
+        g = launcher.start(["proxyapp:app", "-b", f"fd://{fd}?proxy-protocol=v1"], pass_fds=(fd,))
+        with connect(g.url()) as s:
+            env = env_of(s, v1(("203.0.113.3", 3), ("192.0.2.1", 4)) + request())
+        assert env["REMOTE_ADDR"] == "203.0.113.3"
+    finally:
+        inherited.close()
+    tool = shutil.which("systemd-socket-activate")
+    if tool is None:
+        pytest.fail("systemd-socket-activate is required (scripts/test installs Debian's systemd)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([tool, "-l", f"127.0.0.1:{port}", sys.executable, "-m", "greenfork.master",
+                             "proxyapp:app", "--proxy-protocol", "v2"], cwd=APPS, env=launcher.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: f":{port}" in subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout,
+                 10, "the activation socket")
+        with connect(f"http://127.0.0.1:{port}", timeout=20) as s:
+            env = env_of(s, v2(("203.0.113.4", 5), ("192.0.2.1", 6)) + request())
+        assert env["REMOTE_ADDR"] == "203.0.113.4"
+    finally:
+        pids = [proc.pid, *children(proc.pid)]
+        pids += [c for p in pids[1:] for c in children(p)]
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(10)

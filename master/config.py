@@ -116,6 +116,8 @@ def show_value(s: Setting, value: object) -> str:
     """A value as an operator writes it: modes in octal (`0o022`, not 18)."""
     if s.type_doc == "octal mode" and isinstance(value, int) and not isinstance(value, bool):
         return f"0o{value:03o}"
+    if s.name == "require_header" and isinstance(value, str):
+        return repr(value.partition("=")[0] + "=(hidden)")  # a secret: --check-config prints this
     return repr(value)
 
 

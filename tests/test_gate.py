@@ -161,6 +161,14 @@ def test_values_are_canonical() -> None:
     assert settings(forwarded_allow_ips="").forwarded_allow_ips == ""
 
 
+def test_check_config_does_not_print_the_secret(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "greenfork.master", "--check-config"], capture_output=True,
+                         text=True, timeout=30, cwd=tmp_path,
+                         env={**os.environ, "GREENFORK_REQUIRE_HEADER": "X-Proxy-Secret=hunter2"})
+    assert out.returncode == 0, out.stderr
+    assert "X-Proxy-Secret=(hidden)" in out.stdout and "hunter2" not in out.stdout + out.stderr
+
+
 def resolve(cli: dict[str, Any], environ: dict[str, str], cwd: Path) -> Any:
     return config.resolve(cli, environ, config=None, profile=None, cwd=str(cwd))[0]
 

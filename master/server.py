@@ -95,8 +95,13 @@ class Server:
             adopted.append(listeners.adopt_fd(fd))
         for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(key, None)  # children must not adopt them again
-        if adopted and self.settings.source_of("bind") == "default":
-            specs = []  # socket activation replaces the default address
+        if adopted and config.bind_is_implicit(self.settings):
+            specs = []  # socket activation replaces the default address (and PORT's)
+            if self.settings.source_of("bind") == config.PORT_SOURCE:
+                log.info("PORT is set, but systemd passed listening sockets: serving on those only")
+        elif specs and self.settings.source_of("bind") == config.PORT_SOURCE:
+            log.info("No --bind given: listening on %s, from the PORT environment variable",
+                     self.settings.bind[0])
         self.listeners = adopted + listeners.bind_all(
             specs, backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode)
         if self.settings.metrics_bind:
@@ -121,7 +126,7 @@ class Server:
         the others, bind what is new."""
         self._generation, self._upgrade_fd = generation, ready_fd
         bind = self.settings.bind
-        if self.settings.source_of("bind") == "default":
+        if config.bind_is_implicit(self.settings):
             bind = tuple(dict.fromkeys(lst.spec.raw for lst in handed))
         metrics_bind = self.settings.metrics_bind
         self.metrics_listeners = [lst for lst in handed if metrics_bind and lst.spec.raw == metrics_bind]
@@ -173,6 +178,7 @@ class Server:
             report.log_addresses(prefixes.published(self.addresses, s.mount))
             for line in prefixes.delegations(self.listeners, s.delegate):
                 log.info("%s", line)
+            self._log_proxy_protocol()
             if self.metrics_address:
                 log.info("Metrics listening on: %s", self.metrics_address)
             elif s.app_metrics:
@@ -213,6 +219,18 @@ class Server:
         if code == EXIT_OK:
             log.info("Shutdown complete")
         return code
+
+    def _log_proxy_protocol(self) -> None:
+        """Which listeners require a PROXY header (issue 14): a client that connects straight
+        to one is closed unanswered, so say so where the operator looks first."""
+        s = self.settings
+        for lst in self.listeners + self.metrics_listeners:
+            mode = lst.spec.proxy_protocol
+            if mode is None and lst not in self.metrics_listeners and not lst.spec.handoff:
+                mode = s.proxy_protocol
+            if mode not in (None, "off"):
+                log.info("%s requires a PROXY protocol header (%s) from %s", lst.url, mode,
+                         s.proxy_allow_from or "nobody (--proxy-allow-from is empty)")
 
     def _load_tls(self, settings: Settings) -> TlsConfig | None:
         """The certificates and contexts, read here in the master before any worker drops

@@ -80,6 +80,8 @@ ERROR_TYPES: Final = (
     # (Kestrel's name)
     "priority_flood", "empty_frames_flood", "window_update_flood", "http2_protocol_error",
     "max_request_headers_total_size_exceeded",
+    # not in METRICS.md's list either: a request without --require-header's header (403)
+    "required_header_missing",
     OTHER)
 
 # Per-listener block

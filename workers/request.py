@@ -18,6 +18,7 @@ import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
 
+from greenfork.workers import gate
 from greenfork.workers.http1 import ProtocolError, Request
 from greenfork.workers.timers import RequestTimeout, Timed
 from greenfork.workers.transport import ClientGone
@@ -57,7 +58,7 @@ class Exchange(Protocol):
 
     status: int  # the status sent (or about to be), for the access log and metrics
     body_error: ProtocolError | None  # what went wrong with the body while the app read it
-    extra: dict[str, str]  # environ keys the connection adds (TLS, a PROXY header ...)
+    extra: dict[str, Any]  # environ keys the connection adds (TLS, a PROXY header ...)
     inp: Input | None  # this request's wsgi.input and start_response, held for its duration
     sr: StartResponse | None
     headed: bool  # the head has been handed to the protocol
@@ -90,6 +91,8 @@ class RequestStage:
         self.max_body = server.limits.max_body
         self.request_timeout = server.request_timeout
         self.mounts: Mounts | None = None  # issue 17: --mount's table, set by the worker once loaded
+        # issue 14: forwarded headers, allowed hosts, --require-header; None when none is set
+        self.gate = gate.build(server.settings)
 
     def serve(self, ex: Exchange, req: Request, remote: tuple[str, str]) -> None:
         server = self.server
@@ -117,6 +120,8 @@ class RequestStage:
         if self.mounts is not None and app is not _server_itself:
             app = self.mounts.route(env)
         err = ""  # the metrics' error_type
+        if self.gate is not None:  # issue 14 (workers/gate.py): may answer instead of the app
+            app, err = self.gate.check(env, req.headers, app)
         # --request-timeout bounds this request only; the connection's other requests and
         # the worker's other connections carry on (the sweeper throws RequestTimeout).
         timer = ex.timed if self.request_timeout else None

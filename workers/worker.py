@@ -41,6 +41,7 @@ from greenfork.workers.acceptor import Acceptor
 from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.conn import Connection
 from greenfork.workers.delegation import Step, steps
+from greenfork.workers.front import ProxyFront, fronts
 from greenfork.workers.http1 import Limits
 from greenfork.workers.request import RequestStage
 from greenfork.workers.shed import Shedder
@@ -90,6 +91,8 @@ class ListenerContext:
         # issue 17: what a connection does before the HTTP loop: receive a hand-off, or be
         # handed over by a delegating front (workers/delegation.py); None on other listeners
         self.share: Step | None = None
+        # issue 14: the PROXY header this listener requires, if any (set by the worker: front.py)
+        self.proxy: ProxyFront | None = None
         name, port = self._server_name(listener)
         self.base_environ = dict(base, SERVER_NAME=name, SERVER_PORT=port)
         self.base_environ["wsgi.url_scheme"] = self.scheme
@@ -174,9 +177,13 @@ class WorkerServer:
                 return EXIT_APP_IMPORT
         base = self._base_environ()
         shares = steps(self)  # issue 17
+        proxy_front = fronts(self.settings)  # issue 14: each listener's PROXY requirement
         for i, lst in enumerate(info.listeners):
             ctx = ListenerContext(lst, base, i, info.tls)
             ctx.share = shares.get(i)
+            # a handoff: listener's connections come from a front that already read any PROXY
+            # header (a unix socket of our own, never a proxy's)
+            ctx.proxy = None if lst.spec.handoff else proxy_front(lst.spec)
             # cleartext HTTP/2 by prior knowledge; never on a handoff: listener, whose
             # connections come from a front that read an HTTP/1.1 head
             ctx.h2c = ctx.ssl is None and self.h2limits is not None and \

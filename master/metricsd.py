@@ -22,7 +22,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from greenfork.master.arbiter import Arbiter
 from greenfork.master.listeners import Listener
 from greenfork.master.records import Worker
-from greenfork.master.states import State, WState
+from greenfork.master.states import State, UpgradeState, WState
 from greenfork.metrics import appmetrics
 from greenfork.metrics import layout as L
 from greenfork.metrics.collector import CacheStats, Collector, Lifecycle, ListenerView, MasterView, WorkerView
@@ -129,7 +129,10 @@ class MetricsService:
 
     def ready(self) -> bool:
         arb = self.arbiter()
-        return arb.state in (State.STARTING, State.RUNNING) and any(
+        if arb.upgrade.state is UpgradeState.READY:
+            return True  # the new master of an upgrade serves this address (see MasterLoop._answers_metrics)
+        # RELOADING: the current generation serves while the next one boots (a HUP is no outage)
+        return arb.state in (State.STARTING, State.RUNNING, State.RELOADING) and any(
             w.state == WState.READY for w in arb.workers.values()) and not self.saturated()
 
     def saturated(self) -> bool:

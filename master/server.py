@@ -65,6 +65,7 @@ class Server:
         self._master_pid: int | None = None
         self._generation = 1
         self._upgrade_fd = -1  # set in a master started by a binary upgrade (upgrade.py)
+        self._metrics_handed = False  # ... whose metrics listener the old master still serves
 
     # ------------------------------------------------------------- addresses
     @property
@@ -116,6 +117,7 @@ class Server:
         metrics_bind = self.settings.metrics_bind
         self.metrics_listeners = [lst for lst in handed if metrics_bind and lst.spec.raw == metrics_bind]
         handed = [lst for lst in handed if lst not in self.metrics_listeners]
+        self._metrics_handed = bool(self.metrics_listeners)
         if metrics_bind and not self.metrics_listeners:
             self.metrics_listeners = listeners.bind_all([parse_bind(metrics_bind)], backlog=64,
                                                         unix_mode=self.settings.unix_socket_mode)
@@ -173,7 +175,8 @@ class Server:
             loop = MasterLoop(s, lset, app=self._app_obj, generation=self._generation,
                               reload_settings=self._reload_settings, on_ready=ready,
                               on_published=self._publish, metrics_listeners=self.metrics_listeners,
-                              pidfile=pidfile, tls=tls_config, load_tls=self._tls_loader)
+                              pidfile=pidfile, tls=tls_config, load_tls=self._tls_loader,
+                              metrics_shared=self._metrics_handed)
             code = loop.run()
         except PidfileBusy as e:
             log.error("%s", e)

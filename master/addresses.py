@@ -3,18 +3,21 @@
 Kestrel-style URLs (``http://127.0.0.1:8000``, ``http://unix:/run/app.sock``, and the same
 with ``https://`` for TLS: BindSpec.scheme is then "https") and
 gunicorn's shorthand (``127.0.0.1:8000``, ``:8000``, ``unix:app.sock``, ``fd://3``) are
-accepted. Nothing here touches the network or the filesystem: names are resolved and
+accepted. Every form may end in listener options written as a URL query,
+``?proxy-protocol=v2`` (the listener's PROXY protocol mode; the one option today).
+Nothing here touches the network or the filesystem: names are resolved and
 paths made absolute by ``listeners``, so parsing can run (and fail) before any I/O.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ANY", "AddressError", "BindSpec", "format_url", "parse_bind"]
+__all__ = ["ANY", "PROXY_MODES", "AddressError", "BindSpec", "format_url", "parse_bind", "parse_proxy_mode"]
 
 ANY = "*"
 # gunicorn binds port 8000 when no port is given; a URL without port means the scheme's default
@@ -31,6 +34,13 @@ _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _HOSTNAME_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 _IPV4ISH_RE = re.compile(r"[0-9.]+")
 _FD_MAX = 2**31 - 1
+# Listener options: "?name=value&name=value" at the very end. For a unix path, whose file name
+# may hold a "?", only a tail in this shape is read as options (so "unix:/tmp/a?b" stays a path).
+_OPTIONS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*=[^&?#]*(?:&[A-Za-z][A-Za-z0-9_-]*=[^&?#]*)*")
+# The PROXY protocol modes (gunicorn's --proxy-protocol): off, or which header versions are
+# required. gunicorn spells "any" "auto", and its old boolean form meant the same.
+PROXY_MODES = ("off", "v1", "v2", "any")
+_PROXY_ALIASES = {"auto": "any", "true": "any", "false": "off", "none": "off"}
 
 
 class AddressError(ValueError):
@@ -46,6 +56,8 @@ class BindSpec:
     path: str = ""
     fd: int = -1
     scheme: str = "http"  # "https": the listener speaks TLS (master/tls.py gives its context)
+    # ?proxy-protocol=MODE: this listener's PROXY protocol mode; None: --proxy-protocol's
+    proxy_protocol: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -58,10 +70,46 @@ def format_url(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://{host}:{port}"
 
 
+def parse_proxy_mode(value: str) -> str:
+    """off, v1, v2 or any (also gunicorn's auto, true, false); ValueError otherwise."""
+    mode = value.strip().lower()
+    mode = _PROXY_ALIASES.get(mode, mode)
+    if mode not in PROXY_MODES:
+        raise ValueError(f"{value!r} is not a PROXY protocol mode (off, v1, v2 or any)")
+    return mode
+
+
 def parse_bind(text: str) -> BindSpec:
     s = text.strip()
     if not s:
         raise _error(s, "the address is empty")
+    body, proxy_mode = _split_options(s)
+    spec = _parse_address(text, body)
+    if proxy_mode is None:
+        return spec
+    return dataclasses.replace(spec, proxy_protocol=proxy_mode)
+
+
+def _split_options(s: str) -> tuple[str, str | None]:
+    """The address without its trailing options, and the proxy-protocol option's mode."""
+    q = s.rfind("?")
+    if q < 0 or not _OPTIONS_RE.fullmatch(s[q + 1:]):
+        return s, None
+    mode: str | None = None
+    for item in s[q + 1:].split("&"):
+        name, _, value = item.partition("=")
+        if name.lower().replace("_", "-") != "proxy-protocol":
+            raise _error(s, f"unknown listener option {name!r} (the options: proxy-protocol=off|v1|v2|any)")
+        if mode is not None:
+            raise _error(s, f"the option {name!r} is given twice")
+        try:
+            mode = parse_proxy_mode(value)
+        except ValueError as e:
+            raise _error(s, str(e)) from None
+    return s[:q], mode
+
+
+def _parse_address(text: str, s: str) -> BindSpec:
     lower = s.lower()
     if lower.startswith("unix:"):
         return _parse_unix(text, s, s[5:])
@@ -116,7 +164,8 @@ def _parse_tcp(raw: str, s: str, rest: str, default_port: int, scheme: str = "ht
         if path not in ("", "/"):
             raise _error(s, "a path is not allowed in a bind address")
         if "?" in tail:
-            raise _error(s, "a query is not allowed in a bind address")
+            raise _error(s, "a query is not allowed in a bind address (the one that is, listener "
+                            "options, goes last: ?proxy-protocol=MODE)")
         if "#" in tail:
             raise _error(s, "a fragment is not allowed in a bind address")
     if "@" in rest:

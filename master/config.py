@@ -143,6 +143,28 @@ def parse_value(s: Setting, raw: object, where: str) -> Any:
     return value
 
 
+# Variables of other tools' conventions, read only when the setting is given nowhere else (the
+# lowest layer above the defaults): PORT, which platforms (Heroku, Cloud Run, Render) set for
+# the process to listen on, and gunicorn's FORWARDED_ALLOW_IPS.
+PORT_SOURCE = "env PORT"
+_CONVENTIONS = (("bind", "PORT", lambda v: [f"http://0.0.0.0:{v.strip()}"]),
+                ("forwarded_allow_ips", "FORWARDED_ALLOW_IPS", lambda v: v))
+
+
+def conventions(layers: list[Layer], environ: Mapping[str, str]) -> list[Layer]:
+    """One layer per convention variable whose setting no layer gives."""
+    out: list[Layer] = []
+    for name, var, value in _CONVENTIONS:
+        if var in environ and not any(name in layer.values for layer in layers):
+            out.append(Layer(f"env {var}", {name: value(environ[var])}))
+    return out
+
+
+def bind_is_implicit(settings: Settings) -> bool:
+    """No bind was given: the default address, or PORT's. systemd's sockets replace either."""
+    return settings.source_of("bind") in ("default", PORT_SOURCE)
+
+
 def resolve(cli: Mapping[str, object], environ: Mapping[str, str], *, config: str | None,
             profile: str | None, cwd: str) -> tuple[Settings, list[str]]:
     """All layers for one start or one reload. Returns the settings and warnings to log."""
@@ -158,4 +180,4 @@ def resolve(cli: Mapping[str, object], environ: Mapping[str, str], *, config: st
         raise SettingError(f"--profile {profile} needs a config file (-c greenfork.toml)")
     layers.append(env)
     layers.append(Layer("command line", cli))
-    return build(layers), warnings
+    return build(conventions(layers, environ) + layers), warnings

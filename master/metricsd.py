@@ -5,6 +5,10 @@ everything here is non-blocking and bounded: at most MAX_CLIENTS connections,
 requests of at most MAX_REQUEST bytes, and CLIENT_TIMEOUT seconds per exchange;
 one request per connection. It also owns the workers' metrics slots and the
 lifecycle counters fed by the OS port's notifications.
+
+A listener bound with ``?proxy-protocol=MODE`` (--metrics-bind) reads a PROXY header first,
+from peers in --proxy-allow-from only, so that a load balancer that sends one on its health
+checks (HAProxy's check-send-proxy) can ask /readyz; --proxy-protocol does not apply here.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
@@ -47,6 +52,7 @@ class _Client:
     deadline: float
     buf: bytearray
     out: memoryview | None = None
+    proxy: Any = None  # a workers.proxyproto.ProxyParser while a PROXY header is awaited
 
 
 def listener_view(lst: Listener) -> ListenerView:
@@ -77,6 +83,7 @@ class MetricsService:
                                    self._view, app_dir=app_dir, certificates=certificates,
                                    cache_stats=cache_stats, delegation_targets=delegation_targets)
         self.clients: dict[int, _Client] = {}
+        self._trust: tuple[str, Any] | None = None  # --proxy-allow-from, parsed
         if app_dir:
             log.info("Application metrics directory: %s", app_dir)
         for lst in listeners:
@@ -131,7 +138,8 @@ class MetricsService:
         arb = self.arbiter()
         if arb.upgrade.state is UpgradeState.READY:
             return True  # the new master of an upgrade serves this address (see MasterLoop._answers_metrics)
-        # RELOADING: the current generation serves while the next one boots (a HUP is no outage)
+        # RELOADING: the current generation serves while the new one boots (a health check that
+        # failed there would take a load balancer's server out on every HUP)
         return arb.state in (State.STARTING, State.RUNNING, State.RELOADING) and any(
             w.state == WState.READY for w in arb.workers.values()) and not self.saturated()
 
@@ -158,7 +166,7 @@ class MetricsService:
         try:
             for lst in self.listeners:
                 if lst.sock.fileno() in readable:
-                    self._accept(lst.sock)
+                    self._accept(lst.sock, lst.spec.proxy_protocol)
             for fd in readable:
                 c = self.clients.get(fd)
                 if c is not None and c.out is None:
@@ -174,17 +182,39 @@ class MetricsService:
         except Exception:
             log.exception("metrics endpoint error")
 
-    def _accept(self, sock: socket.socket) -> None:
+    def _accept(self, sock: socket.socket, proxy_mode: str | None = None) -> None:
         while len(self.clients) < MAX_CLIENTS:
             try:
-                conn, _ = sock.accept()
+                conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # EMFILE and friends: try again next turn
                 log.warning("metrics endpoint: accept failed: %s", e.strerror)
                 return
             conn.setblocking(False)
-            self.clients[conn.fileno()] = _Client(conn, time.monotonic() + CLIENT_TIMEOUT, bytearray())
+            client = _Client(conn, time.monotonic() + CLIENT_TIMEOUT, bytearray())
+            if proxy_mode is not None and proxy_mode != "off":
+                client.proxy = self._proxy_parser(conn, addr, proxy_mode)
+                if client.proxy is None:
+                    continue
+            self.clients[conn.fileno()] = client
+
+    def _proxy_parser(self, conn: socket.socket, addr: Any, mode: str) -> Any:
+        """A PROXY header parser for a client of a PROXY metrics listener; None (and the
+        connection closed) when the peer may not send one."""
+        from greenfork.master.trust import TrustList
+        from greenfork.workers.proxyproto import ProxyParser
+
+        spec = self.arbiter().settings.proxy_allow_from  # reloadable: read on each accept
+        if self._trust is None or self._trust[0] != spec:
+            self._trust = (spec, TrustList(spec))
+        peer = str(addr[0]) if isinstance(addr, tuple) else ""
+        if not self._trust[1].trusts(peer):
+            log.debug("metrics endpoint: closed a connection from %s: not in --proxy-allow-from",
+                      peer or "a unix socket")
+            conn.close()
+            return None
+        return ProxyParser(mode)
 
     def _read(self, fd: int, c: _Client) -> None:
         try:
@@ -196,6 +226,10 @@ class MetricsService:
         if not data:
             self._close(fd)
             return
+        if c.proxy is not None:
+            data = self._after_proxy_header(fd, c, data)
+            if not data:
+                return
         c.buf += data
         end = c.buf.find(b"\r\n\r\n")
         if end < 0:
@@ -206,6 +240,23 @@ class MetricsService:
             self._respond(fd, c, 431, b"request too large\n")
             return
         self._dispatch(fd, c, bytes(c.buf[:end]))
+
+    def _after_proxy_header(self, fd: int, c: _Client, data: bytes) -> bytes:
+        """Feed the PROXY header parser; the bytes after a complete header (b"" while it is
+        incomplete, or when the connection was closed for a bad one)."""
+        from greenfork.workers.proxyproto import ProxyProtocolError
+
+        try:
+            header = c.proxy.feed(data)
+        except ProxyProtocolError as e:
+            log.debug("metrics endpoint: closed a connection: %s", e.detail)
+            self._close(fd)
+            return b""
+        if header is None:
+            return b""
+        rest: bytes = c.proxy.rest
+        c.proxy = None
+        return rest
 
     def _dispatch(self, fd: int, c: _Client, head: bytes) -> None:
         lines = head.decode("latin-1").split("\r\n")

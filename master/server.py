@@ -86,8 +86,13 @@ class Server:
             adopted.append(listeners.adopt_fd(fd))
         for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(key, None)  # children must not adopt them again
-        if adopted and self.settings.source_of("bind") == "default":
-            specs = []  # socket activation replaces the default address
+        if adopted and config.bind_is_implicit(self.settings):
+            specs = []  # socket activation replaces the default address (and PORT's)
+            if self.settings.source_of("bind") == config.PORT_SOURCE:
+                log.info("PORT is set, but systemd passed listening sockets: serving on those only")
+        elif specs and self.settings.source_of("bind") == config.PORT_SOURCE:
+            log.info("No --bind given: listening on %s, from the PORT environment variable",
+                     self.settings.bind[0])
         self.listeners = adopted + listeners.bind_all(
             specs, backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode)
         if self.settings.metrics_bind:
@@ -112,7 +117,7 @@ class Server:
         the others, bind what is new."""
         self._generation, self._upgrade_fd = generation, ready_fd
         bind = self.settings.bind
-        if self.settings.source_of("bind") == "default":
+        if config.bind_is_implicit(self.settings):
             bind = tuple(dict.fromkeys(lst.spec.raw for lst in handed))
         metrics_bind = self.settings.metrics_bind
         self.metrics_listeners = [lst for lst in handed if metrics_bind and lst.spec.raw == metrics_bind]

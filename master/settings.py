@@ -235,6 +235,80 @@ def _sni(v: object) -> tuple[SniCertificate, ...]:
     return entries
 
 
+# ------------------------------------------------------------------ proxies
+# (issue 14: the PROXY protocol, forwarded headers, allowed hosts, a required header)
+
+# The trust lists' default: the loopback addresses, as gunicorn's, and peers on unix-socket
+# listeners, which gunicorn trusts unconditionally; here it is an entry that can be left out.
+# A unix socket (mode 660 by default) is no easier to reach than loopback, which any local
+# process can connect to.
+DEFAULT_TRUST = "127.0.0.1,::1,unix"
+# workers/forwarded.py's DEFAULT_HONOURED (a test checks they agree): the master does not
+# import worker modules for its defaults.
+DEFAULT_FORWARDED_HEADERS = ("x-forwarded-for", "x-forwarded-proto")
+
+
+def _proxy_mode(v: object) -> str:
+    from greenfork.master.addresses import parse_proxy_mode
+
+    if isinstance(v, bool):  # gunicorn's old boolean form (TOML true/false)
+        return "any" if v else "off"
+    return parse_proxy_mode(_str(v))
+
+
+def _trust_list(v: object) -> str:
+    """A trust list as its canonical text; "" trusts nobody."""
+    from greenfork.master import trust
+
+    if isinstance(v, list | tuple) and all(isinstance(x, str) for x in v):
+        return trust.validate(v)
+    return trust.validate(_str(v))
+
+
+def _forwarded_headers(v: object) -> tuple[str, ...]:
+    from greenfork.workers.forwarded import HONOURABLE, parse_honoured
+
+    if isinstance(v, list | tuple) and all(isinstance(x, str) for x in v):
+        names = parse_honoured(v)
+    else:
+        names = parse_honoured(_str(v))
+    return tuple(n for n in HONOURABLE if n in names)
+
+
+def _allowed_hosts(v: object) -> tuple[str, ...]:
+    from greenfork.workers.hosts import AllowedHosts
+
+    return AllowedHosts(_str_list(v)).patterns
+
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Headers that frame or route the request: a secret in one of them would be consumed (or
+# rewritten) on the way, and removing it from the environ would break the request.
+_NOT_A_SECRET = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection",
+                           "upgrade", "te", "trailer", "keep-alive", "expect", "proxy-connection"})
+
+
+def _require_header(v: object) -> str | None:
+    """NAME=VALUE, or None (off)."""
+    text = _opt_str(v)
+    if text is None:
+        return None
+    name, eq, value = text.partition("=")
+    name = name.strip()
+    if not eq or not name:
+        raise ValueError("expected NAME=VALUE, such as X-Proxy-Secret=s3cr3t")
+    if not _TOKEN_RE.fullmatch(name):
+        raise ValueError(f"{name!r} is not a header name")
+    if "_" in name:
+        raise ValueError(f"{name!r}: headers with '_' never reach the environ (they could pose as "
+                         "dashed ones); use '-'")
+    if name.lower() in _NOT_A_SECRET:
+        raise ValueError(f"{name!r} frames or routes the request; choose a header of your own")
+    if not value or value != value.strip(" \t") or not all(0x21 <= ord(c) <= 0x7E for c in value):
+        raise ValueError("the value must be visible ASCII, without spaces around it")
+    return f"{name}={value}"
+
+
 # --------------------------------------------------------------- validators
 
 
@@ -341,8 +415,12 @@ SETTINGS: tuple[Setting, ...] = (
             "`http://*:PORT` (dual-stack), port 0 (any free port, published), `unix:/path`, `fd://N`; "
             "TLS with `https://` in every form but `fd://` (`https://HOST:PORT`, `https://unix:/path`), "
             "which needs --certfile (see docs/tls.md). "
+            "A listener takes options as a URL query at the end: `?proxy-protocol=v2` sets its PROXY "
+            "protocol mode (see proxy_protocol). "
             "With systemd socket activation (LISTEN_FDS) and no explicit bind, only the passed "
-            "sockets are used. In the environment, separate addresses with commas."),
+            "sockets are used. Else, with no bind given anywhere, `PORT` in the environment means "
+            "`http://0.0.0.0:$PORT` (Heroku's, Cloud Run's and Render's convention, as in gunicorn). "
+            "In the environment, separate addresses with commas."),
     _S("backlog", _int, 2048, ("--backlog",), section="Listening", validate=_between(1, 65535),
        metavar="N", type_doc="integer", reloadable=False,
        help="Length of the kernel's accept queue for each listening socket "
@@ -470,11 +548,59 @@ SETTINGS: tuple[Setting, ...] = (
             "or the proxy in front."),
     _S("server_header", _bool, True, ("--server-header",), section="HTTP", is_flag=True,
        type_doc="boolean", help="Send `Server: greenfork` in responses."),
+    # ------------------------------------------------------------------ proxies
+    # (issue 14; docs/proxies.md)
+    _S("proxy_protocol", _proxy_mode, "off", ("--proxy-protocol",), section="Proxies", metavar="MODE",
+       type_doc="off|v1|v2|any",
+       help="Require a PROXY protocol header (HAProxy's; sent by HAProxy, nginx's stream module, cloud "
+            "load balancers) at the start of every connection to a --bind listener: `v1` (text), `v2` "
+            "(binary), `any` (either; still required: never guessed). The header's client address "
+            "becomes REMOTE_ADDR. A listener's own `?proxy-protocol=MODE` option wins over this; "
+            "the --metrics-bind listener takes only its own. gunicorn's `auto` means `any`."),
+    _S("proxy_allow_from", _trust_list, DEFAULT_TRUST, ("--proxy-allow-from",), section="Proxies",
+       metavar="LIST", type_doc="trust list",
+       help="Peers allowed to send PROXY headers: IP addresses and CIDR networks separated by commas, "
+            "`unix` (peers on unix-socket listeners) or `*` (everyone). A connection from anyone else "
+            "to a PROXY listener is closed unanswered (error_type proxy_protocol_untrusted). Empty: "
+            "nobody."),
+    _S("proxy_protocol_timeout", _float, 10.0, ("--proxy-protocol-timeout",), section="Proxies",
+       validate=_at_least(0.1), metavar="SECONDS", type_doc="seconds",
+       help="Close a connection to a PROXY listener whose header is not complete this long after it "
+            "was accepted (error_type proxy_protocol_timeout). The request-head timeout starts "
+            "after the header."),
+    _S("forwarded_allow_ips", _trust_list, DEFAULT_TRUST, ("--forwarded-allow-ips",), section="Proxies",
+       metavar="LIST", type_doc="trust list",
+       help="Peers whose forwarded headers (see forwarded_headers) are applied: a list like "
+            "proxy_allow_from's. The peer is the connection's, or the client a PROXY header named. "
+            "From anyone else the headers reach the application unapplied. Empty: nobody. Without "
+            "this setting anywhere, `FORWARDED_ALLOW_IPS` in the environment is read, as gunicorn does."),
+    _S("forwarded_headers", _forwarded_headers, DEFAULT_FORWARDED_HEADERS, ("--forwarded-headers",),
+       section="Proxies", metavar="NAMES", type_doc="list of header names",
+       default_doc="x-forwarded-for,x-forwarded-proto",
+       help="Which forwarded headers are applied, from trusted peers: any of x-forwarded-for, "
+            "x-forwarded-proto, x-forwarded-host, x-forwarded-port, x-forwarded-prefix and forwarded "
+            "(RFC 7239), separated by commas, or `none`. Honour Host, Port and Prefix only if your "
+            "proxy sets them (overwriting what the client sent). Not gunicorn's --forwarder-headers."),
+    _S("allowed_hosts", _allowed_hosts, (), ("--allowed-hosts",), section="Proxies", metavar="HOSTS",
+       type_doc="list of host patterns", default_doc="every host",
+       help="Serve only requests whose Host (after forwarded headers) matches: `example.com`, "
+            "`*.example.com` (names under it), `[::1]`, each with an optional `:port`, separated by "
+            "commas. Anything else, a missing Host included, is answered 400 before the application "
+            "(error_type host_not_allowed)."),
+    _S("require_header", _require_header, None, ("--require-header",), section="Proxies",
+       metavar="NAME=VALUE", default_doc="none",
+       help="Answer 403 before the application to every request without this header and value, a "
+            "secret the front proxy adds, so only the proxy can reach the application (what the "
+            "ASP.NET Core Module's token does for Kestrel); the header is removed from the environ. "
+            "Give it in the environment or greenfork.toml rather than on the command line, "
+            "which `ps` shows."),
     # ------------------------------------------------------------------ metrics
     _S("metrics_bind", _opt_str, None, ("--metrics-bind",), section="Metrics", validate=_metrics_address,
        metavar="ADDRESS", reloadable=False, default_doc="off",
        help="Serve Prometheus metrics (`/metrics`), `/livez` and `/readyz` from the master on this "
-            "address, e.g. `http://127.0.0.1:9110` (port 0 picks a free port, published like --bind's)."),
+            "address, e.g. `http://127.0.0.1:9110` (port 0 picks a free port, published like --bind's). "
+            "With `?proxy-protocol=MODE` it reads a PROXY header first (from --proxy-allow-from "
+            "peers), for load balancers whose health checks send one (HAProxy's check-send-proxy)."),
     _S("app_metrics", _bool, False, ("--app-metrics",), section="Metrics", is_flag=True,
        type_doc="boolean", reloadable=False,
        help="Also serve the application's own prometheus_client metrics on `/metrics` (multiprocess "
@@ -599,6 +725,14 @@ class Settings:
     max_request_headers_total_size: int
     max_request_body_size: int
     server_header: bool
+    # proxies (issue 14)
+    proxy_protocol: str
+    proxy_allow_from: str
+    proxy_protocol_timeout: float
+    forwarded_allow_ips: str
+    forwarded_headers: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
+    require_header: str | None
     metrics_bind: str | None
     app_metrics: bool
     error_logfile: str

@@ -75,6 +75,8 @@ ERROR_TYPES: Final = (
     # not in METRICS.md's list (proposed there): a PROXY header that does not arrive in time,
     # an HTTP/2 stream the client reset, one refused past SETTINGS_MAX_CONCURRENT_STREAMS
     "proxy_protocol_timeout", "stream_reset", "stream_refused",
+    # not in METRICS.md's list either: a request without --require-header's header (403)
+    "required_header_missing",
     OTHER)
 
 # Per-listener block

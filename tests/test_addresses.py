@@ -146,8 +146,10 @@ def test_https_url_round_trips(host: str) -> None:
         ("http://x:1/api", "a path is not allowed in a bind address"),
         ("x:1/api", "a path is not allowed in a bind address"),
         ("http://x:1//", "a path is not allowed in a bind address"),
-        ("http://x:1/?a=1", "a query is not allowed in a bind address"),
-        ("http://x:1?a=1", "a query is not allowed in a bind address"),
+        ("http://x:1/?a=1", "unknown listener option 'a' (the options: proxy-protocol=off|v1|v2|any)"),
+        ("http://x:1?a=1", "unknown listener option 'a' (the options: proxy-protocol=off|v1|v2|any)"),
+        ("http://x:1?a", "a query is not allowed in a bind address (the one that is, listener options, "
+                         "goes last: ?proxy-protocol=MODE)"),
         ("http://x:1#top", "a fragment is not allowed in a bind address"),
         ("http://user@x:1", "user information (user@) is not allowed in a bind address"),
         ("ftp://x", "unknown scheme 'ftp' (use http://, https://, unix: or fd://)"),
@@ -225,3 +227,57 @@ def test_format_url(host: str, port: int, scheme: str, url: str) -> None:
 def test_format_url_round_trips(host: str) -> None:
     spec = parse_bind(format_url(host, 4321))
     assert (spec.kind, spec.host, spec.port) == ("tcp", host, 4321)
+
+
+# ---------------------------------------------------------------- listener options
+@pytest.mark.parametrize(
+    ("text", "kind", "where", "mode"),
+    [
+        ("http://127.0.0.1:8000?proxy-protocol=v2", "tcp", "127.0.0.1", "v2"),
+        ("127.0.0.1:8000?proxy-protocol=v1", "tcp", "127.0.0.1", "v1"),
+        ("http://127.0.0.1:8000/?proxy-protocol=any", "tcp", "127.0.0.1", "any"),
+        (":8000?proxy-protocol=off", "tcp", ANY, "off"),
+        ("https://[::1]:0?proxy-protocol=v2", "tcp", "::1", "v2"),
+        ("http://localhost?PROXY_PROTOCOL=V1", "tcp", "localhost", "v1"),
+        ("unix:/run/app.sock?proxy-protocol=v2", "unix", "/run/app.sock", "v2"),
+        ("https://unix:/run/app.sock?proxy-protocol=any", "unix", "/run/app.sock", "any"),
+        ("unix:///run/app.sock?proxy_protocol=v1", "unix", "/run/app.sock", "v1"),
+        ("fd://3?proxy-protocol=v2", "fd", "3", "v2"),
+        # gunicorn's spellings of "any" and "off"
+        ("http://127.0.0.1:1?proxy-protocol=auto", "tcp", "127.0.0.1", "any"),
+        ("http://127.0.0.1:1?proxy-protocol=true", "tcp", "127.0.0.1", "any"),
+        ("http://127.0.0.1:1?proxy-protocol=false", "tcp", "127.0.0.1", "off"),
+    ],
+)
+def test_listener_option_proxy_protocol(text: str, kind: str, where: str, mode: str) -> None:
+    spec = parse_bind(text)
+    assert spec.raw == text  # the listener is still known by the whole text (HUP keeps it)
+    assert spec.kind == kind and spec.proxy_protocol == mode
+    assert where == {"tcp": spec.host, "unix": spec.path, "fd": str(spec.fd)}[kind]
+
+
+def test_without_options_the_mode_is_the_global_one() -> None:
+    assert parse_bind("http://127.0.0.1:1").proxy_protocol is None
+    assert parse_bind("unix:/run/app.sock").proxy_protocol is None
+
+
+@pytest.mark.parametrize("path", ["/tmp/a?b", "/tmp/what?", "/tmp/x?y=1=2#"])
+def test_a_unix_path_with_a_question_mark_stays_a_path(path: str) -> None:
+    spec = parse_bind(f"unix:{path}")
+    assert spec.path == path and spec.proxy_protocol is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("http://x:1?proxy-protocol=v3", "'v3' is not a PROXY protocol mode (off, v1, v2 or any)"),
+        ("http://x:1?proxy-protocol=", "'' is not a PROXY protocol mode (off, v1, v2 or any)"),
+        ("http://x:1?proxy-protocol=v1&proxy-protocol=v2", "the option 'proxy-protocol' is given twice"),
+        ("unix:/tmp/x?y=z", "unknown listener option 'y' (the options: proxy-protocol=off|v1|v2|any)"),
+        ("fd://3?mode=v2", "unknown listener option 'mode' (the options: proxy-protocol=off|v1|v2|any)"),
+    ],
+)
+def test_bad_listener_options(text: str, reason: str) -> None:
+    with pytest.raises(AddressError) as info:
+        parse_bind(text)
+    assert str(info.value) == f"Invalid address {text!r}: {reason}"

@@ -81,7 +81,8 @@ def test_readme_names_the_two_commands() -> None:
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/settings.md", "docs/signals.md", "docs/addresses.md",
-                                 "docs/http.md", "docs/conformance.md"])
+                                 "docs/http.md", "docs/conformance.md", "docs/proxies.md",
+                                 "docs/deployment.md"])
 def test_relative_links_resolve(doc: str) -> None:
     path = ROOT / doc
     text = path.read_text(encoding="utf-8")

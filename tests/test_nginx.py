@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import tlscerts
 from tests.procs import Launcher, http_get, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -25,7 +26,8 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def nginx_front(launcher: Launcher, sock_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+def nginx_front(launcher: Launcher, sock_dir: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+                tmp_path_factory: pytest.TempPathFactory):
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         pytest.fail("nginx is required (scripts/test installs Debian's nginx-light)")
@@ -36,6 +38,10 @@ def nginx_front(launcher: Launcher, sock_dir: Path, tmp_path: Path):  # type: ig
     # The example's upstream and server blocks, verbatim but for the socket and port.
     site = EXAMPLE.read_text().replace("unix:/run/greenfork.sock", f"unix:{sock}")
     site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    certs = tlscerts.certs(tmp_path_factory)  # the example's TLS server too (tested in test_behind_proxies)
+    site = site.replace("listen 443 ssl;", f"listen 127.0.0.1:{free_port()} ssl;")
+    site = site.replace("/etc/ssl/certs/www.example.com.pem", str(certs.server.cert))
+    site = site.replace("/etc/ssl/private/www.example.com.key", str(certs.server.key))
     conf = tmp_path / "nginx.conf"
     conf.write_text(f"""
 daemon off;

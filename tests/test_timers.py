@@ -123,3 +123,39 @@ def test_a_closed_transport_is_never_expired() -> None:
         assert s.sweep(200.0) == [] and g.thrown == []
     finally:
         b.close()
+
+
+def test_the_proxy_phase_has_its_own_timeout() -> None:
+    from greenfork.workers.timers import PROXY, REASONS
+
+    waiting = Conn(PROXY)
+    s = sweeper([waiting], proxy_protocol=2, request_headers=30)
+    s.sweep(101.0)
+    assert waiting.deadline == 103.0 and s.sweep(102.9) == []
+    assert s.sweep(103.0) == [waiting] and reasons(waiting) == ["proxy_protocol_timeout"]
+    assert REASONS[PROXY] == "proxy_protocol_timeout"
+    assert Timeouts(proxy_protocol=0.4).interval() == 0.1
+
+
+def test_unread_bytes_come_back_first() -> None:
+    """Transport.unread: what followed a PROXY header is read again before the socket."""
+    import socket
+
+    from greenfork.workers.transport import Transport
+
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        t = Transport(a, None)
+        assert not t.pending_input()
+        b.sendall(b"world")
+        t.unread(b"hello ")
+        assert t.pending_input()
+        assert t.recv() == b"hello "  # as handed back, not merged with the socket's
+        assert t.recv() == b"world" and t.rx == 5  # counted once, when first read
+        t.unread(b"b")
+        t.unread(b"a")  # a second hand-back goes before the first
+        assert t.recv_raw() == b"ab"
+    finally:
+        a.close()
+        b.close()

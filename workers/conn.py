@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gevent import GreenletExit
 
 from greenfork.master import tlsinfo
+from greenfork.workers import front
 from greenfork.workers.h1proto import (
     CLOSED,
     DRAIN,
@@ -81,8 +82,9 @@ class Connection:
         self.since = 0  # the transport's flush count when it started
         self.head_at = -1  # the flush count when its head was queued (-1: not yet)
         self.opened, self.error_type, self.version = 0.0, "", ""
-        # environ keys this connection adds to each of its requests (TLS: mod_ssl's names)
-        self.extra: dict[str, str] = {}
+        # environ keys this connection adds to each of its requests (TLS: mod_ssl's names;
+        # a PROXY header's, workers/front.py)
+        self.extra: dict[str, Any] = {}
 
     @property
     def greenlet(self) -> Any:
@@ -105,6 +107,9 @@ class Connection:
         t = self.t
         linger = False
         try:
+            # issue 14: a PROXY header is read first, before TLS (workers/front.py)
+            if self.ctx.proxy is not None and not front.accept(self, self.ctx.proxy):
+                return
             if type(t) is TlsTransport and not self._handshake(t):
                 return
             linger = self._serve()
@@ -203,7 +208,8 @@ class Connection:
                 Transport.flush(t)
             return False
         metrics.tls_handshake_done(index, t.version, "", time.monotonic() - started)
-        self.extra = tlsinfo.environ(t.sslobj, self.ctx.client_cert_user)
+        tls = tlsinfo.environ(t.sslobj, self.ctx.client_cert_user)
+        self.extra = front.with_tls(self.extra, tls) if self.extra else tls  # after a PROXY header
         return True
 
     def _reject(self, err: ProtocolError) -> None:

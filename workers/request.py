@@ -18,6 +18,7 @@ import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
 
+from greenfork.workers import gate
 from greenfork.workers.http1 import ProtocolError, Request
 from greenfork.workers.timers import RequestTimeout, Timed
 from greenfork.workers.transport import ClientGone
@@ -56,7 +57,7 @@ class Exchange(Protocol):
 
     status: int  # the status sent (or about to be), for the access log and metrics
     body_error: ProtocolError | None  # what went wrong with the body while the app read it
-    extra: dict[str, str]  # environ keys the connection adds (TLS, a PROXY header ...)
+    extra: dict[str, Any]  # environ keys the connection adds (TLS, a PROXY header ...)
     inp: Input | None  # this request's wsgi.input and start_response, held for its duration
     sr: StartResponse | None
     headed: bool  # the head has been handed to the protocol
@@ -88,6 +89,8 @@ class RequestStage:
         self.script_name = server.script_name
         self.max_body = server.limits.max_body
         self.request_timeout = server.request_timeout
+        # issue 14: forwarded headers, allowed hosts, --require-header; None when none is set
+        self.gate = gate.build(server.settings)
 
     def serve(self, ex: Exchange, req: Request, remote: tuple[str, str]) -> None:
         server = self.server
@@ -111,6 +114,8 @@ class RequestStage:
         # We are no proxy and speak nothing but HTTP: the server answers these itself.
         app = server.app if req.path != b"*" and req.method != "CONNECT" else _server_itself
         err = ""  # the metrics' error_type
+        if self.gate is not None:  # issue 14 (workers/gate.py): may answer instead of the app
+            app, err = self.gate.check(env, req.headers, app)
         # --request-timeout bounds this request only; the connection's other requests and
         # the worker's other connections carry on (the sweeper throws RequestTimeout).
         timer = ex.timed if self.request_timeout else None

@@ -42,6 +42,7 @@ DRAIN: Final = 5  # discarding an unread body after the response: the body rate,
 SEND: Final = 6  # blocked writing: send_timeout without progress, then close
 LINGER: Final = 7  # closing after an error: discard what the client still sends, LINGER_TIMEOUT in all
 HANDSHAKE: Final = 8  # a TLS handshake in progress: tls_handshake_timeout, then close
+PROXY: Final = 9  # a PROXY protocol header expected (workers/front.py): proxy_protocol_timeout, then close
 
 DRAIN_TIMEOUT: Final = 5.0
 LINGER_TIMEOUT: Final = 5.0  # nginx's lingering_timeout: the longest wait for the next bytes
@@ -56,6 +57,7 @@ REASONS: Final = {
     SEND: "min_response_data_rate",
     LINGER: "io_error",
     HANDSHAKE: "tls_handshake_timeout",
+    PROXY: "proxy_protocol_timeout",
 }
 
 
@@ -112,18 +114,20 @@ class Timeouts:
     linger: float = LINGER_TIMEOUT
     handshake: float = 10.0
     request: float = 0.0  # --request-timeout; 0 disables
+    proxy_protocol: float = 10.0  # --proxy-protocol-timeout
 
     @classmethod
     def from_settings(cls, s: Any) -> Timeouts:
         return cls(request_headers=s.request_headers_timeout, keep_alive=s.keep_alive,
                    min_body_rate=s.min_request_body_data_rate, body_grace=s.request_body_grace_period,
                    send=s.send_timeout, request=s.request_timeout,
-                   handshake=s.tls_handshake_timeout)
+                   handshake=s.tls_handshake_timeout, proxy_protocol=s.proxy_protocol_timeout)
 
     def interval(self) -> float:
         """Once a second; more often when a timeout is configured shorter than 4 s (tests),
         so that the lateness of a sweep stays a fraction of the timeout."""
-        values = [self.request_headers, self.send, self.drain, self.linger, self.handshake]
+        values = [self.request_headers, self.send, self.drain, self.linger, self.handshake,
+                  self.proxy_protocol]
         if self.keep_alive > 0:
             values.append(self.keep_alive)
         if self.min_body_rate > 0 and self.body_grace > 0:
@@ -145,7 +149,8 @@ class Sweeper:
     @staticmethod
     def _limits(t: Timeouts) -> dict[int, float]:
         return {FRESH: t.request_headers, IDLE: t.keep_alive, HEADERS: t.request_headers,
-                DRAIN: t.drain, SEND: t.send, LINGER: t.linger, HANDSHAKE: t.handshake}
+                DRAIN: t.drain, SEND: t.send, LINGER: t.linger, HANDSHAKE: t.handshake,
+                PROXY: t.proxy_protocol}
 
     def start(self) -> None:
         import gevent

@@ -62,7 +62,7 @@ class ClientGone(Exception):
 class Transport(Timed):
     """Reading, gathered writing and sendfile over one client socket."""
 
-    __slots__ = ("_rw", "_ww", "describe", "expired", "flushes", "hub", "out", "rx", "sock", "tx")
+    __slots__ = ("_rw", "_unread", "_ww", "describe", "expired", "flushes", "hub", "out", "rx", "sock", "tx")
 
     def __init__(self, sock: _socket.socket, hub: Any) -> None:
         Timed.__init__(self)
@@ -75,10 +75,14 @@ class Transport(Timed):
         self.expired: str | None = None  # the error_type, once a timeout fired
         self.rx = self.tx = 0
         self.describe: Callable[[], str] = _unknown_peer  # who is at the other end, for the log
+        self._unread = b""  # bytes handed back by unread(): the next recv() returns them first
 
     # ---------------------------------------------------------------- reading
     def recv(self) -> bytes:
         """The next bytes from the client (b"" at its EOF), waiting as long as it takes."""
+        if self._unread:  # (one attribute test per read: the PROXY header's leftovers, rarely)
+            data, self._unread = self._unread, b""
+            return data
         sock = self.sock
         while True:
             try:
@@ -88,6 +92,12 @@ class Transport(Timed):
                 continue
             self.rx += len(data)
             return data
+
+    def unread(self, data: bytes) -> None:
+        """Hand back bytes read from the socket but not used (what followed a PROXY header):
+        the next recv(), the raw one under TLS included, returns them before reading the socket.
+        Read again before waiting: wait_readable() does not look at them."""
+        self._unread = data + self._unread
 
     def wait_readable(self) -> None:
         w = self._rw
@@ -104,6 +114,8 @@ class Transport(Timed):
     def pending_input(self) -> bool:
         """Whether the client's next bytes have already arrived. FIONREAD, because a recv
         would take them away from the greenlet that is about to read them."""
+        if self._unread:
+            return True
         try:
             raw = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
         except OSError:

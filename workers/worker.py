@@ -39,6 +39,7 @@ from greenfork.workers import instrument, reloader, stackdump
 from greenfork.workers.acceptor import Acceptor
 from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.conn import Connection
+from greenfork.workers.front import ProxyFront, fronts
 from greenfork.workers.http1 import Limits
 from greenfork.workers.request import RequestStage
 from greenfork.workers.shed import Shedder
@@ -76,6 +77,8 @@ class ListenerContext:
         # the master's SSLContext for an https:// listener (built before the fork)
         self.ssl = tls.context_for(listener.spec) if tls is not None else None
         self.client_cert_user = tls.client_cert_user if tls is not None else "none"
+        # issue 14: the PROXY header this listener requires, if any (set by the worker: front.py)
+        self.proxy: ProxyFront | None = None
         name, port = self._server_name(listener)
         self.base_environ = dict(base, SERVER_NAME=name, SERVER_PORT=port)
         self.base_environ["wsgi.url_scheme"] = self.scheme
@@ -147,8 +150,10 @@ class WorkerServer:
         if self.settings.max_requests > 0:
             self.app = self._counted(self.app)
         base = self._base_environ()
+        proxy_front = fronts(self.settings)  # issue 14: each listener's PROXY requirement
         for i, lst in enumerate(info.listeners):
             ctx = ListenerContext(lst, base, i, info.tls)
+            ctx.proxy = proxy_front(lst.spec)
             # The worker takes its own gevent socket over the inherited descriptor.
             sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
             self.sockets.append(sock)

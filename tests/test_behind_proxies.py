@@ -1,0 +1,373 @@
+"""greenfork behind real proxies, with the configurations docs/deployment.md shows (the files in
+examples/, changed only in ports, paths and certificates): HAProxy with send-proxy-v2 and its
+TLVs, send-proxy to a unix socket, TLS passed through to an https:// listener, health checks
+on /readyz with check-send-proxy; nginx with X-Forwarded-* and with the stream module's
+proxy_protocol; Apache httpd with mod_proxy_http. Through each: the application sees the real
+client address and scheme, and wrk sees no error while the server reloads three times."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import tlscerts
+from tests.procs import Greenfork, Launcher, wait_for
+from tests.proxytools import connect, env_of, request
+
+pytestmark = [pytest.mark.timeout(150), pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+CLIENT = "127.0.0.2"  # the address our own test client connects from, to tell it from the proxy's
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def example(name: str, replacements: dict[str, str]) -> str:
+    """An example file with each replacement made; every one must apply (so a changed example
+    cannot silently stop being what the test runs)."""
+    text = (EXAMPLES / name).read_text()
+    for old, new in replacements.items():
+        assert old in text, f"{name} no longer contains {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+class Proxy:
+    """A proxy process in its own session, stopped by its pid (and its process group, which
+    it created: apache's children) at the end."""
+
+    def __init__(self, name: str, cmd: list[str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+
+    def alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n"
+                                 f"{self.log.read_text(errors='replace')}")
+        return True
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def proxies() -> Iterator[list[Proxy]]:
+    started: list[Proxy] = []
+    try:
+        yield started
+    finally:
+        for p in started:
+            p.stop()
+
+
+def tool(name: str, package: str) -> str:
+    path = shutil.which(name) or f"/usr/sbin/{name}"
+    if not Path(path).exists():
+        pytest.fail(f"{name} is required (scripts/test installs Debian's {package})")
+    return path
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def start(proxies: list[Proxy], name: str, cmd: list[str], log: Path, port: int) -> Proxy:
+    p = Proxy(name, cmd, log)
+    proxies.append(p)
+    wait_for(lambda: p.alive() and listening(port), 15, f"{name} to listen")
+    return p
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tlscerts.Certs:
+    return tlscerts.certs(tmp_path_factory)
+
+
+def client_env(port: int, certs: tlscerts.Certs, sni: str | None = None,
+               path: str = "/env") -> dict[str, Any]:
+    """One HTTPS request through the proxy, from CLIENT."""
+    ctx = tlscerts.client_context(certs, alpn=["http/1.1"])
+    with connect(f"https://127.0.0.1:{port}", source=CLIENT) as raw, \
+            ctx.wrap_socket(raw, server_hostname=sni) as s:
+        return env_of(s, request(path, host=sni or "127.0.0.1"))
+
+
+def load_with_hups(g: Greenfork, url: str, workers: int = 2) -> str:
+    """wrk through the proxy for 6 s while greenfork reloads three times: no socket error and
+    no non-2xx answer (the /check path answers 500 when the app sees the wrong client)."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        pytest.fail("wrk is required (scripts/test installs it)")
+    result: dict[str, str] = {}
+
+    def load() -> None:
+        out = subprocess.run([wrk, "-t1", "-c16", "-d6s", "--timeout", "3s", url], capture_output=True,
+                             text=True, timeout=60)
+        result["out"] = out.stdout + out.stderr
+
+    t = threading.Thread(target=load)
+    t.start()
+    time.sleep(0.5)
+    generation = g.reload_info()["generation"]
+    for _ in range(3):
+        generation += 1
+        g.signal(signal.SIGHUP)
+        wait_for(lambda gen=generation: g.reload_info()["generation"] == gen, 15, "the reload")
+        wait_for(lambda: len(g.workers()) == workers, 15, "the old generation to retire")
+    t.join(60)
+    out = result["out"]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    assert requests > 100, out
+    assert "Non-2xx" not in out and "Socket errors" not in out, out
+    return out
+
+
+# ------------------------------------------------------------------ the docs show these files
+DOCUMENTED = ["haproxy/greenfork.cfg", "haproxy/greenfork-passthrough.cfg", "nginx/greenfork.conf",
+              "nginx/greenfork-stream.conf", "apache/greenfork.conf"]
+
+
+@pytest.mark.parametrize("name", DOCUMENTED)
+def test_deployment_md_shows_the_tested_files(name: str) -> None:
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    text = (EXAMPLES / name).read_text()
+    assert f"File: [`examples/{name}`](../examples/{name})" in docs
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", docs, re.DOTALL)
+    assert text in blocks, f"docs/deployment.md does not show examples/{name} as it is; copy it again"
+
+
+# ------------------------------------------------------------------ HAProxy
+class HAProxy:
+    def __init__(self, proxies: list[Proxy], tmp: Path, config: str, port: int) -> None:
+        self.stats = tmp / "stats.sock"
+        path = tmp / "haproxy.cfg"
+        # the runtime API, to read the server's health: not part of the example
+        path.write_text(config + f"\nglobal\n    stats socket {self.stats} mode 600\n")
+        haproxy = tool("haproxy", "haproxy")
+        check = subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stdout + check.stderr
+        self.proxy = start(proxies, "haproxy", [haproxy, "-db", "-f", str(path)], tmp / "haproxy.log", port)
+
+    def server_state(self) -> str:
+        """The backend server's operational state: UP, DOWN (the runtime API's show stat)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.stats))
+            s.sendall(b"show stat\n")
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        header, *rows = out.decode().splitlines()
+        names = header.lstrip("# ").split(",")
+        for row in rows:
+            fields = dict(zip(names, row.split(","), strict=False))
+            if fields.get("svname") == "app1":
+                return fields["status"]
+        raise AssertionError(out.decode())
+
+
+def site_pem(certs: tlscerts.Certs, tmp: Path) -> Path:
+    pem = tmp / "site.pem"  # HAProxy wants the certificate and its key in one file
+    pem.write_bytes(certs.server.cert.read_bytes() + certs.server.key.read_bytes())
+    return pem
+
+
+def test_haproxy_send_proxy_v2_with_tlvs_and_health_checks(launcher: Launcher, proxies: list[Proxy],
+                                                          certs: tlscerts.Certs, tmp_path: Path) -> None:
+    g = launcher.start(["proxyapp:app", "-b", "http://127.0.0.1:0?proxy-protocol=v2",
+                        "--metrics-bind", "http://127.0.0.1:0?proxy-protocol=v2", "--shutdown-delay", "20"],
+                       workers=2)
+    metrics_port = int(g.info["metrics"].rsplit(":", 1)[1])
+    port = free_port()
+    config = example("haproxy/greenfork.cfg", {
+        "bind :443 ssl crt /etc/haproxy/site.pem":
+            f"bind 127.0.0.1:{port} ssl crt {site_pem(certs, tmp_path)}",
+        "127.0.0.1:8000": f"127.0.0.1:{g.port()}", "port 9110": f"port {metrics_port}"})
+    hap = HAProxy(proxies, tmp_path, config, port)
+    wait_for(lambda: hap.server_state() == "UP", 15, "HAProxy's health check (check-send-proxy) to pass")
+    env = client_env(port, certs, sni="www.example.test")
+    assert env["REMOTE_ADDR"] == CLIENT and env["greenfork.peer_addr"] == "127.0.0.1"
+    assert env["wsgi.url_scheme"] == "https" and env["HTTPS"] == "on" and env["SSL_PROTOCOL"] == "TLSv1.3"
+    assert env["SSL_CLIENT_VERIFY"] == "NONE" and env["SSL_TLS_SNI"] == "www.example.test"
+    pp = env["greenfork.proxy_protocol"]
+    assert pp["version"] == 2 and pp["authority"] == "www.example.test" and pp["alpn"] == "http/1.1"
+    assert pp["unique_id"] and pp["unique_id"].startswith("7F000002:")  # unique-id-format: %ci:%cp...
+    load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=proxy_protocol")
+    # readiness: on TERM, /readyz answers 503 for --shutdown-delay, and HAProxy takes the
+    # server out (two failed checks two seconds apart) while it still serves
+    g.signal(signal.SIGTERM)
+    wait_for(lambda: hap.server_state() == "DOWN", 15, "HAProxy to see /readyz fail")
+    assert "Layer7 wrong status" in hap.proxy.log.read_text()
+
+
+def test_haproxy_send_proxy_v1_to_a_unix_socket(launcher: Launcher, proxies: list[Proxy],
+                                                 certs: tlscerts.Certs, tmp_path: Path,
+                                                 sock_dir: Path) -> None:
+    sock = sock_dir / "gf.sock"
+    g = launcher.start(["proxyapp:app", "-b", f"unix:{sock}?proxy-protocol=v1",
+                        "--metrics-bind", "http://127.0.0.1:0?proxy-protocol=v1"], workers=2)
+    metrics_port = int(g.info["metrics"].rsplit(":", 1)[1])
+    port = free_port()
+    config = example("haproxy/greenfork.cfg", {
+        "bind :443 ssl crt /etc/haproxy/site.pem":
+            f"bind 127.0.0.1:{port} ssl crt {site_pem(certs, tmp_path)}",
+        "127.0.0.1:8000 send-proxy-v2 proxy-v2-options ssl,cert-cn,ssl-cipher,authority,unique-id,crc32c":
+            f"{sock} send-proxy", "port 9110": f"port {metrics_port}"})
+    hap = HAProxy(proxies, tmp_path, config, port)
+    wait_for(lambda: hap.server_state() == "UP", 15, "HAProxy's health check (a v1 header) to pass")
+    env = client_env(port, certs)
+    assert env["REMOTE_ADDR"] == CLIENT and env["greenfork.peer_addr"] == ""  # a unix socket's peer
+    # v1 carries addresses only: the scheme is the connection's (use v2's ssl option for https)
+    assert env["wsgi.url_scheme"] == "http" and env["greenfork.proxy_protocol"]["version"] == 1
+    load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&via=proxy_protocol")
+
+
+def test_haproxy_passes_tls_through_to_an_https_listener(launcher: Launcher, proxies: list[Proxy],
+                                                        certs: tlscerts.Certs, tmp_path: Path) -> None:
+    g = launcher.start(["proxyapp:app", "-b", "https://127.0.0.1:0?proxy-protocol=v2",
+                        "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key)], workers=2)
+    port = free_port()
+    config = example("haproxy/greenfork-passthrough.cfg", {
+        "bind :443": f"bind 127.0.0.1:{port}", "127.0.0.1:8443": f"127.0.0.1:{g.port()}"})
+    HAProxy(proxies, tmp_path, config, port)
+    env = client_env(port, certs)
+    assert env["REMOTE_ADDR"] == CLIENT and env["wsgi.url_scheme"] == "https"
+    assert env["SSL_PROTOCOL"] == "TLSv1.3"  # greenfork's own handshake, behind the header
+    load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=proxy_protocol")
+
+
+# ------------------------------------------------------------------ nginx
+def nginx_conf(tmp: Path, main: str = "", http: str = "") -> Path:
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+{main}
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+{http}
+}}
+""")
+    return conf
+
+
+def start_nginx(proxies: list[Proxy], tmp: Path, conf: Path, port: int) -> Proxy:
+    nginx = tool("nginx", "nginx-light")
+    check = subprocess.run([nginx, "-t", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "stderr.log")],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    return start(proxies, "nginx", [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "stderr.log")],
+                 tmp / "nginx.log", port)
+
+
+def test_nginx_x_forwarded_headers(launcher: Launcher, proxies: list[Proxy], certs: tlscerts.Certs,
+                                   tmp_path: Path, sock_dir: Path) -> None:
+    sock = sock_dir / "gf.sock"
+    sock_dir.chmod(0o755)  # nginx's workers run as www-data and must reach the socket
+    g = launcher.start(["proxyapp:app", "-b", f"unix:{sock}", "--unix-socket-mode", "666"], workers=2)
+    port, plain = free_port(), free_port()
+    site = example("nginx/greenfork.conf", {
+        "unix:/run/greenfork.sock": f"unix:{sock}", "listen 80;": f"listen 127.0.0.1:{plain};",
+        "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+        "/etc/ssl/certs/www.example.com.pem": str(certs.server.cert),
+        "/etc/ssl/private/www.example.com.key": str(certs.server.key)})
+    start_nginx(proxies, tmp_path, nginx_conf(tmp_path, http=site), port)
+    env = client_env(port, certs)
+    assert env["REMOTE_ADDR"] == CLIENT and env["REMOTE_PORT"] == ""  # X-Forwarded-For has no port
+    assert env["wsgi.url_scheme"] == "https" and env["HTTPS"] == "on"
+    assert env["greenfork.peer_addr"] == "" and env["greenfork.original_scheme"] == "http"
+    assert env["HTTP_X_FORWARDED_FOR"] == CLIENT and env["HTTP_X_FORWARDED_PROTO"] == "https"
+    load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=forwarded")
+
+
+def test_nginx_stream_proxy_protocol_in_front_of_tls(launcher: Launcher, proxies: list[Proxy],
+                                                     certs: tlscerts.Certs, tmp_path: Path) -> None:
+    if not Path("/usr/lib/nginx/modules/ngx_stream_module.so").exists():
+        pytest.fail("nginx's stream module is required (scripts/test installs Debian's libnginx-mod-stream)")
+    g = launcher.start(["proxyapp:app", "-b", "https://127.0.0.1:0?proxy-protocol=v1",
+                        "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key)], workers=2)
+    port = free_port()
+    stream = example("nginx/greenfork-stream.conf", {"listen 443;": f"listen 127.0.0.1:{port};",
+                                                     "127.0.0.1:8443": f"127.0.0.1:{g.port()}"})
+    start_nginx(proxies, tmp_path, nginx_conf(tmp_path, main=stream), port)
+    env = client_env(port, certs)
+    assert env["REMOTE_ADDR"] == CLIENT and env["greenfork.peer_addr"] == "127.0.0.1"
+    assert env["wsgi.url_scheme"] == "https" and env["greenfork.proxy_protocol"]["version"] == 1
+    load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=proxy_protocol")
+
+
+# ------------------------------------------------------------------ Apache httpd
+APACHE_MODULES = ("mpm_event", "authz_core", "proxy", "proxy_http", "headers", "ssl",
+                  "socache_shmcb")
+
+
+def test_apache_mod_proxy_http(launcher: Launcher, proxies: list[Proxy], certs: tlscerts.Certs,
+                               tmp_path: Path) -> None:
+    apache = tool("apache2", "apache2")
+    g = launcher.start(["proxyapp:app", "-b", "http://127.0.0.1:0"], workers=2)
+    port = free_port()
+    site = example("apache/greenfork.conf", {
+        "<VirtualHost *:443>": f"<VirtualHost 127.0.0.1:{port}>",
+        "/etc/ssl/certs/www.example.com.pem": str(certs.server.cert),
+        "/etc/ssl/private/www.example.com.key": str(certs.server.key),
+        "127.0.0.1:8000": f"127.0.0.1:{g.port()}"})
+    modules = "\n".join(f"LoadModule {m}_module /usr/lib/apache2/modules/mod_{m}.so" for m in APACHE_MODULES)
+    conf = tmp_path / "httpd.conf"
+    conf.write_text(f"""
+ServerRoot {tmp_path}
+{modules}
+Listen 127.0.0.1:{port}
+PidFile {tmp_path}/httpd.pid
+DefaultRuntimeDir {tmp_path}
+Mutex file:{tmp_path} default
+ErrorLog {tmp_path}/error.log
+LogLevel warn
+User www-data
+Group www-data
+ServerName localhost
+SSLSessionCache shmcb:{tmp_path}/ssl_cache(512000)
+{site}
+""")
+    check = subprocess.run([apache, "-t", "-f", str(conf)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    start(proxies, "apache", [apache, "-f", str(conf), "-DFOREGROUND"], tmp_path / "apache.log", port)
+    env = client_env(port, certs, sni="www.example.test")
+    assert env["REMOTE_ADDR"] == CLIENT and env["greenfork.peer_addr"] == "127.0.0.1"
+    assert env["wsgi.url_scheme"] == "https" and env["HTTP_HOST"] == "www.example.test"
+    assert env["HTTP_X_FORWARDED_HOST"] == "www.example.test" and env["HTTP_X_FORWARDED_SERVER"]
+    load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=forwarded")

@@ -118,7 +118,8 @@ def test_kubernetes_rolling_update_and_disruptions_keep_ready_pods() -> None:
     kube = _kube("deployment.yaml")
     deployment, pdb = kube["Deployment"], kube["PodDisruptionBudget"]
     spec = deployment["spec"]
-    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     container = spec["template"]["spec"]["containers"][0]
     args = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if a.startswith("--"))
     probe = container["readinessProbe"]
@@ -149,8 +150,10 @@ def test_kubernetes_hpa_scales_on_a_greenfork_metric_the_adapter_serves(tmp_path
     # the adapter's queries, with its template filled in as it does, are valid PromQL
     query = (rule["metricsQuery"].replace("<<.GroupBy>>", "namespace, pod").replace("<<.Series>>", series)
              .replace("<<.LabelMatchers>>", 'namespace="default",pod=~"myapp-.*"'))
-    (tmp_path / "adapter.yml").write_text(yaml.safe_dump({"groups": [{"name": "adapter", "rules": [
-        {"record": "adapter:series", "expr": rule["seriesQuery"]}, {"record": "adapter:metric", "expr": query}]}]}))
+    recording = [{"record": "adapter:series", "expr": rule["seriesQuery"]},
+                 {"record": "adapter:metric", "expr": query}]
+    rules_file = {"groups": [{"name": "adapter", "rules": recording}]}
+    (tmp_path / "adapter.yml").write_text(yaml.safe_dump(rules_file))
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is required (scripts/test installs Debian's prometheus package)")

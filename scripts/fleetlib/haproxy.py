@@ -129,7 +129,8 @@ def wait_checked_up(fleet: Fleet, n: int, timeout: float) -> None:
     seen_ok_after = time.monotonic() + 1.1  # `inter 1s`: a check ran after this call by then
     while True:
         row = servers(fleet).get(f"h{n}", {})
-        if row.get("status") == "UP" and row.get("check_status") == "L7OK" and time.monotonic() > seen_ok_after:
+        passing = row.get("status") == "UP" and row.get("check_status") == "L7OK"
+        if passing and time.monotonic() > seen_ok_after:
             return
         if time.monotonic() > deadline:
             raise FleetError(f"haproxy does not see host {n} up: {row.get('status')} "

@@ -14,7 +14,8 @@ Say = Callable[[str], None]
 
 def require_all_up(fleet: Fleet) -> None:
     rows = haproxy.servers(fleet)
-    down = [f"{name} ({row.get('status')})" for name, row in sorted(rows.items()) if row.get("status") != "UP"]
+    down = [f"{name} ({row.get('status')})" for name, row in sorted(rows.items())
+            if row.get("status") != "UP"]
     if down:
         raise FleetError(f"not every host is up in haproxy: {', '.join(down)}; a roll would take "
                          "more capacity away (start them: scripts/fleet start N)")

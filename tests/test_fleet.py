@@ -162,16 +162,30 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
            "FLEET_PORT": str(port), "FLEET_PROM_PORT": str(prom_port), "FLEET_APP": "testapp:app",
            "FLEET_ARGS": f"--chdir {ROOT / 'tests' / 'apps'}", "FLEET_PROXY": "v2"}
     f = Fleet(env, d, fid, port, prom_port)
+    stale: subprocess.Popen[bytes] | None = None
     try:
+        # what a crashed run leaves: one of the fleet's namespaces with a process in it, and
+        # the fleet's directory; `up` must clear both first
+        assert _run("ip", "netns", "add", f"gff{fid}-h2").returncode == 0
+        stale = subprocess.Popen(["ip", "netns", "exec", f"gff{fid}-h2", "sleep", "300"],
+                                 start_new_session=True)
+        wait_for(lambda: _netns_pids(f"gff{fid}-h2"), 5, "the stale process in its namespace")
+        d.mkdir()
+        (d / ".greenfork-fleet").write_text("left by a crashed run\n")
         out = f.run("up", timeout=150)
         assert out.returncode == 0, out.stdout + out.stderr
         assert f"fleet {fid} is up" in out.stdout
+        assert f"removed what an earlier run left: gff{fid}-h2" in out.stdout
+        assert stale.wait(10) == -signal.SIGKILL
         yield f
         down = f.run("down", timeout=150)
         assert down.returncode == 0, down.stdout + down.stderr
         assert not d.exists(), "down leaves the fleet's directory"
     finally:
         left = _sweep(f)
+        if stale is not None and stale.poll() is None:
+            stale.kill()
+            stale.wait(5)
     assert not left, f"`down` left these behind: {left}"
 
 
@@ -230,6 +244,7 @@ def test_rolling_hup_under_load_loses_no_request(fleet: Fleet) -> None:
     before = fleet.servers()
     out = fleet.run("roll", "hup")
     requests, failed = _roll_line(out)
+    print(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr
     assert failed == 0 and requests > 1000, out.stdout
     after = fleet.servers()
@@ -247,6 +262,7 @@ def test_rolling_usr2_under_load_loses_no_request(fleet: Fleet) -> None:
     before = fleet.servers()
     out = fleet.run("roll", "usr2")
     requests, failed = _roll_line(out)
+    print(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr
     assert failed == 0 and requests > 1000, out.stdout
     after = fleet.servers()
@@ -303,6 +319,8 @@ def test_a_killed_host_is_marked_down_alerted_and_comes_back(fleet: Fleet, load:
     to_down = time.monotonic() - t0
     time.sleep(1)  # traffic keeps flowing to the two others
     counts = w.stop()
+    print(f"kill: marked down in {to_down:.2f} s; {counts['failed']} of {counts['requests']} requests "
+          f"failed, {in_flight} were in flight on the host")
     assert to_down <= CHECK_INTER, f"haproxy took {to_down:.2f} s to mark the dead host down"
     assert counts["requests"] > 1000
     assert counts["failed"] <= in_flight, f"lost {counts['failed']}, {in_flight} were in flight: {counts}"

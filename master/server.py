@@ -151,12 +151,13 @@ class Server:
 
         def ready() -> None:
             if upgraded:
-                # The old master still serves: PIDFILE and the addresses file become ours
-                # only now, and then it is told it may be stopped.
+                # The old master still serves. It is told first, so that it hands the metrics
+                # listener over (MasterLoop._answers_metrics) before anyone who waits for the
+                # pidfile can stop it; then PIDFILE and the addresses file become ours.
+                upgrade.notify_ready(self._upgrade_fd)
                 if pidfile is not None:
                     pidfile.acquire(pid)
                 self._publish(self._generation, lset.addresses)
-                upgrade.notify_ready(self._upgrade_fd)
             if on_ready is not None:
                 on_ready()
 

@@ -29,7 +29,7 @@ from greenfork.master.pidfile import Pidfile
 from greenfork.master.prepare import Staging, TlsLoader
 from greenfork.master.sdnotify import Notifier
 from greenfork.master.settings import Settings
-from greenfork.master.states import Event, State
+from greenfork.master.states import Event, State, UpgradeState
 
 if TYPE_CHECKING:
     from greenfork.master.metricsd import MetricsService
@@ -80,8 +80,9 @@ class MasterLoop:
                  on_published: Callable[[int, tuple[str, ...]], None] | None = None,
                  metrics_listeners: list[Listener] | None = None,
                  pidfile: Pidfile | None = None, tls: TlsConfig | None = None,
-                 load_tls: TlsLoader | None = None) -> None:
+                 load_tls: TlsLoader | None = None, metrics_shared: bool = False) -> None:
         self.title = ""
+        self.metrics_shared = metrics_shared  # a new master of an upgrade, on the old one's listener
         self.wake_r, self.wake_w = socket.socketpair()
         self.arbiter = Arbiter(settings, generation=generation, can_exec=upgrade.can_exec())
         self.notify = Notifier()
@@ -164,6 +165,9 @@ class MasterLoop:
             by_fd = {s.fileno(): (pid, s) for pid, s in ex.controls.items()}
             extra = [ex.upgrade_pipe] if ex.upgrade_pipe >= 0 else []
             mr, mw = self.metrics.fds() if self.metrics else ([], [])
+            if self.metrics and not self._answers_metrics():
+                shared = {lst.sock.fileno() for lst in self.metrics.listeners}
+                mr = [fd for fd in mr if fd not in shared]
             readable, writable, _ = select.select([self.wake_r.fileno(), *by_fd, *extra, *mr], mw, [],
                                                   timeout)
             signals = self._drain_wakeup() if self.wake_r.fileno() in readable else set()
@@ -181,6 +185,20 @@ class MasterLoop:
             self.notify.watchdog_due(time.monotonic())
             if self.metrics:
                 self.metrics.serve(readable, writable)
+
+    def _answers_metrics(self) -> bool:
+        """During a binary upgrade both masters hold the metrics listener. One answers at a
+        time, so a load balancer's check of /readyz and a scrape always reach the master that
+        serves the host: the old one until its successor is ready, then the successor (the old
+        one answers again if the successor exits), and not an old one that is stopping (TERM
+        may come before its successor's readiness has reached it). Otherwise a check would meet
+        a new master still booting, or an old one draining, and see 503 from a host that serves."""
+        a = self.arbiter
+        if a.upgrade.state is UpgradeState.READY:
+            return False
+        if a.upgrade.pending and a.state in (State.DELAYING, State.DRAINING, State.QUITTING):
+            return False
+        return not (self.metrics_shared and a.state is State.STARTING)
 
     def _upgrade_message(self) -> None:
         ex = self.executor

@@ -28,7 +28,7 @@ from greenfork.master.arbiter import Arbiter
 from greenfork.master.listeners import Listener
 from greenfork.master.prefixes import Prefix, prefix_urls
 from greenfork.master.records import Worker
-from greenfork.master.states import State, WState
+from greenfork.master.states import State, UpgradeState, WState
 from greenfork.metrics import appmetrics
 from greenfork.metrics import layout as L
 from greenfork.metrics.collector import CacheStats, Collector, Lifecycle, ListenerView, MasterView, WorkerView
@@ -141,6 +141,8 @@ class MetricsService:
 
     def ready(self) -> bool:
         arb = self.arbiter()
+        if arb.upgrade.state is UpgradeState.READY:
+            return True  # the new master of an upgrade serves this address (see MasterLoop._answers_metrics)
         # RELOADING: the current generation serves while the new one boots (a health check that
         # failed there would take a load balancer's server out on every HUP)
         return arb.state in (State.STARTING, State.RUNNING, State.RELOADING) and any(

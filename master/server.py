@@ -75,6 +75,7 @@ class Server:
         self._master_pid: int | None = None
         self._generation = 1
         self._upgrade_fd = -1  # set in a master started by a binary upgrade (upgrade.py)
+        self._metrics_handed = False  # ... whose metrics listener the old master still serves
 
     # ------------------------------------------------------------- addresses
     @property
@@ -131,6 +132,7 @@ class Server:
         metrics_bind = self.settings.metrics_bind
         self.metrics_listeners = [lst for lst in handed if metrics_bind and lst.spec.raw == metrics_bind]
         handed = [lst for lst in handed if lst not in self.metrics_listeners]
+        self._metrics_handed = bool(self.metrics_listeners)
         if metrics_bind and not self.metrics_listeners:
             self.metrics_listeners = listeners.bind_all([parse_bind(metrics_bind)], backlog=64,
                                                         unix_mode=self.settings.unix_socket_mode)
@@ -159,12 +161,13 @@ class Server:
 
         def ready() -> None:
             if upgraded:
-                # The old master still serves: PIDFILE and the addresses file become ours
-                # only now, and then it is told it may be stopped.
+                # The old master still serves. It is told first, so that it hands the metrics
+                # listener over (MasterLoop._answers_metrics) before anyone who waits for the
+                # pidfile can stop it; then PIDFILE and the addresses file become ours.
+                upgrade.notify_ready(self._upgrade_fd)
                 if pidfile is not None:
                     pidfile.acquire(pid)
                 self._publish(self._generation, lset.addresses)
-                upgrade.notify_ready(self._upgrade_fd)
             if on_ready is not None:
                 on_ready()
 
@@ -193,7 +196,8 @@ class Server:
             loop = MasterLoop(s, lset, app=self._app_obj, generation=self._generation,
                               reload_settings=self._reload_settings, on_ready=ready,
                               on_published=self._publish, metrics_listeners=self.metrics_listeners,
-                              pidfile=pidfile, tls=tls_config, load_tls=self._tls_loader)
+                              pidfile=pidfile, tls=tls_config, load_tls=self._tls_loader,
+                              metrics_shared=self._metrics_handed)
             code = loop.run()
         except PidfileBusy as e:
             log.error("%s", e)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,7 +71,11 @@ def test_kubernetes_manifests_are_valid_against_the_api_schemas() -> None:
     for doc in docs:
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
         kinds.append(doc["kind"])
-    assert kinds == ["Deployment", "Service"]
+    assert kinds == ["Deployment", "Service", "PodDisruptionBudget"]
+    scaling = list(yaml.safe_load_all((EXAMPLES / "kubernetes" / "autoscaling.yaml").read_text()))
+    for doc in scaling:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    assert [d["kind"] for d in scaling] == ["ConfigMap", "HorizontalPodAutoscaler"]
     # a broken manifest is caught: the check above can fail
     bad = dict(docs[0], spec=dict(docs[0]["spec"], replicas="three"))
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -183,3 +188,57 @@ def test_port_sharing_units_serve_as_written(launcher: Launcher, sock_dir: Path,
     assert app_of("/api/users") == "api"
     assert app_of("/cart", "shop.example.com") == "shop"
     assert app_of("/") == "main"
+def _kube(name: str) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    return {d["kind"]: d for d in yaml.safe_load_all((EXAMPLES / "kubernetes" / name).read_text())}
+
+
+def test_kubernetes_rolling_update_and_disruptions_keep_ready_pods() -> None:
+    """No request lost on a rollout: a new pod is Ready (by /readyz) before an old one goes, and
+    the old one serves on, reporting not ready, until its endpoints are gone everywhere."""
+    kube = _kube("deployment.yaml")
+    deployment, pdb = kube["Deployment"], kube["PodDisruptionBudget"]
+    spec = deployment["spec"]
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    container = spec["template"]["spec"]["containers"][0]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if a.startswith("--"))
+    probe = container["readinessProbe"]
+    # the readiness probe sees the 503 of the delay before it ends, with time left for the
+    # endpoint removal to reach every node's proxy
+    assert float(args["shutdown-delay"]) >= probe["periodSeconds"] * probe["failureThreshold"] + 2
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    hpa = _kube("autoscaling.yaml")["HorizontalPodAutoscaler"]["spec"]
+    # a drain can always proceed, and never leaves fewer than two pods
+    assert hpa["minReplicas"] - pdb["spec"]["maxUnavailable"] >= 2
+
+
+def test_kubernetes_hpa_scales_on_a_greenfork_metric_the_adapter_serves(tmp_path: Path) -> None:
+    import yaml
+
+    kube = _kube("autoscaling.yaml")
+    hpa = kube["HorizontalPodAutoscaler"]["spec"]
+    deployment = _kube("deployment.yaml")["Deployment"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "name": deployment["metadata"]["name"]}
+    rules = yaml.safe_load(kube["ConfigMap"]["data"]["config.yaml"])["rules"]
+    served = {r["name"]["as"]: r for r in rules}
+    metric = hpa["metrics"][0]["pods"]["metric"]["name"]
+    assert metric in served, f"the HPA asks for {metric}; the adapter serves {list(served)}"
+    rule = served[metric]
+    series = rule["seriesQuery"].split("{", 1)[0]
+    assert f"`{series}`" in (EXAMPLES.parent / "docs" / "metrics.md").read_text(), f"{series} is not a metric"
+    # the adapter's queries, with its template filled in as it does, are valid PromQL
+    query = (rule["metricsQuery"].replace("<<.GroupBy>>", "namespace, pod").replace("<<.Series>>", series)
+             .replace("<<.LabelMatchers>>", 'namespace="default",pod=~"myapp-.*"'))
+    recording = [{"record": "adapter:series", "expr": rule["seriesQuery"]},
+                 {"record": "adapter:metric", "expr": query}]
+    rules_file = {"groups": [{"name": "adapter", "rules": recording}]}
+    (tmp_path / "adapter.yml").write_text(yaml.safe_dump(rules_file))
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is required (scripts/test installs Debian's prometheus package)")
+    out = subprocess.run([promtool, "check", "rules", str(tmp_path / "adapter.yml")], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -22,6 +22,7 @@ from greenfork.metrics.layout import NBUCKETS, REQUEST_BUCKETS
 from greenfork.metrics.recorder import NullFrontDoor, Recorder
 from greenfork.metrics.slots import Slot
 from greenfork.workers.request import CLIENT_GONE
+from greenfork.workers.websocket import Observer
 
 if TYPE_CHECKING:
     from greenfork.workers.conn import Connection
@@ -109,6 +110,27 @@ class Instruments(Recorder):
             gevent.sleep(SAMPLE_INTERVAL)
 
 
+class WebSocketMetrics(Observer):
+    """websocket.py's Observer, as calls to the metrics hooks (no-ops with metrics off)."""
+
+    __slots__ = ("m",)
+
+    def __init__(self, metrics: NullInstruments | Instruments) -> None:
+        self.m = metrics
+
+    def opened(self) -> None:
+        self.m.websocket_opened()
+
+    def received(self, size: int) -> None:
+        self.m.websocket_received(size)
+
+    def sent(self, size: int) -> None:
+        self.m.websocket_sent(size)
+
+    def closed(self, code: int) -> None:
+        self.m.websocket_closed(code)
+
+
 def attach(server: WorkerServer) -> NullInstruments | Instruments:
     """The hooks for this worker (before its app is imported: app metrics need the slot identity)."""
     info = server.info
@@ -117,5 +139,8 @@ def attach(server: WorkerServer) -> NullInstruments | Instruments:
     if info.settings.app_metrics:
         appmetrics.use_slot_identity(info.metrics.index)
     inst = Instruments(server, info.metrics)
+    # Every feature this worker can feed, in one call (it sets the whole feature word): the
+    # master then shows their families from zero. WebSocket is always on.
+    inst.announce(websocket=True)
     gevent.spawn(inst.sample_forever)
     return inst

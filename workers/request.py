@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from greenfork.workers.http1 import ProtocolError, Request
 from greenfork.workers.timers import RequestTimeout, Timed
 from greenfork.workers.transport import ClientGone
+from greenfork.workers.websocket_pipeline import TakenOver
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ class Exchange(Protocol):
     def answer_instead(self, status: int) -> bool: ...  # replace the unsent response; False if too late
     def abort(self) -> None: ...  # the response cannot be completed: the connection (or stream) ends
     def body_bytes(self) -> int: ...  # response body bytes sent (the access log's %(B)s)
+    # WebSocket: the request's head asked for another protocol (HTTP/1.1's Upgrade; never
+    # called for HTTP/2). The app to call instead (it may raise TakenOver), or None: plain HTTP.
+    def upgrade(self, env: dict[str, Any], app: Any) -> Any | None: ...
 
 
 class RequestStage:
@@ -111,9 +115,16 @@ class RequestStage:
         # We are no proxy and speak nothing but HTTP: the server answers these itself.
         app = server.app if req.path != b"*" and req.method != "CONNECT" else _server_itself
         err = ""  # the metrics' error_type
+        # WebSocket (websocket_pipeline.py): an upgrade head gets the app wrapped, and no
+        # request timer, however long the WebSocket lives.
+        upgrade = None
+        if req.upgrade:
+            upgrade = ex.upgrade(env, app)
+            if upgrade is not None:
+                app = upgrade
         # --request-timeout bounds this request only; the connection's other requests and
         # the worker's other connections carry on (the sweeper throws RequestTimeout).
-        timer = ex.timed if self.request_timeout else None
+        timer = ex.timed if self.request_timeout and upgrade is None else None
         if timer is not None:
             timer.request_deadline = 0.0
         try:
@@ -145,6 +156,10 @@ class RequestStage:
             ex.abort()
             ex.status = ex.status or CLIENT_GONE
             err = e.reason
+        except TakenOver:
+            # A WebSocket had the connection and has closed it: nothing goes out any more.
+            ex.status = 101
+            ex.abort()
         except BodyError as e:
             # The body broke while the app read it: whatever the app made of it, the client
             # hears about its own mistake (4xx), or the close ends a response already started.

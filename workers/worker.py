@@ -43,6 +43,7 @@ from greenfork.workers.http1 import Limits
 from greenfork.workers.request import RequestStage
 from greenfork.workers.shed import Shedder
 from greenfork.workers.timers import Sweeper, Timed, Timeouts
+from greenfork.workers.websocket import WebSockets, websocket_limits
 from greenfork.workers.wsgi import Errors, FileWrapper
 
 log = logging.getLogger("greenfork.worker")
@@ -130,6 +131,8 @@ class WorkerServer:
         self.requests = 0
         self.request_timeout = s.request_timeout
         self.stage = RequestStage(self)
+        # WebSocket: every upgraded connection of this worker, its limits and its one timer
+        self.websockets = WebSockets(websocket_limits(s), instrument.WebSocketMetrics(self.metrics))
 
     # --------------------------------------------------------------- startup
     def serve(self) -> int:
@@ -292,6 +295,10 @@ class WorkerServer:
             self.stopped.set()
         else:
             self.sweeper.drain(DRAIN_IDLE_GRACE, time.monotonic())
+            # WebSocket: each open one gets a 1001 close frame and --websocket-grace to finish
+            # its close handshake, then is cut; its connection ends, and with the last one
+            # the worker (connection_done). New upgrade requests are answered 503.
+            gevent.spawn(self.websockets.going_away, self.settings.websocket_grace)
 
     def _finish(self) -> int:
         if self.graceful:

@@ -7,6 +7,7 @@ it finds its WebSocket in environ["wsgi.websocket"] and nothing else changes.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -50,6 +51,11 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
                             "version": ws.version, "version_key": environ["wsgi.websocket_version"],
                             "client": list(ws.handler.client_address)}))
         ws.receive()
+    elif path == "/whoami":
+        # which worker and generation serve this WebSocket (reloads and recycling tests)
+        ws.send(json.dumps({"pid": os.getpid(), "generation": environ.get("greenfork.generation")}))
+        while ws.receive() is not None:
+            pass
     elif path == "/close":
         ws.receive()
         ws.close(4000, "app closed")

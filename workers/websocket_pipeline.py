@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from greenfork.workers.timers import NONE
-from greenfork.workers.transport import Transport
+from greenfork.workers.transport import RECV_SIZE, Transport
 from greenfork.workers.websocket import Refusal, Upgrade
 
 if TYPE_CHECKING:
@@ -55,17 +55,26 @@ class TransportStream:
     expires, and without a request deadline.
     """
 
-    __slots__ = ("closed", "pending", "t")
+    __slots__ = ("closed", "drained", "pending", "t")
 
     def __init__(self, t: Transport, pending: bytes) -> None:
         self.t = t
         self.pending = pending  # bytes the client sent after the request head
         self.closed = False
+        self.drained = True  # the last read took all there was
 
     def recv(self) -> bytes:
         if self.closed:
             raise OSError(errno.EBADF, "the connection is closed")
-        return self.t.recv()
+        t = self.t
+        if self.drained:
+            # A client's next message usually follows our answer to its last one, so a read
+            # now would nearly always fail (and the failure costs a system call and an
+            # exception per message): wait first, as conn.py does between requests.
+            t.wait_readable()
+        data = t.recv()
+        self.drained = len(data) < RECV_SIZE
+        return data
 
     def send(self, data: bytes) -> None:
         if self.closed:

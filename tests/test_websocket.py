@@ -351,6 +351,21 @@ def test_a_websocket_outlives_the_request_timeout(serve: Callable[..., Server]) 
     assert "exceeded --request-timeout" not in s.g.log()
 
 
+def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(serve: Callable[..., Server]) -> None:
+    s = serve(GWS, "--send-timeout", "0.5")
+    c = s.raw("/flood")  # reads the 101, then nothing more
+    assert c.status == 101
+    t0 = time.monotonic()
+    st = s.wait_closed(1, timeout=20)
+    assert st["closed"] == {"1006": 1} and 0.4 < time.monotonic() - t0 < 15
+    assert wait_for(lambda: total(s.metrics(), "greenfork_connection_duration_seconds_count",
+                                  error_type="min_response_data_rate") == 1, 10, "the connection's end")
+    with s.connect() as ws:  # the worker serves on
+        ws.send("after")
+        assert ws.recv(timeout=5) == "after"
+    c.close()
+
+
 def test_websockets_count_against_worker_connections(serve: Callable[..., Server]) -> None:
     s = serve(GWS, "--worker-connections", "3")
     with contextlib.ExitStack() as stack:

@@ -238,6 +238,8 @@ class Connection:
         so there is nothing to send and nothing to linger for."""
         if websocket_pipeline.protocol_error(up):
             self.error_type = self.error_type or "websocket_protocol_error"
+        elif self.t.expired is not None:  # the send timeout cut it (a client that stopped reading)
+            self.error_type = self.error_type or self.t.expired
         return False
 
     # -------------------------------------------------------------- a request

@@ -51,6 +51,14 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
                             "version": ws.version, "version_key": environ["wsgi.websocket_version"],
                             "client": list(ws.handler.client_address)}))
         ws.receive()
+    elif path == "/flood":
+        # Sends until the client is gone (a client that stops reading: --send-timeout).
+        chunk = "x" * 65536
+        try:
+            while True:
+                ws.send(chunk)
+        except WebSocketError:
+            pass
     elif path == "/whoami":
         # which worker and generation serve this WebSocket (reloads and recycling tests)
         ws.send(json.dumps({"pid": os.getpid(), "generation": environ.get("greenfork.generation")}))

@@ -492,3 +492,20 @@ def test_compressed_connections_send_short_messages_plain_and_long_ones_through_
         client.receive_bytes(data)
         (got,) = list(client.received_frames())
         assert got.payload == msg and got.message_finished
+
+
+def test_data_leaves_the_state_as_it_is() -> None:
+    # WebSocketProtocol skips step() for data in OPEN, CLOSING and FAILED and for sending in
+    # OPEN (the hot path): the table must keep saying that those moves change nothing.
+    from greenfork.workers.websocket_protocol import _TABLE, Ev
+
+    assert {s: _TABLE.get((s, Ev.DATA_IN)) for s in State} == {
+        State.OPEN: State.OPEN, State.CLOSING: State.CLOSING, State.FAILED: State.FAILED, State.CLOSED: None}
+    assert {s: _TABLE.get((s, Ev.DATA_OUT)) for s in State} == {
+        State.OPEN: State.OPEN, State.CLOSING: None, State.FAILED: None, State.CLOSED: None}
+    p = proto()
+    p.receive(frame(CLOSE, close_payload(1000)))
+    with pytest.raises(StateError):
+        p.receive(frame(TEXT, b"after the end"))
+    with pytest.raises(StateError):
+        p.send("after the end")

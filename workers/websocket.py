@@ -180,6 +180,8 @@ class WebSockets:
             proto = up.proto
             if up.finished or proto is None or proto.state is not State.OPEN or up in self._closing:
                 continue
+            if up.reader is None:
+                up.read_in_background()  # the app is not in receive(): someone must hear the client
             if lim.ping_interval:
                 self._keepalive(up, now)
             if lim.idle_timeout and not up.finished:

@@ -243,7 +243,8 @@ class WebSocketProtocol:
             if state is State.CLOSING:
                 return [Closed(self.close_code or ABNORMAL, self.close_reason, False)]
             return []
-        self.state = step(state, Ev.DATA_IN)
+        if state is State.CLOSED:
+            step(state, Ev.DATA_IN)  # raises: DATA_IN leaves every other state as it is (the table)
         if state is State.FAILED:
             return []  # RFC 6455 7.1.7: no more processing of the peer's data
         events: list[Event] = []
@@ -404,7 +405,8 @@ class WebSocketProtocol:
 
     def send(self, message: str | bytes | bytearray | memoryview) -> bytes:
         """One whole message: text for str, binary otherwise."""
-        self.state = step(self.state, Ev.DATA_OUT)
+        if self.state is not State.OPEN:
+            step(self.state, Ev.DATA_OUT)  # raises: only OPEN sends, and stays OPEN (the table)
         if isinstance(message, str):
             data, first = message.encode("utf-8"), 0x81
         else:

@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--connections", type=int, default=100)
-    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--size", type=int, default=32, help="message bytes (1 to 65535)")
     a = ap.parse_args()
     print("uptime:", os.getloadavg(), file=sys.stderr)
     with tempfile.TemporaryDirectory() as d:

@@ -2,7 +2,7 @@
  * masked text frame and waiting for its echo, for D seconds; prints one JSON line.
  *
  *     cc -O2 -o /tmp/ws_echo_client scripts/bench/ws_echo_client.c
- *     /tmp/ws_echo_client 127.0.0.1 8000 /echo 100 10 32
+ *     /tmp/ws_echo_client 127.0.0.1 8000 /echo 100 10 32    (SIZE: 1 to 65535 bytes)
  *
  * A C client so that one core of client drives more round trips than one server worker
  * can answer (the Python client in ws_echo.py tops out first): what is measured is the
@@ -27,7 +27,7 @@ struct conn {
     int fd;
     int state; /* 0 handshake, 1 waiting for the echo, 2 dead */
     size_t got;
-    char buf[4096];
+    char buf[4 + 65535];
 };
 
 static double now(void) {
@@ -44,21 +44,29 @@ int main(int argc, char **argv) {
     const char *host = argv[1], *path = argv[3];
     int port = atoi(argv[2]), n = atoi(argv[4]), size = atoi(argv[6]);
     double secs = atof(argv[5]);
-    if (n < 1 || n > 10000 || size < 1 || size > 125 || secs <= 0) {
-        fprintf(stderr, "CONNECTIONS 1..10000, SIZE 1..125, SECONDS > 0\n");
+    if (n < 1 || n > 10000 || size < 1 || size > 65535 || secs <= 0) {
+        fprintf(stderr, "CONNECTIONS 1..10000, SIZE 1..65535, SECONDS > 0\n");
         return 2;
     }
-    /* the frame every connection sends: FIN|TEXT, masked, SIZE bytes of 'x' */
-    unsigned char frame[6 + 125], mask[4] = {0x37, 0xfa, 0x21, 0x3d};
-    frame[0] = 0x81;
-    frame[1] = 0x80 | size;
-    memcpy(frame + 2, mask, 4);
-    for (int i = 0; i < size; i++) frame[6 + i] = 'x' ^ mask[i % 4];
-    size_t flen = 6 + size, elen = 2 + size; /* the echo: 0x81, SIZE, payload */
-    unsigned char echo[2 + 125];
-    echo[0] = 0x81;
-    echo[1] = size;
-    memset(echo + 2, 'x', size);
+    /* the frame every connection sends: FIN|TEXT, masked, SIZE bytes of 'x'; its echo comes
+     * unmasked, its length in the same form */
+    static unsigned char frame[8 + 65535], echo[4 + 65535];
+    unsigned char mask[4] = {0x37, 0xfa, 0x21, 0x3d};
+    size_t h = size < 126 ? 2 : 4;
+    frame[0] = echo[0] = 0x81;
+    if (size < 126) {
+        frame[1] = 0x80 | size;
+        echo[1] = size;
+    } else {
+        frame[1] = 0x80 | 126;
+        echo[1] = 126;
+        frame[2] = echo[2] = size >> 8;
+        frame[3] = echo[3] = size & 0xff;
+    }
+    memcpy(frame + h, mask, 4);
+    for (int i = 0; i < size; i++) frame[h + 4 + i] = 'x' ^ mask[i % 4];
+    memset(echo + h, 'x', size);
+    size_t flen = h + 4 + size, elen = h + size;
 
     char req[512];
     int rlen = snprintf(req, sizeof req,

@@ -340,6 +340,24 @@ def test_idle_timeout_closes_with_1001(serve: Callable[..., Server]) -> None:
         assert expect_close(ws, 1001) == "idle timeout"
 
 
+def test_an_app_that_only_sends_still_hears_the_client(serve: Callable[..., Server]) -> None:
+    # After its first message the app never calls receive(): greenfork's own reader answers
+    # the client's pings (within the sweeper's second) and completes its close handshake.
+    s = serve()
+    with s.connect("/ticker", ping_interval=0.3, ping_timeout=2.5) as ws:
+        ws.send("go")
+        ticks = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            ticks.append(ws.recv(timeout=5))
+        assert ticks[:3] == ["tick 0", "tick 1", "tick 2"] and len(ticks) > 20
+        ws.ping(b"are you there").wait(timeout=3)  # answered while the app only sends
+        t0 = time.monotonic()
+        ws.close(1000, "enough")
+        assert ws.close_code == 1000 and time.monotonic() - t0 < 3
+    assert s.wait_closed(1)["closed"] == {"1000": 1}
+
+
 def test_a_websocket_outlives_the_request_timeout(serve: Callable[..., Server]) -> None:
     s = serve(GWS, "--request-timeout", "0.5")
     with s.connect() as ws:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import gevent
 from geventwebsocket.exceptions import WebSocketError
 
 
@@ -51,6 +52,18 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
                             "version": ws.version, "version_key": environ["wsgi.websocket_version"],
                             "client": list(ws.handler.client_address)}))
         ws.receive()
+    elif path == "/ticker":
+        # One message in, then server push only: the app never calls receive() again, yet the
+        # client's pings are answered and its close frame ends the loop.
+        ws.receive()
+        i = 0
+        try:
+            while True:
+                ws.send(f"tick {i}")
+                i += 1
+                gevent.sleep(0.05)
+        except WebSocketError:
+            pass
     elif path == "/flood":
         # Sends until the client is gone (a client that stops reading: --send-timeout).
         chunk = "x" * 65536

@@ -304,16 +304,16 @@ class WebSocketProtocol:
                 start = pos + h
                 pos += total
                 payload = _unmask(buf[start:pos], buf[start - 4:start])
+                # (no limit to check: n is within both, and no message is being assembled)
                 if op == 1:
                     try:
-                        text = payload.decode("utf-8")
+                        msg: Message = payload.decode("utf-8")
                     except UnicodeDecodeError as e:  # (the reason wsproto would give)
                         events.append(self._fail(INVALID_DATA, str(e)))
                         return
-                    msg = self._data(text, True, True, True)
                 else:
-                    msg = self._data(payload, False, True, True)
-                if msg is not None and self.state is State.OPEN:
+                    msg = bytearray(payload)
+                if self.state is State.OPEN:
                     events.append(msg)
                 continue
             if op < 8:  # a data frame wsproto reads: is a fragmented message in progress after it?

@@ -359,6 +359,14 @@ def _between(lo: int, hi: int) -> Callable[[Any], None]:
     return check
 
 
+def _above(n: float) -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if v <= n:
+            raise ValueError(f"must be more than {n:g}")
+
+    return check
+
+
 def _non_empty(v: Any) -> None:
     if not v:
         raise ValueError("must not be empty")
@@ -795,6 +803,39 @@ SETTINGS: tuple[Setting, ...] = (
     _S("reload_extra_file", _str_list, (), ("--reload-extra-file",), section="Lifecycle",
        metavar="GLOB", multiple=True, type_doc="list of globs", default_doc="none",
        help="With --reload, also watch files matching this glob (repeat for several; `**` recurses)."),
+    # ---------------------------------------------------------------- websocket
+    # (docs/websocket.md; workers/websocket.py's Limits and going_away)
+    _S("websocket_max_message_size", _size, 16 << 20, ("--websocket-max-message-size",), section="WebSocket",
+       validate=_at_least(1), metavar="SIZE", type_doc="size", default_doc="16MiB",
+       help="Largest WebSocket message a client may send (after decompression); larger closes the "
+            "WebSocket with 1009. SIZE as for --max-worker-memory."),
+    _S("websocket_max_frame_size", _size, 16 << 20, ("--websocket-max-frame-size",), section="WebSocket",
+       validate=_at_least(1), metavar="SIZE", type_doc="size", default_doc="16MiB",
+       help="Largest WebSocket frame payload (after decompression); larger closes with 1009 before "
+            "the frame is read whole."),
+    _S("websocket_ping_interval", _float, 20.0, ("--websocket-ping-interval",), section="WebSocket",
+       validate=_at_least(0), metavar="SECONDS", type_doc="seconds",
+       help="Ping a WebSocket client after this long without a byte from it (0: never)."),
+    _S("websocket_ping_timeout", _float, 20.0, ("--websocket-ping-timeout",), section="WebSocket",
+       validate=_above(0), metavar="SECONDS", type_doc="seconds",
+       help="A WebSocket client that sends nothing (its pong included) this long after a ping is "
+            "gone: the connection is cut."),
+    _S("websocket_idle_timeout", _float, 0.0, ("--websocket-idle-timeout",), section="WebSocket",
+       validate=_at_least(0), metavar="SECONDS", type_doc="seconds", default_doc="0 (off)",
+       help="Close a WebSocket with 1001 after this long without a message either way (pings do "
+            "not count). 0 disables."),
+    _S("websocket_close_timeout", _float, 5.0, ("--websocket-close-timeout",), section="WebSocket",
+       validate=_at_least(0.1), metavar="SECONDS", type_doc="seconds",
+       help="After the server's close frame, how long the client's is awaited before the "
+            "connection is cut."),
+    _S("websocket_grace", _float, 5.0, ("--websocket-grace",), section="WebSocket",
+       validate=_at_least(0), metavar="SECONDS", type_doc="seconds",
+       help="On TERM, HUP and worker recycling, open WebSockets get a 1001 (going away) close frame "
+            "at once and this long to complete the close handshake; then they are cut. Keep it "
+            "under --graceful-timeout."),
+    _S("websocket_compression", _bool, True, ("--websocket-compression",), section="WebSocket",
+       is_flag=True, type_doc="boolean",
+       help="Accept permessage-deflate (RFC 7692) when a WebSocket client offers it."),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -883,6 +924,15 @@ class Settings:
     max_worker_memory: int
     reload: bool
     reload_extra_file: tuple[str, ...]
+    # WebSocket
+    websocket_max_message_size: int
+    websocket_max_frame_size: int
+    websocket_ping_interval: float
+    websocket_ping_timeout: float
+    websocket_idle_timeout: float
+    websocket_close_timeout: float
+    websocket_grace: float
+    websocket_compression: bool
     # where each value came from ("default", "env GREENFORK_X", ...): for error messages
     sources: tuple[tuple[str, str], ...] = ()
 

@@ -183,10 +183,12 @@ class Recorder:
     # ------------------------------------------------------------- at start
     def announce(self, *, http2: bool = False, websocket: bool = False, max_queued_requests: int = 0) -> None:
         """What this worker can feed, so the master shows those families from zero (an
-        operator's rate() and alerts need series before the first event)."""
+        operator's rate() and alerts need series before the first event). Each part of the
+        worker announces its own: what an earlier call said is kept."""
         mv = self.mv
-        mv[L.H_FEATURES] = (L.F_HTTP2 if http2 else 0) | (L.F_WEBSOCKET if websocket else 0)
-        mv[L.H_QUEUE_LIMIT] = max_queued_requests
+        mv[L.H_FEATURES] = int(mv[L.H_FEATURES]) | (L.F_HTTP2 if http2 else 0) | (L.F_WEBSOCKET if websocket else 0)
+        if max_queued_requests:
+            mv[L.H_QUEUE_LIMIT] = max_queued_requests
 
     # ---------------------------------------------------- once a second
     def sample(self, keepalive: list[int], active: dict[tuple[str, str], int]) -> None:

@@ -65,9 +65,15 @@ VALID_WIRE = {
 WIRE_ONLY = [
     Case("options-asterisk-answered-by-server-rfc9110-9.3.7",
          b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "200 open"),
+    # a protocol we do not speak: the server may ignore the Upgrade (RFC 9110 7.8); bytes after it
+    # are not HTTP any more, so the connection closes after the response
     Case("upgrade-served-then-closed-rfc9110-7.8",
-         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: example/1\r\n\r\n"
          b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "200 close"),
+    # WebSocket is spoken (docs/websocket.md): a handshake without Sec-WebSocket-Version is refused
+    Case("websocket-upgrade-without-version-rfc6455-4.4",
+         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "426 close"),
     Case("smuggled-request-after-cl-te-not-read-rfc9112-6.3",
          b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 36\r\nTransfer-Encoding: chunked\r\n\r\n"
          b"0\r\n\r\nGET /pid HTTP/1.1\r\nHost: a\r\n\r\n", "400 close"),

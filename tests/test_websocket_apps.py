@@ -1,6 +1,7 @@
-"""Real apps with real clients: flask-sock, Flask-SocketIO (both python-engineio gevent
-drivers: gevent-websocket's wsgi.websocket and simple-websocket's raw socket) with
-python-socketio's client, a gevent-websocket app, and node's `ws` client."""
+"""Real apps with real clients, on the real server: flask-sock, Flask-SocketIO (both
+python-engineio gevent drivers: gevent-websocket's wsgi.websocket and simple-websocket's raw
+socket) with python-socketio's client, a gevent-websocket app, and node's `ws` client; over
+TCP and TLS."""
 
 from __future__ import annotations
 
@@ -10,32 +11,42 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import socketio
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
-from tests.procs import wait_for
-from tests.test_websocket import GWS, Harness, RawClient, harnesses
+from tests import tlscerts
+from tests.procs import Launcher, alive, http_get, wait_for
+from tests.test_websocket import GWS, Server, expect_close, start
 from tests.test_websocket_protocol import CLOSE, TEXT, frame
+from tests.tlscerts import Certs
 
-FLASK_SOCK = "tests.apps.ws_flask_sock:app"
-SOCKETIO = "tests.apps.ws_socketio:app"
+FLASK_SOCK = "ws_flask_sock:app"
+SOCKETIO = "ws_socketio:app"
+SOCKETIO_SIMPLE = "ws_socketio_simple:app"  # the same app where gevent-websocket is not installed
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return tlscerts.certs(tmp_path_factory)
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
-    yield from harnesses(tmp_path)
+def serve(launcher: Launcher) -> Callable[..., Server]:
+    def run(app: str = GWS, *args: str, certs: Certs | None = None) -> Server:
+        return start(launcher, app, *args, certs=certs)
+
+    return run
 
 
 # ---------------------------------------------------------------- flask-sock
-@pytest.mark.parametrize("app", [FLASK_SOCK, "tests.apps.ws_flask_sock:app_ping"], ids=["plain", "pinging"])
-def test_flask_sock_echo(harness: Callable[..., Harness], app: str) -> None:
-    h = harness(app)
-    with connect(h.url(), ping_interval=None) as ws:
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("app", [FLASK_SOCK, "ws_flask_sock:app_ping"], ids=["plain", "pinging"])
+def test_flask_sock_echo(serve: Callable[..., Server], certs: Certs, app: str, tls: bool) -> None:
+    s = serve(app, certs=certs if tls else None)
+    with s.connect() as ws:
         ws.send("hello")
         assert ws.recv(timeout=5) == "hello"
         ws.send(b"\x00\x01")
@@ -46,60 +57,64 @@ def test_flask_sock_echo(harness: Callable[..., Harness], app: str) -> None:
         ws.send(big)
         assert ws.recv(timeout=10) == big
         ws.send("bye")
-        with pytest.raises(ConnectionClosed) as info:
-            ws.recv(timeout=5)
-        assert info.value.rcvd is not None and (info.value.rcvd.code, info.value.rcvd.reason) == (1000, "bye")
-    stats = h.wait_closed(1)
+        assert expect_close(ws, 1000, timeout=5) == "bye"
+    stats = s.wait_closed(1)
     assert stats["opened"] == 1 and stats["closed"] == {"1000": 1}
-    if app == FLASK_SOCK:
-        from tests.procs import http_get
-
-        assert http_get(f"http://127.0.0.1:{h.port}", "/")[2] == b"flask ok"  # plain Flask routes still work
+    if app == FLASK_SOCK and not tls:
+        assert http_get(f"http://127.0.0.1:{s.port}", "/")[2] == b"flask ok"  # plain Flask routes still work
 
 
-def test_flask_sock_frames_in_the_head_packet(harness: Callable[..., Harness]) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_flask_sock_frames_in_the_head_packet(serve: Callable[..., Server], certs: Certs, tls: bool) -> None:
     # bytes that arrive with the request head reach simple-websocket first, through the raw socket
-    h = harness(FLASK_SOCK)
-    c = RawClient(h.port, extra=frame(TEXT, b"early"))
+    s = serve(FLASK_SOCK, certs=certs if tls else None)
+    c = s.raw(extra=frame(TEXT, b"early"))
     assert c.status == 101
     assert c.frame() == (TEXT, b"early")
     c.send(frame(TEXT, b"bye"))
     assert c.frame() == (CLOSE, (1000).to_bytes(2, "big") + b"bye")
 
 
-def test_going_away_reaches_flask_sock_and_gevent_websocket_alike(harness: Callable[..., Harness]) -> None:
-    h1, h2 = harness(FLASK_SOCK, grace=5), harness(GWS, grace=5)
-    with connect(h1.url(), ping_interval=None) as a, connect(h2.url(), ping_interval=None) as b:
+def test_term_reaches_flask_sock_and_gevent_websocket_alike(serve: Callable[..., Server]) -> None:
+    s1, s2 = serve(FLASK_SOCK, "--websocket-grace", "5"), serve(GWS, "--websocket-grace", "5")
+    with s1.connect() as a, s2.connect() as b:
         for ws in (a, b):
             ws.send("hi")
             assert ws.recv(timeout=5) == "hi"
         t0 = time.monotonic()
-        h1.proc.send_signal(signal.SIGTERM)
-        h2.proc.send_signal(signal.SIGTERM)
+        s1.g.signal(signal.SIGTERM)
+        s2.g.signal(signal.SIGTERM)
         for ws in (a, b):
-            with pytest.raises(ConnectionClosed) as info:
-                ws.recv(timeout=10)
-            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
-    for h in (h1, h2):
-        assert h.proc.wait(15) == 0
-        assert "GONE 0" in h.output(), h.output()
-        assert json.loads(h.output().split("STATS ", 1)[1].splitlines()[0])["closed"] == {"1001": 1}
+            assert expect_close(ws, 1001) == "server going away"
+    for s in (s1, s2):
+        assert s.g.wait(15) == 0
     assert time.monotonic() - t0 < 4  # the handshakes completed: nobody waited for the grace period
 
 
+def test_hup_reaches_flask_sock_and_is_counted(serve: Callable[..., Server]) -> None:
+    s = serve(FLASK_SOCK, "--websocket-grace", "5")
+    worker = s.g.workers()[0]
+    with s.connect() as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=5) == "hi"
+        s.g.signal(signal.SIGHUP)
+        assert expect_close(ws, 1001, timeout=30) == "server going away"
+    wait_for(lambda: not alive(worker), 10, "the old worker to exit")
+    assert s.wait_closed(1)["closed"] == {"1001": 1}
+
+
 # ---------------------------------------------------------------- Flask-SocketIO
-@pytest.mark.parametrize("hide", [(), ("geventwebsocket",)], ids=["gevent-websocket", "simple-websocket"])
+@pytest.mark.parametrize("app", [SOCKETIO, SOCKETIO_SIMPLE], ids=["gevent-websocket", "simple-websocket"])
 @pytest.mark.parametrize("transports", [["websocket"], None], ids=["websocket-only", "polling-upgrade"])
-def test_flask_socketio(harness: Callable[..., Harness], hide: tuple[str, ...], transports: list[str] | None,
-                        ) -> None:
-    h = harness(SOCKETIO, hide=hide)
+def test_flask_socketio(serve: Callable[..., Server], app: str, transports: list[str] | None) -> None:
+    s = serve(app)
     clients = [socketio.Client(), socketio.Client()]
     got: list[list[object]] = [[], []]
-    for i, sio in enumerate(clients):
-        sio.on("echo", lambda data, i=i: got[i].append(("echo", data)))
-        sio.on("shout", lambda data, i=i: got[i].append(("shout", data)))
-        sio.connect(f"http://127.0.0.1:{h.port}", transports=transports, wait_timeout=10)
     try:
+        for i, sio in enumerate(clients):
+            sio.on("echo", lambda data, i=i: got[i].append(("echo", data)))
+            sio.on("shout", lambda data, i=i: got[i].append(("shout", data)))
+            sio.connect(f"http://127.0.0.1:{s.port}", transports=transports, wait_timeout=10)
         for sio in clients:
             wait_for(lambda sio=sio: sio.transport() == "websocket", 10, "the websocket transport")
         clients[0].emit("echo", {"n": 1})
@@ -110,24 +125,25 @@ def test_flask_socketio(harness: Callable[..., Harness], hide: tuple[str, ...], 
     finally:
         for sio in clients:
             sio.disconnect()
-    stats = h.wait_closed(2)
+    stats = s.wait_closed(2)
     assert stats["opened"] == 2 and stats["closed"] == {"1000": 2}
-    if not hide:  # through wsgi.websocket the messages are ours to count
+    if app == SOCKETIO:  # through wsgi.websocket the messages are ours to count
         assert stats["received"] >= 4 and stats["sent"] >= 4
+    else:  # simple-websocket frames them itself
+        assert stats["received"] == stats["sent"] == 0
 
 
 # ---------------------------------------------------------------- gevent-websocket
-def test_gevent_websocket_chat_and_attributes(harness: Callable[..., Harness]) -> None:
-    h = harness()
-    with connect(h.url("/info"), origin="http://example.test", subprotocols=["chat"],  # type: ignore[list-item]
-                 ping_interval=None) as ws:
+def test_gevent_websocket_chat_and_attributes(serve: Callable[..., Server]) -> None:
+    s = serve()
+    with s.connect("/info", origin="http://example.test", subprotocols=["chat"]) as ws:
         info = json.loads(ws.recv(timeout=5))
         assert info["path"] == "/info" and info["origin"] == "http://example.test"
         assert info["protocol"] == "chat" and info["version"] == "13" and info["version_key"] == "13"
         assert info["client"][0] == "127.0.0.1" and info["client"][1] > 0
         assert ws.subprotocol is None  # like gevent-websocket: no app_protocol(), no subprotocol chosen
     with contextlib.ExitStack() as stack:
-        clients = [stack.enter_context(connect(h.url("/chat"), ping_interval=None)) for _ in range(3)]
+        clients = [stack.enter_context(s.connect("/chat")) for _ in range(3)]
         for ws in clients:  # the app's first touch of ws put each in ws.handler.server.clients
             ws.send("join")
         for ws in clients:
@@ -138,7 +154,7 @@ def test_gevent_websocket_chat_and_attributes(harness: Callable[..., Harness]) -
             while "hi all" not in msgs:  # after the other clients' joins
                 msgs.append(ws.recv(timeout=5))
             assert set(msgs) <= {"join", "hi all"}
-    assert h.wait_closed(4)["closed"] == {"1000": 4}
+    assert s.wait_closed(4)["closed"] == {"1000": 4}
 
 
 # ---------------------------------------------------------------- node's ws
@@ -174,14 +190,15 @@ def node_modules() -> Path:
     return target / "node_modules"
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 @pytest.mark.parametrize("app", [GWS, FLASK_SOCK], ids=["gevent-websocket", "flask-sock"])
-def test_node_ws_client(harness: Callable[..., Harness], node_modules: Path, tmp_path: Path,
-                        app: str) -> None:
-    h = harness(app)
+def test_node_ws_client(serve: Callable[..., Server], certs: Certs, node_modules: Path, tmp_path: Path,
+                        app: str, tls: bool) -> None:
+    s = serve(app, certs=certs if tls else None)
     script = tmp_path / "client.js"
     script.write_text(NODE_CLIENT)
-    env = {"NODE_PATH": str(node_modules), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(["node", str(script), h.url()], env=env, capture_output=True, text=True, timeout=60)
+    env = {"NODE_PATH": str(node_modules), "PATH": "/usr/bin:/bin", "NODE_EXTRA_CA_CERTS": str(certs.ca)}
+    out = subprocess.run(["node", str(script), s.url()], env=env, capture_output=True, text=True, timeout=60)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 0, (out.stdout, out.stderr)
     assert r["extensions"].startswith("permessage-deflate")

@@ -403,3 +403,109 @@ def test_fuzz_random_bytes(stream: bytes) -> None:
 def test_fuzz_compressed_payloads(payload: bytes) -> None:
     server, _ = negotiated(max_message_size=4096)
     check_invariants(server, frame(BINARY, payload, rsv=4), [])
+
+
+# ---------------------------------------------------------------- the fast path against wsproto alone
+def wsproto_only(**kw: int) -> WebSocketProtocol:
+    """The same connection with every frame going through wsproto (the fast path off)."""
+    p = proto(**kw)
+    p._fast_in = -1
+    p._fast_out = -1
+    return p
+
+
+def outcome(p: WebSocketProtocol, pieces: list[bytes]) -> tuple[list[object], list[object], State]:
+    """Everything that came of the pieces: events, frames to send, the state at the end. (Which
+    piece an event comes with may differ: the fast path takes a small frame once it is whole,
+    wsproto as its bytes come.)"""
+    events: list[object] = []
+    sent: list[object] = []
+    for piece in pieces:
+        if p.state is State.CLOSED:
+            break  # (the session stops reading)
+        for ev in p.receive(piece):
+            if isinstance(ev, Closed):
+                events.append(("closed", ev.code, ev.by_peer))
+            elif isinstance(ev, Pong):
+                events.append(("pong", bytes(ev.payload)))
+            else:
+                events.append((type(ev).__name__, ev))
+        # (a close reason is prose: where a decoder reports bad UTF-8 depends on its pieces)
+        sent += [(op, payload[:2] if op == CLOSE else payload)
+                 for op, payload in parse_server_frames(p.data_to_send())]
+    return events, sent, p.state
+
+
+sized = st.builds(lambda n, b: bytes([b]) * n, st.integers(0, 10_000), st.integers(0, 255))
+long_frames = st.builds(
+    frame,
+    st.sampled_from([CONT, TEXT, BINARY, CLOSE, PING, PONG]),
+    st.one_of(st.binary(max_size=200), st.text(max_size=50).map(str.encode), sized,
+              st.sampled_from([b"\xe2\x82", "é".encode() * 70, b"\xed\xa0\x80"])),
+    fin=st.sampled_from([True, True, False]), rsv=st.sampled_from([0, 0, 0, 0, 4]),
+    mask=st.sampled_from([True, True, True, False]))
+
+
+@FUZZ
+@given(st.lists(long_frames, max_size=10), st.data(), st.sampled_from([(1 << 20, 1 << 20), (3000, 700)]))
+def test_fuzz_fast_path_matches_wsproto(seq: list[bytes], data: st.DataObject,
+                                        limits: tuple[int, int]) -> None:
+    # The same bytes, cut the same way, give the same messages, replies and end with the fast
+    # path as with wsproto reading every frame.
+    stream = b"".join(seq)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    pieces = [p for p in pieces if p]
+    kw = {"max_message_size": limits[0], "max_frame_size": limits[1]}
+    assert outcome(proto(**kw), pieces) == outcome(wsproto_only(**kw), pieces)
+
+
+def test_fast_path_frames_between_fragments_and_in_pieces() -> None:
+    p = proto()
+    big = os.urandom(20_000)  # over FAST_WAIT: streamed through wsproto when it comes in pieces
+    mid = frame(BINARY, b"m" * 300)  # a 16-bit length, taken by the fast path
+    stream = (frame(TEXT, b"a") + frame(TEXT, b"frag", fin=False) + frame(PING, b"x") + frame(CONT, b"ment")
+              + mid + frame(BINARY, big) + frame(TEXT, "é".encode() * 100))
+    got: list[object] = []
+    for i in range(0, len(stream), 777):
+        got += p.receive(stream[i:i + 777])
+    assert got == ["a", "fragment", bytearray(b"m" * 300), bytearray(big), "é" * 100]
+    assert parse_server_frames(p.data_to_send()) == [(PONG, b"x")]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70_000])
+@pytest.mark.parametrize("text", [True, False], ids=["text", "binary"])
+def test_messages_we_send_are_framed_as_wsproto_frames_them(size: int, text: bool) -> None:
+    message: str | bytes = "é" * (size // 2) + "x" * (size % 2) if text else os.urandom(size)
+    assert proto().send(message) == wsproto_only().send(message)
+    assert parse_server_frames(proto().send(message)) == [
+        (TEXT if text else BINARY, message.encode() if isinstance(message, str) else message)]
+
+
+def test_compressed_connections_send_short_messages_plain_and_long_ones_through_wsproto() -> None:
+    server, client = negotiated(max_message_size=MiB)
+    short, long = "s" * 10, "l" * 1000
+    for msg in (short, long):
+        data = server.send(msg)
+        rsv1 = bool(data[0] & 0x40)
+        assert rsv1 == (msg is long)
+        client.receive_bytes(data)
+        (got,) = list(client.received_frames())
+        assert got.payload == msg and got.message_finished
+
+
+def test_data_leaves_the_state_as_it_is() -> None:
+    # WebSocketProtocol skips step() for data in OPEN, CLOSING and FAILED and for sending in
+    # OPEN (the hot path): the table must keep saying that those moves change nothing.
+    from greenfork.workers.websocket_protocol import _TABLE, Ev
+
+    assert {s: _TABLE.get((s, Ev.DATA_IN)) for s in State} == {
+        State.OPEN: State.OPEN, State.CLOSING: State.CLOSING, State.FAILED: State.FAILED, State.CLOSED: None}
+    assert {s: _TABLE.get((s, Ev.DATA_OUT)) for s in State} == {
+        State.OPEN: State.OPEN, State.CLOSING: None, State.FAILED: None, State.CLOSED: None}
+    p = proto()
+    p.receive(frame(CLOSE, close_payload(1000)))
+    with pytest.raises(StateError):
+        p.receive(frame(TEXT, b"after the end"))
+    with pytest.raises(StateError):
+        p.send("after the end")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gevent import GreenletExit
 
 from greenfork.master import tlsinfo
-from greenfork.workers import front
+from greenfork.workers import front, websocket_pipeline
 from greenfork.workers.h1proto import (
     CLOSED,
     DRAIN,
@@ -42,6 +42,7 @@ from greenfork.workers.timers import BODY, FRESH, HEADERS, IDLE, NONE, Expired, 
 from greenfork.workers.timers import DRAIN as DRAINING
 from greenfork.workers.tlstransport import HandshakeFailed, TlsTransport
 from greenfork.workers.transport import FLUSH_AT, ClientGone, Transport
+from greenfork.workers.websocket import Upgrade
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ DRAIN_LIMIT = 1 << 20  # unread body bytes we discard to keep a connection reusa
 class Connection:
     __slots__ = ("addr", "body_error", "ctx", "extra", "head_at", "headed", "inp", "mark", "out", "p",
                  "remote", "req", "served", "server", "since", "sr", "status", "t", "timed",
+                 "upgraded",  # WebSocket (websocket_pipeline.py)
                  "error_type", "opened", "version",  # for metrics (workers/instrument.py)
                  "h2")  # the HTTP/2 driver, while it serves this connection (workers/h2conn.py)
 
@@ -91,6 +93,7 @@ class Connection:
         # a PROXY header's, workers/front.py)
         self.extra: dict[str, Any] = {}
         self.h2: H2Driver | None = None
+        self.upgraded: Upgrade | None = None  # a WebSocket app took the connection over
 
     @property
     def greenlet(self) -> Any:
@@ -196,6 +199,8 @@ class Connection:
                     t.enter(NONE)
                 action = self._handle(ev)
                 if action != KEEP:
+                    if self.upgraded is not None and self.upgraded.taken_over:
+                        return self._taken_over(self.upgraded)
                     t.flush()
                     return action == LINGER
                 # Pipelined requests behind this one: their answers are gathered, up to a bound.
@@ -269,6 +274,20 @@ class Connection:
             self._reject(ProtocolError(408, e.reason, "request head not complete in time"))
         else:
             log.debug("closed connection from %s: %s", self.peer(), e.reason)
+
+    # -------------------------------------------------------------- WebSocket
+    def upgrade(self, env: dict[str, Any], app: Any) -> Any | None:
+        """The Exchange's hand-off for an upgrade head (websocket_pipeline.py)."""
+        return websocket_pipeline.hand_off(self, env, app)
+
+    def _taken_over(self, up: Upgrade) -> bool:
+        """A WebSocket app had the connection: the WebSocket closed the transport already,
+        so there is nothing to send and nothing to linger for."""
+        if websocket_pipeline.protocol_error(up):
+            self.error_type = self.error_type or "websocket_protocol_error"
+        elif self.t.expired is not None:  # the send timeout cut it (a client that stopped reading)
+            self.error_type = self.error_type or self.t.expired
+        return False
 
     # -------------------------------------------------------------- a request
     def _handle(self, req: Request) -> str:

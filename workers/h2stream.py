@@ -287,6 +287,11 @@ class Stream:
     def send_file(self, fw: FileWrapper) -> bool:
         return False  # DATA frames carry it: the request stage reads it in blocks
 
+    def upgrade(self, env: dict[str, Any], app: Any) -> Any | None:
+        """Never asked: an HTTP/2 request carries no Upgrade (h2message.py refuses the header), and
+        WebSocket over HTTP/2 (RFC 8441's extended CONNECT) is not offered."""
+        return None
+
     def answer_instead(self, status: int) -> bool:
         if self.head_out:
             self.status = self.status or status

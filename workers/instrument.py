@@ -22,6 +22,7 @@ from greenfork.metrics.layout import NBUCKETS, REQUEST_BUCKETS
 from greenfork.metrics.recorder import NullFrontDoor, Recorder
 from greenfork.metrics.slots import Slot
 from greenfork.workers.request import CLIENT_GONE
+from greenfork.workers.websocket import Observer
 
 if TYPE_CHECKING:
     from greenfork.workers.conn import Connection
@@ -113,6 +114,17 @@ class Instruments(Recorder):
             gevent.sleep(SAMPLE_INTERVAL)
 
 
+class WebSocketMetrics(Observer):
+    """websocket.py's Observer as the metrics hooks themselves (no-ops with metrics off):
+    bound methods, not methods that call them, since two of them run per message."""
+
+    def __init__(self, metrics: NullInstruments | Instruments) -> None:
+        self.opened = metrics.websocket_opened  # type: ignore[method-assign]
+        self.received = metrics.websocket_received  # type: ignore[method-assign, assignment]
+        self.sent = metrics.websocket_sent  # type: ignore[method-assign, assignment]
+        self.closed = metrics.websocket_closed  # type: ignore[method-assign]
+
+
 def attach(server: WorkerServer) -> NullInstruments | Instruments:
     """The hooks for this worker (before its app is imported: app metrics need the slot identity)."""
     info = server.info
@@ -121,5 +133,8 @@ def attach(server: WorkerServer) -> NullInstruments | Instruments:
     if info.settings.app_metrics:
         appmetrics.use_slot_identity(info.metrics.index)
     inst = Instruments(server, info.metrics)
+    # Every feature this worker can feed, in one call (it sets the whole feature word): the
+    # master then shows their families from zero. WebSocket is always on.
+    inst.announce(websocket=True)
     gevent.spawn(inst.sample_forever)
     return inst

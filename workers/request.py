@@ -22,6 +22,7 @@ from greenfork.workers import gate
 from greenfork.workers.http1 import ProtocolError, Request
 from greenfork.workers.timers import RequestTimeout, Timed
 from greenfork.workers.transport import ClientGone
+from greenfork.workers.websocket_pipeline import TakenOver
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ class Exchange(Protocol):
     def answer_instead(self, status: int) -> bool: ...  # replace the unsent response; False if too late
     def abort(self) -> None: ...  # the response cannot be completed: the connection (or stream) ends
     def body_bytes(self) -> int: ...  # response body bytes sent (the access log's %(B)s)
+    # WebSocket: the request's head asked for another protocol (HTTP/1.1's Upgrade; never
+    # called for HTTP/2). The app to call instead (it may raise TakenOver), or None: plain HTTP.
+    def upgrade(self, env: dict[str, Any], app: Any) -> Any | None: ...
 
 
 class RequestStage:
@@ -122,9 +126,16 @@ class RequestStage:
         err = ""  # the metrics' error_type
         if self.gate is not None:  # issue 14 (workers/gate.py): may answer instead of the app
             app, err = self.gate.check(env, req.headers, app)
+        # WebSocket (websocket_pipeline.py): an upgrade head gets the app wrapped, and no
+        # request timer, however long the WebSocket lives.
+        upgrade = None
+        if req.upgrade and not err:  # not when the gate answers instead of the app
+            upgrade = ex.upgrade(env, app)
+            if upgrade is not None:
+                app = upgrade
         # --request-timeout bounds this request only; the connection's other requests and
         # the worker's other connections carry on (the sweeper throws RequestTimeout).
-        timer = ex.timed if self.request_timeout else None
+        timer = ex.timed if self.request_timeout and upgrade is None else None
         if timer is not None:
             timer.request_deadline = 0.0
         try:
@@ -153,6 +164,10 @@ class RequestStage:
             ex.abort()
             ex.status = ex.status or CLIENT_GONE
             err = e.reason
+        except TakenOver:
+            # A WebSocket had the connection and has closed it: nothing goes out any more.
+            ex.status = 101
+            ex.abort()
         except BodyError as e:
             # The body broke while the app read it: whatever the app made of it, the client
             # hears about its own mistake (4xx), or the close ends a response already started.

@@ -37,7 +37,7 @@ class HandshakeFailed(Exception):
 class TlsTransport(Transport):
     """A Transport whose recv() and flush() decrypt and encrypt."""
 
-    __slots__ = ("_in", "_obj", "_out", "version")
+    __slots__ = ("_in", "_obj", "_out", "_sending", "version")
 
     def __init__(self, sock: _socket.socket, hub: Any, context: ssl.SSLContext) -> None:
         Transport.__init__(self, sock, hub)
@@ -45,6 +45,7 @@ class TlsTransport(Transport):
         self._out = ssl.MemoryBIO()
         self._obj = context.wrap_bio(self._in, self._out, server_side=True)
         self.version = ""  # the negotiated protocol version ("TLSv1.3"), after the handshake
+        self._sending = False  # a greenlet is blocked sending ciphertext (see _send_raw)
 
     @property
     def sslobj(self) -> ssl.SSLObject:
@@ -95,6 +96,8 @@ class TlsTransport(Transport):
         self.version = obj.version() or ""
 
     def _send_ciphertext(self) -> None:
+        if self._sending:
+            return  # queued behind the blocked send, which sends it when its own bytes are out
         data = self._out.read()
         if data:
             self.tx += len(data)
@@ -108,7 +111,17 @@ class TlsTransport(Transport):
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ClientGone() from e
         if sent < len(data):
-            self._send_rest([data], sent)
+            # An upgraded connection (a WebSocket) reads in one greenlet while another sends,
+            # and reading can make ciphertext (a TLS 1.3 KeyUpdate answer): whatever either
+            # adds while this one waits for room goes out after these bytes, never into them.
+            self._sending = True
+            try:
+                self._send_rest([data], sent)
+                while more := self._out.read():
+                    self.tx += len(more)
+                    self._send_rest([more], 0)
+            finally:
+                self._sending = False
 
     # ---------------------------------------------------------------- reading
     def recv(self) -> bytes:

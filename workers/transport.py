@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
+from greenlet import getcurrent
+
 from greenfork.workers.timers import LINGER, NONE, REASONS, SEND, Expired, Timed
 
 log = logging.getLogger("greenfork.worker")
@@ -50,9 +52,11 @@ def _unknown_peer() -> str:
     return "a client"
 
 
-class ClientGone(Exception):
+class ClientGone(ConnectionError):
     """The peer closed or reset while we were writing, or stopped reading for too long
-    (reason: the metrics' error_type)."""
+    (reason: the metrics' error_type). A ConnectionError, as a failed socket send is: code
+    written for sockets (a WebSocket stream's users, apps catching OSError around a write,
+    as under gunicorn) handles it without knowing this module."""
 
     def __init__(self, reason: str = "io_error") -> None:
         super().__init__(reason)
@@ -232,11 +236,18 @@ class Transport(Timed):
         """Wait, in the SEND phase, until the socket takes more. Every wait follows a first
         full buffer or progress, so the send timeout counts from here."""
         phase = self.phase
+        # An upgraded connection (a WebSocket, websocket_stream.py) sends from whichever
+        # greenlet holds its send lock: the send timeout must be thrown into the one
+        # waiting here. (Always the connection's own greenlet for HTTP.)
+        owner = self.greenlet
+        self.greenlet = getcurrent()
         self.enter(SEND)
         try:
             self.wait_writable()
         except Expired as e:
             self._send_expired(e)
+        finally:
+            self.greenlet = owner
         self.enter(phase)
 
     def _send_expired(self, e: Expired) -> NoReturn:

@@ -37,9 +37,18 @@ from greenfork.workers.websocket_protocol import GOING_AWAY, INTERNAL_ERROR, Sta
 from greenfork.workers.websocket_raw import RawSocket
 from greenfork.workers.websocket_session import Limits, Mode, Observer, Stream, Upgrade, WebSocketError
 
-__all__ = ["Limits", "Observer", "Refusal", "Stream", "Upgrade", "WebSocketError", "WebSockets"]
+__all__ = ["Limits", "Observer", "Refusal", "Stream", "Upgrade", "WebSocketError", "WebSockets",
+           "websocket_limits"]
 
 log = logging.getLogger("greenfork.worker")
+
+
+def websocket_limits(s: Any) -> Limits:
+    """The Limits from the worker's settings (master/settings.py, section WebSocket)."""
+    return Limits(max_message_size=s.websocket_max_message_size, max_frame_size=s.websocket_max_frame_size,
+                  ping_interval=s.websocket_ping_interval, ping_timeout=s.websocket_ping_timeout,
+                  idle_timeout=s.websocket_idle_timeout, close_timeout=s.websocket_close_timeout,
+                  compression=s.websocket_compression)
 
 
 class WebSockets:
@@ -171,6 +180,8 @@ class WebSockets:
             proto = up.proto
             if up.finished or proto is None or proto.state is not State.OPEN or up in self._closing:
                 continue
+            if up.reader is None:
+                up.read_in_background()  # the app is not in receive(): someone must hear the client
             if lim.ping_interval:
                 self._keepalive(up, now)
             if lim.idle_timeout and not up.finished:

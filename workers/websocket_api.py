@@ -106,14 +106,25 @@ class WebSocket:
 
     # ---------------------------------------------------------------- gevent-websocket's API
     def receive(self) -> str | bytearray | None:
-        up = self._open()
+        up = self._up
+        if up.mode is not Mode.WEBSOCKET:
+            up = self._open()
         if up.local_closed or up.none_delivered:
             self.current_app.on_close(MSG_ALREADY_CLOSED)
             raise WebSocketError(MSG_ALREADY_CLOSED)
         return up.receive()
 
     def send(self, message: str | bytes | bytearray | memoryview, binary: bool | None = None) -> None:
-        up = self._open()
+        up = self._up
+        if up.mode is not Mode.WEBSOCKET:
+            up = self._open()
+        if binary is None and type(message) is str:  # the common case, first
+            try:
+                up.send(message, len(message) if message.isascii() else len(message.encode()))
+            except WebSocketError:
+                self.current_app.on_close(MSG_SOCKET_DEAD)
+                raise
+            return
         if binary is None:
             binary = not isinstance(message, str)
         if binary:

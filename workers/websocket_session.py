@@ -14,9 +14,12 @@ the app; here it waits for the app's first touch of `wsgi.websocket` (any method
 attribute, `closed` and truth tests included), which every app of that kind makes before
 it talks.
 
-Under `wsgi.websocket` a reader greenlet per connection reads the stream, answers pings,
-completes close handshakes and queues whole messages for `receive()`, a bounded number
-ahead (then it stops reading: TCP's flow control reaches the client). Sends from any
+Under `wsgi.websocket` one greenlet at a time reads the stream, answers pings, completes
+close handshakes and queues whole messages for `receive()`: the app's own while it waits in
+`receive()` (no greenlet switch between a read and the app, which halves what a small
+message costs), else a background reader, so that the client is heard while the app does
+something else. The background reader reads a bounded number of messages ahead (then it
+stops reading: TCP's flow control reaches the client). Sends from any
 greenlet are serialized by one lock, so frames never interleave. Keep-alive pings, the pong
 timeout, the idle timeout and the close timeout are the worker's one sweeper
 (websocket.py): no connection owns a timer.
@@ -166,6 +169,9 @@ class Upgrade:
         self.send_lock = Semaphore()
         self.in_recv: Any = None  # the greenlet inside stream.recv(), if any
         self.in_send: Any = None
+        self.reader: Any = None  # the greenlet reading and processing input now (one at a time)
+        self.background = False  # a background reader greenlet is running
+        self.waiting = 0  # greenlets in receive() waiting for the reader
         self.finished = False  # _shutdown ran: the end is decided
         self.code = ABNORMAL  # the close code of record
         self.local_closed = False  # the app called close()
@@ -242,7 +248,15 @@ class Upgrade:
             self._shutdown(ABNORMAL)
             return
         self.count_open()
-        gevent.spawn_raw(self._read_loop)
+        pending = self.stream.pending  # frames that came with the request head
+        if pending:
+            self.stream.pending = b""
+            self.reader = gevent.getcurrent()
+            try:
+                self._read(pending)
+            finally:
+                self.reader = None
+        self.read_in_background()  # until the app reads itself, in receive()
         if self.going_away:
             gevent.spawn_raw(self.close, GOING_AWAY, "server going away")
 
@@ -317,8 +331,21 @@ class Upgrade:
             if self.finished or self.proto is None or self.proto.state is not State.OPEN:
                 self.none_delivered = True
                 return None
+            if self.reader is None:
+                # Nobody reads: read here, in the app's greenlet (a reader greenlet handing
+                # each message over would cost two greenlet switches and an Event per message).
+                self.reader = gevent.getcurrent()
+                try:
+                    self._read()
+                finally:
+                    self.reader = None
+                continue
+            self.waiting += 1
             self.arrived.clear()
-            self.arrived.wait()
+            try:
+                self.arrived.wait()
+            finally:
+                self.waiting -= 1
         msg = inbox.popleft()
         if self.paused and len(inbox) < self.limits.max_queued // 2:
             self.room.set()
@@ -337,6 +364,7 @@ class Upgrade:
             self.code = code
             self.send_control(lambda: proto.close(code, reason))
             self.owner.closing(self)
+            self.read_in_background()  # the peer's close frame must be read, whatever the app does
 
     def ping(self) -> None:
         """Sent from a greenlet the sweeper spawns."""
@@ -344,60 +372,91 @@ class Upgrade:
         if proto is not None and proto.state is State.OPEN:
             self.send_control(proto.ping)
 
-    # ---------------------------------------------------------------- the reader
-    def _read_loop(self) -> None:
-        proto = self.proto
-        assert proto is not None
+    # ---------------------------------------------------------------- reading
+    # One greenlet at a time reads and processes the input: the app's own, inside receive(),
+    # while it waits for a message (the common case: no greenlet switch between the read and
+    # the app); otherwise a background reader, so that pings are answered, close handshakes
+    # completed and the client heard from while the app does something else. The background
+    # reader starts with the connection (the bytes that came with the head), when a close
+    # frame goes out, and from the sweeper (websocket.py) for a connection nobody reads; it
+    # stops once it has handed a message to an app waiting in receive().
+    def read_in_background(self) -> None:
+        if not self.background and self.reader is None and not self.finished and self.proto is not None:
+            self.background = True
+            gevent.spawn_raw(self._background)
+
+    def _background(self) -> None:
         inbox = self.inbox
         limits = self.limits
-        observer = self.observer
-        data: bytes | None = self.stream.pending or None
+        me = gevent.getcurrent()
         try:
-            while True:
-                if data is not None:
-                    events = proto.receive(data)
-                    reply = proto.data_to_send()
-                    if reply:
-                        self.send_control(lambda reply=reply: reply)  # type: ignore[misc]
-                    got = False
-                    for ev in events:
-                        if isinstance(ev, (str, bytearray)):
-                            inbox.append(ev)
-                            self.msgs += 1
-                            observer.received(utf8_len(ev) if isinstance(ev, str) else len(ev))
-                            got = True
-                        elif isinstance(ev, Closed):
-                            self.code = ev.code
-                    if got:
-                        self.arrived.set()
-                    state = proto.state
-                    if state is State.CLOSED or state is State.FAILED:
-                        # FAILED: RFC 6455 7.1.7, our close frame is out, close the connection
-                        # now (as gevent-websocket does) rather than read on for the peer's
-                        break
-                    if state is State.CLOSING:
-                        self.arrived.set()  # receive() returns None from now on
-                        self.owner.closing(self)
+            while not self.finished:
                 while len(inbox) >= limits.max_queued and not self.finished:
-                    self.paused = True
+                    self.paused = True  # the app is behind: TCP's flow control slows the client
                     self.room.clear()
                     self.room.wait()
                 self.paused = False
-                if self.finished:
+                if self.finished or self.reader is not None:
+                    return  # (the app took the reading over while this greenlet was starting)
+                self.reader = me
+                try:
+                    if not self._read():
+                        return
+                finally:
+                    self.reader = None
+                if self.waiting:
+                    self.arrived.set()  # the app reads on itself (or takes what came)
                     return
+        finally:
+            self.background = False
+
+    def _read(self, data: bytes | None = None) -> bool:
+        """Read once (or take `data`) and process it, in the greenlet holding `reader`.
+        False once the connection is over (it is then shut down)."""
+        proto = self.proto
+        assert proto is not None
+        try:
+            if data is None:
                 data = self._recv()
+            return self._process(proto, data)
         except Aborted:
-            return
+            return False
         except OSError as e:  # the client reset the connection, or the stream failed
             log.debug("WebSocket stream error: %s", e)
             closing = proto.state is not State.OPEN and proto.close_code
             self._shutdown(proto.close_code if closing and proto.close_code else ABNORMAL)
-            return
+            return False
         except Exception:
             log.exception("WebSocket reader failed")
             self._shutdown(ABNORMAL)
-            return
-        self._shutdown(self.code if self.code else ABNORMAL)
+            return False
+
+    def _process(self, proto: WebSocketProtocol, data: bytes) -> bool:
+        events = proto.receive(data)
+        reply = proto.data_to_send()
+        if reply:
+            self.send_control(lambda: reply)
+        got = False
+        for ev in events:
+            if type(ev) is str or type(ev) is bytearray:
+                self.inbox.append(ev)
+                self.msgs += 1
+                self.observer.received(utf8_len(ev) if type(ev) is str else len(ev))
+                got = True
+            elif isinstance(ev, Closed):
+                self.code = ev.code
+        if got and self.waiting:
+            self.arrived.set()
+        state = proto.state
+        if state is State.CLOSED or state is State.FAILED:
+            # FAILED: RFC 6455 7.1.7, our close frame is out, close the connection now (as
+            # gevent-websocket does) rather than read on for the peer's
+            self._shutdown(self.code if self.code else ABNORMAL)
+            return False
+        if state is State.CLOSING:
+            self.arrived.set()  # receive() returns None from now on
+            self.owner.closing(self)
+        return True
 
     # ---------------------------------------------------------------- the end
     def count_open(self) -> None:

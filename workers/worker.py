@@ -46,6 +46,7 @@ from greenfork.workers.http1 import Limits
 from greenfork.workers.request import RequestStage
 from greenfork.workers.shed import Shedder
 from greenfork.workers.timers import Sweeper, Timed, Timeouts
+from greenfork.workers.websocket import WebSockets, websocket_limits
 from greenfork.workers.wsgi import Errors, FileWrapper
 
 log = logging.getLogger("greenfork.worker")
@@ -152,6 +153,8 @@ class WorkerServer:
         # --max-requests (+ jitter): drawn once, whichever application counts the request
         self.recycle_at = s.max_requests + random.randint(0, s.max_requests_jitter)
         self.stage = RequestStage(self)
+        # WebSocket: every upgraded connection of this worker, its limits and its one timer
+        self.websockets = WebSockets(websocket_limits(s), instrument.WebSocketMetrics(self.metrics))
 
     # --------------------------------------------------------------- startup
     def serve(self) -> int:
@@ -335,6 +338,10 @@ class WorkerServer:
                 if conn.h2 is not None:  # HTTP/2: GOAWAY in two steps (workers/h2conn.py)
                     conn.h2.go_away()
             self.sweeper.drain(DRAIN_IDLE_GRACE, time.monotonic())
+            # WebSocket: each open one gets a 1001 close frame and --websocket-grace to finish
+            # its close handshake, then is cut; its connection ends, and with the last one
+            # the worker (connection_done). New upgrade requests are answered 503.
+            gevent.spawn(self.websockets.going_away, self.settings.websocket_grace)
 
     def _finish(self) -> int:
         if self.graceful:

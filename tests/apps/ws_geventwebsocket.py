@@ -7,9 +7,11 @@ it finds its WebSocket in environ["wsgi.websocket"] and nothing else changes.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import gevent
 from geventwebsocket.exceptions import WebSocketError
 
 
@@ -50,6 +52,31 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
                             "version": ws.version, "version_key": environ["wsgi.websocket_version"],
                             "client": list(ws.handler.client_address)}))
         ws.receive()
+    elif path == "/ticker":
+        # One message in, then server push only: the app never calls receive() again, yet the
+        # client's pings are answered and its close frame ends the loop.
+        ws.receive()
+        i = 0
+        try:
+            while True:
+                ws.send(f"tick {i}")
+                i += 1
+                gevent.sleep(0.05)
+        except WebSocketError:
+            pass
+    elif path == "/flood":
+        # Sends until the client is gone (a client that stops reading: --send-timeout).
+        chunk = "x" * 65536
+        try:
+            while True:
+                ws.send(chunk)
+        except WebSocketError:
+            pass
+    elif path == "/whoami":
+        # which worker and generation serve this WebSocket (reloads and recycling tests)
+        ws.send(json.dumps({"pid": os.getpid(), "generation": environ.get("greenfork.generation")}))
+        while ws.receive() is not None:
+            pass
     elif path == "/close":
         ws.receive()
         ws.close(4000, "app closed")

@@ -186,7 +186,8 @@ class Recorder:
         operator's rate() and alerts need series before the first event). Each part of the
         worker announces its own: what an earlier call said is kept."""
         mv = self.mv
-        mv[L.H_FEATURES] = int(mv[L.H_FEATURES]) | (L.F_HTTP2 if http2 else 0) | (L.F_WEBSOCKET if websocket else 0)
+        features = (L.F_HTTP2 if http2 else 0) | (L.F_WEBSOCKET if websocket else 0)
+        mv[L.H_FEATURES] = int(mv[L.H_FEATURES]) | features
         if max_queued_requests:
             mv[L.H_QUEUE_LIMIT] = max_queued_requests
 

@@ -24,6 +24,7 @@ from greenfork.workers.transport import ClientGone
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
 
 if TYPE_CHECKING:
+    from greenfork.workers.hookpoints import RequestHooks
     from greenfork.workers.worker import ListenerContext, WorkerServer
 
 log = logging.getLogger("greenfork.worker")
@@ -88,6 +89,8 @@ class RequestStage:
         self.script_name = server.script_name
         self.max_body = server.limits.max_body
         self.request_timeout = server.request_timeout
+        # gunicorn's pre_request/post_request hooks (workers/hookpoints.py): None unless one is set
+        self.hooks: RequestHooks | None = None
 
     def serve(self, ex: Exchange, req: Request, remote: tuple[str, str]) -> None:
         server = self.server
@@ -116,6 +119,8 @@ class RequestStage:
         timer = ex.timed if self.request_timeout else None
         if timer is not None:
             timer.request_deadline = 0.0
+        hooks = self.hooks  # server hooks (issue 16): one test when unset
+        hooked = hooks.before(req, env) if hooks is not None else None
         try:
             result = app(env, sr)
             if isinstance(result, FileWrapper) and start_head(ex) and ex.send_file(result):
@@ -183,6 +188,8 @@ class RequestStage:
                 server.access_log.log(env, ex.status, sr.headers, ex.body_bytes(),
                                       time.monotonic() - started)
             server.metrics.request(ex, req, err, started)
+        if hooked is not None and hooks is not None:
+            hooks.after(ex, sr, hooked, env)
 
 
 def start_head(ex: Exchange) -> bool:

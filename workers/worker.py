@@ -24,6 +24,7 @@ from gevent import socket as gsocket
 from greenfork.master import apploader, logs
 from greenfork.master.control import (
     EXIT_APP_IMPORT,
+    EXIT_BOOT,
     HEARTBEAT,
     QUIT,
     READY,
@@ -35,7 +36,7 @@ from greenfork.master.control import (
 from greenfork.master.listeners import Listener
 from greenfork.master.tls import TlsConfig
 from greenfork.master.workerinfo import WorkerInfo
-from greenfork.workers import instrument, reloader, stackdump
+from greenfork.workers import hookpoints, instrument, reloader, stackdump
 from greenfork.workers.acceptor import Acceptor
 from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.conn import Connection
@@ -146,6 +147,8 @@ class WorkerServer:
             return EXIT_APP_IMPORT
         if self.settings.max_requests > 0:
             self.app = self._counted(self.app)
+        if info.hooks is not None and not hookpoints.attach(self):  # server hooks (issue 16)
+            return EXIT_BOOT
         base = self._base_environ()
         for i, lst in enumerate(info.listeners):
             ctx = ListenerContext(lst, base, i, info.tls)
@@ -153,6 +156,8 @@ class WorkerServer:
             sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
             self.sockets.append(sock)
             self.acceptors.append(gevent.spawn(self.acceptor.accept_loop, sock, ctx))
+        if info.hooks is not None:
+            hookpoints.listening(self)  # worker.sockets for the hooks (issue 16)
         self.sweeper.start()
         self.control = gsocket.socket(fileno=info.control.detach())
         gevent.spawn(self._control_loop)
@@ -276,6 +281,8 @@ class WorkerServer:
 
     # -------------------------------------------------------------- stopping
     def stop(self, graceful: bool) -> None:
+        if not graceful and self.info.hooks is not None:
+            hookpoints.quick_stop(self)  # gunicorn's worker_int (issue 16)
         self.graceful = self.graceful and graceful
         if not graceful:
             self.stopped.set()

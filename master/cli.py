@@ -26,7 +26,10 @@ EPILOG = """\
 Every option can also be set as an environment variable GREENFORK_<NAME> (e.g.
 GREENFORK_WORKERS=4) or as a key in greenfork.toml (read from the current
 directory, or -c PATH), with [profiles.NAME] tables selected by --profile.
-Precedence: command line > environment > profile > file > defaults.
+Precedence: command line > environment > GUNICORN_CMD_ARGS > profile > file >
+defaults. A gunicorn deployment runs as it is: its gunicorn.conf.py (or -c
+python:MODULE), GUNICORN_CMD_ARGS and flags are read as gunicorn reads them
+(docs/migrating-from-gunicorn.md).
 Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload, USR2 binary upgrade
 (then WINCH or TERM the old master), TTIN/TTOU add/remove a worker, USR1 reopen logs.
 Full reference: docs/settings.md, docs/signals.md.
@@ -126,6 +129,20 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
+def _paste_checked(settings: Settings, start_dir: str) -> Settings:
+    """--paste INI is read from where greenfork was started (gunicorn takes its absolute path
+    before --chdir), and must exist: a missing file is a configuration error, as in gunicorn."""
+    if settings.source_of("app") != "default":
+        raise SettingError(f"give either an application ({settings.app}, from "
+                           f"{settings.source_of('app')}) or --paste {settings.paste}, not both")
+    assert settings.paste is not None
+    path, sep, name = settings.paste.partition("#")
+    path = os.path.abspath(os.path.join(start_dir, path.strip()))
+    if not os.path.isfile(path):
+        raise SettingError(f"PasteDeploy file {path} not found (--paste, from {settings.source_of('paste')})")
+    return settings.replace(paste=path + sep + name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ns, cli = parse_args(argv)
@@ -141,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                build_parser=build_parser)
         settings = r.settings
         parse_spec(settings.app)
+        if settings.paste:
+            settings = _paste_checked(settings, start_dir)
         asked_check[0] = r.check_config
         # before the master's hooks are imported: their modules may live there
         procenv.apply_pythonpath(settings.pythonpath, os.path.join(start_dir, settings.chdir or ""))

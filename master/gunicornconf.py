@@ -40,6 +40,7 @@ from greenfork.master.settings import BY_NAME, SETTINGS, SettingError
 DEFAULT_PY_CONFIG = "gunicorn.conf.py"
 CMD_ARGS = "GUNICORN_CMD_ARGS"
 DEST = "gunicorn."  # argparse dests of gunicorn's flags that greenfork's parser lacks
+_added: dict[str, str] = {}  # gunicorn setting -> the flag add_arguments() gave it (for messages)
 
 
 @dataclass
@@ -277,6 +278,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             kw["metavar"] = "VALUE"
         group.add_argument(*free, **kw)
+        _added[g.name] = free[-1]
 
 
 def _help(g: G) -> str:
@@ -294,6 +296,8 @@ def split_cli(cli: Mapping[str, object]) -> tuple[dict[str, object], dict[str, o
 
 
 def flag_of(name: str) -> str:
+    if name in _added:
+        return _added[name]
     g = BY_GUNICORN_NAME[name]
     return g.flags[-1] if g.flags else name
 

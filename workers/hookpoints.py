@@ -63,9 +63,9 @@ def quick_stop(server: WorkerServer) -> None:
 
 
 class RequestView:
-    """The `req` gunicorn's pre_request and post_request receive (gunicorn's http.Request)."""
-
-    __slots__ = ("_env", "_req")
+    """The `req` gunicorn's pre_request and post_request receive (gunicorn's http.Request).
+    Hooks may set attributes on it (`req.started = time.monotonic()` in pre_request, read back
+    in post_request), as they do on gunicorn's."""
 
     def __init__(self, req: Request, env: dict[str, Any]) -> None:
         self._req = req

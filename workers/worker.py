@@ -139,8 +139,7 @@ class WorkerServer:
         self._signals()
         stackdump.install(info.slot)
         try:
-            self.app = info.app if info.app is not None else apploader.load(
-                self.settings.app, self.settings.chdir)
+            self.app = info.app if info.app is not None else apploader.load_app(self.settings)
         except Exception as e:
             log.error("Failed to load the application %s: %s", self.settings.app, e,
                       exc_info=not isinstance(e, apploader.AppImportError))

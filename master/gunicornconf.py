@@ -342,6 +342,8 @@ def cmd_args(environ: Mapping[str, str],
     check = bool(values.pop("check_config", False)) or bool(values.pop("print_config", False))
     values.pop("profile", None)
     own, theirs = split_cli(values)
+    if "umask" in own:  # --umask is gunicorn's here: the unix sockets' mask, not the processes'
+        theirs["umask"] = own.pop("umask")
     origin = f"env {CMD_ARGS}"
     t = translate(theirs, origin, flags={n: flag_of(n) for n in theirs})
     layer = t.layer(origin, own)

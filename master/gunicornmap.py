@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 SAME, CONVERT, BY_FLAG, HOOK, WARN, CLI = "same", "convert", "by_flag", "hook", "warn", "cli"
@@ -289,7 +289,7 @@ class G:
     fine: tuple[Any, ...] = ()  # WARN: values that mean what greenfork does anyway
     note: str = ""  # WARN: what greenfork does instead; others: the difference, for the docs
     const: Any = None  # store_const and optional flags
-    extra: dict[str, Any] = field(default_factory=dict)
+    shown: str = ""  # the docs' greenfork column, where no setting names it
 
     @property
     def flag_candidates(self) -> tuple[str, ...]:
@@ -335,9 +335,11 @@ TABLE: tuple[G, ...] = (
     G("workers", SAME, ("-w", "--workers"), to="workers", value=g_int, default=1,
       note="WEB_CONCURRENCY in the environment is the default, as in gunicorn"),
     G("worker_class", CONVERT, ("-k", "--worker-class"), convert=_worker_class, default="sync",
+      shown="gevent workers, always",
       note="gevent classes (gevent, gevent_wsgi, gevent_pywsgi, gevent-websocket's) are accepted; "
            "sync and gthread are warned (the app runs in gevent workers); others are an error"),
     G("threads", CONVERT, ("--threads",), convert=_threads, value=g_int, default=1,
+      shown="none: a greenlet per request",
       note="warned above 1: each request runs in its own greenlet"),
     G("worker_connections", SAME, ("--worker-connections",), to="worker_connections", value=g_int,
       default=1000),
@@ -459,7 +461,7 @@ TABLE: tuple[G, ...] = (
       note="auto (or a bare --proxy-protocol) is greenfork's any: a header of either version is required"),
     G("proxy_allow_ips", BY_FLAG, ("--proxy-allow-from",), to="--proxy-allow-from", value=_joined,
       default="127.0.0.1,::1"),
-    G("protocol", CONVERT, ("--protocol",), convert=_protocol, default="http",
+    G("protocol", CONVERT, ("--protocol",), convert=_protocol, default="http", shown="HTTP only",
       note="http only: the uwsgi protocol is an error"),
     _warn("uwsgi_allow_ips", ("--uwsgi-allow-from",), "127.0.0.1,::1",
           "greenfork does not speak the uwsgi protocol"),

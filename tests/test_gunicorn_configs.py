@@ -28,7 +28,8 @@ UNITS = ROOT / "examples" / "systemd" / "from-gunicorn"
 
 
 def booted(launcher: Launcher, args: list[str], cwd: Path, env: dict[str, str] | None = None,
-           python: str = sys.executable, workers: int | None = None, boot_log: Path | None = None) -> Greenfork:
+           python: str = sys.executable, workers: int | None = None,
+           boot_log: Path | None = None) -> Greenfork:
     """Start like launcher.start(), without adding -w (the config file says how many)."""
     g = launcher.spawn(args, cwd=cwd, env=env, python=python)
 

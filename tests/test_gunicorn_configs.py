@@ -267,10 +267,11 @@ def test_check_and_print_config(tmp_path: Path, flag: str) -> None:
 
 
 def test_the_systemd_unit_changes_by_one_word() -> None:
-    before = (UNITS / "gunicorn.service").read_text().splitlines()
-    after = (UNITS / "greenfork.service").read_text().splitlines()
-    body = [(b, a) for b, a in zip(before, after, strict=True) if not b.startswith("#")]
-    changed = [(b, a) for b, a in body if b != a]
+    def body(name: str) -> list[str]:
+        return [line for line in (UNITS / name).read_text().splitlines() if not line.startswith("#")]
+
+    pairs = list(zip(body("gunicorn.service"), body("greenfork.service"), strict=True))
+    changed = [(b, a) for b, a in pairs if b != a]
     assert changed == [("ExecStart=/usr/bin/gunicorn applicationname.wsgi",
                         "ExecStart=/usr/bin/greenfork applicationname.wsgi")]
     doc = (ROOT / "docs" / "migrating-from-gunicorn.md").read_text()

@@ -169,6 +169,26 @@ def test_paste_app_with_raw_env_user_group_and_a_unix_socket(launcher: Launcher,
     assert not pidfile.exists()
 
 
+@pytest.mark.parametrize(("project", "args"), [
+    ("dbapp", ["dbapp:app"]),
+    ("timing", ["-c", "gunicorn.conf.py", "timingapp:app"]),
+    ("shop", ["-c", "gunicorn.conf.py", "--paste", "production.ini"]),
+])
+def test_the_three_are_gunicorn_configs_that_gunicorn_accepts(tmp_path: Path, project: str,
+                                                             args: list[str]) -> None:
+    """The same files and command lines pass gunicorn's own --check-config (which imports the app)."""
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GREENFORK_", "GUNICORN_"))}
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite", SHOP_BIND=f"unix:{tmp_path}/s.sock")
+    out = subprocess.run([str(gunicorn), *args, "--check-config"], cwd=PROJECTS / project, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    mine = subprocess.run([sys.executable, "-m", "greenfork.master", *args, "--check-config"],
+                          cwd=PROJECTS / project, env=env, capture_output=True, text=True, timeout=60)
+    assert mine.returncode == 0, mine.stderr
+    assert "greenfork: warning" not in mine.stderr  # nothing in them that greenfork does not honour
+
+
 # ------------------------------------------------------------------ gunicorn's documentation
 
 

@@ -257,3 +257,56 @@ def test_boot_hook_failures_abort_a_reload_and_back_off_respawns(launcher: Launc
              "the slot to recover once its hook stops failing")
     g.signal(signal.SIGTERM)
     assert g.wait(20) == 0
+
+
+def test_a_hup_runs_the_hooks_of_the_configuration_it_reads(launcher: Launcher, tmp_path: Path) -> None:
+    """gunicorn re-reads its config file on HUP: so does greenfork, hooks included."""
+    events = tmp_path / "events.jsonl"
+    conf = tmp_path / "gunicorn.conf.py"
+    template = (
+        "import json, os\n"
+        "workers = 1\n"
+        "def pre_fork(server, worker):\n"
+        "    with open({path!r}, 'a') as f:\n"
+        "        f.write(json.dumps({{'version': {version}, 'age': worker.age}}) + '\\n')\n"
+        "def on_reload(server):\n"
+        "    with open({path!r}, 'a') as f:\n"
+        "        f.write(json.dumps({{'version': {version}, 'reload': server.cfg.workers}}) + '\\n')\n")
+    conf.write_text(template.format(path=str(events), version=1))
+    g = launcher.spawn(["-c", str(conf), "testapp:app", "-b", "127.0.0.1:0"])
+    wait_for(lambda: "Booted 1 worker(s)" in g.log(), 30, "the first worker")
+    conf.write_text(template.format(path=str(events), version=2).replace("workers = 1", "workers = 2"))
+    g.signal(signal.SIGHUP)
+    wait_for(lambda: "Reload complete" in g.log(), 30, "the reload")
+    seen = [json.loads(line) for line in events.read_text().splitlines()]
+    assert seen == [{"version": 1, "age": 1}, {"version": 2, "reload": 2},
+                    {"version": 2, "age": 2}, {"version": 2, "age": 3}]
+
+
+def test_the_python_api_takes_hook_functions(tmp_path: Path) -> None:
+    """Server(..., post_worker_init=f, pre_request=g): hooks are settings like any other."""
+    from greenfork.master import Server
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    def post_worker_init(worker: Any) -> None:
+        (marks / f"init-{worker.pid}").write_text(str(worker.age))
+
+    def pre_request(worker: Any, req: Any) -> None:
+        (marks / "request").write_text(f"{req.method} {req.path}")
+
+    server = Server(app, bind=["http://127.0.0.1:0"], workers=1, post_worker_init=post_worker_init,
+                    pre_request=pre_request)
+    server.start()
+    try:
+        assert http_get(server.addresses[0], "/hello")[0] == 200
+        assert (marks / "request").read_text() == "GET /hello"
+        (init,) = marks.glob("init-*")
+        assert init.read_text() == "1"
+    finally:
+        assert server.stop() == 0

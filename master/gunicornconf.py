@@ -139,11 +139,21 @@ def load_python(location: str, cwd: str) -> tuple[dict[str, Any], str]:
     return dict(vars(mod)), os.path.basename(path)
 
 
+def _patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_anything_patched())
+
+
 def python_layer(location: str, cwd: str) -> tuple[Layer, list[str], list[str]]:
     """The config's settings as one layer; (layer, warnings, notes)."""
+    patched = _patched()
     namespace, origin = load_python(location, cwd)
     names = {k: v for k, v in namespace.items() if not k.startswith("_")}
     t = translate(names, origin, config_file=True)
+    if _patched() and not patched:
+        t.warnings.append(f"{origin} monkey-patched the master with gevent: greenfork's master does not "
+                          "use gevent, and each worker patches itself before it imports the "
+                          "application (--preload included); remove the patching from the config")
     return t.layer(origin), t.warnings, t.notes
 
 
@@ -186,8 +196,7 @@ def translate(values: Mapping[str, object], origin: str, *, config_file: bool = 
                  else f"{origin}: {name} = {_shown(raw)}")
         if g is None:
             if name in BY_NAME and not BY_NAME[name].positional:
-                t.values[name] = raw  # greenfork's own name in a Python config
-                t.origins[name] = origin
+                _greenfork_name(name, raw, origin, t)
             elif config_file and not _ignorable(raw):
                 close = difflib.get_close_matches(name, [*BY_GUNICORN_NAME, *BY_NAME], n=1, cutoff=0.85)
                 if close:
@@ -199,6 +208,23 @@ def translate(values: Mapping[str, object], origin: str, *, config_file: bool = 
         except (ValueError, TypeError) as e:
             raise SettingError(f"invalid value {_shown(raw)} for {name} (from {where}): {e}") from None
     return t
+
+
+def _greenfork_name(name: str, raw: object, origin: str, t: Translated) -> None:
+    """One of greenfork's own settings in a Python config. gunicorn ignores names it does not
+    know, so a gunicorn.conf.py may use one as a helper (`env = os.getenv("APP_ENV")`): a value
+    the setting cannot take is then ignored with a warning rather than refused."""
+    from greenfork.master.config import parse_value
+
+    try:
+        parse_value(BY_NAME[name], raw, origin)
+    except SettingError as e:
+        t.warnings.append(f"{origin}: {name} = {_shown(raw)} is ignored: it is not a value for "
+                          f"greenfork's setting {name} ({str(e).rsplit(': ', 1)[-1]}); "
+                          "a helper variable of that name may be renamed to silence this")
+        return
+    t.values[name] = raw
+    t.origins[name] = origin
 
 
 def _translate_one(g: G, raw: object, where: str, label: str, t: Translated, config_file: bool) -> None:

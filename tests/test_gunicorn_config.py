@@ -550,3 +550,20 @@ def test_the_migration_guide_is_generated_from_the_table() -> None:
         assert f"| `{h.signature}` |" in doc, h.name
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "docs/migrating-from-gunicorn.md" in readme
+
+
+def test_a_helper_variable_named_like_a_greenfork_setting_is_not_an_error(tmp_path: Path) -> None:
+    write(tmp_path, "gunicorn.conf.py", 'env = "staging"\nworkers = 4 if env == "production" else 2\n'
+                                        'keep_alive = 5\n')
+    r = resolve(tmp_path)
+    assert r.settings.workers == 2 and r.settings.env == () and r.settings.keep_alive == 5.0
+    (w,) = r.warnings
+    assert "gunicorn.conf.py: env = 'staging' is ignored: it is not a value for greenfork's setting env" in w
+
+
+def test_monkey_patching_the_master_in_a_config_is_warned(tmp_path: Path) -> None:
+    write(tmp_path, "gunicorn.conf.py", "from gevent import monkey\nmonkey.patch_all()\nworkers = 2\n")
+    script = ("from greenfork.master import gunicornconf;"
+              f"print(gunicornconf.python_layer('gunicorn.conf.py', {str(tmp_path)!r})[1])")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "monkey-patched the master with gevent" in out.stdout, out.stderr

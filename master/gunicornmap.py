@@ -22,256 +22,40 @@ Translating is gunicornconf.py's job; this module only holds the table and the c
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from greenfork.master.gunicornvalues import (
+    Convert,
+    Out,
+    check_protocol,
+    check_threads,
+    check_worker_class,
+    g_any,
+    g_auto_int,
+    g_bool,
+    g_csv,
+    g_int,
+    g_list,
+    g_str,
+    joined,
+    limit_request_field_size,
+    limit_request_fields,
+    limit_request_line,
+    optional,
+    to_bind,
+    to_cert_reqs,
+    to_log_level,
+    to_proxy_protocol,
+    to_user,
+    umask_to_socket_mode,
+)
+
+__all__ = ["BY_FLAG", "BY_GUNICORN_NAME", "CLI", "CONVERT", "HOOK", "SAME", "TABLE", "WARN", "G", "Out",
+           "g_auto_int", "g_bool", "g_csv", "g_int", "g_list", "g_str"]
+
 SAME, CONVERT, BY_FLAG, HOOK, WARN, CLI = "same", "convert", "by_flag", "hook", "warn", "cli"
-
-
-class Out:
-    """What translating one gunicorn value produced: greenfork raw values and message lines."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, object] = {}
-        self.warnings: list[str] = []  # a value greenfork ignores or cannot honour as given
-        self.notes: list[str] = []  # mapped, with a difference worth saying
-
-    def set(self, name: str, value: object) -> None:
-        self.values[name] = value
-
-
-Convert = Callable[[Any, Out], None]
-
-
-# --------------------------------------------------------- gunicorn's value types
-# As gunicorn's validators read them: a config file gives Python values, the command line
-# and GUNICORN_CMD_ARGS give strings.
-
-def g_int(v: Any) -> int:
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, int):
-        n = v
-    elif isinstance(v, str):
-        n = int(v.strip(), 0)
-    else:
-        raise ValueError(f"expected an integer, got {v!r}")
-    if n < 0:
-        raise ValueError(f"must be positive: {n}")
-    return n
-
-
-def g_auto_int(v: Any) -> int:
-    """gunicorn's umask: `022` and `0o22` are octal, `18` decimal, `0x12` hexadecimal."""
-    if isinstance(v, str) and re.match(r"0\d", v.strip()):
-        v = v.strip().replace("0", "0o", 1)
-    return g_int(v)
-
-
-def g_bool(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
-        return v.strip().lower() == "true"
-    raise ValueError(f"expected True or False, got {v!r}")
-
-
-def g_str(v: Any) -> str | None:
-    if v is None:
-        return None
-    if not isinstance(v, str):
-        raise ValueError(f"expected a string, got {v!r}")
-    return v.strip()
-
-
-def g_list(v: Any) -> list[str]:
-    if not v:
-        return []
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, list | tuple) or not all(isinstance(x, str) for x in v):
-        raise ValueError(f"expected a list of strings, got {v!r}")
-    return [x.strip() for x in v]
-
-
-def g_csv(v: Any) -> list[str]:
-    """gunicorn's comma-separated strings (forwarded_allow_ips...); a list is taken as is."""
-    if isinstance(v, list | tuple):
-        return [str(x).strip() for x in v if str(x).strip()]
-    s = g_str(v)
-    return [p.strip() for p in s.split(",") if p.strip()] if s else []
-
-
-def g_any(v: Any) -> Any:
-    return v
-
-
-# ------------------------------------------------------------------ converters
-
-def _bind(v: Any, out: Out) -> None:
-    """gunicorn's forms are greenfork's, but for `tcp://` and `unix://` spellings."""
-    binds = []
-    for b in g_list(v):
-        if b.startswith("tcp://"):
-            b = b[len("tcp://"):]
-        m = re.match(r"unix:(//)?", b)
-        if m:
-            b = "unix:" + b[m.end():]
-        binds.append(b)
-    out.set("bind", binds)
-
-
-# -k: what gunicorn accepts for gevent, for blocking workers, and for apps greenfork cannot serve
-GEVENT_CLASSES = frozenset({
-    "gevent", "gevent_wsgi", "gevent_pywsgi",
-    "egg:gunicorn#gevent", "egg:gunicorn#gevent_wsgi", "egg:gunicorn#gevent_pywsgi",
-    "gunicorn.workers.ggevent.GeventWorker", "gunicorn.workers.ggevent.GeventPyWSGIWorker",
-    # gevent-websocket's and flask-sockets' workers: greenfork serves wsgi.websocket itself
-    "geventwebsocket.gunicorn.workers.GeventWebSocketWorker", "flask_sockets.worker",
-})
-BLOCKING_CLASSES = frozenset({
-    "sync", "gthread", "egg:gunicorn#sync", "egg:gunicorn#gthread",
-    "gunicorn.workers.sync.SyncWorker", "gunicorn.workers.gthread.ThreadWorker",
-})
-ASGI_CLASSES = frozenset({
-    "asgi", "egg:gunicorn#asgi", "gunicorn.workers.gasgi.ASGIWorker",
-    "uvicorn.workers.UvicornWorker", "uvicorn.workers.UvicornH11Worker",
-    "uvicorn_worker.UvicornWorker", "uvicorn_worker.UvicornH11Worker",
-    "aiohttp.GunicornWebWorker", "aiohttp.GunicornUVLoopWebWorker", "aiohttp.worker.GunicornWebWorker",
-    "aiohttp.worker.GunicornUVLoopWebWorker",
-})
-
-
-def worker_class_name(v: Any) -> str:
-    if isinstance(v, type):
-        return f"{v.__module__}.{v.__qualname__}"
-    if callable(v):  # gunicorn calls a function to get the class
-        return worker_class_name(v())
-    s = g_str(v)
-    return s or "sync"
-
-
-def _worker_class(v: Any, out: Out) -> None:
-    name = worker_class_name(v)
-    if name in GEVENT_CLASSES:
-        return
-    if name in BLOCKING_CLASSES:
-        out.warnings.append(
-            f"greenfork runs the application in gevent workers (monkey-patched), not {name}'s "
-            "blocking ones: each request runs in a greenlet and blocking calls must be gevent-"
-            "friendly (pure-Python drivers are; see docs/migrating-from-gunicorn.md)")
-        return
-    if name in ASGI_CLASSES:
-        raise ValueError(f"worker class {name} serves ASGI applications; greenfork serves WSGI "
-                         "applications with gevent workers only")
-    if "eventlet" in name or "tornado" in name:
-        raise ValueError(f"worker class {name} needs its own event loop; greenfork serves WSGI "
-                         "applications with gevent workers only (use -k gevent)")
-    raise ValueError(f"worker class {name} is not supported: greenfork's workers are gevent's "
-                     "(-k gevent, or leave -k out)")
-
-
-def _threads(v: Any, out: Out) -> None:
-    if g_int(v) > 1:
-        out.warnings.append("greenfork runs each request in its own greenlet, so a worker serves up to "
-                            "--worker-connections requests at once; there are no threads to set")
-
-
-MAX_REQUEST_LINE = 8190  # gunicorn's ceiling for limit_request_line
-GF_MAX_HEADER_COUNT = 10_000  # greenfork's ceiling for max_request_header_count
-GF_DEFAULT_HEADERS_TOTAL = 32768
-
-
-def _limit_request_line(v: Any, out: Out) -> None:
-    # gunicorn counts the line without its CRLF, greenfork with it; 0 is gunicorn's "1 MiB"
-    n = g_int(v)
-    if n == 0:
-        out.set("max_request_line_size", 1 << 20)
-        return
-    out.set("max_request_line_size", min(n, MAX_REQUEST_LINE) + 2)
-
-
-def _limit_request_fields(v: Any, out: Out) -> None:
-    n = g_int(v)
-    if n == 0 or n > GF_MAX_HEADER_COUNT:
-        out.notes.append(f"greenfork's ceiling is {GF_MAX_HEADER_COUNT} header fields")
-        n = GF_MAX_HEADER_COUNT
-    out.set("max_request_header_count", n)
-
-
-def _limit_request_field_size(v: Any, out: Out) -> None:
-    n = g_int(v) or 8190  # gunicorn reads 0 as its default
-    total = max(n + 4, GF_DEFAULT_HEADERS_TOTAL)  # one field of n bytes, ": " and CRLF, must fit
-    out.set("max_request_headers_total_size", total)
-    out.notes.append(f"greenfork limits the whole header section, not each field: "
-                     f"max_request_headers_total_size = {total}, so one field of {n} bytes fits")
-
-
-def _user(setting: str) -> Convert:
-    def convert(v: Any, out: Out) -> None:
-        if v is None or isinstance(v, str):
-            out.set(setting, g_str(v) or None)
-        elif isinstance(v, int) and not isinstance(v, bool):
-            out.set(setting, str(v))
-        else:
-            raise ValueError(f"expected a name or an id, got {v!r}")
-
-    return convert
-
-
-def _umask(v: Any, out: Out) -> None:
-    # gunicorn's umask applies to the unix sockets it creates (and its worker temporary files),
-    # not to the processes: greenfork's counterpart is the sockets' mode.
-    mask = g_auto_int(v)
-    if mask > 0o777:
-        raise ValueError(f"{mask:#o} is not a file mode mask")
-    out.set("unix_socket_mode", 0o777 & ~mask)
-
-
-def _loglevel(v: Any, out: Out) -> None:
-    level = (g_str(v) or "info").lower()
-    level = {"warn": "warning", "fatal": "critical"}.get(level, level)
-    if level not in ("debug", "info", "warning", "error", "critical"):
-        out.warnings.append(f"unknown log level {level!r}: greenfork uses info, as gunicorn does")
-        level = "info"
-    out.set("log_level", level)
-
-
-def _cert_reqs(v: Any, out: Out) -> None:
-    out.set("cert_reqs", str(int(v)) if isinstance(v, int) else v)
-
-
-def _optional(setting: str) -> Convert:
-    """A value gunicorn allows to be None (its default): None leaves greenfork's default."""
-
-    def convert(v: Any, out: Out) -> None:
-        if v is not None:
-            out.set(setting, v)
-
-    return convert
-
-
-def _joined(v: Any) -> str:
-    return ",".join(g_csv(v))
-
-
-def _proxy_protocol(v: Any) -> str:
-    if v is None or isinstance(v, bool):
-        return "any" if v else "off"
-    s = str(v).strip().lower()
-    mapping = {"false": "off", "off": "off", "0": "off", "none": "off",
-               "true": "any", "auto": "any", "1": "any", "v1": "v1", "v2": "v2"}
-    if s not in mapping:
-        raise ValueError("expected off, v1, v2 or auto")
-    return mapping[s]
-
-
-def _protocol(v: Any, out: Out) -> None:
-    if (g_str(v) or "http").lower() != "http":
-        raise ValueError("greenfork speaks HTTP only (no uwsgi protocol): point nginx at it with "
-                         "proxy_pass instead of uwsgi_pass")
 
 
 # ------------------------------------------------------------------ the table
@@ -328,17 +112,17 @@ TABLE: tuple[G, ...] = (
       note="a Python file (gunicorn.conf.py, file:PATH, python:MODULE) or greenfork.toml"),
     G("wsgi_app", SAME, to="app", value=g_str, note="the APP argument"),
     # ---------------------------------------------------------- server socket
-    G("bind", CONVERT, ("-b", "--bind"), "append", to="bind", convert=_bind, value=g_list,
+    G("bind", CONVERT, ("-b", "--bind"), "append", to="bind", convert=to_bind, value=g_list,
       default=["127.0.0.1:8000"], note="the same forms; `tcp://` is dropped and `unix://` read as `unix:`"),
     G("backlog", SAME, ("--backlog",), to="backlog", value=g_int, default=2048),
     # -------------------------------------------------------- worker processes
     G("workers", SAME, ("-w", "--workers"), to="workers", value=g_int, default=1,
       note="WEB_CONCURRENCY in the environment is the default, as in gunicorn"),
-    G("worker_class", CONVERT, ("-k", "--worker-class"), convert=_worker_class, default="sync",
+    G("worker_class", CONVERT, ("-k", "--worker-class"), convert=check_worker_class, default="sync",
       shown="gevent workers, always",
       note="gevent classes (gevent, gevent_wsgi, gevent_pywsgi, gevent-websocket's) are accepted; "
            "sync and gthread are warned (the app runs in gevent workers); others are an error"),
-    G("threads", CONVERT, ("--threads",), convert=_threads, value=g_int, default=1,
+    G("threads", CONVERT, ("--threads",), convert=check_threads, value=g_int, default=1,
       shown="none: a greenlet per request",
       note="warned above 1: each request runs in its own greenlet"),
     G("worker_connections", SAME, ("--worker-connections",), to="worker_connections", value=g_int,
@@ -355,12 +139,12 @@ TABLE: tuple[G, ...] = (
       note="greenfork's default is 75 s (longer than load balancers' 60 s idle timeout)"),
     # ------------------------------------------------------------------ security
     G("limit_request_line", CONVERT, ("--limit-request-line",), to="max_request_line_size",
-      convert=_limit_request_line, value=g_int, default=4094,
+      convert=limit_request_line, value=g_int, default=4094,
       note="N + 2 (greenfork counts the CRLF); 0 is 1 MiB, as gunicorn reads it"),
     G("limit_request_fields", CONVERT, ("--limit-request-fields",), to="max_request_header_count",
-      convert=_limit_request_fields, value=g_int, default=100, note="at most 10000"),
+      convert=limit_request_fields, value=g_int, default=100, note="at most 10000"),
     G("limit_request_field_size", CONVERT, ("--limit-request-field_size",),
-      to="max_request_headers_total_size", convert=_limit_request_field_size, value=g_int, default=8190,
+      to="max_request_headers_total_size", convert=limit_request_field_size, value=g_int, default=8190,
       note="greenfork limits the whole header section: it is raised so that one field of this size "
            "fits (at least 32768)"),
     # ----------------------------------------------------------------- debugging
@@ -394,10 +178,10 @@ TABLE: tuple[G, ...] = (
       note="the file is locked while the master runs; --pidfile is greenfork's long name"),
     _warn("worker_tmp_dir", ("--worker-tmp-dir",), None,
           "a worker's heartbeat is a byte on its control socket, not a temporary file"),
-    G("user", CONVERT, ("-u", "--user"), to="user", convert=_user("user")),
-    G("group", CONVERT, ("-g", "--group"), to="group", convert=_user("group")),
-    G("umask", CONVERT, ("-m", "--umask"), to="unix_socket_mode", convert=_umask, value=g_auto_int,
-      default=0,
+    G("user", CONVERT, ("-u", "--user"), to="user", convert=to_user("user")),
+    G("group", CONVERT, ("-g", "--group"), to="group", convert=to_user("group")),
+    G("umask", CONVERT, ("-m", "--umask"), to="unix_socket_mode", convert=umask_to_socket_mode,
+      value=g_auto_int, default=0,
       note="as in gunicorn, the mask of the unix sockets' mode: unix_socket_mode = 777 & ~umask "
            "(greenfork's own --umask sets the processes' umask)"),
     _warn("initgroups", ("--initgroups",), False,
@@ -408,7 +192,7 @@ TABLE: tuple[G, ...] = (
     _warn("secure_scheme_headers", (), {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https",
                                         "X-FORWARDED-SSL": "on"}, PROXIES),
     G("forwarded_allow_ips", BY_FLAG, ("--forwarded-allow-ips",), to="--forwarded-allow-ips",
-      value=_joined, default="127.0.0.1,::1",
+      value=joined, default="127.0.0.1,::1",
       note="FORWARDED_ALLOW_IPS in the environment is the default, as in gunicorn"),
     # -------------------------------------------------------------------- logging
     G("accesslog", SAME, ("--access-logfile",), to="access_logfile", value=g_str),
@@ -418,7 +202,7 @@ TABLE: tuple[G, ...] = (
       default='%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
       note="gunicorn's atoms, and `json`"),
     G("errorlog", SAME, ("--error-logfile", "--log-file"), to="error_logfile", value=g_str, default="-"),
-    G("loglevel", CONVERT, ("--log-level",), to="log_level", convert=_loglevel, default="info"),
+    G("loglevel", CONVERT, ("--log-level",), to="log_level", convert=to_log_level, default="info"),
     _warn("capture_output", ("--capture-output",), False,
           "the application's stdout and stderr are the master's (the terminal or the journal), "
           "not redirected to --error-logfile", action="store_true", value=g_bool),
@@ -457,11 +241,11 @@ TABLE: tuple[G, ...] = (
           "--tls-min-version and --sni (docs/tls.md); this hook is not called"),
     # ---------------------------------------------------------------- proxies
     G("proxy_protocol", BY_FLAG, ("--proxy-protocol",), "optional", to="--proxy-protocol",
-      value=_proxy_protocol, default="off", const="auto",
+      value=to_proxy_protocol, default="off", const="auto",
       note="auto (or a bare --proxy-protocol) is greenfork's any: a header of either version is required"),
-    G("proxy_allow_ips", BY_FLAG, ("--proxy-allow-from",), to="--proxy-allow-from", value=_joined,
+    G("proxy_allow_ips", BY_FLAG, ("--proxy-allow-from",), to="--proxy-allow-from", value=joined,
       default="127.0.0.1,::1"),
-    G("protocol", CONVERT, ("--protocol",), convert=_protocol, default="http", shown="HTTP only",
+    G("protocol", CONVERT, ("--protocol",), convert=check_protocol, default="http", shown="HTTP only",
       note="http only: the uwsgi protocol is an error"),
     _warn("uwsgi_allow_ips", ("--uwsgi-allow-from",), "127.0.0.1,::1",
           "greenfork does not speak the uwsgi protocol"),
@@ -472,7 +256,7 @@ TABLE: tuple[G, ...] = (
     _warn("ssl_version", ("--ssl-version",), 2,
           "deprecated in gunicorn too: greenfork accepts TLS 1.2 and 1.3 (--tls-min-version)",
           fine=("TLS", "TLS_SERVER", "PROTOCOL_TLS", "PROTOCOL_TLS_SERVER", 16, 17)),
-    G("cert_reqs", CONVERT, ("--cert-reqs",), to="cert_reqs", convert=_cert_reqs, default=0,
+    G("cert_reqs", CONVERT, ("--cert-reqs",), to="cert_reqs", convert=to_cert_reqs, default=0,
       note="0, 1, 2 or none, optional, required"),
     G("ca_certs", SAME, ("--ca-certs",), to="ca_certs", value=g_str),
     _warn("suppress_ragged_eofs", ("--suppress-ragged-eofs",), True,
@@ -481,10 +265,10 @@ TABLE: tuple[G, ...] = (
     _warn("do_handshake_on_connect", ("--do-handshake-on-connect",), False,
           "greenfork completes the TLS handshake before reading a request, within "
           "--tls-handshake-timeout", action="store_true", value=g_bool, fine=(True,)),
-    G("ciphers", CONVERT, ("--ciphers",), to="ciphers", convert=_optional("ciphers"), value=g_str,
+    G("ciphers", CONVERT, ("--ciphers",), to="ciphers", convert=optional("ciphers"), value=g_str,
       note="greenfork's default is Mozilla's intermediate list (gunicorn's is OpenSSL's)"),
     # ------------------------------------------------------------------ http/2
-    G("http_protocols", BY_FLAG, ("--http-protocols",), to="--http-protocols", value=_joined, default="h1",
+    G("http_protocols", BY_FLAG, ("--http-protocols",), to="--http-protocols", value=joined, default="h1",
       note="greenfork's default offers h2 too"),
     _warn("http2_cleartext", ("--http2-cleartext",), "off",
           "greenfork accepts cleartext HTTP/2 with prior knowledge whenever --http-protocols includes "

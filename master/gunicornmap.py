@@ -16,7 +16,7 @@ Each entry is of one kind:
   `fine`) is answered with one warning line, `note`, saying what greenfork does instead;
 - CLI: meaningful on the command line only (`--config`, `--check-config`).
 
-Translating is gunicornconf.py's job; this module only holds the table and the converters.
+Translating is gunicornconf.py's job, the converters are gunicornvalues.py's; this module is the table.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def test_sqlalchemy_pool_is_reset_in_post_fork(launcher: Launcher, tmp_path: Pat
 
 def test_requests_are_timed_and_a_hung_worker_logs_its_threads(launcher: Launcher) -> None:
     """`gunicorn -c gunicorn.conf.py timingapp:app` (timeout lowered on the command line)."""
-    g = booted(launcher, ["-c", "gunicorn.conf.py", "timingapp:app", "-b", "127.0.0.1:0", "-t", "2"],
+    g = booted(launcher, ["-c", "gunicorn.conf.py", "timingapp:app", "-b", "127.0.0.1:0", "-t", "3"],
                PROJECTS / "timing", workers=2)
     for ms in (50, 300):
         assert http_get(g.url(), f"/slow?ms={ms}")[0] == 200
@@ -104,7 +104,7 @@ def test_requests_are_timed_and_a_hung_worker_logs_its_threads(launcher: Launche
 
     before = set(g.workers())
     threading.Thread(target=hang, daemon=True).start()
-    aborted = re.compile(r"worker (\d+) aborted: no heartbeat for 2.0 s")
+    aborted = re.compile(r"worker (\d+) aborted: no heartbeat for 3.0 s")
     wait_for(lambda: aborted.search(g.log()), 20, "worker_abort's line")
     match = aborted.search(g.log())
     assert match is not None

@@ -78,7 +78,7 @@ def hang_a_worker(url: str) -> None:
 
 
 def test_each_hook_runs_at_its_moment_in_its_process(launcher: Launcher, tmp_path: Path) -> None:
-    g, probe = start(launcher, tmp_path, "-t", "2")
+    g, probe = start(launcher, tmp_path, "-t", "3")
     master = g.pid
     ev = probe.events()
     # as gunicorn: nworkers_changed(server, N, None) while setting up, then on_starting, before any fork
@@ -195,7 +195,7 @@ def test_pre_exec_runs_before_a_new_master_and_the_upgrade_carries_on(launcher: 
 def test_a_hook_that_raises_is_logged_with_its_name_and_changes_nothing(launcher: Launcher,
                                                                           tmp_path: Path) -> None:
     failing = [h for h in ALL_HOOKS if h not in ("post_fork", "post_worker_init", "pre_exec")]
-    g, probe = start(launcher, tmp_path, "-t", "2", env={"PROBE_RAISE": ",".join(failing)})
+    g, probe = start(launcher, tmp_path, "-t", "3", env={"PROBE_RAISE": ",".join(failing)})
     assert http_get(g.url(), "/pid")[0] == 200  # pre_request and post_request raised
     probe.wait("post_request")
     g.signal(signal.SIGTTIN)

@@ -169,6 +169,30 @@ def test_paste_app_with_raw_env_user_group_and_a_unix_socket(launcher: Launcher,
     assert not pidfile.exists()
 
 
+def test_gunicorns_own_example_config_runs(launcher: Launcher, tmp_path: Path) -> None:
+    """gunicorn's examples/example_config.py, unchanged: two warnings (sync workers, ssl_context),
+    and its hooks log what they log under gunicorn."""
+    shutil.copy(APPS / "gunicornapps.py", tmp_path / "gunicornapps.py")
+    conf = str(PROJECTS / "example_config.py")
+    g = booted(launcher, ["-c", conf, "gunicornapps:app", "-b", "127.0.0.1:0", "--log-level", "debug"],
+               tmp_path, workers=1)
+    log = g.log()
+    warnings = re.findall(r"greenfork: warning: (.*)", log)
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("example_config.py: worker_class = 'sync': greenfork runs the application")
+    assert warnings[1].startswith("example_config.py: ssl_context = ssl_context() is ignored")
+    (worker,) = g.workers()
+    assert f"Worker spawned (pid: {worker})" in log  # post_fork
+    assert "Server is ready. Spawning workers" in log  # when_ready
+    got = get_json(g.url())
+    assert (got["app"], got["spam"]) == ("app", "eggs")  # raw_env = ['DJANGO_SECRET_KEY=something', 'SPAM=eggs']
+    g.signal(signal.SIGINT)
+    assert g.wait(20) == 0
+    log = g.log()
+    assert "worker received INT or QUIT signal" in log  # worker_int
+    assert "# Thread: " in log and 'File: "' in log  # its stack dump, at debug level
+
+
 @pytest.mark.parametrize(("project", "args"), [
     ("dbapp", ["dbapp:app"]),
     ("timing", ["-c", "gunicorn.conf.py", "timingapp:app"]),

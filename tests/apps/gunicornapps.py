@@ -14,6 +14,7 @@ def _reply(start_response, payload):
 def app(environ, start_response):
     return _reply(start_response, {"app": "app", "pid": os.getpid(),
                                    "settings": os.environ.get("DJANGO_SETTINGS_MODULE"),
+                                   "spam": os.environ.get("SPAM"),
                                    "scheme": environ["wsgi.url_scheme"],
                                    "remote": environ.get("REMOTE_ADDR")})
 

@@ -185,7 +185,7 @@ def test_gunicorns_own_example_config_runs(launcher: Launcher, tmp_path: Path) -
     assert f"Worker spawned (pid: {worker})" in log  # post_fork
     assert "Server is ready. Spawning workers" in log  # when_ready
     got = get_json(g.url())
-    assert (got["app"], got["spam"]) == ("app", "eggs")  # raw_env = ['DJANGO_SECRET_KEY=something', 'SPAM=eggs']
+    assert (got["app"], got["spam"]) == ("app", "eggs")  # its raw_env
     g.signal(signal.SIGINT)
     assert g.wait(20) == 0
     log = g.log()

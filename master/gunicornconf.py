@@ -308,10 +308,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _help(g: G) -> str:
-    if g.kind == BY_FLAG:
-        return f"gunicorn's {g.name}. {g.note}".replace("%", "%%")
-    target = f" = greenfork's {g.to}" if g.to and g.to != g.name else ""
-    return f"gunicorn's {g.name}{target}. {g.note}".strip().replace("%", "%%")
+    target = f" = greenfork's {g.to}" if g.kind != BY_FLAG and g.to and g.to != g.name else ""
+    note = f": {g.note}" if g.note else ""
+    return f"gunicorn's {g.name}{target}{note}".replace("%", "%%")
 
 
 def split_cli(cli: Mapping[str, object]) -> tuple[dict[str, object], dict[str, object]]:

@@ -378,8 +378,10 @@ _S = Setting
 SETTINGS: tuple[Setting, ...] = (
     # ------------------------------------------------------------- application
     _S("app", _str, DEMO_APP, (), section="Application", positional=True, metavar="APP",
-       help="The WSGI application as `module:callable` or `module:factory()`; "
-            "without it greenfork serves its built-in demo page.",
+       help="The WSGI application as `module:callable` or `module:factory()`, whose arguments may "
+            "be Python literals (`module:create_app('prod', debug=True)`: read, never evaluated); "
+            "`module` alone means `module:application`. Without it greenfork serves its built-in "
+            "demo page.",
        default_doc="the built-in demo app"),
     _S("chdir", _opt_str, None, ("--chdir",), section="Application", metavar="DIR",
        help="Change to this directory before importing the app (it is put first on sys.path).",

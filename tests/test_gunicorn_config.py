@@ -567,3 +567,23 @@ def test_monkey_patching_the_master_in_a_config_is_warned(tmp_path: Path) -> Non
               f"print(gunicornconf.python_layer('gunicorn.conf.py', {str(tmp_path)!r})[1])")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert "monkey-patched the master with gevent" in out.stdout, out.stderr
+
+
+def test_req_and_resp_read_as_gunicorns() -> None:
+    from greenfork.workers.hookpoints import RequestView, ResponseView
+    from greenfork.workers.http1 import Request
+
+    r = Request()
+    r.method, r.target, r.path, r.query, r.version = "POST", b"/a%20b?x=1", b"/a%20b", b"x=1", "1.0"
+    r.headers = [(b"Host", b"example.com"), (b"x-request-id", b"abc")]
+    view = RequestView(r, {"wsgi.url_scheme": "https", "REMOTE_ADDR": "10.0.0.1"})
+    assert (view.method, view.uri, view.path, view.query, view.version) == ("POST", "/a%20b?x=1", "/a%20b",
+                                                                             "x=1", (1, 0))
+    assert view.headers == [("HOST", "example.com"), ("X-REQUEST-ID", "abc")]
+    assert (view.scheme, view.remote_addr, view.fragment) == ("https", "10.0.0.1", "")
+    view.started = 1.5  # hooks keep their own state on it, as on gunicorn's Request
+    assert view.started == 1.5
+    assert ResponseView(200, "200 OK", [], 5).status == "200 OK"
+    assert ResponseView(500, "200 OK", [], 0).status == "500 Internal Server Error"  # sent instead
+    assert ResponseView(504, None, [], 0).status == "504 Gateway Timeout"
+    assert ResponseView(499, None, [], 0).status == "499"  # the client left first

@@ -192,7 +192,7 @@ def translate(values: Mapping[str, object], origin: str, *, config_file: bool = 
     for name, raw in values.items():
         g = BY_GUNICORN_NAME.get(name)
         where = f"{origin} {flags[name]}" if name in flags else f"{origin} ({name})"
-        label = (f"{origin} {flags[name]} {_shown_flag(raw)}" if name in flags
+        label = (f"{origin} {flags[name]} {_shown_flag(raw)}".rstrip() if name in flags
                  else f"{origin}: {name} = {_shown(raw)}")
         if g is None:
             if name in BY_NAME and not BY_NAME[name].positional:
@@ -364,15 +364,21 @@ def cmd_args(environ: Mapping[str, str],
         warnings.append(f"{CMD_ARGS}: the application named there is ignored, as gunicorn ignores it; "
                         "give it on the command line")
     config = values.pop("config", None)
-    check = bool(values.pop("check_config", False)) or bool(values.pop("print_config", False))
+    check = any([values.pop("check_config", False), values.pop("print_config", False)])
     values.pop("profile", None)
+    for text in values.pop("hook", None) or ():
+        try:
+            name, target = hookspec.split_option(text)
+        except ValueError as e:
+            raise SettingError(f"{CMD_ARGS}={text!r}: {e}") from None
+        values[name] = target
     own, theirs = split_cli(values)
     if "umask" in own:  # --umask is gunicorn's here: the unix sockets' mask, not the processes'
         theirs["umask"] = own.pop("umask")
     origin = f"env {CMD_ARGS}"
     t = translate(theirs, origin, flags={n: flag_of(n) for n in theirs})
     layer = t.layer(origin, own)
-    by_flag = {s.name: (s.flags[-1] if s.flags else s.name) for s in SETTINGS}
+    by_flag = {s.name: (s.flags[-1] if s.flags else f"--hook {s.name}") for s in SETTINGS}
     origins = dict(layer.origins)
     origins.update({k: f"{origin} {by_flag[k]}" for k in own})
     notes = [f"using {CMD_ARGS}={text!r}, below the command line and GREENFORK_* variables", *t.notes]

@@ -279,6 +279,9 @@ def test_cmd_args_gunicorn_flags_config_and_errors(tmp_path: Path) -> None:
     with pytest.raises(SettingError, match="invalid value '0' for workers"):
         resolve(tmp_path, [], {"GUNICORN_CMD_ARGS": "-w 0"})
     assert resolve(tmp_path, [], {"GUNICORN_CMD_ARGS": "--print-config"}).check_config
+    r = resolve(tmp_path, [], {"GUNICORN_CMD_ARGS": "--check-config --print-config --hook on_exit=m:f"})
+    assert r.check_config and r.settings.on_exit == hookspec.Hook("on_exit", "m:f")
+    assert r.settings.source_of("on_exit") == "env GUNICORN_CMD_ARGS --hook on_exit"
 
 
 # ------------------------------------------------------------------ gunicorn's flags

@@ -7,11 +7,12 @@ CLI prints as one line before exiting 2.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from greenfork.master.settings import BY_NAME, ENV_PREFIX, SETTINGS, Setting, SettingError, Settings
@@ -30,11 +31,18 @@ class Layer:
 
     origin: str  # "command line", "env", "greenfork.toml", "greenfork.toml [profiles.dev]"
     values: Mapping[str, object]
+    # where a value came from when the origin alone would not say (a gunicorn name it was
+    # translated from: "gunicorn.conf.py (keepalive)", "command line --limit-request-line")
+    origins: Mapping[str, str] = field(default_factory=dict)
 
     def where(self, s: Setting) -> str:
+        if s.name in self.origins:
+            return self.origins[s.name]
         if self.origin == "env":
             return f"env {s.env_var}"
         if self.origin == "command line":
+            if not s.flags and not s.positional:  # the server hooks: given as --hook NAME=...
+                return f"command line --hook {s.name}"
             return "command line " + (s.flags[-1] if s.flags else s.metavar)
         return self.origin
 
@@ -167,19 +175,68 @@ def bind_is_implicit(settings: Settings) -> bool:
     return settings.source_of("bind") in ("default", PORT_SOURCE)
 
 
-def resolve(cli: Mapping[str, object], environ: Mapping[str, str], *, config: str | None,
-            profile: str | None, cwd: str) -> tuple[Settings, list[str]]:
-    """All layers for one start or one reload. Returns the settings and warnings to log."""
+@dataclass
+class Resolved:
+    settings: Settings
+    warnings: list[str]  # values ignored or not honoured as given: logged as warnings
+    notes: list[str]  # what the operator should know (GUNICORN_CMD_ARGS was read ...): logged as info
+    check_config: bool = False  # GUNICORN_CMD_ARGS holds --check-config or --print-config
+
+
+def resolve_all(cli: Mapping[str, object], environ: Mapping[str, str], *, config: str | None,
+                profile: str | None, cwd: str,
+                build_parser: Callable[[], argparse.ArgumentParser] | None = None) -> Resolved:
+    """All layers for one start or one reload, lowest first: gunicorn's environment defaults
+    (WEB_CONCURRENCY), the config file (greenfork.toml and its profile, or a Python config read
+    as gunicorn reads it), GUNICORN_CMD_ARGS (parsed by `build_parser`), GREENFORK_*, the
+    command line (gunicorn's flags in it translated: gunicornconf.py)."""
+    from greenfork.master import gunicornconf
+
     env, warnings = env_layer(environ)
-    config = config or environ.get("GREENFORK_CONFIG")
+    notes: list[str] = []
+    own, theirs = gunicornconf.split_cli(cli)
+    cli_layer = Layer("command line", own)
+    if theirs:
+        t = gunicornconf.translate(theirs, "command line",
+                                   flags={n: gunicornconf.flag_of(n) for n in theirs})
+        cli_layer = t.layer("command line", own)
+        warnings += t.warnings
+        notes += t.notes
+    cmd_args = gunicornconf.cmd_args(environ, build_parser) if build_parser is not None else None
+    # gunicorn: a config named on the command line wins over one named in GUNICORN_CMD_ARGS
+    config = config or environ.get("GREENFORK_CONFIG") or (cmd_args.config if cmd_args else None)
     profile = profile or environ.get("GREENFORK_PROFILE")
     layers: list[Layer] = []
-    if config is None and os.path.exists(os.path.join(cwd, DEFAULT_CONFIG)):
-        config = os.path.join(cwd, DEFAULT_CONFIG)
-    if config is not None:
+    env_defaults = gunicornconf.environment_defaults(environ)
+    if env_defaults is not None:
+        layers.append(env_defaults)
+    if config is None:
+        config, more = gunicornconf.default_config(cwd, DEFAULT_CONFIG)
+        warnings += more
+    if config is not None and gunicornconf.is_python_config(config, cwd):
+        if profile is not None:
+            raise SettingError(f"--profile {profile} selects a [profiles.NAME] table of greenfork.toml; "
+                               f"{config} is a Python config file")
+        layer, more, more_notes = gunicornconf.python_layer(config, cwd)
+        layers.append(layer)
+        warnings += more
+        notes += more_notes
+    elif config is not None:
         layers.extend(file_layers(os.path.join(cwd, config), profile))
     elif profile is not None:
         raise SettingError(f"--profile {profile} needs a config file (-c greenfork.toml)")
+    if cmd_args is not None:
+        layers.append(cmd_args.layer)
+        warnings += cmd_args.warnings
+        notes += cmd_args.notes
     layers.append(env)
-    layers.append(Layer("command line", cli))
-    return build(conventions(layers, environ) + layers), warnings
+    layers.append(cli_layer)
+    check = cmd_args.check_config if cmd_args else False
+    return Resolved(build(conventions(layers, environ) + layers), warnings, notes, check)
+
+
+def resolve(cli: Mapping[str, object], environ: Mapping[str, str], *, config: str | None,
+            profile: str | None, cwd: str) -> tuple[Settings, list[str]]:
+    """All layers for one start or one reload. Returns the settings and warnings to log."""
+    r = resolve_all(cli, environ, config=config, profile=profile, cwd=cwd)
+    return r.settings, r.warnings + r.notes

@@ -43,7 +43,10 @@ Taking `workers` as the example, each of these sets it to 4:
 
 The configuration file is `greenfork.toml` in the current directory when it exists, or
 the file named by `-c PATH` / `--config PATH` (or by the `GREENFORK_CONFIG` environment
-variable). Its keys are the setting names below. A profile is a table with the same keys,
+variable). Its keys are the setting names below. A gunicorn configuration works too: a Python
+`gunicorn.conf.py` (read by default when there is no `greenfork.toml`), `-c python:MODULE`
+and `GUNICORN_CMD_ARGS`, read as gunicorn reads them; see
+[migrating-from-gunicorn.md](migrating-from-gunicorn.md). A profile is a table with the same keys,
 applied over the file's top-level keys when selected with `--profile NAME` (or
 `GREENFORK_PROFILE=NAME`):
 
@@ -70,9 +73,11 @@ Each setting is resolved on its own, and the first source that gives it wins:
 
 1. the command line;
 2. the environment (`{ENV_PREFIX}*`);
-3. the selected profile (`[profiles.NAME]`);
-4. the configuration file's top-level keys;
-5. the default listed below.
+3. `GUNICORN_CMD_ARGS`, gunicorn's command-line flags in one variable;
+4. the selected profile (`[profiles.NAME]`);
+5. the configuration file's top-level keys (or a Python configuration file's names);
+6. for `workers` only, `WEB_CONCURRENCY` in the environment (gunicorn's default);
+7. the default listed below.
 
 A list (such as `bind`) from a higher source replaces the lower one's list; the two are
 not merged. `greenfork --check-config` prints every resolved value with the source it came
@@ -149,11 +154,15 @@ def render_default(s: Setting) -> str:
 def render_flags(s: Setting) -> str:
     if s.positional:
         return f"{_code(s.metavar)} (positional, after the options)"
+    if not s.flags:  # the server hooks: one --hook option sets them all
+        return _code(f"--hook {s.name}={s.metavar}")
     if s.is_flag:
         shown = list(s.flags) + ["--no-" + f[2:] for f in s.flags if f.startswith("--")]
         return ", ".join(_code(f) for f in shown)
     shown = [f"{f} {s.metavar}" if s.metavar else f for f in s.flags]
     text = ", ".join(_code(f) for f in shown)
+    if s.bare is not None:
+        text += f" (alone: {_code(s.bare)})"
     return text + " (repeat for several)" if s.multiple else text
 
 
@@ -182,7 +191,7 @@ def _index(sections: list[tuple[str, list[Setting]]]) -> list[str]:
              "|---|---|---|---|---|"]
     for _section, items in sections:
         for s in items:
-            flags = [s.metavar] if s.positional else list(s.flags)
+            flags = [s.metavar] if s.positional else list(s.flags) or [f"--hook {s.name}=..."]
             lines.append("| " + " | ".join(_cell(c) for c in (
                 f"[{s.name}](#{s.name})", ", ".join(_code(f) for f in flags), _code(s.env_var),
                 render_default(s),
@@ -240,6 +249,18 @@ def write_settings_md(root: Path) -> Path:
     return path
 
 
+def generated_docs(root: Path) -> list[tuple[Path, str]]:
+    """(path, what it must hold) for every document with generated content under root: the
+    settings reference, and docs/migrating-from-gunicorn.md's generated sections when it exists."""
+    from greenfork.master import migratedoc
+
+    out = [(root / DOC_PATH, render_settings_md())]
+    migrating = root / migratedoc.DOC_PATH
+    if migrating.is_file():
+        out.append((migrating, migratedoc.fill(migrating.read_text(encoding="utf-8"), root)))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m greenfork.master.docsgen",
                                 description="Print docs/settings.md generated from the settings table.")
@@ -259,16 +280,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"docsgen: {e}", file=sys.stderr)
         return 2
     if ns.check:
-        path = root / DOC_PATH
-        try:
-            current = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            current = ""
-        if current != render_settings_md():
-            print(f"docsgen: {path} is out of date; run: {REGENERATE}", file=sys.stderr)
-            return 1
-        return 0
+        stale = 0
+        for path, want in generated_docs(root):
+            try:
+                current = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                current = ""
+            if current != want:
+                print(f"docsgen: {path} is out of date; run: {REGENERATE}", file=sys.stderr)
+                stale = 1
+        return stale
+    from greenfork.master.report import atomic_write
+
     print(f"wrote {write_settings_md(root)}", file=sys.stderr)
+    for path, want in generated_docs(root)[1:]:
+        if path.read_text(encoding="utf-8") != want:
+            atomic_write(str(path), want)
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from greenfork.master import logs, privileges, upgrade
+from greenfork.master import logs, privileges, procenv, upgrade
 from greenfork.master.commands import (
     AbortReload,
     CloseRetired,
@@ -51,6 +51,7 @@ from greenfork.master.states import Event
 from greenfork.master.workerinfo import WorkerInfo
 
 if TYPE_CHECKING:
+    from greenfork.master.hooks import Hooks
     from greenfork.master.metricsd import MetricsService
     from greenfork.master.tls import TlsConfig
     from greenfork.metrics.slots import Slot
@@ -81,8 +82,10 @@ class Executor:
                  metrics: MetricsService | None = None, metrics_listeners: list[Listener] | None = None,
                  pidfile: Pidfile | None = None, masters_own: list[socket.socket] | None = None,
                  on_ready: Callable[[], None] | None = None,
-                 on_published: Callable[[int, tuple[str, ...]], None] | None = None) -> None:
+                 on_published: Callable[[int, tuple[str, ...]], None] | None = None,
+                 hooks: Hooks | None = None) -> None:
         self.staging = staging
+        self.hooks = hooks  # gunicorn-style server hooks (hooks.py), run as commands are carried out
         self.app = app
         self.identity = identity
         self.notify = notify
@@ -110,15 +113,22 @@ class Executor:
                 log.debug("Worker %d (pid %d) gone: %s", cmd.worker.slot, cmd.worker.pid, cmd.reason)
                 if self.metrics:
                     self.metrics.lifecycle.exited(cmd.reason)
+                if self.hooks is not None:
+                    self.hooks.exited(cmd.worker)  # child_exit
             case SampleMemory():
                 return Input(Event.MEMORY, detail={pid: memory(pid) for pid in cmd.pids})
             case WorkersChanged():
                 self.notify.status(f"{cmd.new} worker(s) configured (was {cmd.old})")
+                if self.hooks is not None:
+                    self.hooks.workers_changed(cmd.old, cmd.new)  # nworkers_changed
             case PrepareReload():
                 try:
-                    return Input(Event.PREPARED, detail=self.staging.prepare(cmd))
+                    prepared = self.staging.prepare(cmd)
                 except PrepareFailed as e:
                     return Input(Event.PREPARE_FAILED, detail=str(e))
+                if self.hooks is not None:
+                    self.hooks.reloading(prepared.settings, cmd.reexec)  # on_reload
+                return Input(Event.PREPARED, detail=prepared)
             case CommitReload():
                 for lst in self.staging.commit():
                     log.info("Now listening on: %s", lst.url)
@@ -143,18 +153,29 @@ class Executor:
                 self.notify.ready(cmd.status)
                 if self.on_ready is not None:
                     self.on_ready()
+                if self.hooks is not None:
+                    self.hooks.ready()  # when_ready
             case Notify():
                 self._notify(cmd)
             case ReopenLogs():
                 logs.reopen()
                 log.info("Reopened log files (USR1)")  # the first line of the new file
             case Exit():
+                if self.hooks is not None:
+                    self.hooks.exiting()  # on_exit
                 self.exit_code = cmd.code
         return None
 
     # ------------------------------------------------------------- workers
+    def starting(self) -> None:
+        """Before the START event (the loop calls this): on_starting."""
+        if self.hooks is not None:
+            self.hooks.starting()
+
     def _spawn(self, cmd: Spawn) -> int:
         worker = cmd.worker
+        if self.hooks is not None:
+            self.hooks.pre_fork(worker, cmd.settings)  # pre_fork; post_fork runs in the child
         parent, child = socket.socketpair()
         for h in logging.getLogger("greenfork").handlers:
             h.flush()
@@ -181,6 +202,8 @@ class Executor:
         parent.setblocking(False)
         self.controls[pid] = parent
         worker.pid = pid  # later commands of the same batch may name this worker
+        if self.hooks is not None:
+            self.hooks.forked(worker, pid)
         if metrics:
             metrics.lifecycle.spawns += 1
             if slot:
@@ -190,6 +213,7 @@ class Executor:
     def _child(self, worker: Worker, settings: Settings, mine: list[Listener], parent: socket.socket,
                child: socket.socket, slot: Slot | None, tls: TlsConfig | None) -> None:
         code = EXIT_BOOT
+        hooks = self.hooks.in_child(worker, settings) if self.hooks is not None else None
         try:
             signal.set_wakeup_fd(-1)
             for sig in HANDLED:
@@ -207,6 +231,7 @@ class Executor:
                     lst.sock.close()
             # Drop privileges before any app code runs (ports are bound already).
             privileges.drop(self.identity)
+            procenv.apply_env(settings.env)  # --env (gunicorn's raw_env): this generation's values
             if self.metrics:
                 self.metrics.child_cleanup()
             from greenfork.workers.boot import run  # imports gevent: only ever in a child
@@ -214,13 +239,15 @@ class Executor:
             code = run(WorkerInfo(
                 slot=worker.slot, generation=worker.generation, settings=settings,
                 listeners=mine, addresses=tuple(lst.url for lst in mine), control=child,
-                master_pid=self.pid, app=self.app, metrics=slot, tls=tls))
+                master_pid=self.pid, app=self.app, metrics=slot, tls=tls, hooks=hooks))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except BaseException:
             log.exception("Worker %d failed to boot", worker.slot)
             code = EXIT_BOOT
         finally:
+            if hooks is not None:
+                hooks.worker_exit()
             for h in logging.getLogger("greenfork").handlers:
                 h.flush()
             os._exit(code)
@@ -250,6 +277,8 @@ class Executor:
 
     # ------------------------------------------------------------- upgrades
     def _exec_master(self, generation: int) -> Input:
+        if self.hooks is not None:
+            self.hooks.pre_exec()  # gunicorn: "called just before a new master process is forked"
         try:
             # the metrics socket goes along too; the new master knows it by its --metrics-bind text
             pid, ready = upgrade.exec_master(self.staging.lset.current + self.metrics_listeners, generation)
@@ -266,6 +295,8 @@ class Executor:
 
     # ------------------------------------------------------------- the outside world
     def _notify(self, cmd: Notify) -> None:
+        if self.hooks is not None and cmd.kind in ("reloaded", "reload_failed"):
+            self.hooks.reload_ended(cmd.kind == "reloaded")  # server.cfg: the serving generation's
         if cmd.kind == "reloading":
             self.notify.reloading("reloading")
         elif cmd.kind == "stopping":

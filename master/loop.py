@@ -23,6 +23,7 @@ from greenfork.master import control, privileges, upgrade
 from greenfork.master.arbiter import Arbiter
 from greenfork.master.commands import Input, run
 from greenfork.master.executor import HANDLED, Executor
+from greenfork.master.hooks import Hooks
 from greenfork.master.listeners import Listener
 from greenfork.master.listenset import ListenerSet
 from greenfork.master.pidfile import Pidfile
@@ -101,10 +102,12 @@ class MasterLoop:
                                           mounts=[m.prefix for m in settings.mount])
         identity = privileges.resolve(settings.user, settings.group)
         self.staging = Staging(lset, reload_settings, tls=tls, load_tls=load_tls)
+        hooks = Hooks(settings, listeners=lambda: [lst.sock for lst in self.staging.lset.current])
         self.executor = Executor(
             self.staging, app=app, identity=identity, notify=self.notify,
             metrics=self.metrics, metrics_listeners=metrics_listeners, pidfile=pidfile,
-            masters_own=[self.wake_r, self.wake_w], on_ready=on_ready, on_published=on_published)
+            masters_own=[self.wake_r, self.wake_w], on_ready=on_ready, on_published=on_published,
+            hooks=hooks)
 
     def _certificates(self) -> list[tuple[str, float]]:
         """greenfork_tls_certificate_expiry_timestamp_seconds: the serving generation's."""
@@ -142,6 +145,7 @@ class MasterLoop:
         self._install_signals()
         preload_shared_libraries()
         try:
+            self.executor.starting()  # on_starting, from the loop as every hook
             self.dispatch(Event.START)
             self._loop()
         finally:

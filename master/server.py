@@ -258,7 +258,7 @@ class Server:
 
         try:
             if not mountapps.no_main_app(self.settings):  # (issue 17: else the workers' 404)
-                self._app_obj = apploader.load(self.settings.app, self.settings.chdir)
+                self._app_obj = apploader.load_app(self.settings)
         except Exception as e:
             log.error("Failed to load the application %s: %s", self.settings.app, e,
                       exc_info=not isinstance(e, apploader.AppImportError))

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from greenfork.master import hookspec
+from greenfork.master.hookspec import Hook
 from greenfork.master.prefixes import Delegate, Mount, parse_delegates, parse_mounts
 
 ENV_PREFIX = "GREENFORK_"
@@ -412,6 +414,55 @@ def _metrics_address(v: Any) -> None:
         raise ValueError("expected an http:// or unix: address")
 
 
+# ------------------------------------------- the gunicorn drop-in (issue 16)
+# Parsers of the settings a gunicorn deployment expects (raw_env, pythonpath, --paste,
+# server hooks); the mapping of gunicorn's own names lives in gunicornmap.py.
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_entries(v: object) -> tuple[str, ...]:
+    """NAME=VALUE entries (gunicorn's raw_env). In GREENFORK_ENV one entry per line, since a
+    value may hold commas and spaces."""
+    if isinstance(v, str):
+        items = [line.strip() for line in v.splitlines() if line.strip()]
+    elif isinstance(v, list | tuple) and all(isinstance(x, str) for x in v):
+        items = [x.strip() for x in v]
+    else:
+        raise ValueError("expected a list of NAME=VALUE strings")
+    for item in items:
+        name, eq, _ = item.partition("=")
+        if not eq or not _ENV_NAME_RE.fullmatch(name):
+            raise ValueError(f"{item!r}: expected NAME=VALUE with NAME a variable name")
+    return tuple(items)
+
+
+def _paths(v: object) -> tuple[str, ...]:
+    """Directories, comma-separated as gunicorn's --pythonpath takes them, or repeated."""
+    if isinstance(v, str):
+        v = [v]
+    if isinstance(v, list | tuple) and all(isinstance(x, str) for x in v):
+        return tuple(p.strip() for x in v for p in x.split(",") if p.strip())
+    raise ValueError("expected a comma-separated list of directories")
+
+
+def _paste_globals(v: object) -> tuple[str, ...]:
+    """KEY=VALUE entries for PasteDeploy's global_conf (`\\=` is a literal `=` in KEY)."""
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple) or not all(isinstance(x, str) for x in items):
+        raise ValueError("expected a list of KEY=VALUE strings")
+    for item in items:
+        if not re.search(r"(?<!\\)=", item):
+            raise ValueError(f"{item!r}: expected KEY=VALUE")
+    return tuple(items)
+
+
+def _paste(v: object) -> str | None:
+    s = _opt_str(v)
+    if s is not None and not s.split("#", 1)[0].strip():
+        raise ValueError("expected the path of a PasteDeploy .ini file, optionally with #APP_NAME")
+    return s
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     name: str  # config-file key and Settings attribute
@@ -428,6 +479,7 @@ class Setting:
     is_flag: bool = False  # --x / --no-x on the command line
     multiple: bool = False  # -b may be given several times
     positional: bool = False
+    bare: str | None = None  # the value of the flag given without one (gunicorn's bare --proxy-protocol)
 
     @property
     def env_var(self) -> str:
@@ -439,8 +491,10 @@ _S = Setting
 SETTINGS: tuple[Setting, ...] = (
     # ------------------------------------------------------------- application
     _S("app", _str, DEMO_APP, (), section="Application", positional=True, metavar="APP",
-       help="The WSGI application as `module:callable` or `module:factory()`; "
-            "without it greenfork serves its built-in demo page.",
+       help="The WSGI application as `module:callable` or `module:factory()`, whose arguments may "
+            "be Python literals (`module:create_app('prod', debug=True)`: read, never evaluated); "
+            "`module` alone means `module:application`. Without it greenfork serves its built-in "
+            "demo page.",
        default_doc="the built-in demo app"),
     _S("chdir", _opt_str, None, ("--chdir",), section="Application", metavar="DIR",
        help="Change to this directory before importing the app (it is put first on sys.path).",
@@ -673,12 +727,13 @@ SETTINGS: tuple[Setting, ...] = (
     # ------------------------------------------------------------------ proxies
     # (issue 14; docs/proxies.md)
     _S("proxy_protocol", _proxy_mode, "off", ("--proxy-protocol",), section="Proxies", metavar="MODE",
-       type_doc="off|v1|v2|any",
+       type_doc="off|v1|v2|any", bare="any",
        help="Require a PROXY protocol header (HAProxy's; sent by HAProxy, nginx's stream module, cloud "
             "load balancers) at the start of every connection to a --bind listener: `v1` (text), `v2` "
             "(binary), `any` (either; still required: never guessed). The header's client address "
             "becomes REMOTE_ADDR. A listener's own `?proxy-protocol=MODE` option wins over this; "
-            "the --metrics-bind listener takes only its own. gunicorn's `auto` means `any`."),
+            "the --metrics-bind listener takes only its own. gunicorn's `auto`, and the flag "
+            "alone as gunicorn takes it, mean `any`."),
     _S("proxy_allow_from", _trust_list, DEFAULT_TRUST, ("--proxy-allow-from",), section="Proxies",
        metavar="LIST", type_doc="trust list",
        help="Peers allowed to send PROXY headers: IP addresses and CIDR networks separated by commas, "
@@ -836,6 +891,30 @@ SETTINGS: tuple[Setting, ...] = (
     _S("websocket_compression", _bool, True, ("--websocket-compression",), section="WebSocket",
        is_flag=True, type_doc="boolean",
        help="Accept permessage-deflate (RFC 7692) when a WebSocket client offers it."),
+    # ------------------------------------------- the gunicorn drop-in (issue 16)
+    _S("env", _env_entries, (), ("-e", "--env"), section="Application", metavar="NAME=VALUE",
+       multiple=True, type_doc="list of NAME=VALUE", default_doc="none",
+       help="Set an environment variable for the application (gunicorn's raw_env); repeat for "
+            "several. Set in the master before anything is imported (so `--preload` and hooks see "
+            "it) and in every worker; a HUP applies changed values to the new workers. In "
+            "GREENFORK_ENV put one NAME=VALUE per line."),
+    _S("pythonpath", _paths, (), ("--pythonpath",), section="Application", metavar="DIRS",
+       multiple=True, type_doc="list of directories", default_doc="none", reloadable=False,
+       help="Directories put first on sys.path before the app (and hooks) are imported; "
+            "comma-separated as in gunicorn, or repeated."),
+    _S("paste", _paste, None, ("--paste", "--paster"), section="Application", metavar="INI[#NAME]",
+       default_doc="none",
+       help="Load the application from a PasteDeploy configuration file (Pyramid, TurboGears), "
+            "instead of APP: its `[app:main]` section, or `[app:NAME]` with `#NAME`. Its `[loggers]` "
+            "sections, if any, configure Python logging in the workers."),
+    _S("paste_global", _paste_globals, (), ("--paste-global",), section="Application",
+       metavar="KEY=VALUE", multiple=True, type_doc="list of KEY=VALUE", default_doc="none",
+       help="A PasteDeploy global variable (its `global_conf`), as `%(KEY)s` in the .ini; "
+            "repeat for several."),
+    *(_S(h.name, hookspec.parser(h.name), None, (), section="Server hooks", metavar="MODULE:FUNCTION",
+         type_doc="hook: MODULE:FUNCTION (a function in a Python config file)", default_doc="none",
+         help=f"`{h.signature}`, gunicorn's hook. {h.when}")
+      for h in hookspec.HOOK_DEFS),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -933,6 +1012,26 @@ class Settings:
     websocket_close_timeout: float
     websocket_grace: float
     websocket_compression: bool
+    # the gunicorn drop-in (issue 16)
+    env: tuple[str, ...]
+    pythonpath: tuple[str, ...]
+    paste: str | None
+    paste_global: tuple[str, ...]
+    on_starting: Hook | None
+    on_reload: Hook | None
+    when_ready: Hook | None
+    pre_fork: Hook | None
+    post_fork: Hook | None
+    post_worker_init: Hook | None
+    worker_int: Hook | None
+    worker_abort: Hook | None
+    pre_exec: Hook | None
+    pre_request: Hook | None
+    post_request: Hook | None
+    child_exit: Hook | None
+    worker_exit: Hook | None
+    nworkers_changed: Hook | None
+    on_exit: Hook | None
     # where each value came from ("default", "env GREENFORK_X", ...): for error messages
     sources: tuple[tuple[str, str], ...] = ()
 
@@ -940,6 +1039,8 @@ class Settings:
     def app_label(self) -> str:
         if self.proc_name:
             return self.proc_name
+        if self.paste:  # a PasteDeploy app is named by its .ini, as in gunicorn
+            return self.paste
         return "demo" if self.app == DEMO_APP else self.app
 
     def source_of(self, name: str) -> str:

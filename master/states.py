@@ -89,10 +89,11 @@ THE UPGRADE (UpgradeState x what -> UpgradeState), one record
   Its exit (CHILD_EXIT) hands the pidfile and addresses back to this master, which
   resumes its workers if it was PARKED.
 
-Where gunicorn's server hooks would run (none is implemented): on_starting: START;
-on_reload: the PrepareReload command; when_ready: ServerReady; pre_fork and
+Where gunicorn's server hooks run (master/hooks.py, called by the executor): on_starting:
+before START; on_reload: the PrepareReload command; when_ready: ServerReady; pre_fork and
 post_fork: around the fork that executes Spawn; child_exit (and, in the worker,
-worker_exit): WorkerExited; nworkers_changed: WorkersChanged; on_exit: Exit.
+worker_exit): WorkerExited; nworkers_changed: WorkersChanged; pre_exec: ExecMaster;
+on_exit: Exit.
 """
 
 from __future__ import annotations

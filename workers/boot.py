@@ -16,6 +16,12 @@ def run(info: WorkerInfo) -> int:
     from gevent import monkey
 
     monkey.patch_all()
+    if info.hooks is not None:  # post_fork: after patching, before the app is imported
+        from greenfork.master.control import EXIT_BOOT
+        from greenfork.workers.hookpoints import after_fork
+
+        if not after_fork(info.hooks):
+            return EXIT_BOOT
     from greenfork.workers.worker import WorkerServer
 
     return WorkerServer(info).serve()

@@ -26,6 +26,7 @@ from greenfork.workers.websocket_pipeline import TakenOver
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
 
 if TYPE_CHECKING:
+    from greenfork.workers.hookpoints import RequestHooks
     from greenfork.workers.mounts import Mounts
     from greenfork.workers.worker import ListenerContext, WorkerServer
 
@@ -97,6 +98,8 @@ class RequestStage:
         self.mounts: Mounts | None = None  # issue 17: --mount's table, set by the worker once loaded
         # issue 14: forwarded headers, allowed hosts, --require-header; None when none is set
         self.gate = gate.build(server.settings)
+        # gunicorn's pre_request/post_request hooks (workers/hookpoints.py): None unless one is set
+        self.hooks: RequestHooks | None = None
 
     def serve(self, ex: Exchange, req: Request, remote: tuple[str, str]) -> None:
         server = self.server
@@ -138,6 +141,8 @@ class RequestStage:
         timer = ex.timed if self.request_timeout and upgrade is None else None
         if timer is not None:
             timer.request_deadline = 0.0
+        hooks = self.hooks  # server hooks (issue 16): one test when unset
+        hooked = hooks.before(req, env) if hooks is not None else None
         try:
             result = app(env, sr)
             if isinstance(result, FileWrapper) and start_head(ex) and ex.send_file(result):
@@ -208,6 +213,8 @@ class RequestStage:
             # http_route: a mount's prefix (issue 17), or a route template the app set there
             route = env.get("greenfork.route", "")
             server.metrics.request(ex, req, err, started, route if type(route) is str else "")
+        if hooked is not None and hooks is not None:
+            hooks.after(ex, sr, hooked, env)
 
 
 def start_head(ex: Exchange) -> bool:

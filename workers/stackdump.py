@@ -19,11 +19,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 log = logging.getLogger("greenfork.worker")
 
 EXIT_ABORTED = 70  # the master records these exits with the reason "timeout"
+# gunicorn's worker_abort and worker_exit hooks, run after the dump (workers/hookpoints.py)
+last_words: Callable[[], None] | None = None
 
 
 def _log_stream() -> TextIO:
@@ -50,7 +53,13 @@ def install(slot: int) -> None:
             for h in logging.getLogger("greenfork").handlers:
                 h.flush()
         finally:
-            os._exit(EXIT_ABORTED)
+            try:
+                if last_words is not None:
+                    last_words()
+                for h in logging.getLogger("greenfork").handlers:
+                    h.flush()
+            finally:
+                os._exit(EXIT_ABORTED)
 
     signal.signal(signal.SIGABRT, on_abort)
 

@@ -24,6 +24,7 @@ from gevent import socket as gsocket
 from greenfork.master import apploader, logs
 from greenfork.master.control import (
     EXIT_APP_IMPORT,
+    EXIT_BOOT,
     HEARTBEAT,
     QUIT,
     READY,
@@ -36,7 +37,7 @@ from greenfork.master.listeners import Listener
 from greenfork.master.prefixes import published
 from greenfork.master.tls import TlsConfig
 from greenfork.master.workerinfo import WorkerInfo
-from greenfork.workers import instrument, mounts, reloader, stackdump
+from greenfork.workers import hookpoints, instrument, mounts, reloader, stackdump
 from greenfork.workers.acceptor import Acceptor
 from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.conn import Connection
@@ -164,8 +165,8 @@ class WorkerServer:
         stackdump.install(info.slot)
         try:
             # (issue 17: with --mount or --delegate and no APP, the main application is a 404)
-            self.app = info.app if info.app is not None else mounts.main_app(self.settings) or apploader.load(
-                self.settings.app, self.settings.chdir)
+            self.app = info.app if info.app is not None else \
+                mounts.main_app(self.settings) or apploader.load_app(self.settings)
         except Exception as e:
             log.error("Failed to load the application %s: %s", self.settings.app, e,
                       exc_info=not isinstance(e, apploader.AppImportError))
@@ -178,6 +179,8 @@ class WorkerServer:
             except mounts.MountImportError as e:
                 mounts.report(e)
                 return EXIT_APP_IMPORT
+        if info.hooks is not None and not hookpoints.attach(self):  # server hooks (issue 16)
+            return EXIT_BOOT
         base = self._base_environ()
         shares = steps(self)  # issue 17
         proxy_front = fronts(self.settings)  # issue 14: each listener's PROXY requirement
@@ -195,6 +198,8 @@ class WorkerServer:
             sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
             self.sockets.append(sock)
             self.acceptors.append(gevent.spawn(self.acceptor.accept_loop, sock, ctx))
+        if info.hooks is not None:
+            hookpoints.listening(self)  # worker.sockets for the hooks (issue 16)
         self.sweeper.start()
         self.control = gsocket.socket(fileno=info.control.detach())
         gevent.spawn(self._control_loop)
@@ -319,6 +324,8 @@ class WorkerServer:
 
     # -------------------------------------------------------------- stopping
     def stop(self, graceful: bool) -> None:
+        if not graceful and self.info.hooks is not None:
+            hookpoints.quick_stop(self)  # gunicorn's worker_int (issue 16)
         self.graceful = self.graceful and graceful
         if not graceful:
             self.stopped.set()

@@ -32,6 +32,7 @@ from greenfork.master.settings import Settings
 from greenfork.master.states import Event, State
 
 if TYPE_CHECKING:
+    from greenfork.master.cachekeeper import CacheKeeper
     from greenfork.master.metricsd import MetricsService
     from greenfork.master.tls import TlsConfig
 
@@ -80,7 +81,7 @@ class MasterLoop:
                  on_published: Callable[[int, tuple[str, ...]], None] | None = None,
                  metrics_listeners: list[Listener] | None = None,
                  pidfile: Pidfile | None = None, tls: TlsConfig | None = None,
-                 load_tls: TlsLoader | None = None) -> None:
+                 load_tls: TlsLoader | None = None, cache: CacheKeeper | None = None) -> None:
         self.title = ""
         self.wake_r, self.wake_w = socket.socketpair()
         self.arbiter = Arbiter(settings, generation=generation, can_exec=upgrade.can_exec())
@@ -94,13 +95,15 @@ class MasterLoop:
 
             self.metrics = MetricsService(metrics_listeners, lset.current, lambda: self.arbiter,
                                           app_dir=appmetrics.create_dir() if settings.app_metrics else None,
-                                          certificates=self._certificates)
+                                          certificates=self._certificates,
+                                          cache_stats=cache.stats if cache is not None else None)
         identity = privileges.resolve(settings.user, settings.group)
         self.staging = Staging(lset, reload_settings, tls=tls, load_tls=load_tls)
         self.executor = Executor(
             self.staging, app=app, identity=identity, notify=self.notify,
             metrics=self.metrics, metrics_listeners=metrics_listeners, pidfile=pidfile,
-            masters_own=[self.wake_r, self.wake_w], on_ready=on_ready, on_published=on_published)
+            masters_own=[self.wake_r, self.wake_w], on_ready=on_ready, on_published=on_published,
+            cache=cache)
 
     def _certificates(self) -> list[tuple[str, float]]:
         """greenfork_tls_certificate_expiry_timestamp_seconds: the serving generation's."""

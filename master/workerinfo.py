@@ -12,6 +12,7 @@ from greenfork.master.settings import Settings
 from greenfork.metrics.slots import Slot
 
 if TYPE_CHECKING:
+    from greenfork.master.respcache import ResponseCache
     from greenfork.master.tls import TlsConfig
 
 
@@ -27,3 +28,4 @@ class WorkerInfo:
     app: Callable[..., Any] | None = None  # an embedded callable (Server(app=func)); else settings.app
     metrics: Slot | None = None  # this worker's metrics slot (--metrics-bind), written by it alone
     tls: TlsConfig | None = None  # the SSLContexts of its https:// listeners, built by the master
+    cache: ResponseCache | None = None  # the shared response cache (--response-cache), mapped by the master

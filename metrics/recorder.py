@@ -181,12 +181,16 @@ class Recorder:
         self.mv[L.H_QUEUED] = n
 
     # ------------------------------------------------------------- at start
-    def announce(self, *, http2: bool = False, websocket: bool = False, max_queued_requests: int = 0) -> None:
+    def announce(self, *, http2: bool = False, websocket: bool = False,
+                 max_queued_requests: int | None = None) -> None:
         """What this worker can feed, so the master shows those families from zero (an
-        operator's rate() and alerts need series before the first event)."""
+        operator's rate() and alerts need series before the first event). Each producer
+        announces its own part at start: features add up, the queue limit is set when given."""
         mv = self.mv
-        mv[L.H_FEATURES] = (L.F_HTTP2 if http2 else 0) | (L.F_WEBSOCKET if websocket else 0)
-        mv[L.H_QUEUE_LIMIT] = max_queued_requests
+        features = (L.F_HTTP2 if http2 else 0) | (L.F_WEBSOCKET if websocket else 0)
+        mv[L.H_FEATURES] = int(mv[L.H_FEATURES]) | features
+        if max_queued_requests is not None:
+            mv[L.H_QUEUE_LIMIT] = max_queued_requests
 
     # ---------------------------------------------------- once a second
     def sample(self, keepalive: list[int], active: dict[tuple[str, str], int]) -> None:
@@ -295,7 +299,8 @@ class NullFrontDoor:
     def queued_requests(self, n: int) -> None:
         pass
 
-    def announce(self, *, http2: bool = False, websocket: bool = False, max_queued_requests: int = 0) -> None:
+    def announce(self, *, http2: bool = False, websocket: bool = False,
+                 max_queued_requests: int | None = None) -> None:
         pass
 
 

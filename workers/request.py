@@ -18,12 +18,16 @@ import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
 
+from greenfork.workers.cachestage import Hit
+from greenfork.workers.cachestage import attach as attach_cache
 from greenfork.workers.http1 import ProtocolError, Request
+from greenfork.workers.overload import attach as attach_limit
 from greenfork.workers.timers import RequestTimeout, Timed
 from greenfork.workers.transport import ClientGone
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
 
 if TYPE_CHECKING:
+    from greenfork.workers.cachestage import Fill
     from greenfork.workers.worker import ListenerContext, WorkerServer
 
 log = logging.getLogger("greenfork.worker")
@@ -88,6 +92,10 @@ class RequestStage:
         self.script_name = server.script_name
         self.max_body = server.limits.max_body
         self.request_timeout = server.request_timeout
+        # issue 18: the shared response cache (None when off) and the request queue limit (when
+        # on, it puts a counting wrapper in front of serve(); off, serve() is untouched)
+        self.cache = attach_cache(server)
+        attach_limit(self)
 
     def serve(self, ex: Exchange, req: Request, remote: tuple[str, str]) -> None:
         server = self.server
@@ -111,6 +119,19 @@ class RequestStage:
         # We are no proxy and speak nothing but HTTP: the server answers these itself.
         app = server.app if req.path != b"*" and req.method != "CONNECT" else _server_itself
         err = ""  # the metrics' error_type
+        # ---- the shared response cache (workers/cachestage.py) --------------------------------
+        # Once the environ's scheme and host are final (they are the key's): a hit is answered
+        # there without the app; a miss that may be stored runs the app through the Fill, which
+        # keeps its body. With the cache off this is one attribute test.
+        fill: Fill | None = None
+        if self.cache is not None:
+            got = self.cache.before(ex, req, env, started)
+            if got is Hit.HIT:
+                return
+            if got is not None:
+                fill = got
+                app = fill.wrap(app)
+        # ----------------------------------------------------------------------------------------
         # --request-timeout bounds this request only; the connection's other requests and
         # the worker's other connections carry on (the sweeper throws RequestTimeout).
         timer = ex.timed if self.request_timeout else None
@@ -178,6 +199,8 @@ class RequestStage:
                     close()
                 except Exception:
                     log.exception("Error closing the response iterable")
+        if fill is not None:  # the shared response cache: store the complete response (or invalidate)
+            fill.after(ex, sr.status, sr.headers, result, err)
         if timed:
             if server.access_log is not None:
                 server.access_log.log(env, ex.status, sr.headers, ex.body_bytes(),

@@ -1,0 +1,417 @@
+"""The shared response cache at the request stage (--response-cache; docs/caching.md).
+
+request.py calls this in one marked block, once the environ's scheme and host are final (after
+forwarded headers): `before()` answers a hit itself, without the app, or returns a `Fill` that
+runs the app (capturing its body) and, once the response is complete, stores it (`Fill.after()`);
+for an unsafe method the Fill drops the target's entries instead (RFC 9111 4.4). The rules are
+cachepolicy.py's; the store is master/respcache.py's, shared by every worker of the host.
+
+Request fields are read from the environ (the values the app sees), not from the raw header
+list: a request carrying none of the fields the rules look at (the common case) skips the rules.
+Two per-worker memos keep the request path short, and neither can make an answer wrong:
+
+- `known`: this worker's copy of entries it has already read (bounded in bytes). Before answering
+  from a copy it checks in shared memory that the entry is still its key's live one
+  (ResponseCache.current, two loads), so a hit costs no copy and no CRC.
+- `passes` (Varnish's "hit-for-pass"): a URL whose last response could not be stored is not
+  looked up again, nor captured, for PASS_TTL seconds. Only responses to requests without Cookie
+  and Authorization set it, since those usually make a URL's response private to one client.
+  At worst it costs hits of a URL for PASS_TTL after its responses became storable.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from greenfork.master.respcache import Entry, ResponseCache
+from greenfork.workers import cachepolicy as cp
+from greenfork.workers.transport import ClientGone
+from greenfork.workers.wsgi import FileWrapper
+
+if TYPE_CHECKING:
+    from greenfork.workers.http1 import Request
+    from greenfork.workers.request import Exchange
+    from greenfork.workers.worker import WorkerServer
+
+log = logging.getLogger("greenfork.worker")
+
+PASS_TTL: Final = 1.0  # seconds a URL with an unstorable response skips the cache in this worker
+PASS_MAX: Final = 4096  # URLs remembered so (the memo is emptied when full)
+KNOWN_BYTES: Final = 8 << 20  # this worker's copies of entries: at most this many body bytes...
+KNOWN_SHARE: Final = 8  # ...and at most 1/8 of the shared cache's size
+CLIENT_GONE: Final = 499  # request.py's status for a client that left before its response
+
+# The environ keys of every request field cachepolicy.request_rule() and answer() look at.
+RULE_KEYS: Final = frozenset({
+    "CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_AUTHORIZATION", "HTTP_IF_MATCH",
+    "HTTP_IF_UNMODIFIED_SINCE", "HTTP_RANGE", "HTTP_IF_RANGE", "HTTP_CACHE_CONTROL", "HTTP_PRAGMA",
+    "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"})
+_GET: Final = cp.RequestRule(True, True, "")
+_HEAD: Final = cp.RequestRule(True, False, "head")
+_STORE, _INVALIDATE = 0, 1
+
+
+class Hit(enum.Enum):
+    """before()'s answer when the request was answered from the cache (or refused, 504)."""
+
+    HIT = 1
+
+
+HIT: Final = Hit.HIT
+
+
+def env_key(name: str) -> str:
+    """The environ key of a lowercase field name (wsgi.build_environ's naming)."""
+    if name == "content-type" or name == "content-length":
+        return name.upper().replace("-", "_")
+    if "_" in name:
+        return ""  # never in the environ: build_environ drops such fields
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+class EnvFields(Mapping[str, str]):
+    """The request's fields as cachepolicy reads them ({lowercase name: value}), taken from the
+    environ: after forwarded headers, repeated fields joined as the app sees them."""
+
+    __slots__ = ("env",)
+
+    def __init__(self, env: Mapping[str, Any]) -> None:
+        self.env = env
+
+    def __getitem__(self, name: str) -> str:
+        value = self.env.get(env_key(name))
+        if type(value) is not str:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        for k, v in self.env.items():
+            if type(v) is str and (k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")):
+                yield k.removeprefix("HTTP_").lower().replace("_", "-")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def primary_key(scheme: str, host: str, path: bytes, query: bytes) -> bytes | None:
+    """cachepolicy.primary_key() from the environ's str host, in fewer steps (the same bytes)."""
+    try:
+        h = host.encode("latin-1").lower()
+    except UnicodeEncodeError:
+        return None
+    if not h or b"\0" in h or b"\0" in path or b"\0" in query:
+        return None
+    if scheme == "https":
+        if h.endswith(b":443"):
+            h = h[:-4]
+    elif h.endswith(b":80"):
+        h = h[:-3]
+    return b"%s\0%s\0%s\0%s" % (scheme.encode("ascii", "replace"), h, path, query)
+
+
+class Capture:
+    """The app's iterable passed through unchanged, with its pieces kept up to `limit` bytes."""
+
+    __slots__ = ("_close", "_it", "complete", "pieces", "size", "limit")
+
+    def __init__(self, result: Iterable[bytes], limit: int) -> None:
+        self._close: Callable[[], None] | None = getattr(result, "close", None)
+        try:
+            self._it = iter(result)
+        except BaseException:
+            self.close()
+            raise
+        self.pieces: list[bytes] | None = []
+        self.size = 0
+        self.limit = limit
+        self.complete = False
+
+    def __iter__(self) -> Capture:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            data = next(self._it)
+        except StopIteration:
+            self.complete = True
+            raise
+        pieces = self.pieces
+        if pieces is not None:
+            self.size += len(data)
+            if self.size > self.limit or type(data) is not bytes:
+                self.pieces = None  # too big to store (or not bytes: request.py fails the response)
+            else:
+                pieces.append(data)
+        return data
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
+class CacheStage:
+    """One per worker, over the shared store the master mapped before forking."""
+
+    def __init__(self, server: WorkerServer, store: ResponseCache) -> None:
+        self.server = server
+        self.store = store
+        self.count = server.metrics.response_cache  # hit / miss / bypass, one per request
+        self.script_name = server.script_name
+        self.limit = store.max_entry
+        self.known: dict[bytes, tuple[Entry, int, int, int, float]] = {}
+        self.known_bytes = 0
+        self.known_max = min(KNOWN_BYTES, store.stats().size // KNOWN_SHARE)
+        self.passes: dict[tuple[str, str, bytes], float] = {}
+
+    # ------------------------------------------------------------------ before the app
+    def before(self, ex: Exchange, req: Request, env: dict[str, Any],
+               started: float) -> Literal[Hit.HIT] | Fill | None:
+        """HIT when the request was answered here; a Fill to run the app through; None: not ours."""
+        method = req.method
+        if method != "GET" and method != "HEAD":
+            self.count("bypass")
+            if method in cp.SAFE_METHODS:
+                return None
+            return self._unsafe(req, env)
+        host = env.get("HTTP_HOST")
+        if not host or req.upgrade:  # no key all workers agree on; a WebSocket or h2c upgrade
+            self.count("bypass")
+            return None
+        scheme = env["wsgi.url_scheme"]
+        now = time.time()
+        pk = (scheme, host, req.target)
+        passes = self.passes
+        if pk in passes:
+            if passes[pk] > now:
+                self.count("bypass")
+                return None
+            del passes[pk]
+        fields: EnvFields | None = None
+        if env.keys().isdisjoint(RULE_KEYS):
+            rule = _GET if method == "GET" else _HEAD
+        else:
+            fields = EnvFields(env)
+            rule = cp.request_rule(method, fields)
+        key = self._key(scheme, host, req, env)
+        if key is None or not (rule.lookup or rule.store):
+            self.count("bypass")
+            return None
+        if rule.lookup:
+            entry = self._find(key, env, now)
+            if entry is not None and (fields is None or cp.usable(entry, rule, now)):
+                self.count("hit")
+                self._answer(ex, req, env, entry, fields, now, started)
+                return HIT
+            self.count("miss")
+            if rule.only_if_cached:
+                a = cp.ONLY_IF_CACHED_MISS
+                self._send(ex, req, env, a.status, list(a.headers), a.body, started)
+                return HIT
+        else:
+            self.count("bypass")
+        if not rule.store:
+            return None
+        return Fill(self, _STORE, key, env, now, pk)
+
+    def _unsafe(self, req: Request, env: dict[str, Any]) -> Fill | None:
+        """POST, PUT, DELETE ...: a Fill that drops the target's entries if the response says it
+        succeeded; None when nothing is stored under the target anyway."""
+        host = env.get("HTTP_HOST")
+        key = self._key(env["wsgi.url_scheme"], host, req, env) if host else None
+        if key is None or not self.store.holds(key):
+            return None
+        return Fill(self, _INVALIDATE, key, env, 0.0, None)
+
+    def _key(self, scheme: str, host: str, req: Request, env: dict[str, Any]) -> bytes | None:
+        path = req.path
+        script_name = env.get("SCRIPT_NAME", "")
+        if script_name != self.script_name:
+            # a prefix a trusted proxy set (X-Forwarded-Prefix): the app's links depend on it
+            path = script_name.encode("latin-1", "replace") + b"\0" + path
+        return primary_key(scheme, host, path, req.query)
+
+    def _find(self, key: bytes, env: dict[str, Any], now: float) -> Entry | None:
+        """cachepolicy.find() through this worker's copies."""
+        entry = self._lookup(key, now)
+        if entry is None or not entry.stub:
+            return entry
+        values = cp.vary_values([n for n, _ in entry.vary], EnvFields(env))
+        return self._lookup(cp.variant_key(key, values, entry.etag or ""), now)
+
+    def _lookup(self, key: bytes, now: float) -> Entry | None:
+        known = self.known
+        k = known.get(key)
+        if k is not None:
+            entry, way, tag, off, expires = k
+            if now < expires and self.store.current(way, tag, off):
+                return entry
+            del known[key]
+            self.known_bytes -= len(entry.body)
+        found = self.store.locate(key, now)
+        if found is None:
+            return None
+        entry, way, tag, off = found
+        size = len(entry.body)
+        if size <= self.known_max // 8:
+            while known and self.known_bytes + size > self.known_max:
+                self.known_bytes -= len(known.pop(next(iter(known)))[0].body)  # the oldest copy goes
+            known[key] = (entry, way, tag, off, entry.stored_at + entry.lifetime - entry.initial_age)
+            self.known_bytes += size
+        return entry
+
+    # ------------------------------------------------------------------ answering a hit
+    def _answer(self, ex: Exchange, req: Request, env: dict[str, Any], entry: Entry, fields: EnvFields | None,
+                now: float, started: float) -> None:
+        if fields is None:  # no conditional, no client cache directive: the stored response
+            headers = [*entry.headers, ("Age", str(int(entry.initial_age + max(0.0, now - entry.stored_at))))]
+            body = entry.body if req.method == "GET" else b""
+            self._send(ex, req, env, entry.status, headers, body, started)
+        else:
+            a = cp.answer(entry, req.method, fields, now)
+            self._send(ex, req, env, a.status, a.headers, a.body, started)
+
+    def _send(self, ex: Exchange, req: Request, env: dict[str, Any], status: str,
+              headers: list[tuple[str, str]], body: bytes, started: float) -> None:
+        err = ""
+        try:
+            ex.headed = True
+            ex.send_head(status, headers)
+            if body:
+                ex.send_data(body)
+            ex.end()
+        except ClientGone as e:
+            ex.abort()
+            ex.status = ex.status or CLIENT_GONE
+            err = e.reason
+        server = self.server
+        if server.timed:
+            if server.access_log is not None:
+                server.access_log.log(env, ex.status, headers, ex.body_bytes(), time.monotonic() - started)
+            server.metrics.request(ex, req, err, started)
+
+    # ------------------------------------------------------------------ after the app
+    def passed(self, pk: tuple[str, str, bytes] | None, env: dict[str, Any], now: float) -> None:
+        """The response to pk could not be stored: skip the cache for it a while (see above)."""
+        if pk is None or "HTTP_COOKIE" in env or "HTTP_AUTHORIZATION" in env:
+            return
+        if len(self.passes) >= PASS_MAX:
+            self.passes.clear()
+        self.passes[pk] = now + PASS_TTL
+
+    def store_response(self, fill: Fill, status: str, headers: list[tuple[str, str]], body: bytes) -> bool:
+        env = fill.env
+        fields = EnvFields(env)
+        response_time = time.time()
+        ok = cp.response_rule(fill.code, cp.response_fields(headers), authorized="HTTP_AUTHORIZATION" in env,
+                              request_time=fill.request_time, response_time=response_time)
+        if not ok.store:
+            return False
+        epoch = ""
+        if ok.vary:
+            epoch = cp.stub_epoch(self.store.lookup(fill.key, response_time), ok.vary) or \
+                f"{time.time_ns():x}.{os.getpid()}"
+        for k, e in cp.make_entries(fill.key, fields, status, headers, body, ok, response_time, epoch):
+            if not self.store.store(k, e):
+                break  # another worker holds the lock, or it did not fit: a later miss fills it
+        return True
+
+
+def _declared_length(headers: list[tuple[str, str]]) -> str | None:
+    for name, value in headers:
+        if name.lower() == "content-length":
+            return value
+    return None
+
+
+def _may_cache(headers: list[tuple[str, str]]) -> bool:
+    """Cache-Control is required for storing (public or s-maxage): most responses fail here."""
+    for name, _ in headers:  # noqa: SIM110 (any() over a generator costs twice as much)
+        if name.lower() == "cache-control":
+            return True
+    return False
+
+
+class Fill:
+    """A miss that may be stored (or an unsafe request that may invalidate): the app runs through
+    __call__, and after() acts on the complete response."""
+
+    __slots__ = ("app", "code", "env", "key", "kind", "pk", "request_time", "stage")
+
+    def __init__(self, stage: CacheStage, kind: int, key: bytes, env: dict[str, Any], request_time: float,
+                 pk: tuple[str, str, bytes] | None) -> None:
+        self.stage = stage
+        self.kind = kind
+        self.key = key
+        self.env = env
+        self.request_time = request_time
+        self.pk = pk
+        self.app: Callable[..., Any] | None = None
+        self.code = 0
+
+    def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
+        if self.kind != _STORE:
+            return app
+        self.app = app
+        return self
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        assert self.app is not None
+        result = self.app(environ, start_response)
+        if type(result) is list or type(result) is tuple or isinstance(result, FileWrapper):
+            return result
+        return Capture(result, self.stage.limit)
+
+    def after(self, ex: Exchange, status: str | None, headers: list[tuple[str, str]], result: Any,
+              err: str) -> None:
+        """The response is complete, or failed (err, a status that is not the app's): store it,
+        drop the target's entries, or leave it."""
+        self.app = None  # no cycle left behind (the stage keeps no Fill)
+        stage = self.stage
+        if err or status is None:
+            return
+        code = self.code = ex.status
+        try:
+            if int(status[:3]) != code:
+                return  # replaced by an error answer (504 after --request-timeout, say)
+            if self.kind == _INVALIDATE:
+                if 200 <= code < 400:  # RFC 9111 4.4: a non-error response
+                    stage.store.remove(self.key)
+                return
+            stored = False
+            if code in cp.CACHEABLE_STATUS and _may_cache(headers):
+                body = _body(result)
+                if body is not None and len(body) == ex.body_bytes():
+                    declared = _declared_length(headers)
+                    if declared is None or declared == str(len(body)):
+                        stored = stage.store_response(self, status, headers, body)
+            if not stored:
+                stage.passed(self.pk, self.env, self.request_time)
+        except Exception:  # the response is out: a cache fill must never fail the request
+            log.exception("Response cache: could not store %s", self.key.split(b"\0", 2)[-1][:200])
+
+
+def _body(result: Any) -> bytes | None:
+    """The whole body the app produced, or None (a file, an iterable too big or cut short)."""
+    pieces: list[Any] | tuple[Any, ...] | None = None
+    if type(result) is list or type(result) is tuple:
+        pieces = result
+    elif type(result) is Capture and result.complete:
+        pieces = result.pieces
+    if pieces is None:
+        return None
+    if len(pieces) == 1 and type(pieces[0]) is bytes:
+        return pieces[0]
+    if not all(type(p) is bytes for p in pieces):
+        return None
+    return b"".join(pieces)
+
+
+def attach(server: WorkerServer) -> CacheStage | None:
+    """The worker's cache stage, or None when --response-cache is off."""
+    store = server.info.cache
+    return CacheStage(server, store) if store is not None else None

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("greenfork.worker")
 
 PASS_TTL: Final = 1.0  # seconds a URL with an unstorable response skips the cache in this worker
-PASS_MAX: Final = 4096  # URLs remembered so (the memo is emptied when full)
+URLS_MAX: Final = 4096  # URLs remembered (their keys, or a pass): the memo is emptied when full
 KNOWN_BYTES: Final = 8 << 20  # this worker's copies of entries: at most this many body bytes...
 KNOWN_SHARE: Final = 8  # ...and at most 1/8 of the shared cache's size
 CLIENT_GONE: Final = 499  # request.py's status for a client that left before its response
@@ -154,6 +154,32 @@ class Capture:
             self._close()
 
 
+class Known:
+    """This worker's copy of an entry, where the store has it, and its head for the current Age."""
+
+    __slots__ = ("age", "entry", "expires", "headers", "off", "tag", "way")
+
+    def __init__(self, entry: Entry, way: int, tag: int, off: int) -> None:
+        self.entry = entry
+        self.way, self.tag, self.off = way, tag, off
+        self.expires = entry.stored_at + entry.lifetime - entry.initial_age  # fresh while now < expires
+        self.age = -1
+        self.headers: list[tuple[str, str]] = []
+
+    def head(self, now: float) -> list[tuple[str, str]]:
+        """The stored fields and Age (RFC 9111 5.1), made once per second of age. The list is
+        handed to send_head and the access log, which only read it."""
+        e = self.entry
+        age = int(e.initial_age + max(0.0, now - e.stored_at))
+        if age != self.age:
+            self.headers = [*e.headers, ("Age", str(age))]
+            self.age = age
+        return self.headers
+
+
+Url = tuple[str, str, bytes, str]  # scheme, host, request target, SCRIPT_NAME
+
+
 class CacheStage:
     """One per worker, over the shared store the master mapped before forking."""
 
@@ -163,10 +189,12 @@ class CacheStage:
         self.count = server.metrics.response_cache  # hit / miss / bypass, one per request
         self.script_name = server.script_name
         self.limit = store.max_entry
-        self.known: dict[bytes, tuple[Entry, int, int, int, float]] = {}
+        self.known: dict[bytes, Known] = {}  # store key -> this worker's copy
         self.known_bytes = 0
         self.known_max = min(KNOWN_BYTES, store.stats().size // KNOWN_SHARE)
-        self.passes: dict[tuple[str, str, bytes], float] = {}
+        # a URL as the request gave it -> its store key (skips making the key again), or, as a
+        # float, until when it skips the cache (hit-for-pass)
+        self.urls: dict[Url, bytes | float] = {}
 
     # ------------------------------------------------------------------ before the app
     def before(self, ex: Exchange, req: Request, env: dict[str, Any],
@@ -182,30 +210,42 @@ class CacheStage:
         if not host or req.upgrade:  # no key all workers agree on; a WebSocket or h2c upgrade
             self.count("bypass")
             return None
-        scheme = env["wsgi.url_scheme"]
         now = time.time()
-        pk = (scheme, host, req.target)
-        passes = self.passes
-        if pk in passes:
-            if passes[pk] > now:
+        url = (env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"])
+        key = self.urls.get(url)
+        if type(key) is float:
+            if key > now:
                 self.count("bypass")
                 return None
-            del passes[pk]
-        fields: EnvFields | None = None
-        if env.keys().isdisjoint(RULE_KEYS):
+            key = None
+        if key is None:
+            key = self._key(url, req)
+            if key is None:
+                self.count("bypass")
+                return None
+            if len(self.urls) >= URLS_MAX:
+                self.urls.clear()
+            self.urls[url] = key
+        assert type(key) is bytes
+        if env.keys().isdisjoint(RULE_KEYS):  # no field any rule looks at: the common case
+            fields = None
             rule = _GET if method == "GET" else _HEAD
         else:
             fields = EnvFields(env)
             rule = cp.request_rule(method, fields)
-        key = self._key(scheme, host, req, env)
-        if key is None or not (rule.lookup or rule.store):
-            self.count("bypass")
-            return None
+            if not (rule.lookup or rule.store):
+                self.count("bypass")
+                return None
         if rule.lookup:
-            entry = self._find(key, env, now)
-            if entry is not None and (fields is None or cp.usable(entry, rule, now)):
+            known = self._find(key, env, now)
+            if known is not None and (fields is None or cp.usable(known.entry, rule, now)):
                 self.count("hit")
-                self._answer(ex, req, env, entry, fields, now, started)
+                if fields is None:
+                    body = known.entry.body if method == "GET" else b""
+                    self._send(ex, req, env, known.entry.status, known.head(now), body, started)
+                else:
+                    a = cp.answer(known.entry, method, fields, now)
+                    self._send(ex, req, env, a.status, a.headers, a.body, started)
                 return HIT
             self.count("miss")
             if rule.only_if_cached:
@@ -216,64 +256,55 @@ class CacheStage:
             self.count("bypass")
         if not rule.store:
             return None
-        return Fill(self, _STORE, key, env, now, pk)
+        return Fill(self, _STORE, key, env, now, url)
 
     def _unsafe(self, req: Request, env: dict[str, Any]) -> Fill | None:
         """POST, PUT, DELETE ...: a Fill that drops the target's entries if the response says it
         succeeded; None when nothing is stored under the target anyway."""
         host = env.get("HTTP_HOST")
-        key = self._key(env["wsgi.url_scheme"], host, req, env) if host else None
+        if not host:
+            return None
+        key = self._key((env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"]), req)
         if key is None or not self.store.holds(key):
             return None
         return Fill(self, _INVALIDATE, key, env, 0.0, None)
 
-    def _key(self, scheme: str, host: str, req: Request, env: dict[str, Any]) -> bytes | None:
+    def _key(self, url: Url, req: Request) -> bytes | None:
+        scheme, host, _, script_name = url
         path = req.path
-        script_name = env.get("SCRIPT_NAME", "")
         if script_name != self.script_name:
             # a prefix a trusted proxy set (X-Forwarded-Prefix): the app's links depend on it
             path = script_name.encode("latin-1", "replace") + b"\0" + path
         return primary_key(scheme, host, path, req.query)
 
-    def _find(self, key: bytes, env: dict[str, Any], now: float) -> Entry | None:
+    def _find(self, key: bytes, env: dict[str, Any], now: float) -> Known | None:
         """cachepolicy.find() through this worker's copies."""
-        entry = self._lookup(key, now)
-        if entry is None or not entry.stub:
-            return entry
-        values = cp.vary_values([n for n, _ in entry.vary], EnvFields(env))
-        return self._lookup(cp.variant_key(key, values, entry.etag or ""), now)
+        known = self._lookup(key, now)
+        if known is None or not known.entry.stub:
+            return known
+        stub = known.entry
+        values = cp.vary_values([n for n, _ in stub.vary], EnvFields(env))
+        return self._lookup(cp.variant_key(key, values, stub.etag or ""), now)
 
-    def _lookup(self, key: bytes, now: float) -> Entry | None:
-        known = self.known
-        k = known.get(key)
-        if k is not None:
-            entry, way, tag, off, expires = k
-            if now < expires and self.store.current(way, tag, off):
-                return entry
-            del known[key]
-            self.known_bytes -= len(entry.body)
+    def _lookup(self, key: bytes, now: float) -> Known | None:
+        memo = self.known
+        known = memo.get(key)
+        if known is not None:
+            if now < known.expires and self.store.current(known.way, known.tag, known.off):
+                return known
+            del memo[key]
+            self.known_bytes -= len(known.entry.body)
         found = self.store.locate(key, now)
         if found is None:
             return None
-        entry, way, tag, off = found
-        size = len(entry.body)
+        known = Known(*found)
+        size = len(known.entry.body)
         if size <= self.known_max // 8:
-            while known and self.known_bytes + size > self.known_max:
-                self.known_bytes -= len(known.pop(next(iter(known)))[0].body)  # the oldest copy goes
-            known[key] = (entry, way, tag, off, entry.stored_at + entry.lifetime - entry.initial_age)
+            while memo and self.known_bytes + size > self.known_max:
+                self.known_bytes -= len(memo.pop(next(iter(memo))).entry.body)  # the oldest copy goes
+            memo[key] = known
             self.known_bytes += size
-        return entry
-
-    # ------------------------------------------------------------------ answering a hit
-    def _answer(self, ex: Exchange, req: Request, env: dict[str, Any], entry: Entry, fields: EnvFields | None,
-                now: float, started: float) -> None:
-        if fields is None:  # no conditional, no client cache directive: the stored response
-            headers = [*entry.headers, ("Age", str(int(entry.initial_age + max(0.0, now - entry.stored_at))))]
-            body = entry.body if req.method == "GET" else b""
-            self._send(ex, req, env, entry.status, headers, body, started)
-        else:
-            a = cp.answer(entry, req.method, fields, now)
-            self._send(ex, req, env, a.status, a.headers, a.body, started)
+        return known
 
     def _send(self, ex: Exchange, req: Request, env: dict[str, Any], status: str,
               headers: list[tuple[str, str]], body: bytes, started: float) -> None:
@@ -295,13 +326,13 @@ class CacheStage:
             server.metrics.request(ex, req, err, started)
 
     # ------------------------------------------------------------------ after the app
-    def passed(self, pk: tuple[str, str, bytes] | None, env: dict[str, Any], now: float) -> None:
-        """The response to pk could not be stored: skip the cache for it a while (see above)."""
-        if pk is None or "HTTP_COOKIE" in env or "HTTP_AUTHORIZATION" in env:
+    def passed(self, url: Url | None, env: dict[str, Any], now: float) -> None:
+        """The response to url could not be stored: skip the cache for it a while (see above)."""
+        if url is None or "HTTP_COOKIE" in env or "HTTP_AUTHORIZATION" in env:
             return
-        if len(self.passes) >= PASS_MAX:
-            self.passes.clear()
-        self.passes[pk] = now + PASS_TTL
+        if len(self.urls) >= URLS_MAX:
+            self.urls.clear()
+        self.urls[url] = now + PASS_TTL
 
     def store_response(self, fill: Fill, status: str, headers: list[tuple[str, str]], body: bytes) -> bool:
         env = fill.env
@@ -340,16 +371,16 @@ class Fill:
     """A miss that may be stored (or an unsafe request that may invalidate): the app runs through
     __call__, and after() acts on the complete response."""
 
-    __slots__ = ("app", "code", "env", "key", "kind", "pk", "request_time", "stage")
+    __slots__ = ("app", "code", "env", "key", "kind", "request_time", "stage", "url")
 
     def __init__(self, stage: CacheStage, kind: int, key: bytes, env: dict[str, Any], request_time: float,
-                 pk: tuple[str, str, bytes] | None) -> None:
+                 url: Url | None) -> None:
         self.stage = stage
         self.kind = kind
         self.key = key
         self.env = env
         self.request_time = request_time
-        self.pk = pk
+        self.url = url
         self.app: Callable[..., Any] | None = None
         self.code = 0
 
@@ -390,7 +421,7 @@ class Fill:
                     if declared is None or declared == str(len(body)):
                         stored = stage.store_response(self, status, headers, body)
             if not stored:
-                stage.passed(self.pk, self.env, self.request_time)
+                stage.passed(self.url, self.env, self.request_time)
         except Exception:  # the response is out: a cache fill must never fail the request
             log.exception("Response cache: could not store %s", self.key.split(b"\0", 2)[-1][:200])
 

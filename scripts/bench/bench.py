@@ -51,7 +51,9 @@ WORKLOADS = {
     "file": ("file", 64, [], ""),
     "echo16k": ("echo", 64, [], LUA_POST),
     "sleep": ("sleep", 1000, [], ""),
+    "cached": ("cached", 64, [], ""),  # greenfork with --response-cache (GF_ARGS); gunicorn has no cache
 }
+GF_ARGS = {"cached": ["--response-cache", "64MiB"]}
 
 
 def free_port() -> int:
@@ -102,6 +104,8 @@ def run_one(server: str, workload: str, seconds: int) -> tuple[float, int, float
     app, conns, extra, lua = WORKLOADS[workload]
     port = free_port()
     cmd = shlex.split(SERVERS[server].format(bin=BIN, app="apps:" + app, port=port))
+    if server == "greenfork":
+        cmd += GF_ARGS.get(workload, [])
     proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=HERE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:

@@ -39,15 +39,26 @@ class CacheKeeper:
         self.stored: set[int] = set()  # generations that may have entries (forked since the last purge)
 
     @staticmethod
-    def check(settings: Settings) -> None:
+    def max_entry(settings: Settings) -> int:
+        """--response-cache-max-entry, or, left at its default in a cache too small for it, the
+        largest that fits (a quarter of the log, less headers). CacheSizeError when the sizes do
+        not fit."""
+        size, max_entry = settings.response_cache, settings.response_cache_max_entry
+        try:
+            _, _, capacity = ResponseCache.layout(size, 1)
+            if settings.source_of("response_cache_max_entry") == "default":
+                max_entry = max(1, min(max_entry, capacity // 4 - 4096))
+            ResponseCache.layout(size, max_entry)
+        except ValueError as e:
+            raise CacheSizeError(f"--response-cache {size} with --response-cache-max-entry {max_entry}: "
+                                 f"{e}") from None
+        return max_entry
+
+    @classmethod
+    def check(cls, settings: Settings) -> None:
         """CacheSizeError when --response-cache and --response-cache-max-entry do not fit."""
         if settings.response_cache:
-            try:
-                ResponseCache.layout(settings.response_cache, settings.response_cache_max_entry)
-            except ValueError as e:
-                raise CacheSizeError(f"--response-cache {settings.response_cache} with "
-                                     f"--response-cache-max-entry {settings.response_cache_max_entry}: "
-                                     f"{e}") from None
+            cls.max_entry(settings)
 
     @classmethod
     def create(cls, settings: Settings) -> CacheKeeper | None:
@@ -55,9 +66,9 @@ class CacheKeeper:
         sizes do not fit; OSError when the memory cannot be had."""
         if not settings.response_cache:
             return None
-        cls.check(settings)
+        max_entry = cls.max_entry(settings)
         try:
-            cache = ResponseCache.create(settings.response_cache, settings.response_cache_max_entry)
+            cache = ResponseCache.create(settings.response_cache, max_entry)
         except OSError as e:
             raise OSError(e.errno, f"cannot map the response cache ({_mib(settings.response_cache)}): "
                                    f"{e.strerror}") from None

@@ -485,7 +485,8 @@ SETTINGS: tuple[Setting, ...] = (
        section="Response cache", validate=_between(1, 1 << 30), metavar="BYTES", type_doc="size",
        default_doc="256KiB", reloadable=False,
        help="Largest response body the cache stores (HTTP.sys's default); at most a quarter of "
-            "--response-cache, less 4KiB. Larger responses are served, not stored."),
+            "--response-cache, less 4KiB (left at its default, it shrinks to fit a small cache). "
+            "Larger responses are served, not stored."),
     # ----------------------------------------------------------------- overload
     # (issue 18: workers/overload.py)
     _S("max_queued_requests", _int, 0, ("--max-queued-requests",), section="Overload",

@@ -121,6 +121,27 @@ def test_a_keep_alive_connection_is_closed_after_its_503(launcher: Launcher) -> 
         slow.join(30)
 
 
+def test_cache_hits_are_answered_while_the_worker_is_full(launcher: Launcher, tmp_path: Path) -> None:
+    """As HTTP.sys's kernel cache answers in front of its request queue."""
+    g = launcher.start(["cacheapp:app", "-b", "http://127.0.0.1:0", "--metrics-bind", "http://127.0.0.1:0",
+                        "--response-cache", "1MiB", "--max-queued-requests", "2"],
+                       env={"CACHEAPP_LOG": str(tmp_path / "calls.log")})
+    page = "/r?cc=public%2C%20max-age%3D60"
+    assert request(g.url(), page)[0] == 200
+    slow = [threading.Thread(target=request, args=(g.url(), f"/r?slow={SLEEP}&n={i}")) for i in range(2)]
+    for t in slow:
+        t.start()
+    try:
+        wait_for(lambda: total(scrape(g.info["metrics"]), "greenfork_queued_requests", worker="0") == 2, 10,
+                 "the worker to fill")
+        status, headers, _, elapsed = request(g.url(), page)
+        assert status == 200 and "age" in headers and elapsed < 1.0
+        assert request(g.url(), "/r?not-cached")[0] == 503
+    finally:
+        for t in slow:
+            t.join(30)
+
+
 def test_off_by_default(launcher: Launcher) -> None:
     g = start(launcher)
     results = burst(g.url(), "/sleep?s=1", 12)

@@ -14,13 +14,18 @@ WebSocket sessions run inside the app call for as long as they are open: an upgr
 refused like any other when the worker is full, but not counted once it runs. Everything else,
 a long download or a server-sent event stream included, counts while it is in flight.
 
+The count is kept by a wrapper in front of RequestStage.serve(); the test is made inside serve(),
+after the response cache's block: a hit is answered even when the worker is full (as HTTP.sys's
+kernel cache answers in front of its request queue), so cached pages keep flowing while the app
+is overloaded.
+
 The refusal is a tiny fixed response: `503 Service Unavailable`, `Retry-After: 1`, and the
 connection closes after it (a client's next attempt goes back to the shared accept queue, where
 a worker with room may take it). Counted with error_type request_queue_full; the worker's count
 and limit are the gauges greenfork_queued_requests and greenfork_queued_requests_limit, which
 the master's /readyz reads (503 while every ready worker is at 90% of its limit).
 
-Off (the default), nothing here runs: serve() is not wrapped.
+Off (the default), nothing here runs: serve() is not wrapped, and its test is one attribute.
 """
 
 from __future__ import annotations
@@ -28,11 +33,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from greenfork.metrics.recorder import NullFrontDoor
 from greenfork.workers.transport import ClientGone
-from greenfork.workers.wsgi import build_environ
 
 if TYPE_CHECKING:
     from greenfork.workers.http1 import Request
@@ -49,7 +53,8 @@ HEADERS: Final = (("Content-Type", "text/plain"), ("Content-Length", str(len(BOD
 
 
 class Limiter:
-    """Stands in for RequestStage.serve: counts requests in flight, refuses those past the limit."""
+    """Stands in for RequestStage.serve and counts the requests in flight (this one included);
+    serve() asks over() once the cache had its chance, and refuse() answers."""
 
     __slots__ = ("gauge", "inflight", "inner", "limit", "refused", "stage")
 
@@ -63,9 +68,6 @@ class Limiter:
         self.gauge = None if isinstance(metrics, NullFrontDoor) else metrics.queued_requests
 
     def __call__(self, ex: Exchange, req: Request, remote: tuple[str, str]) -> None:
-        if self.inflight >= self.limit:
-            self.refuse(ex, req, remote)
-            return
         if req.upgrade:  # a WebSocket session is not a request in flight (see above)
             self.inner(ex, req, remote)
             return
@@ -82,14 +84,16 @@ class Limiter:
             if self.refused and n < self.limit:
                 self._room_again()
 
-    def refuse(self, ex: Exchange, req: Request, remote: tuple[str, str]) -> None:
-        stage = self.stage
-        server = stage.server
-        started = time.monotonic() if server.timed else 0.0
+    def over(self, req: Request) -> bool:
+        """Is this request past the limit? (It is counted already, unless it is an upgrade.)"""
+        return self.inflight > self.limit or (req.upgrade and self.inflight >= self.limit)
+
+    def refuse(self, ex: Exchange, req: Request, env: dict[str, Any], started: float) -> None:
+        server = self.stage.server
         self.refused += 1
         if self.refused == 1:
             log.warning("Worker %d has %d requests in flight (--max-queued-requests): answering 503 "
-                        "(error_type request_queue_full)", server.info.slot, self.inflight)
+                        "(error_type request_queue_full)", server.info.slot, self.inflight - 1)
         err = ERROR_TYPE
         headers = list(HEADERS)
         try:
@@ -102,8 +106,6 @@ class Limiter:
             err = e.reason
         if server.timed:
             if server.access_log is not None:
-                env = build_environ(ex.ctx.base_environ, req, stage.script_name)
-                env["REMOTE_ADDR"], env["REMOTE_PORT"] = remote
                 server.access_log.log(env, ex.status, headers, ex.body_bytes(), time.monotonic() - started)
             server.metrics.request(ex, req, err, started)
 
@@ -114,7 +116,8 @@ class Limiter:
 
 
 def attach(stage: RequestStage) -> Limiter | None:
-    """With --max-queued-requests N > 0: wrap the stage's serve() and announce the limit."""
+    """With --max-queued-requests N > 0: wrap the stage's serve() and announce the limit; the
+    limiter is returned for serve()'s test (None: off)."""
     server = stage.server
     limit = server.settings.max_queued_requests
     if limit <= 0:

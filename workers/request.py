@@ -92,10 +92,10 @@ class RequestStage:
         self.script_name = server.script_name
         self.max_body = server.limits.max_body
         self.request_timeout = server.request_timeout
-        # issue 18: the shared response cache (None when off) and the request queue limit (when
-        # on, it puts a counting wrapper in front of serve(); off, serve() is untouched)
+        # issue 18: the shared response cache and the request queue limit (None when off; when
+        # on, the limit also puts a counting wrapper in front of serve())
         self.cache = attach_cache(server)
-        attach_limit(self)
+        self.queue = attach_limit(self)
 
     def serve(self, ex: Exchange, req: Request, remote: tuple[str, str]) -> None:
         server = self.server
@@ -119,7 +119,7 @@ class RequestStage:
         # We are no proxy and speak nothing but HTTP: the server answers these itself.
         app = server.app if req.path != b"*" and req.method != "CONNECT" else _server_itself
         err = ""  # the metrics' error_type
-        # ---- the shared response cache (workers/cachestage.py) --------------------------------
+        # ---- issue 18: the shared response cache (workers/cachestage.py) ----------------------
         # Once the environ's scheme and host are final (they are the key's): a hit is answered
         # there without the app; a miss that may be stored runs the app through the Fill, which
         # keeps its body. With the cache off this is one attribute test.
@@ -131,6 +131,11 @@ class RequestStage:
             if got is not None:
                 fill = got
                 app = fill.wrap(app)
+        # The request queue limit (workers/overload.py), after the cache: hits are answered even
+        # when the worker is full; past the limit the rest get 503 now.
+        if self.queue is not None and self.queue.over(req):
+            self.queue.refuse(ex, req, env, started)
+            return
         # ----------------------------------------------------------------------------------------
         # --request-timeout bounds this request only; the connection's other requests and
         # the worker's other connections carry on (the sweeper throws RequestTimeout).

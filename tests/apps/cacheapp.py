@@ -2,7 +2,7 @@
 string asks for, and every call is logged, so a test counts the app's calls for a URL.
 
     GET /r?cc=public,max-age=60&st=200&vary=Accept-Encoding&cookie=1&etag=x&lm=...&exp=...
-           &size=N&stream=1&cl=N&boom=1
+           &size=N&stream=1&cl=N&boom=1&slow=SECONDS
     GET /v?size=N          a body that names its version and can be checked from itself
     POST /r?...            (anything unsafe) answers 200 "changed"
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from urllib.parse import parse_qs
 
 LOG = os.environ.get("CACHEAPP_LOG", "/dev/null")
@@ -65,6 +66,8 @@ def app(environ, start_response):
                                   ("Content-Length", str(len(body))),
                                   ("Cache-Control", "public, max-age=600"), ("ETag", f'"{version}"')])
         return [body]
+    if "slow" in q:
+        time.sleep(float(q["slow"]))  # gevent's sleep in a worker: other requests carry on
     size = int(q.get("size", "0"))
     text = f"{environ['QUERY_STRING']} ae={environ.get('HTTP_ACCEPT_ENCODING', '-')}\n".encode()
     body = (text * (size // len(text) + 1))[:size] if size else text

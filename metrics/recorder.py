@@ -177,7 +177,7 @@ class Recorder:
 
     # --------------------------------------------------------- request queue
     def queued_requests(self, n: int) -> None:
-        """The number of requests now waiting for a handler (a gauge: call it when it changes)."""
+        """The number of requests now in flight in the worker (a gauge: call it when it changes)."""
         self.mv[L.H_QUEUED] = n
 
     # ------------------------------------------------------------- at start

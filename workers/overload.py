@@ -49,7 +49,8 @@ STATUS: Final = "503 Service Unavailable"
 BODY: Final = b"503 request queue full\n"
 RETRY_AFTER: Final = "1"  # seconds: one request's worth of patience for a client that honours it
 HEADERS: Final = (("Content-Type", "text/plain"), ("Content-Length", str(len(BODY))),
-                  ("Retry-After", RETRY_AFTER), ("Connection", "close"))
+                  ("Retry-After", RETRY_AFTER))
+CLOSE: Final = ("Connection", "close")  # HTTP/1.x only: HTTP/2 forbids the field; its stream ends alone
 
 
 class Limiter:
@@ -96,6 +97,8 @@ class Limiter:
                         "(error_type request_queue_full)", server.info.slot, self.inflight - 1)
         err = ERROR_TYPE
         headers = list(HEADERS)
+        if req.version != "2":
+            headers.append(CLOSE)
         try:
             ex.headed = True
             ex.send_head(STATUS, headers)

@@ -63,14 +63,16 @@ PAGE = (b"<!doctype html><title>cached</title><p>" + b"greenfork " * 410)[:4092]
 
 def cached(environ, start_response):
     """A cacheable 4 KiB page (the `cached` workload; run greenfork with --response-cache)."""
-    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(PAGE))),
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(PAGE))),
                               ("Cache-Control", "public, max-age=3600"), ("ETag", '"page-v1"')])
     return [PAGE]
 
 
 def page(environ, start_response):
     """The same 4 KiB page, not cacheable: what `cached` costs when the app renders it."""
-    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(PAGE)))])
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(PAGE)))])
     return [PAGE]
 
 

@@ -115,7 +115,8 @@ def main() -> int:
           f"by requests/s: {mrps['on', '/cached'] / mrps['on', '/']:.2f}x")
     print(f"hits vs the page rendered, same server: {med['on', '/page'] / med['on', '/cached']:.2f}x")
     for path in ("/", "/page"):
-        print(f"cache on vs off, {path}: {(med['on', path] / med['off', path] - 1) * 100:+.1f}% CPU per request")
+        change = (med["on", path] / med["off", path] - 1) * 100
+        print(f"cache on vs off, {path}: {change:+.1f}% CPU per request")
     return 0
 
 

@@ -20,7 +20,8 @@ import pytest
 
 from tests.apps.cacheapp import check_versioned
 from tests.metricsutil import get, scrape, total
-from tests.procs import Greenfork, Launcher, wait_for
+from tests.procs import Greenfork, Launcher, children, wait_for
+from tests.test_lifecycle import read_pid, stop_pid
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -404,6 +405,27 @@ def test_hup_empties_it_and_drops_the_old_generation(launcher: Launcher, tmp_pat
     _, headers, _ = srv.get(target)  # the new generation's code answers: the app is called again
     assert "age" not in headers and srv.calls(target) == 2
     assert "age" in srv.get(target)[1] and srv.calls(target) == 2
+
+
+def test_a_binary_upgrade_starts_with_a_cache_of_its_own(launcher: Launcher, tmp_path: Path) -> None:
+    pidfile = tmp_path / "gf.pid"
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "--pidfile", str(pidfile))
+    target = f"/r?cc={q('public, max-age=600')}"
+    srv.get(target)
+    assert "age" in srv.get(target)[1]
+    srv.g.signal(signal.SIGUSR2)
+    new = wait_for(lambda: (p := read_pid(pidfile)) != srv.g.pid and p, 20, "the new master's pidfile")
+    try:
+        wait_for(lambda: len(children(new)) == 2 and "greenfork-respcache" in
+                 Path(f"/proc/{children(new)[0]}/maps").read_text(), 20, "the new master's workers")
+        srv.g.signal(signal.SIGTERM)  # the old master and its cache go
+        assert srv.g.wait(20) == 0
+        srv.url = srv.g.reload_info()["addresses"][0]
+        _, headers, _ = srv.get(target)  # the new master's cache is empty: the app answers
+        assert "age" not in headers and srv.calls(target) == 2
+        assert "age" in srv.get(target)[1] and srv.calls(target) == 2
+    finally:
+        stop_pid(new)
 
 
 def test_sizes_that_do_not_fit_are_a_usage_error(launcher: Launcher) -> None:

@@ -13,10 +13,12 @@ Two per-worker memos keep the request path short, and neither can make an answer
 - `known`: this worker's copy of entries it has already read (bounded in bytes). Before answering
   from a copy it checks in shared memory that the entry is still its key's live one
   (ResponseCache.current, two loads), so a hit costs no copy and no CRC.
-- `passes` (Varnish's "hit-for-pass"): a URL whose last response could not be stored is not
-  looked up again, nor captured, for PASS_TTL seconds. Only responses to requests without Cookie
-  and Authorization set it, since those usually make a URL's response private to one client.
-  At worst it costs hits of a URL for PASS_TTL after its responses became storable.
+- `urls` (with Varnish's "hit-for-pass"): a URL as the request gave it maps to its store key, so
+  the key is made once; or, when its last response could not be stored, to a time until which it
+  is not looked up, nor captured (PASS_TTL). Only plain requests set a pass: without Cookie and
+  Authorization (they usually make a response private to one client) and without any field the
+  rules read (a conditional request's 304 or a Range's 206 says nothing of the URL's other
+  responses). At worst it costs hits of a URL for PASS_TTL after its responses became storable.
 """
 
 from __future__ import annotations
@@ -256,7 +258,9 @@ class CacheStage:
             self.count("bypass")
         if not rule.store:
             return None
-        return Fill(self, _STORE, key, env, now, url)
+        # hit-for-pass is learnt from plain requests only: a conditional one (a 304), a Range (a
+        # 206) or a client's own directive says nothing about the URL's other responses
+        return Fill(self, _STORE, key, env, now, url if fields is None else None)
 
     def _unsafe(self, req: Request, env: dict[str, Any]) -> Fill | None:
         """POST, PUT, DELETE ...: a Fill that drops the target's entries if the response says it

@@ -169,14 +169,14 @@ class Known:
         self.headers: list[tuple[str, str]] = []
 
     def head(self, now: float) -> list[tuple[str, str]]:
-        """The stored fields and Age (RFC 9111 5.1), made once per second of age. The list is
-        handed to send_head and the access log, which only read it."""
+        """The stored fields and Age (RFC 9111 5.1), made once per second of age; each answer
+        gets its own copy of the list (a protocol may rework what it is handed)."""
         e = self.entry
         age = int(e.initial_age + max(0.0, now - e.stored_at))
         if age != self.age:
             self.headers = [*e.headers, ("Age", str(age))]
             self.age = age
-        return self.headers
+        return self.headers.copy()
 
 
 Url = tuple[str, str, bytes, str]  # scheme, host, request target, SCRIPT_NAME

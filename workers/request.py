@@ -126,9 +126,9 @@ class RequestStage:
         fill: Fill | None = None
         if self.cache is not None:
             got = self.cache.before(ex, req, env, started)
-            if got is Hit.HIT:
-                return
             if got is not None:
+                if got is Hit.HIT:
+                    return
                 fill = got
                 app = fill.wrap(app)
         # The request queue limit (workers/overload.py), after the cache: hits are answered even

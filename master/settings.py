@@ -470,7 +470,9 @@ SETTINGS: tuple[Setting, ...] = (
             "application first reads the body, and while a chunked body is read). An application "
             "may change it for one request, before its first read of the body, by calling the "
             "callable in its environ under `greenfork.set_max_request_body_size` with a byte "
-            "count (or None: no limit). 0 disables the limit."),
+            "count (or None: no limit). 0 disables the limit. gunicorn has no such limit: "
+            "to accept what it accepted, raise this one (or set 0) and limit uploads in the app "
+            "or the proxy in front."),
     _S("server_header", _bool, True, ("--server-header",), section="HTTP", is_flag=True,
        type_doc="boolean", help="Send `Server: greenfork` in responses."),
     # ----------------------------------------------------------- response cache

@@ -2,7 +2,7 @@
 split of the stream; arbitrary and mutated bytes never raise, never invent
 requests, and an error is final.
 
-GREENFORK_FUZZ_EXAMPLES sets the examples per test (4 tests; 5,000 each by default).
+GREENFORK_FUZZ_EXAMPLES sets the examples per test (5,000 each by default).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ RESERVED = {"host", "content-length", "transfer-encoding", "expect", "connection
             "proxy-connection", "keep-alive", "te", "trailer"}
 
 
-CHUNK_EXTENSIONS = [b"", b";a", b";a=b", b';n="q v"', b"", b""]
+# RFC 9112 7.1.1's forms, with the whitespace (BWS) it allows around ";" and "="
+CHUNK_EXTENSIONS = [b"", b";a", b";a=b", b';n="q v"', b" ; a = b", b';x="a\\"b";y', b"\t;k=v ;z", b';e=""',
+                    b"", b""]
 
 
 @dataclass
@@ -243,3 +245,52 @@ def test_truncated_then_eof(gens: list[Gen], at: int, points: bytes) -> None:
             break
     assert events.count(END) == complete
     assert (last is CLOSED) == (data == b"")
+
+
+# ------------------------------------------------------------------ issue 11's cases
+PROTOCOLS = ["HTTP", "http", "Http", "HTTPS", "RTSP", "ICE", "HTCPCP", "HTTP2", "H", "SIP", "XHTTP"]
+ALL_METHODS = [*METHODS, "SOURCE", "DESCRIBE", "SETUP", "PLAY", "TEARDOWN", "PROPFIND", "QUERY"]
+
+
+@FUZZ
+@given(st.sampled_from(ALL_METHODS), st.one_of(st.sampled_from(PROTOCOLS), chars(TCHAR, 1, 8)),
+       st.sampled_from(["1.1", "1.0", "2.0"]), split_points)
+def test_only_http_is_http(method: str, name: str, version: str, points: bytes) -> None:
+    """RFC 9112 2.3: HTTP-name is "HTTP", case-sensitive: any other name is refused before
+    a request is handed out, however the line was cut (llhttp also speaks RTSP and ICE)."""
+    data = f"{method} / {name}/{version}\r\nHost: a\r\nContent-Length: 0\r\n\r\n".encode()
+    for pieces in ([data], cut(data, points)):
+        events = run(pieces)
+        if name == "HTTP" and version != "2.0" and method not in ("DESCRIBE", "SETUP", "PLAY", "TEARDOWN"):
+            assert type(events[0]) is Req, (data, events)
+        else:
+            assert not any(type(e) is Req for e in events), (data, events)
+            assert isinstance(events[-1], ProtocolError) and events[-1].status in (400, 501, 505)
+
+
+bws = st.sampled_from(["", " ", "\t", "  "])
+token = chars(TCHAR, 1, 6)
+quoted = chars(VCHAR.replace('"', "").replace("\\", "") + " \t", 0, 6).map(lambda v: '"' + v + '"')
+extension = st.tuples(bws, bws, token, st.one_of(st.none(), st.tuples(bws, bws, st.one_of(token, quoted))))
+
+
+@FUZZ
+@given(st.lists(extension, max_size=4), st.lists(extension, max_size=3), st.binary(min_size=1, max_size=30),
+       split_points)
+def test_every_valid_chunk_extension_is_accepted(first: list[Any], last: list[Any], body: bytes,
+                                                 points: bytes) -> None:
+    """RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] );
+    every extension the grammar allows, on a data chunk and on the last chunk, reaches the app
+    with the body intact."""
+
+    def render(exts: list[Any]) -> bytes:
+        out = ""
+        for b1, b2, name, val in exts:
+            out += f"{b1};{b2}{name}" + ("" if val is None else f"{val[0]}={val[1]}{val[2]}")
+        return out.encode("latin-1")
+
+    data = (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x%s\r\n%s\r\n0%s\r\n\r\n" % (len(body), render(first), body, render(last)))
+    for pieces in ([data], cut(data, points)):
+        events = normalize(run(pieces))
+        assert type(events[0]) is Req and events[1] == body and events[2] is END, (data, events)

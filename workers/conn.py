@@ -28,12 +28,14 @@ from greenfork.workers.h1proto import (
     END,
     KEEP,
     LINGER,
+    MUST_CLOSE,
     NEED_DATA,
     H1Server,
     ProtocolError,
     Request,
 )
 from greenfork.workers.request import BodyError, http_date, write_data
+from greenfork.workers.request import log_body_error as request_log_body_error
 from greenfork.workers.response import error_response
 from greenfork.workers.timers import BODY, FRESH, HEADERS, IDLE, NONE, Expired, RequestTimeout
 from greenfork.workers.timers import DRAIN as DRAINING
@@ -250,10 +252,14 @@ class Connection:
         ok = False
         try:
             ok = inp is not None and inp.drain(DRAIN_LIMIT)
-        except BodyError:
-            pass  # the response is already gathered; the close ends it
+        except BodyError as e:
+            # A body over --max-request-body-size is a 413 even when the app never read
+            # it, if its answer has not gone out yet; otherwise the close ends it.
+            if e.err.status == 413:
+                answered = self.answer_instead(413)
+                request_log_body_error(e.err, self.req, answered=answered)
         t.enter(NONE)
-        if not ok:
+        if not ok and self.p.state != MUST_CLOSE:
             self.p.abort()
         return self.p.after_response()
 

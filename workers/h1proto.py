@@ -31,6 +31,8 @@ is a bug in the caller and raises LocalProtocolError (h11's rule):
     SEND_BODY       ERROR         MUST_CLOSE      an unsent response replaced by an error answer
     SEND_BODY       ABORT         CLOSED          failed mid-body: the close tells the client
     DONE            NEXT          IDLE            request body complete: the next request
+    DONE            ERROR         MUST_CLOSE      a complete response not yet sent, replaced (the
+                                                  body the app did not read is over the limit)
     DONE            ABORT         CLOSED          the unread body could not be drained
     MUST_CLOSE      ABORT         CLOSED
 """
@@ -59,6 +61,7 @@ TRANSITIONS: Final = {
     (SEND_BODY, ERROR): MUST_CLOSE,
     (SEND_BODY, ABORT): CLOSED_STATE,
     (DONE, NEXT): IDLE,  # (after_response() makes this move inline: it is the hot path)
+    (DONE, ERROR): MUST_CLOSE,
     (DONE, ABORT): CLOSED_STATE,
     (MUST_CLOSE, ABORT): CLOSED_STATE,
 }
@@ -239,5 +242,5 @@ def _no_body_yet(data: bytes) -> bytes:
     raise LocalProtocolError("response body before its head")
 
 
-__all__ = ["CLOSE", "CLOSED", "DRAIN", "END", "KEEP", "LINGER", "NEED_DATA", "H1Server", "LocalProtocolError",
-           "ProtocolError", "Request"]
+__all__ = ["CLOSE", "CLOSED", "DRAIN", "END", "KEEP", "LINGER", "MUST_CLOSE", "NEED_DATA", "H1Server",
+           "LocalProtocolError", "ProtocolError", "Request"]

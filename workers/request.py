@@ -148,10 +148,7 @@ class RequestStage:
                 pass
             elif type(result) is list or type(result) is tuple:
                 if not ex.headed:
-                    if sr.status is None:
-                        raise RuntimeError("the application returned without calling start_response")
-                    ex.headed = True
-                    ex.send_head(sr.status, sr.headers)
+                    start_head(ex)
                 for data in result:
                     if data:
                         if type(data) is not bytes:
@@ -175,7 +172,7 @@ class RequestStage:
             # The body broke while the app read it: whatever the app made of it, the client
             # hears about its own mistake (4xx), or the close ends a response already started.
             err = e.err.error_type
-            _log_body_error(e.err, req, env)
+            log_body_error(e.err, req, env)
             if not ex.answer_instead(e.err.status):
                 ex.abort()
         except RequestTimeout:
@@ -187,7 +184,7 @@ class RequestStage:
             if ex.body_error is not None:
                 # The app failed over a body it could not read: the client's error, not the app's.
                 err = ex.body_error.error_type
-                _log_body_error(ex.body_error, req, env)
+                log_body_error(ex.body_error, req, env)
                 if not ex.answer_instead(ex.body_error.status):
                     ex.abort()
             else:
@@ -217,6 +214,10 @@ def start_head(ex: Exchange) -> bool:
     """Send the head from start_response's arguments, once: lazily, with the first body
     bytes or at the end, so that start_response may be called again with exc_info until then."""
     if not ex.headed:
+        if ex.body_error is not None:
+            # The app answers a body it could not read: the client hears of its own mistake
+            # (4xx) instead, so nothing of the app's answer may go out.
+            raise BodyError(ex.body_error)
         sr = ex.sr
         assert sr is not None
         if sr.status is None:
@@ -234,10 +235,14 @@ def write_data(ex: Exchange, data: bytes) -> None:
     ex.send_data(data)
 
 
-def _log_body_error(err: ProtocolError, req: Request, env: dict[str, Any]) -> None:
-    where = f"{req.method} {req.target.decode('latin-1')} from {env.get('REMOTE_ADDR') or 'a unix socket'}"
+def log_body_error(err: ProtocolError, req: Request | None, env: dict[str, Any] | None = None, *,
+                   answered: bool = True) -> None:
+    peer = "the client" if env is None else (env.get("REMOTE_ADDR") or "a unix socket")
+    where = f"{req.method} {req.target.decode('latin-1')} from {peer}" if req is not None else "a request"
     if err.status == 413:
-        log.warning("Request body over --max-request-body-size (%s), %s: answered 413", err.detail, where)
+        log.warning("Request body over --max-request-body-size (%s), %s: %s", err.detail, where,
+                    "answered 413" if answered else
+                    "the application answered without reading it; the connection is closed")
     else:
         log.info("Bad request body (%s: %s), %s: answered %s", err.error_type, err.detail, where,
                  err.status or "with a close")

@@ -44,7 +44,7 @@ LINGER: Final = 7  # closing after an error: discard what the client still sends
 HANDSHAKE: Final = 8  # a TLS handshake in progress: tls_handshake_timeout, then close
 
 DRAIN_TIMEOUT: Final = 5.0
-LINGER_TIMEOUT: Final = 5.0
+LINGER_TIMEOUT: Final = 5.0  # nginx's lingering_timeout: the longest wait for the next bytes
 
 # The METRICS.md error_type each expiry reports (Kestrel's names).
 REASONS: Final = {

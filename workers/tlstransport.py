@@ -115,23 +115,35 @@ class TlsTransport(Transport):
         """The next plaintext from the client (b"" at its EOF or close_notify)."""
         obj = self._obj
         while True:
-            try:
-                return obj.read(_RECORD)
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLZeroReturnError:
-                return b""  # close_notify
-            except ssl.SSLError as e:
-                raise ClientGone("io_error") from e
+            # Nothing buffered (the usual case between requests): read the socket first
+            # rather than have OpenSSL fail, so no exception is raised per request.
+            if obj.pending() or self._in.pending:
+                data = self._read()
+                if data is not None:
+                    return data
             self._send_ciphertext()  # a key update or a ticket may be waiting to go out
-            data = Transport.recv(self)
-            if not data:
+            raw = Transport.recv(self)
+            if not raw:
                 self._in.write_eof()
                 try:
                     return obj.read(_RECORD)
                 except ssl.SSLError:
                     return b""  # a close without close_notify: an EOF all the same
-            self._in.write(data)
+            self._in.write(raw)
+            data = self._read()
+            if data is not None:
+                return data
+
+    def _read(self) -> bytes | None:
+        """Plaintext from what the BIO holds; None when a record is not complete yet."""
+        try:
+            return self._obj.read(_RECORD)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLZeroReturnError:
+            return b""  # close_notify
+        except ssl.SSLError as e:
+            raise ClientGone("io_error") from e
 
     def wait_readable(self) -> None:
         if self._obj.pending() or self._in.pending:
@@ -151,8 +163,13 @@ class TlsTransport(Transport):
         self.flushes += 1
         obj = self._obj
         try:
-            for part in out:
-                obj.write(part)
+            if len(out) == 1:
+                obj.write(out[0])
+            elif sum(map(len, out)) <= _RECORD:
+                obj.write(b"".join(out))  # one record for a small response, not one per part
+            else:
+                for part in out:
+                    obj.write(part)
         except ssl.SSLError as e:
             raise ClientGone() from e
         out.clear()

@@ -26,6 +26,7 @@ import os
 import socket
 import struct
 import termios
+import time
 from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
@@ -37,7 +38,10 @@ RECV_SIZE: Final = 65536
 FLUSH_AT: Final = 65536  # gathered output above this is sent even while pipelining
 GATHER_OVER: Final = 65536  # above this, output parts go out with one sendmsg instead of being joined
 GATHER_MAX: Final = 64  # well under IOV_MAX
-LINGER_BYTES: Final = 1 << 20  # what a lingering close discards at most
+# A lingering close discards for at most this long in all (nginx's lingering_time) and
+# this much; each read may wait LINGER_TIMEOUT (timers.py: the LINGER phase's deadline).
+LINGER_TIME: Final = 30.0
+LINGER_BYTES: Final = 256 << 20
 SEND_EXPIRED: Final = REASONS[SEND]
 _READ, _WRITE = 1, 2  # libev's EV_READ, EV_WRITE
 
@@ -130,10 +134,11 @@ class Transport(Timed):
             self.sock.shutdown(socket.SHUT_WR)
         except (ClientGone, OSError):
             return
-        self.enter(LINGER)
         got = 0
+        until = time.monotonic() + LINGER_TIME
         try:
-            while got < LINGER_BYTES:
+            while got < LINGER_BYTES and time.monotonic() < until:
+                self.enter(LINGER)
                 data = self.recv_raw()
                 if not data:
                     break

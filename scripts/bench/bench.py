@@ -20,6 +20,7 @@ import re
 import shlex
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,13 @@ BIN = os.path.dirname(sys.executable)
 SERVERS = {
     "greenfork": "{bin}/greenfork {app} --workers 2 --bind 127.0.0.1:{port}",
     "gunicorn-gevent": "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} {app}",
+}
+# The same servers over TLS, with one ECDSA P-256 certificate made at run time (as peers.py does).
+TLS_SERVERS = {
+    "greenfork": "{bin}/greenfork {app} --workers 2 --bind https://127.0.0.1:{port} "
+                 "--certfile {certfile} --keyfile {keyfile}",
+    "gunicorn-gevent": "{bin}/gunicorn -k gevent --worker-connections 1000 -w 2 -b 127.0.0.1:{port} "
+                       "--certfile {certfile} --keyfile {keyfile} {app}",
 }
 LUA_PIPELINE = """
 init = function(args)
@@ -51,6 +59,9 @@ WORKLOADS = {
     "file": ("file", 64, [], ""),
     "echo16k": ("echo", 64, [], LUA_POST),
     "sleep": ("sleep", 1000, [], ""),
+    # TLS: keep-alive (the record layer per request), and a full handshake per request
+    "tls_hello": ("hello", 64, [], ""),
+    "tls_hello_close": ("hello", 64, ["-H", "Connection: close"], ""),
     "cached": ("cached", 64, [], ""),  # greenfork with --response-cache (GF_ARGS); gunicorn has no cache
 }
 GF_ARGS = {"cached": ["--response-cache", "64MiB"]}
@@ -62,11 +73,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30, tls: bool = False) -> bool:
     deadline = time.monotonic() + timeout
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+                s = ctx.wrap_socket(raw) if tls else raw
                 s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
                 if s.recv(16).startswith(b"HTTP/1."):
                     return True
@@ -75,7 +89,18 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) ->
     return False
 
 
-def wrk(port: int, conns: int, seconds: int, extra: list[str], lua: str) -> tuple[float, int, float]:
+def make_certificate() -> tuple[str, str]:
+    """An ECDSA P-256 pair for 127.0.0.1 in a temporary directory (never committed)."""
+    d = tempfile.mkdtemp(prefix="gf-bench-cert-")
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-keyout", key, "-out", cert, "-days", "7", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+def wrk(port: int, conns: int, seconds: int, extra: list[str], lua: str,
+        scheme: str = "http") -> tuple[float, int, float]:
     """(requests/s, socket errors + non-2xx, p99 ms) from one wrk run pinned to CPU 1."""
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s",
            "--latency", *extra]
@@ -85,7 +110,7 @@ def wrk(port: int, conns: int, seconds: int, extra: list[str], lua: str) -> tupl
         with os.fdopen(fd, "w") as f:
             f.write(lua)
         cmd += ["-s", script]
-    cmd.append(f"http://127.0.0.1:{port}/")
+    cmd.append(f"{scheme}://127.0.0.1:{port}/")
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     finally:
@@ -100,19 +125,30 @@ def wrk(port: int, conns: int, seconds: int, extra: list[str], lua: str) -> tupl
     return rps, errors, float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan")
 
 
+CERT: tuple[str, str] | None = None
+
+
 def run_one(server: str, workload: str, seconds: int) -> tuple[float, int, float]:
+    global CERT
     app, conns, extra, lua = WORKLOADS[workload]
     port = free_port()
-    cmd = shlex.split(SERVERS[server].format(bin=BIN, app="apps:" + app, port=port))
+    tls = workload.startswith("tls_")
+    if tls and CERT is None:
+        CERT = make_certificate()
+    template = (TLS_SERVERS if tls else SERVERS)[server]
+    certfile, keyfile = CERT or ("", "")
+    cmd = shlex.split(template.format(bin=BIN, app="apps:" + app, port=port, certfile=certfile,
+                                      keyfile=keyfile))
     if server == "greenfork":
         cmd += GF_ARGS.get(workload, [])
     proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=HERE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    scheme = "https" if tls else "http"
     try:
-        if not wait_ready(port, proc):
+        if not wait_ready(port, proc, tls=tls):
             raise RuntimeError(f"{server} did not start")
-        wrk(port, min(conns, 16), 1, extra, lua)  # warm-up
-        return wrk(port, conns, seconds, extra, lua)
+        wrk(port, min(conns, 16), 1, extra, lua, scheme)  # warm-up
+        return wrk(port, conns, seconds, extra, lua, scheme)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -127,7 +163,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 round of 3 s runs")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help="comma-separated: " + ", ".join(WORKLOADS))
     a = ap.parse_args()
     if a.quick:
         a.rounds, a.duration = 1, 3

@@ -18,6 +18,11 @@ def stream():
     return app.response_class((f"line {i}\n" for i in range(3)), mimetype="text/plain")
 
 
+@app.post("/upload")
+def upload():
+    return jsonify(size=len(request.get_data()))
+
+
 @app.get("/missing")
 def missing():
     return "nope", 404

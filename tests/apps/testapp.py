@@ -44,6 +44,12 @@ def app(environ, start_response):
         data = {k: environ.get(k) for k in ENV_KEYS}
         data["pid"] = os.getpid()
         return _text(start_response, json.dumps(data).encode(), extra=[("X-Pid", str(os.getpid()))])
+    if path == "/tlsenv":
+        keys = {k: v for k, v in environ.items() if k.startswith(("SSL_", "HTTPS", "REMOTE_USER"))}
+        keys["wsgi.url_scheme"] = environ["wsgi.url_scheme"]
+        return _text(start_response, json.dumps(keys).encode())
+    if path == "/software":
+        return _text(start_response, environ["SERVER_SOFTWARE"].encode())
     if path == "/boom":
         raise RuntimeError("secret-detail-that-must-not-leak")
     if path == "/bad-length":

@@ -262,6 +262,30 @@ def test_an_unsafe_method_drops_the_entry(server: Server) -> None:
     assert server.calls(target) == 4
 
 
+def test_hits_follow_a_replacement_and_a_removal(server: Server) -> None:
+    """Workers answer repeated hits from their own copies: a new version stored by any worker,
+    or a removal, must be seen by the next request all the same."""
+    target = "/v?size=3000&case=follow"
+
+    def version(headers: dict[str, str] | None = None) -> tuple[str, bool]:
+        _, h, body = server.get(target, headers)
+        assert h["etag"] == f'"{check_versioned(body)}"'
+        return h["etag"], "age" in h
+
+    v1, cached = version()
+    assert not cached
+    for _ in range(6):  # hits on both workers, from their copies after the first
+        assert version() == (v1, True)
+    v2, cached = version({"Cache-Control": "no-cache"})  # the app answers; its response replaces v1
+    assert v2 != v1 and not cached
+    for _ in range(6):
+        assert version() == (v2, True)
+    assert server.get(target, method="POST")[0] == 200  # drops the entry (RFC 9111 4.4)
+    v3, cached = version()
+    assert v3 not in (v1, v2) and not cached
+    assert server.calls(target) == 3
+
+
 def test_a_failed_response_is_not_stored(server: Server) -> None:
     target = unique(f"cc={q('public, max-age=60')}&boom=1&size=100")
     for _ in range(2):

@@ -217,13 +217,15 @@ def test_body_of_lists_tuples_and_others() -> None:
 
 
 def test_known_head_adds_age_once_per_second() -> None:
-    k = Known(entry(initial_age=5.0), 0, 0, 0)
+    k = Known(b"k", entry(initial_age=5.0), 0, 0, 0)
     h1 = k.head(NOW + 0.2)
     assert h1[-1] == ("Age", "5") and k.head(NOW + 0.9) == h1
     h1.append(("X-Changed", "by a protocol"))
     assert k.head(NOW + 0.9)[-1] == ("Age", "5")  # each answer has its own list
     assert k.head(NOW + 1.1)[-1] == ("Age", "6")
     assert k.expires == NOW + 60.0 - 5.0
+    k.drop()  # out of the worker's copies: a URL memo pointing here finds it expired
+    assert k.expires == 0.0 and k.entry.body == b""
 
 
 # ---------------------------------------------------------------- the master's keeper

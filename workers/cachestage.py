@@ -159,9 +159,10 @@ class Capture:
 class Known:
     """This worker's copy of an entry, where the store has it, and its head for the current Age."""
 
-    __slots__ = ("age", "entry", "expires", "headers", "off", "tag", "way")
+    __slots__ = ("age", "entry", "expires", "headers", "key", "off", "tag", "way")
 
-    def __init__(self, entry: Entry, way: int, tag: int, off: int) -> None:
+    def __init__(self, key: bytes, entry: Entry, way: int, tag: int, off: int) -> None:
+        self.key = key  # the store key it was found under
         self.entry = entry
         self.way, self.tag, self.off = way, tag, off
         self.expires = entry.stored_at + entry.lifetime - entry.initial_age  # fresh while now < expires
@@ -177,6 +178,16 @@ class Known:
             self.headers = [*e.headers, ("Age", str(age))]
             self.age = age
         return self.headers.copy()
+
+    def drop(self) -> None:
+        """Out of the worker's copies: the body goes now, and a URL memo still pointing here
+        finds it expired."""
+        self.expires = 0.0
+        self.entry = _GONE
+        self.headers = []
+
+
+_GONE: Final = Entry("", (), b"", 0.0, 0.0)
 
 
 Url = tuple[str, str, bytes, str]  # scheme, host, request target, SCRIPT_NAME
@@ -194,9 +205,10 @@ class CacheStage:
         self.known: dict[bytes, Known] = {}  # store key -> this worker's copy
         self.known_bytes = 0
         self.known_max = min(KNOWN_BYTES, store.stats().size // KNOWN_SHARE)
-        # a URL as the request gave it -> its store key (skips making the key again), or, as a
-        # float, until when it skips the cache (hit-for-pass)
-        self.urls: dict[Url, bytes | float] = {}
+        # a URL as the request gave it -> the copy of its entry (for plain requests: the shortest
+        # path to a hit), or its store key (skips making the key again), or, as a float, until
+        # when it skips the cache (hit-for-pass)
+        self.urls: dict[Url, Known | bytes | float] = {}
 
     # ------------------------------------------------------------------ before the app
     def before(self, ex: Exchange, req: Request, env: dict[str, Any],
@@ -214,21 +226,28 @@ class CacheStage:
             return None
         now = time.time()
         url = (env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"])
-        key = self.urls.get(url)
-        if type(key) is float:
-            if key > now:
+        memo = self.urls.get(url)
+        key: bytes | None = None
+        if type(memo) is Known:
+            if now < memo.expires and self.store.current(memo.way, memo.tag, memo.off) \
+                    and env.keys().isdisjoint(RULE_KEYS):
+                self.count("hit")  # the common hit: a plain request for a URL seen before
+                body = memo.entry.body if method == "GET" else b""
+                self._send(ex, req, env, memo.entry.status, memo.head(now), body, started)
+                return HIT
+            key = memo.key
+        elif type(memo) is float:
+            if memo > now:
                 self.count("bypass")
                 return None
-            key = None
+        elif type(memo) is bytes:
+            key = memo
         if key is None:
             key = self._key(url, req)
             if key is None:
                 self.count("bypass")
                 return None
-            if len(self.urls) >= URLS_MAX:
-                self.urls.clear()
-            self.urls[url] = key
-        assert type(key) is bytes
+            self._remember(url, key)
         if env.keys().isdisjoint(RULE_KEYS):  # no field any rule looks at: the common case
             fields = None
             rule = _GET if method == "GET" else _HEAD
@@ -243,6 +262,10 @@ class CacheStage:
             if known is not None and (fields is None or cp.usable(known.entry, rule, now)):
                 self.count("hit")
                 if fields is None:
+                    if known.key == key and self.known.get(key) is known:
+                        # found under the URL's own key (no Vary), and a copy counted in the
+                        # worker's budget: the URL memo may point at it
+                        self._remember(url, known)
                     body = known.entry.body if method == "GET" else b""
                     self._send(ex, req, env, known.entry.status, known.head(now), body, started)
                 else:
@@ -261,6 +284,12 @@ class CacheStage:
         # hit-for-pass is learnt from plain requests only: a conditional one (a 304), a Range (a
         # 206) or a client's own directive says nothing about the URL's other responses
         return Fill(self, _STORE, key, env, now, url if fields is None else None)
+
+    def _remember(self, url: Url, what: Known | bytes | float) -> None:
+        urls = self.urls
+        if len(urls) >= URLS_MAX and url not in urls:
+            urls.clear()
+        urls[url] = what
 
     def _unsafe(self, req: Request, env: dict[str, Any]) -> Fill | None:
         """POST, PUT, DELETE ...: a Fill that drops the target's entries if the response says it
@@ -298,14 +327,17 @@ class CacheStage:
                 return known
             del memo[key]
             self.known_bytes -= len(known.entry.body)
+            known.drop()
         found = self.store.locate(key, now)
         if found is None:
             return None
-        known = Known(*found)
+        known = Known(key, *found)
         size = len(known.entry.body)
         if size <= self.known_max // 8:
             while memo and self.known_bytes + size > self.known_max:
-                self.known_bytes -= len(memo.pop(next(iter(memo))).entry.body)  # the oldest copy goes
+                oldest = memo.pop(next(iter(memo)))  # the oldest copy goes
+                self.known_bytes -= len(oldest.entry.body)
+                oldest.drop()
             memo[key] = known
             self.known_bytes += size
         return known
@@ -334,9 +366,7 @@ class CacheStage:
         """The response to url could not be stored: skip the cache for it a while (see above)."""
         if url is None or "HTTP_COOKIE" in env or "HTTP_AUTHORIZATION" in env:
             return
-        if len(self.urls) >= URLS_MAX:
-            self.urls.clear()
-        self.urls[url] = now + PASS_TTL
+        self._remember(url, now + PASS_TTL)
 
     def store_response(self, fill: Fill, status: str, headers: list[tuple[str, str]], body: bytes) -> bool:
         env = fill.env

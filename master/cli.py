@@ -201,6 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if check:
             for level, line in [(30, w) for w in tls_config.warnings] + tls_config.expiry_report(time.time()):
                 print(f"greenfork: {'error' if level >= 40 else 'warning'}: {line}", file=sys.stderr)
+    from greenfork.master.cachekeeper import CacheKeeper, CacheSizeError
+
+    try:  # issue 18: the two cache sizes must fit together (checked before -D detaches)
+        CacheKeeper.check(settings)
+    except CacheSizeError as e:
+        return _fail(str(e))
     if check:
         for s in SETTINGS:
             value = config.show_value(s, getattr(settings, s.name))

@@ -51,6 +51,7 @@ from greenfork.master.states import Event
 from greenfork.master.workerinfo import WorkerInfo
 
 if TYPE_CHECKING:
+    from greenfork.master.cachekeeper import CacheKeeper
     from greenfork.master.hooks import Hooks
     from greenfork.master.metricsd import MetricsService
     from greenfork.master.tls import TlsConfig
@@ -83,7 +84,7 @@ class Executor:
                  pidfile: Pidfile | None = None, masters_own: list[socket.socket] | None = None,
                  on_ready: Callable[[], None] | None = None,
                  on_published: Callable[[int, tuple[str, ...]], None] | None = None,
-                 hooks: Hooks | None = None) -> None:
+                 hooks: Hooks | None = None, cache: CacheKeeper | None = None) -> None:
         self.staging = staging
         self.hooks = hooks  # gunicorn-style server hooks (hooks.py), run as commands are carried out
         self.app = app
@@ -100,6 +101,7 @@ class Executor:
         self.child = 0  # the new master of an upgrade
         self.upgrade_pipe = -1  # read end of its "ready" pipe
         self.exit_code: int | None = None  # set by Exit: the loop ends
+        self.cache = cache  # the shared response cache (--response-cache): master/cachekeeper.py
 
     def execute(self, cmd: Command) -> Input | None:
         match cmd:
@@ -115,6 +117,8 @@ class Executor:
                     self.metrics.lifecycle.exited(cmd.reason)
                 if self.hooks is not None:
                     self.hooks.exited(cmd.worker)  # child_exit
+                if self.cache is not None:  # the response cache drops a gone generation's entries
+                    self.cache.reaped(cmd.worker.pid)
             case SampleMemory():
                 return Input(Event.MEMORY, detail={pid: memory(pid) for pid in cmd.pids})
             case WorkersChanged():
@@ -187,6 +191,8 @@ class Executor:
         # shared with the master instead of being copied into every worker by a GC pass;
         # the master unfreezes at once and keeps collecting its own garbage.
         gc.freeze()
+        if self.cache is not None:  # the child stores and finds its own generation's responses
+            self.cache.forking(worker.generation)
         try:
             pid = os.fork()
         except BaseException:
@@ -204,6 +210,8 @@ class Executor:
         worker.pid = pid  # later commands of the same batch may name this worker
         if self.hooks is not None:
             self.hooks.forked(worker, pid)
+        if self.cache is not None:
+            self.cache.forked(pid, worker.generation)
         if metrics:
             metrics.lifecycle.spawns += 1
             if slot:
@@ -239,7 +247,8 @@ class Executor:
             code = run(WorkerInfo(
                 slot=worker.slot, generation=worker.generation, settings=settings,
                 listeners=mine, addresses=tuple(lst.url for lst in mine), control=child,
-                master_pid=self.pid, app=self.app, metrics=slot, tls=tls, hooks=hooks))
+                master_pid=self.pid, app=self.app, metrics=slot, tls=tls, hooks=hooks,
+                cache=self.cache.cache if self.cache is not None else None))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except BaseException:

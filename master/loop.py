@@ -33,6 +33,7 @@ from greenfork.master.settings import Settings
 from greenfork.master.states import Event, State, UpgradeState
 
 if TYPE_CHECKING:
+    from greenfork.master.cachekeeper import CacheKeeper
     from greenfork.master.metricsd import MetricsService
     from greenfork.master.tls import TlsConfig
 
@@ -81,7 +82,8 @@ class MasterLoop:
                  on_published: Callable[[int, tuple[str, ...]], None] | None = None,
                  metrics_listeners: list[Listener] | None = None,
                  pidfile: Pidfile | None = None, tls: TlsConfig | None = None,
-                 load_tls: TlsLoader | None = None, metrics_shared: bool = False) -> None:
+                 load_tls: TlsLoader | None = None, metrics_shared: bool = False,
+                 cache: CacheKeeper | None = None) -> None:
         self.title = ""
         self.metrics_shared = metrics_shared  # a new master of an upgrade, on the old one's listener
         self.wake_r, self.wake_w = socket.socketpair()
@@ -99,7 +101,8 @@ class MasterLoop:
                                           certificates=self._certificates,
                                           # issue 17: delegated shown from zero, mounts in listener_info
                                           delegation_targets=[d.target for d in settings.delegate],
-                                          mounts=[m.prefix for m in settings.mount])
+                                          mounts=[m.prefix for m in settings.mount],
+                                          cache_stats=cache.stats if cache is not None else None)
         identity = privileges.resolve(settings.user, settings.group)
         self.staging = Staging(lset, reload_settings, tls=tls, load_tls=load_tls)
         hooks = Hooks(settings, listeners=lambda: [lst.sock for lst in self.staging.lset.current])
@@ -107,7 +110,7 @@ class MasterLoop:
             self.staging, app=app, identity=identity, notify=self.notify,
             metrics=self.metrics, metrics_listeners=metrics_listeners, pidfile=pidfile,
             masters_own=[self.wake_r, self.wake_w], on_ready=on_ready, on_published=on_published,
-            hooks=hooks)
+            hooks=hooks, cache=cache)
 
     def _certificates(self) -> list[tuple[str, float]]:
         """greenfork_tls_certificate_expiry_timestamp_seconds: the serving generation's."""

@@ -152,9 +152,10 @@ class ResponseCache:
         self._hook: Callable[[str], None] | None = None  # tests: called at each step of a store
         self._check_claim = True  # tests: False shows that the CRC alone catches torn copies
 
-    @classmethod
-    def create(cls, size_bytes: int, max_entry: int = DEFAULT_MAX_ENTRY) -> ResponseCache:
-        """Map a new segment of size_bytes (header, index and log together), pages pre-faulted."""
+    @staticmethod
+    def layout(size_bytes: int, max_entry: int = DEFAULT_MAX_ENTRY) -> tuple[int, int, int]:
+        """(index ways, log offset, log capacity) of a segment of size_bytes; ValueError when the
+        sizes do not fit. Pure: the configuration check runs it before anything is mapped."""
         if size_bytes < MIN_SIZE:
             raise ValueError(f"response cache size {size_bytes} is below the minimum {MIN_SIZE} bytes")
         nways = max(WAYS, (size_bytes - HEADER) // (BYTES_PER_WAY + 25) // WAYS * WAYS)
@@ -164,6 +165,12 @@ class ResponseCache:
             raise ValueError(f"response cache max entry {max_entry} must be between 1 and "
                              f"{max(0, min(capacity // 4 - 4096, MAX_ENTRY_LIMIT))} bytes "
                              "(a quarter of the cache, less headers)")
+        return nways, data, capacity
+
+    @classmethod
+    def create(cls, size_bytes: int, max_entry: int = DEFAULT_MAX_ENTRY) -> ResponseCache:
+        """Map a new segment of size_bytes (header, index and log together), pages pre-faulted."""
+        nways, data, capacity = cls.layout(size_bytes, max_entry)
         total = data + capacity
         fd = os.memfd_create("greenfork-respcache", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
@@ -186,6 +193,13 @@ class ResponseCache:
 
     def lookup(self, key: bytes, now: float) -> Entry | None:
         """The fresh entry this generation stored under key, or None. Never blocks, never raises."""
+        found = self.locate(key, now)
+        return found[0] if found is not None else None
+
+    def locate(self, key: bytes, now: float) -> tuple[Entry, int, int, int] | None:
+        """lookup(), with where the entry was found: (entry, way, tag, offset). With those,
+        current() later tells in two loads whether it is still the live entry of its key, so a
+        worker can answer again from its own copy (workers/cachestage.py keeps a few)."""
         tag, crc = _tag(key)
         base = crc % self._groups * WAYS
         tags = self._tags[base:base + WAYS].tolist()
@@ -193,13 +207,34 @@ class ResponseCache:
             return None
         for i, t in enumerate(tags):
             if t == tag:
-                e = self._read(base + i, key, now)
+                w = base + i
+                off = self._offs[w]
+                e = self._read(w, off, key, now)
                 if e is not None:
-                    return e
+                    return e, w, tag, off
         return None
 
-    def _read(self, w: int, key: bytes, now: float) -> Entry | None:
-        off, ln, h, D, mm = self._offs[w], self._lens[w], self._h, self._D, self._mm
+    def holds(self, key: bytes) -> bool:
+        """Whether an entry of some generation may be stored under key (its tag is in the index):
+        a test without the lock before remove(). A tag collision can say yes wrongly, never no."""
+        tag, crc = _tag(key)
+        base = crc % self._groups * WAYS
+        return tag in self._tags[base:base + WAYS].tolist()
+
+    def current(self, way: int, tag: int, off: int) -> bool:
+        """Is the entry that locate() found at (way, tag, off) still its key's live entry? Offsets
+        are never reused, and a writer changes a way's offset only after clearing its tag (a new
+        entry) or to move the same entry (a second chance). So with the tag read first, then the
+        offset, a yes means the entry was live at the first load. Marks it referenced, as a hit
+        in lookup() does (CLOCK)."""
+        if self._tags[way] != tag or self._offs[way] != off:
+            return False
+        if not self._ref[way]:
+            self._ref[way] = 1
+        return True
+
+    def _read(self, w: int, off: int, key: bytes, now: float) -> Entry | None:
+        ln, h, D, mm = self._lens[w], self._h, self._D, self._mm
         if not _REC_SIZE <= ln <= self._max_record or off + D < h[H_RESERVED] or off + ln > h[H_HEAD]:
             return None
         pos = self._data + off % D

@@ -31,6 +31,7 @@ from greenfork.master import (
     upgrade,
 )
 from greenfork.master.addresses import parse_bind
+from greenfork.master.cachekeeper import CacheKeeper, CacheSizeError
 from greenfork.master.control import EXIT_APP_IMPORT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from greenfork.master.listeners import BindError, Listener
 from greenfork.master.listenset import ListenerSet, ordered
@@ -157,6 +158,7 @@ class Server:
         upgraded = self._upgrade_fd >= 0
         lset = ListenerSet(self.listeners, backlog=s.backlog, unix_mode=s.unix_socket_mode)
         loop: MasterLoop | None = None
+        cache: CacheKeeper | None = None
         pidfile = Pidfile(s.pidfile) if s.pidfile else None
 
         def ready() -> None:
@@ -191,18 +193,19 @@ class Server:
                 if code:
                     return code
             tls_config = self._load_tls(s)
+            cache = CacheKeeper.create(s)  # --response-cache: mapped before any fork, inherited by all
             if not upgraded:
                 self._publish(self._generation, lset.addresses)
             loop = MasterLoop(s, lset, app=self._app_obj, generation=self._generation,
                               reload_settings=self._reload_settings, on_ready=ready,
                               on_published=self._publish, metrics_listeners=self.metrics_listeners,
                               pidfile=pidfile, tls=tls_config, load_tls=self._tls_loader,
-                              metrics_shared=self._metrics_handed)
+                              metrics_shared=self._metrics_handed, cache=cache)
             code = loop.run()
         except PidfileBusy as e:
             log.error("%s", e)
             code = EXIT_USAGE
-        except TlsError as e:
+        except (TlsError, CacheSizeError) as e:
             log.error("%s", e)
             code = EXIT_USAGE
         except OSError as e:
@@ -220,6 +223,8 @@ class Server:
                 report.remove_addresses_file(s.addresses_file, pid)
                 if pidfile is not None:
                     pidfile.release()
+                if cache is not None:
+                    cache.close()
         if code == EXIT_OK:
             log.info("Shutdown complete")
         return code

@@ -404,6 +404,11 @@ def _ciphers(v: Any) -> None:
             from None
 
 
+def _cache_size(v: Any) -> None:
+    if v and v < 64 * 1024:  # respcache.MIN_SIZE: the index and the log need room
+        raise ValueError("must be 0 (off) or at least 64KiB")
+
+
 def _metrics_address(v: Any) -> None:
     if v is None:
         return
@@ -771,6 +776,28 @@ SETTINGS: tuple[Setting, ...] = (
             "ASP.NET Core Module's token does for Kestrel); the header is removed from the environ. "
             "Give it in the environment or greenfork.toml rather than on the command line, "
             "which `ps` shows."),
+    # ----------------------------------------------------------- response cache
+    # (issue 18: master/respcache.py, workers/cachepolicy.py, workers/cachestage.py)
+    _S("response_cache", _size, 0, ("--response-cache",), section="Response cache",
+       validate=_cache_size, metavar="SIZE", type_doc="size", default_doc="0 (off)", reloadable=False,
+       help="Answer cacheable responses (`Cache-Control: public` with `max-age` or `s-maxage`, see "
+            "docs/caching.md) from memory shared by every worker, without calling the app. SIZE is "
+            "the whole shared segment, e.g. `64MiB` (at least 64KiB), created by the master at "
+            "start. 0 disables it."),
+    _S("response_cache_max_entry", _size, 256 * 1024, ("--response-cache-max-entry",),
+       section="Response cache", validate=_between(1, 1 << 30), metavar="BYTES", type_doc="size",
+       default_doc="256KiB", reloadable=False,
+       help="Largest response body the cache stores (HTTP.sys's default); at most a quarter of "
+            "--response-cache, less 4KiB (left at its default, it shrinks to fit a small cache). "
+            "Larger responses are served, not stored."),
+    # ----------------------------------------------------------------- overload
+    # (issue 18: workers/overload.py)
+    _S("max_queued_requests", _int, 0, ("--max-queued-requests",), section="Overload",
+       validate=_at_least(0), metavar="N", type_doc="integer", default_doc="0 (off)",
+       help="Requests a worker holds at once, from a request's head to the end of its response "
+            "(WebSocket sessions not counted); beyond N it answers 503 with `Retry-After: 1` at once "
+            "(error_type request_queue_full) and `/readyz` reports saturation at 90% in every worker. "
+            "0 disables the limit. See docs/overload.md for choosing N."),
     # ------------------------------------------------------------------ metrics
     _S("metrics_bind", _opt_str, None, ("--metrics-bind",), section="Metrics", validate=_metrics_address,
        metavar="ADDRESS", reloadable=False, default_doc="off",
@@ -981,6 +1008,9 @@ class Settings:
     forwarded_headers: tuple[str, ...]
     allowed_hosts: tuple[str, ...]
     require_header: str | None
+    response_cache: int  # bytes of the shared segment; 0: off
+    response_cache_max_entry: int
+    max_queued_requests: int  # 0: off
     metrics_bind: str | None
     app_metrics: bool
     error_logfile: str

@@ -13,6 +13,7 @@ from greenfork.metrics.slots import Slot
 
 if TYPE_CHECKING:
     from greenfork.master.hooks import WorkerHooks
+    from greenfork.master.respcache import ResponseCache
     from greenfork.master.tls import TlsConfig
 
 
@@ -29,3 +30,4 @@ class WorkerInfo:
     metrics: Slot | None = None  # this worker's metrics slot (--metrics-bind), written by it alone
     tls: TlsConfig | None = None  # the SSLContexts of its https:// listeners, built by the master
     hooks: WorkerHooks | None = None  # its gunicorn-style server hooks, if any (master/hooks.py)
+    cache: ResponseCache | None = None  # the shared response cache (--response-cache), mapped by the master

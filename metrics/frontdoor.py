@@ -200,8 +200,8 @@ class FrontDoor:
 
     # ------------------------------------------------------- request queue
     def _queue(self, t: Totals) -> Iterator[Metric]:
-        q = GaugeMetricFamily("greenfork_queued_requests", "Requests waiting in the worker for a handler "
-                              "(--max-queued-requests).", labels=["worker"])
+        q = GaugeMetricFamily("greenfork_queued_requests", "Requests in flight in the worker, which "
+                              "--max-queued-requests limits.", labels=["worker"])
         lim = GaugeMetricFamily("greenfork_queued_requests_limit", "The worker's request queue limit; "
                                 "past it requests are answered 503 (error_type request_queue_full).",
                                 labels=["worker"])

@@ -177,18 +177,19 @@ class Recorder:
 
     # --------------------------------------------------------- request queue
     def queued_requests(self, n: int) -> None:
-        """The number of requests now waiting for a handler (a gauge: call it when it changes)."""
+        """The number of requests now in flight in the worker (a gauge: call it when it changes)."""
         self.mv[L.H_QUEUED] = n
 
     # ------------------------------------------------------------- at start
-    def announce(self, *, http2: bool = False, websocket: bool = False, max_queued_requests: int = 0) -> None:
+    def announce(self, *, http2: bool = False, websocket: bool = False,
+                 max_queued_requests: int | None = None) -> None:
         """What this worker can feed, so the master shows those families from zero (an
-        operator's rate() and alerts need series before the first event). Each part of the
-        worker announces its own: what an earlier call said is kept."""
+        operator's rate() and alerts need series before the first event). Each producer
+        announces its own part at start: features add up, the queue limit is set when given."""
         mv = self.mv
         features = (L.F_HTTP2 if http2 else 0) | (L.F_WEBSOCKET if websocket else 0)
         mv[L.H_FEATURES] = int(mv[L.H_FEATURES]) | features
-        if max_queued_requests:
+        if max_queued_requests is not None:
             mv[L.H_QUEUE_LIMIT] = max_queued_requests
 
     # ---------------------------------------------------- once a second
@@ -298,7 +299,8 @@ class NullFrontDoor:
     def queued_requests(self, n: int) -> None:
         pass
 
-    def announce(self, *, http2: bool = False, websocket: bool = False, max_queued_requests: int = 0) -> None:
+    def announce(self, *, http2: bool = False, websocket: bool = False,
+                 max_queued_requests: int | None = None) -> None:
         pass
 
 

@@ -236,7 +236,9 @@ def test_boot_hook_failures_abort_a_reload_and_back_off_respawns(launcher: Launc
     flag.touch()
     g.signal(signal.SIGHUP)
     wait_for(lambda: "Reload failed" in g.log(), 20, "the reload to fail")
-    assert set(g.workers()) == serving  # the old generation keeps serving
+    # the old generation keeps serving; the new one's workers are stopped (one may still be
+    # exiting when the failure is logged)
+    wait_for(lambda: set(g.workers()) == serving, 20, "only the old generation's workers")
     assert http_get(g.url(), "/pid")[0] == 200
     assert "Error in hook post_fork" in g.log()
 

@@ -339,8 +339,10 @@ def vary_values(names: Sequence[str], fields: Fields) -> tuple[tuple[str, str | 
     return tuple(out)
 
 
-def variant_key(primary: bytes, vary: Sequence[tuple[str, str | None]]) -> bytes:
-    parts = [primary, b"\0vary"]
+def variant_key(primary: bytes, vary: Sequence[tuple[str, str | None]], epoch: str = "") -> bytes:
+    """A variant's key: the primary key, the stub's epoch (see make_entries) and the normalised
+    values of the Vary'd fields."""
+    parts = [primary, b"\0vary" + epoch.encode("latin-1")]
     for name, value in vary:
         parts.append(b"\0%s%s" % (name.encode("latin-1"),
                                   b"\1" if value is None else b"=" + value.encode("latin-1")))
@@ -356,18 +358,32 @@ def stored_headers(headers: Sequence[tuple[str, str]], body_length: int) -> tupl
 
 
 def make_entries(primary: bytes, request: Fields, status: str, headers: Sequence[tuple[str, str]],
-                 body: bytes, ok: Storable, response_time: float) -> list[tuple[bytes, Entry]]:
+                 body: bytes, ok: Storable, response_time: float,
+                 epoch: str = "") -> list[tuple[bytes, Entry]]:
     """The (key, entry) pairs to store: the entry under the primary key, or, when the response
-    varies, the entry under its variant key and a stub naming the Vary'd fields under the primary."""
+    varies, the entry under its variant key and a stub naming the Vary'd fields under the primary.
+
+    `epoch` (stored in the stub's etag field) is part of every variant's key. A store passes the
+    epoch of the stub already there (stub_epoch()) so that variants accumulate, or a new one when
+    there is none: then an invalidation, which removes the stub, also orphans every variant
+    (RFC 9111 4.4), and a later response that makes a new stub never reaches the old ones."""
     fields = response_fields(headers)
     entry = Entry(status, stored_headers(headers, len(body)), body, response_time, ok.lifetime,
                   ok.initial_age, fields.get("etag"), fields.get("last-modified"))
     if not ok.vary:
         return [(primary, entry)]
     values = vary_values(ok.vary, request)
-    stub = Entry("", (), b"", response_time, ok.lifetime, ok.initial_age,
+    stub = Entry("", (), b"", response_time, ok.lifetime, ok.initial_age, epoch or None,
                  vary=tuple((n, None) for n in ok.vary), stub=True)
-    return [(variant_key(primary, values), entry._replace(vary=values)), (primary, stub)]
+    return [(variant_key(primary, values, epoch), entry._replace(vary=values)), (primary, stub)]
+
+
+def stub_epoch(stored: Entry | None, vary: Sequence[str]) -> str | None:
+    """The epoch to store a new variant with: the stored stub's, if it names the same fields;
+    None when a new epoch is needed (no stub, a whole response, or other Vary'd fields)."""
+    if stored is None or not stored.stub or tuple(n for n, _ in stored.vary) != tuple(vary):
+        return None
+    return stored.etag or ""
 
 
 def find(lookup: Callable[[bytes, float], Entry | None], primary: bytes, request: Fields,
@@ -377,7 +393,8 @@ def find(lookup: Callable[[bytes, float], Entry | None], primary: bytes, request
     entry = lookup(primary, now)
     if entry is None or not entry.stub:
         return entry
-    return lookup(variant_key(primary, vary_values([n for n, _ in entry.vary], request)), now)
+    return lookup(variant_key(primary, vary_values([n for n, _ in entry.vary], request), entry.etag or ""),
+                  now)
 
 
 # -- answering from an entry ----------------------------------------------------------------------

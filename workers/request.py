@@ -19,13 +19,17 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
 
 from greenfork.workers import gate
+from greenfork.workers.cachestage import Hit
+from greenfork.workers.cachestage import attach as attach_cache
 from greenfork.workers.http1 import ProtocolError, Request
+from greenfork.workers.overload import attach as attach_limit
 from greenfork.workers.timers import RequestTimeout, Timed
 from greenfork.workers.transport import ClientGone
 from greenfork.workers.websocket_pipeline import TakenOver
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
 
 if TYPE_CHECKING:
+    from greenfork.workers.cachestage import Fill
     from greenfork.workers.hookpoints import RequestHooks
     from greenfork.workers.mounts import Mounts
     from greenfork.workers.worker import ListenerContext, WorkerServer
@@ -100,6 +104,10 @@ class RequestStage:
         self.gate = gate.build(server.settings)
         # gunicorn's pre_request/post_request hooks (workers/hookpoints.py): None unless one is set
         self.hooks: RequestHooks | None = None
+        # issue 18: the shared response cache and the request queue limit (None when off; when
+        # on, the limit also puts a counting wrapper in front of serve())
+        self.cache = attach_cache(server)
+        self.queue = attach_limit(self)
 
     def serve(self, ex: Exchange, req: Request, remote: tuple[str, str]) -> None:
         server = self.server
@@ -129,6 +137,24 @@ class RequestStage:
         err = ""  # the metrics' error_type
         if self.gate is not None:  # issue 14 (workers/gate.py): may answer instead of the app
             app, err = self.gate.check(env, req.headers, app)
+        # ---- issue 18: the shared response cache (workers/cachestage.py) ----------------------
+        # Once the environ's scheme and host are final (they are the key's): a hit is answered
+        # there without the app; a miss that may be stored runs the app through the Fill, which
+        # keeps its body. With the cache off this is one attribute test.
+        fill: Fill | None = None
+        if self.cache is not None and not err:  # (not when the gate answered)
+            got = self.cache.before(ex, req, env, started)
+            if got is not None:
+                if got is Hit.HIT:
+                    return
+                fill = got
+                app = fill.wrap(app)
+        # The request queue limit (workers/overload.py), after the cache: hits are answered even
+        # when the worker is full; past the limit the rest get 503 now.
+        if self.queue is not None and not err and self.queue.over(req):
+            self.queue.refuse(ex, req, env, started)
+            return
+        # ----------------------------------------------------------------------------------------
         # WebSocket (websocket_pipeline.py): an upgrade head gets the app wrapped, and no
         # request timer, however long the WebSocket lives.
         upgrade = None
@@ -206,6 +232,8 @@ class RequestStage:
                     close()
                 except Exception:
                     log.exception("Error closing the response iterable")
+        if fill is not None:  # the shared response cache: store the complete response (or invalidate)
+            fill.after(ex, sr.status, sr.headers, result, err)
         if timed:
             if server.access_log is not None:
                 server.access_log.log(env, ex.status, sr.headers, ex.body_bytes(),

@@ -58,6 +58,29 @@ def echo(environ, start_response):
     return [body]
 
 
+PAGE = (b"<!doctype html><title>cached</title><p>" + b"greenfork " * 410)[:4092] + b"</p>"  # 4 KiB
+
+
+def cached(environ, start_response):
+    """A cacheable 4 KiB page (the `cached` workload; run greenfork with --response-cache)."""
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(PAGE))),
+                              ("Cache-Control", "public, max-age=3600"), ("ETag", '"page-v1"')])
+    return [PAGE]
+
+
+def page(environ, start_response):
+    """The same 4 KiB page, not cacheable: what `cached` costs when the app renders it."""
+    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                              ("Content-Length", str(len(PAGE)))])
+    return [PAGE]
+
+
+def paths(environ, start_response):
+    """hello at /, page at /page, cached at /cached: every workload of cache_bench.py on one server."""
+    return {"/page": page, "/cached": cached}.get(environ["PATH_INFO"], hello)(environ, start_response)
+
+
 def sleep(environ, start_response):
     time.sleep(0.05)
     return hello(environ, start_response)

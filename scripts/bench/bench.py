@@ -69,6 +69,7 @@ WORKLOADS = {
     # TLS: keep-alive (the record layer per request), and a full handshake per request
     "tls_hello": ("hello", 64, [], ""),
     "tls_hello_close": ("hello", 64, ["-H", "Connection: close"], ""),
+    "cached": ("cached", 64, [], ""),  # greenfork with --response-cache (GF_ARGS); gunicorn has no cache
 }
 # HTTP/2 variants (kind: "h2" over TLS, "h2c" cleartext)
 H2_SERVERS = {
@@ -88,6 +89,7 @@ H2_WORKLOADS = {
     "h2_echo16k": ("echo", "h2", ["-d", "{post16k}"]),
     "h2c_echo16k": ("echo", "h2c", ["-d", "{post16k}"]),
 }
+GF_ARGS = {"cached": ["--response-cache", "64MiB"]}
 
 
 def free_port() -> int:
@@ -221,6 +223,8 @@ def run_one(server: str, workload: str, seconds: int) -> tuple[float, int, float
     certfile, keyfile = CERT or ("", "")
     cmd = shlex.split(template.format(bin=BIN, app="apps:" + app, port=port, certfile=certfile,
                                       keyfile=keyfile))
+    if server == "greenfork":
+        cmd += GF_ARGS.get(workload, [])
     proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=HERE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     scheme = "https" if tls else "http"

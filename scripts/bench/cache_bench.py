@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The response cache side by side: hits against the app, and its cost to what it does not cache.
+
+    .venv/bin/python scripts/bench/cache_bench.py [--rounds 5] [--duration 5] [--connections 64]
+
+Two servers of the same build, each one worker pinned to CPU 0 (wrk runs on CPU 1), serving
+scripts/bench/apps.py:paths: `/` hello world, `/page` a 4 KiB page the app renders every time,
+`/cached` the same page with `Cache-Control: public` (a hit after the first request). Server `off`
+runs without the cache, server `on` with --response-cache 64MiB. Rounds interleave the servers
+and the paths; each run reports requests/s from wrk and the worker's CPU microseconds per request
+(user + system, from /proc), the figure that does not depend on wrk keeping up. The table gives
+the medians and the ratios the issue asks about:
+
+- hits against hello on the same server (`on /cached` vs `on /`), and against the page rendered;
+- what the cache costs the requests it does not answer (`on /` vs `off /`, `on /page` vs `off /page`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SERVERS = {"off": [], "on": ["--response-cache", "64MiB"]}
+PATHS = ("/", "/page", "/cached")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def start(extra: list[str]) -> tuple[subprocess.Popen[bytes], int, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "greenfork.master", "apps:paths", "-w", "1",
+                             "-b", f"127.0.0.1:{port}", "--log-level", "warning", *extra], cwd=HERE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while True:
+        kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        if kids:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                    if s.recv(16).startswith(b"HTTP/1.1 200"):
+                        break
+            except OSError:
+                pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("greenfork did not start")
+        time.sleep(0.05)
+    worker = int(kids[0])
+    os.sched_setaffinity(worker, {0})
+    return proc, port, worker
+
+
+def wrk(port: int, path: str, seconds: int, conns: int) -> int:
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    m = re.search(r"(\d+) requests in", out)
+    if m is None or "Non-2xx" in out:
+        raise SystemExit(f"wrk failed:\n{out}")
+    return int(m.group(1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=64)
+    a = ap.parse_args()
+    hz = os.sysconf("SC_CLK_TCK")
+    cpu: dict[tuple[str, str], list[float]] = {}
+    rps: dict[tuple[str, str], list[float]] = {}
+    for rnd in range(a.rounds):
+        order = list(SERVERS) if rnd % 2 == 0 else list(reversed(SERVERS))
+        for name in order:
+            proc, port, worker = start(SERVERS[name])
+            try:
+                for path in PATHS:
+                    wrk(port, path, 1, a.connections)  # warm-up (and the cache's first store)
+                    t0 = ticks(worker)
+                    n = wrk(port, path, a.duration, a.connections)
+                    us = (ticks(worker) - t0) / hz / n * 1e6
+                    cpu.setdefault((name, path), []).append(us)
+                    rps.setdefault((name, path), []).append(n / a.duration)
+                    print(f"round {rnd + 1} {name:3} {path:8} {n / a.duration:>9,.0f} rps {us:6.2f} us/req",
+                          file=sys.stderr, flush=True)
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(15)
+    med = {k: statistics.median(v) for k, v in cpu.items()}
+    mrps = {k: statistics.median(v) for k, v in rps.items()}
+    print("\n| server | path | requests/s | CPU us/request |")
+    print("|---|---|---:|---:|")
+    for (name, path), us in med.items():
+        print(f"| {name} | {path} | {mrps[name, path]:,.0f} | {us:.2f} |")
+    print()
+    print(f"hits vs hello, same server (CPU per request): {med['on', '/'] / med['on', '/cached']:.2f}x; "
+          f"by requests/s: {mrps['on', '/cached'] / mrps['on', '/']:.2f}x")
+    print(f"hits vs the page rendered, same server: {med['on', '/page'] / med['on', '/cached']:.2f}x")
+    for path in ("/", "/page"):
+        change = (med["on", path] / med["off", path] - 1) * 100
+        print(f"cache on vs off, {path}: {change:+.1f}% CPU per request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

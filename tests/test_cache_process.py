@@ -1,0 +1,485 @@
+"""The shared response cache in real greenfork processes (--response-cache; docs/caching.md).
+
+The proof of a hit is the app's call log (tests/apps/cacheapp.py appends a line per call): a
+cached response is served again without a new line. Metrics come from a real /metrics.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.apps.cacheapp import check_versioned
+from tests.metricsutil import get, scrape, total
+from tests.procs import Greenfork, Launcher, children, wait_for
+from tests.test_lifecycle import read_pid, stop_pid
+
+pytestmark = pytest.mark.timeout(120)
+
+ACCESS_FORMAT = "%(p)s %(s)s %(m)s %(U)s?%(q)s"
+
+
+class Server:
+    def __init__(self, g: Greenfork, calls: Path, access: Path) -> None:
+        self.g = g
+        self.url = g.url()
+        self.metrics = str(g.info["metrics"])
+        self.calls_path = calls
+        self.access_path = access
+
+    def calls(self, target: str, method: str = "GET") -> int:
+        """How many times the app was called for `target` (path?query)."""
+        if not self.calls_path.exists():
+            return 0
+        want = f" {method} {target}"
+        return sum(1 for line in self.calls_path.read_text().splitlines() if line.endswith(want)
+                   and line.split(" ", 1)[1] == want[1:])
+
+    def get(self, target: str, headers: dict[str, str] | None = None,
+            method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+        return get(self.url, target, headers=headers, method=method)
+
+    def served_by(self, target: str) -> list[tuple[int, int]]:
+        """(pid, status) of every access log line for target."""
+        out = []
+        for line in self.access_path.read_text().splitlines() if self.access_path.exists() else []:
+            pid, status, method, rest = line.split(" ", 3)
+            if method == "GET" and rest == target:
+                out.append((int(pid.strip("<>")), int(status)))
+        return out
+
+
+def start(launcher: Launcher, tmp: Path, *args: str, workers: int = 2) -> Server:
+    calls, access = tmp / "calls.log", tmp / "access.log"
+    g = launcher.start(["cacheapp:app", "-b", "http://127.0.0.1:0", "--metrics-bind", "http://127.0.0.1:0",
+                        "--access-logfile", str(access), "--access-logformat", ACCESS_FORMAT, *args],
+                       workers=workers, env={"CACHEAPP_LOG": str(calls)})
+    return Server(g, calls, access)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("cache")
+    ln = Launcher(tmp)
+    try:
+        yield start(ln, tmp, "--response-cache", "4MiB", "--response-cache-max-entry", "64KiB")
+    finally:
+        ln.cleanup()
+
+
+_n = 0
+
+
+def unique(query: str) -> str:
+    """A URL of its own for each case (the cache is shared by the module's tests)."""
+    global _n
+    _n += 1
+    return f"/r?n={_n}&{query}" if query else f"/r?n={_n}"
+
+
+def q(value: str) -> str:
+    return quote(value, safe="")
+
+
+FUTURE = formatdate(time.time() + 3600, usegmt=True)
+PAST = formatdate(time.time() - 3600, usegmt=True)
+
+# (query string, request headers of both requests): the second request must not reach the app
+CACHED = {
+    "public max-age": (f"cc={q('public, max-age=60')}", {}),
+    "s-maxage alone": (f"cc={q('s-maxage=60')}", {}),
+    "public with Expires": (f"cc=public&exp={q(FUTURE)}", {}),
+    "301": (f"cc={q('public, max-age=60')}&st=301", {}),
+    "404": (f"cc={q('public, max-age=60')}&st=404", {}),
+    "quoted and upper-case directives": ("cc=" + q('PUBLIC, Max-Age="60"'), {}),
+    "Vary with the same field value": (f"cc={q('public, max-age=60')}&vary=Accept-Encoding",
+                                       {"Accept-Encoding": "gzip"}),
+    "a streamed (iterator) body": (f"cc={q('public, max-age=60')}&stream=1&size=5000", {}),
+    "64 KiB, the max entry": (f"cc={q('public, max-age=60')}&size={64 * 1024}", {}),
+    "a request with no-store (RFC 9111 5.2.1.5: may be answered from the cache)":
+        (f"cc={q('public, max-age=60')}", {"Cache-Control": "no-store"}),
+}
+# the second request reaches the app too
+NOT_CACHED = {
+    "no Cache-Control": ("", {}),
+    "max-age without public": (f"cc={q('max-age=60')}", {}),
+    "Expires without public": (f"exp={q(FUTURE)}", {}),
+    "public without freshness": ("cc=public", {}),
+    "Set-Cookie": (f"cc={q('public, max-age=60')}&cookie=1", {}),
+    "private": (f"cc={q('public, private, max-age=60')}", {}),
+    "no-store": (f"cc={q('public, no-store, max-age=60')}", {}),
+    "no-cache": (f"cc={q('public, no-cache, max-age=60')}", {}),
+    "Pragma no-cache": (f"cc={q('public, max-age=60')}&pragma=no-cache", {}),
+    "Vary *": (f"cc={q('public, max-age=60')}&vary=*", {}),
+    "status 200 only, 301, 404: not 302": (f"cc={q('public, max-age=60')}&st=302", {}),
+    "not 500": (f"cc={q('public, max-age=60')}&st=500", {}),
+    "stale when stored (max-age=0)": (f"cc={q('public, max-age=0')}", {}),
+    "Expires in the past": (f"cc=public&exp={q(PAST)}", {}),
+    "over the max entry": (f"cc={q('public, max-age=60')}&size={64 * 1024 + 1}", {}),
+    "a request with Authorization": (f"cc={q('public, max-age=60')}", {"Authorization": "Bearer x"}),
+    "a request with Cache-Control no-cache": (f"cc={q('public, max-age=60')}", {"Cache-Control": "no-cache"}),
+    "a request with max-age=0 (a reload)": (f"cc={q('public, max-age=60')}", {"Cache-Control": "max-age=0"}),
+    "a request with Range": (f"cc={q('public, max-age=60')}", {"Range": "bytes=0-1"}),
+    "a request with If-Match": (f"cc={q('public, max-age=60')}", {"If-Match": '"x"'}),
+}
+
+
+@pytest.mark.parametrize("case", list(CACHED))
+def test_cacheable_responses_are_answered_without_the_app(server: Server, case: str) -> None:
+    query, headers = CACHED[case]
+    target = unique(query)
+    first_headers = {} if "no-store" in case else headers
+    s1, h1, b1 = server.get(target, first_headers)
+    s2, h2, b2 = server.get(target, headers)
+    assert server.calls(target) == 1, case
+    assert s2 == s1
+    assert b2 == b1
+    assert "age" in h2 and "age" not in h1
+    for name in ("content-type", "cache-control", "content-length"):
+        assert h2.get(name) == h1.get(name)
+
+
+@pytest.mark.parametrize("case", list(NOT_CACHED))
+def test_uncacheable_responses_reach_the_app_every_time(server: Server, case: str) -> None:
+    query, headers = NOT_CACHED[case]
+    target = unique(query)
+    s1, _, b1 = server.get(target, headers)
+    s2, h2, b2 = server.get(target, headers)
+    assert server.calls(target) == 2, case
+    assert "age" not in h2
+    assert (s1, b1) == (s2, b2)
+
+
+def test_a_no_store_request_is_answered_but_its_response_not_stored(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}")
+    server.get(target, {"Cache-Control": "no-store"})
+    _, headers, _ = server.get(target)
+    assert server.calls(target) == 2 and "age" not in headers  # the first response was not stored
+
+
+def test_a_public_response_to_an_authorized_request_is_stored_for_others(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}")
+    server.get(target, {"Authorization": "Bearer x"})
+    status, headers, _ = server.get(target)
+    assert status == 200 and "age" in headers
+    assert server.calls(target) == 1
+
+
+def test_no_cache_request_refreshes_the_entry(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}")
+    server.get(target)
+    server.get(target, {"Cache-Control": "no-cache"})
+    assert server.calls(target) == 2
+    _, headers, _ = server.get(target)
+    assert server.calls(target) == 2 and "age" in headers
+
+
+def test_head_is_answered_from_a_stored_get(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}&size=3000")
+    server.get(target)
+    status, headers, body = server.get(target, method="HEAD")
+    assert (status, body) == (200, b"")
+    assert headers["content-length"] == "3000" and "age" in headers
+    assert server.calls(target) == 1 and server.calls(target, "HEAD") == 0
+
+
+def test_head_alone_is_not_stored(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}")
+    server.get(target, method="HEAD")
+    server.get(target)
+    assert server.calls(target, "HEAD") == 1 and server.calls(target) == 1
+
+
+def test_vary_keeps_one_entry_per_field_value(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}&vary=Accept-Encoding")
+    _, _, gzip1 = server.get(target, {"Accept-Encoding": "gzip"})
+    _, _, none1 = server.get(target)
+    _, h, gzip2 = server.get(target, {"Accept-Encoding": "GZIP"})  # case-insensitive field
+    _, h2, none2 = server.get(target)
+    assert server.calls(target) == 2
+    assert b"ae=gzip" in gzip1 and gzip2 == gzip1 and "age" in h
+    assert b"ae=identity" in none1 and none2 == none1 and "age" in h2  # (http.client's default)
+
+
+def test_conditional_requests_get_304_from_the_cache(server: Server) -> None:
+    lm = formatdate(time.time() - 600, usegmt=True)
+    target = unique(f"cc={q('public, max-age=60')}&etag={q(chr(34) + 'v7' + chr(34))}&lm={q(lm)}")
+    server.get(target)
+    status, headers, body = server.get(target, {"If-None-Match": 'W/"v7"'})
+    assert (status, body) == (304, b"")
+    assert headers["etag"] == '"v7"' and "age" in headers and "content-length" not in headers
+    status, _, _ = server.get(target, {"If-None-Match": '"other"'})
+    assert status == 200
+    status, _, _ = server.get(target, {"If-Modified-Since": formatdate(time.time(), usegmt=True)})
+    assert status == 304
+    status, _, _ = server.get(target, {"If-Modified-Since": formatdate(time.time() - 3600, usegmt=True)})
+    assert status == 200
+    assert server.calls(target) == 1
+
+
+def test_age_grows_while_the_entry_is_served(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}")
+    server.get(target)
+    first = int(server.get(target)[1]["age"])
+    time.sleep(1.2)
+    assert int(server.get(target)[1]["age"]) >= first + 1
+    assert server.calls(target) == 1
+
+
+def test_an_entry_expires(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=1')}")
+    server.get(target)
+    server.get(target)
+    assert server.calls(target) == 1
+    wait_for(lambda: server.get(target) and server.calls(target) == 2, 5, "the entry to go stale")
+
+
+def test_only_if_cached_miss_is_504_without_the_app(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}")
+    status, _, body = server.get(target, {"Cache-Control": "only-if-cached"})
+    assert status == 504 and b"not in the server cache" in body
+    assert server.calls(target) == 0
+
+
+def test_an_unsafe_method_drops_the_entry(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}&vary=Accept-Encoding")
+    server.get(target, {"Accept-Encoding": "gzip"})
+    server.get(target)
+    server.get(target, {"Accept-Encoding": "gzip"})
+    assert server.calls(target) == 2
+    assert server.get(target, method="POST")[0] == 200
+    server.get(target, {"Accept-Encoding": "gzip"})
+    server.get(target)  # the other variant went too (RFC 9111 4.4)
+    assert server.calls(target) == 4
+
+
+def test_hits_follow_a_replacement_and_a_removal(server: Server) -> None:
+    """Workers answer repeated hits from their own copies: a new version stored by any worker,
+    or a removal, must be seen by the next request all the same."""
+    target = "/v?size=3000&case=follow"
+
+    def version(headers: dict[str, str] | None = None) -> tuple[str, bool]:
+        _, h, body = server.get(target, headers)
+        assert h["etag"] == f'"{check_versioned(body)}"'
+        return h["etag"], "age" in h
+
+    v1, cached = version()
+    assert not cached
+    for _ in range(6):  # hits on both workers, from their copies after the first
+        assert version() == (v1, True)
+    v2, cached = version({"Cache-Control": "no-cache"})  # the app answers; its response replaces v1
+    assert v2 != v1 and not cached
+    for _ in range(6):
+        assert version() == (v2, True)
+    assert server.get(target, method="POST")[0] == 200  # drops the entry (RFC 9111 4.4)
+    v3, cached = version()
+    assert v3 not in (v1, v2) and not cached
+    assert server.calls(target) == 3
+
+
+def test_a_failed_response_is_not_stored(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}&boom=1&size=100")
+    for _ in range(2):
+        with pytest.raises(http.client.IncompleteRead):
+            server.get(target)
+    assert server.calls(target) == 2
+
+
+def test_a_short_body_is_not_stored(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}&cl=50")
+    host, port = server.url.split("://")[1].rsplit(":", 1)
+    for _ in range(2):
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):  # the server closes: the body fell short of its length
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and b"Age:" not in data
+    assert server.calls(target) == 2
+
+
+def test_hits_from_a_second_worker(server: Server) -> None:
+    target = unique(f"cc={q('public, max-age=60')}")
+    _, _, body = server.get(target)
+    stored_by = [line.split()[0] for line in server.calls_path.read_text().splitlines()
+                 if line.endswith(target)]
+    workers = set(server.g.workers())
+    assert len(workers) == 2
+
+    def other_worker_hit() -> bool:
+        # fresh connections land on whichever worker accepts first: ask until the other one has
+        _, headers, again = server.get(target)
+        assert again == body and "age" in headers
+        return any(pid != int(stored_by[0]) and status == 200 for pid, status in server.served_by(target))
+
+    wait_for(other_worker_hit, 20, "a hit served by the worker that did not store it")
+    assert server.calls(target) == 1
+
+
+def test_metrics_count_the_cache(server: Server) -> None:
+    before = scrape(server.metrics)
+    target = unique(f"cc={q('public, max-age=60')}&size=1000")
+    server.get(target)
+    server.get(target)
+    server.get(target)
+    server.get(unique(""), method="POST")
+    after = scrape(server.metrics)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("greenfork_response_cache_requests_total", result="miss") == 1
+    assert delta("greenfork_response_cache_requests_total", result="hit") == 2
+    assert delta("greenfork_response_cache_requests_total", result="bypass") == 1
+    assert delta("greenfork_response_cache_stores_total") == 1
+    assert total(after, "greenfork_response_cache_capacity_bytes") == 4 * 1024 * 1024
+    assert total(after, "greenfork_response_cache_entries") >= 1
+    assert 1000 < total(after, "greenfork_response_cache_bytes") <= 4 * 1024 * 1024
+    assert "greenfork_response_cache_evictions_total" in {n for n, _ in after}
+
+
+# ------------------------------------------------------------- servers of their own
+def test_concurrent_writers_and_readers_of_one_key(launcher: Launcher, tmp_path: Path) -> None:
+    """Writers (requests with no-cache: each reaches the app, whose new version replaces the
+    entry) and readers (hits) of one 48 KiB key, from two workers, with a cache small enough
+    to wrap around: every body must be whole and one version, and match its ETag."""
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "--response-cache-max-entry", "64KiB")
+    target = "/v?size=49152"
+    host, port = srv.url.split("://")[1].rsplit(":", 1)
+    deadline = time.monotonic() + 4
+    seen: dict[str, set[str]] = {"reader": set(), "writer": set()}
+    failures: list[str] = []
+    hits = [0]
+
+    def client(kind: str) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            while time.monotonic() < deadline and not failures:
+                headers = {"Cache-Control": "no-cache"} if kind == "writer" else {}
+                conn.request("GET", target, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                try:
+                    assert resp.status == 200, resp.status
+                    version = check_versioned(body)
+                    assert resp.getheader("ETag") == f'"{version}"', (resp.getheader("ETag"), version)
+                except AssertionError as e:
+                    failures.append(f"{kind}: {e}")
+                    break
+                seen[kind].add(version)
+                if resp.getheader("Age") is not None:
+                    hits[0] += 1
+                if kind == "writer":  # other keys between the writes make the log wrap around
+                    conn.request("GET", f"/v?size=40000&k={len(seen[kind]) % 40}", headers=headers)
+                    conn.getresponse().read()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in ["writer"] * 3 + ["reader"] * 6]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not failures, failures[:5]
+    assert hits[0] > 100  # readers were answered from the cache...
+    assert len(seen["reader"]) > 3  # ...with the versions the writers kept storing
+    s = scrape(srv.metrics)
+    assert total(s, "greenfork_response_cache_evictions_total") > 0
+    assert total(s, "greenfork_response_cache_stores_total") > 10
+
+
+def test_eviction_under_a_small_size(launcher: Launcher, tmp_path: Path) -> None:
+    srv = start(launcher, tmp_path, "--response-cache", "256KiB", "--response-cache-max-entry", "16KiB",
+                workers=1)
+    targets = [f"/r?k={i}&cc={q('public, max-age=600')}&size=15000" for i in range(30)]
+    for t in targets:
+        srv.get(t)
+        srv.get(t)
+        assert srv.calls(t) == 1  # stored, and a hit right after
+    s = scrape(srv.metrics)
+    assert total(s, "greenfork_response_cache_evictions_total") > 0
+    assert total(s, "greenfork_response_cache_bytes") <= total(s, "greenfork_response_cache_capacity_bytes")
+    assert total(s, "greenfork_response_cache_entries") < 30
+    srv.get(targets[0])  # the oldest was evicted: the app is called again
+    assert srv.calls(targets[0]) == 2
+    srv.get(targets[-1])  # the newest is still there
+    assert srv.calls(targets[-1]) == 1
+
+
+def test_hup_empties_it_and_drops_the_old_generation(launcher: Launcher, tmp_path: Path) -> None:
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB")
+    target = f"/r?cc={q('public, max-age=600')}"
+    srv.get(target)
+    assert "age" in srv.get(target)[1]
+    old = set(srv.g.workers())
+    srv.g.signal(signal.SIGHUP)
+    wait_for(lambda: "Reload complete" in srv.g.log(), 30, "the reload")
+    wait_for(lambda: not old & set(srv.g.workers()), 30, "the old workers to exit")
+    wait_for(lambda: "dropped 1 entries of older generations" in srv.g.log(), 10, "the purge")
+    assert total(scrape(srv.metrics), "greenfork_response_cache_entries") == 0
+    _, headers, _ = srv.get(target)  # the new generation's code answers: the app is called again
+    assert "age" not in headers and srv.calls(target) == 2
+    assert "age" in srv.get(target)[1] and srv.calls(target) == 2
+
+
+def test_a_binary_upgrade_starts_with_a_cache_of_its_own(launcher: Launcher, tmp_path: Path) -> None:
+    pidfile = tmp_path / "gf.pid"
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "--pidfile", str(pidfile))
+    target = f"/r?cc={q('public, max-age=600')}"
+    srv.get(target)
+    assert "age" in srv.get(target)[1]
+    srv.g.signal(signal.SIGUSR2)
+    new = wait_for(lambda: (p := read_pid(pidfile)) != srv.g.pid and p, 20, "the new master's pidfile")
+    try:
+        wait_for(lambda: len(children(new)) == 2 and "greenfork-respcache" in
+                 Path(f"/proc/{children(new)[0]}/maps").read_text(), 20, "the new master's workers")
+        srv.g.signal(signal.SIGTERM)  # the old master and its cache go
+        assert srv.g.wait(20) == 0
+        srv.url = srv.g.reload_info()["addresses"][0]
+        _, headers, _ = srv.get(target)  # the new master's cache is empty: the app answers
+        assert "age" not in headers and srv.calls(target) == 2
+        assert "age" in srv.get(target)[1] and srv.calls(target) == 2
+    finally:
+        stop_pid(new)
+
+
+def test_sizes_that_do_not_fit_are_a_usage_error(launcher: Launcher) -> None:
+    g = launcher.spawn(["cacheapp:app", "-b", "http://127.0.0.1:0", "--response-cache", "256KiB",
+                        "--response-cache-max-entry", "128KiB"], addresses_file=False)
+    assert g.wait(20) == 2
+    assert "response cache max entry 131072 must be between 1 and" in g.log()
+    g = launcher.spawn(["cacheapp:app", "--response-cache", "1KiB"], addresses_file=False)
+    assert g.wait(20) == 2
+    assert "must be 0 (off) or at least 64KiB" in g.log()
+
+
+def test_workers_do_not_own_the_cache_memory(launcher: Launcher, tmp_path: Path) -> None:
+    """The segment is mapped by the master (shared): filling it does not grow a worker's USS."""
+    srv = start(launcher, tmp_path, "--response-cache", "16MiB", workers=1)
+    (worker,) = srv.g.workers()
+    assert "greenfork-respcache" in Path(f"/proc/{worker}/maps").read_text()
+
+    def uss() -> int:
+        lines = Path(f"/proc/{worker}/smaps_rollup").read_text().splitlines()
+        private = [x for x in lines if x.startswith(("Private_Clean:", "Private_Dirty:"))]
+        return sum(int(x.split()[1]) * 1024 for x in private)
+
+    for i in range(20):  # warm up: the code paths, the allocator's arenas
+        srv.get(f"/r?w={i}&cc={q('public, max-age=600')}&size=30000")
+    before = uss()
+    for i in range(300):
+        target = f"/r?k={i}&cc={q('public, max-age=600')}&size=30000"
+        srv.get(target)
+        srv.get(target)  # a hit: the worker keeps copies of some (bounded: 2 MiB for 16 MiB)
+    held = total(scrape(srv.metrics), "greenfork_response_cache_bytes")
+    assert held > 8_000_000
+    assert uss() - before < 4 * 1024 * 1024, (uss() - before, held)

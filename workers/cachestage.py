@@ -1,0 +1,482 @@
+"""The shared response cache at the request stage (--response-cache; docs/caching.md).
+
+request.py calls this in one marked block, once the environ's scheme and host are final (after
+forwarded headers): `before()` answers a hit itself, without the app, or returns a `Fill` that
+runs the app (capturing its body) and, once the response is complete, stores it (`Fill.after()`);
+for an unsafe method the Fill drops the target's entries instead (RFC 9111 4.4). The rules are
+cachepolicy.py's; the store is master/respcache.py's, shared by every worker of the host.
+
+Request fields are read from the environ (the values the app sees), not from the raw header
+list: a request carrying none of the fields the rules look at (the common case) skips the rules.
+Two per-worker memos keep the request path short, and neither can make an answer wrong:
+
+- `known`: this worker's copy of entries it has already read (bounded in bytes). Before answering
+  from a copy it checks in shared memory that the entry is still its key's live one
+  (ResponseCache.current, two loads), so a hit costs no copy and no CRC.
+- `urls` (with Varnish's "hit-for-pass"): a URL as the request gave it maps to its store key, so
+  the key is made once; or, when its last response could not be stored, to a time until which it
+  is not looked up, nor captured (PASS_TTL). Only plain requests set a pass: without Cookie and
+  Authorization (they usually make a response private to one client) and without any field the
+  rules read (a conditional request's 304 or a Range's 206 says nothing of the URL's other
+  responses). At worst it costs hits of a URL for PASS_TTL after its responses became storable.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from greenfork.master.respcache import Entry, ResponseCache
+from greenfork.workers import cachepolicy as cp
+from greenfork.workers.transport import ClientGone
+from greenfork.workers.wsgi import FileWrapper
+
+if TYPE_CHECKING:
+    from greenfork.workers.http1 import Request
+    from greenfork.workers.request import Exchange
+    from greenfork.workers.worker import WorkerServer
+
+log = logging.getLogger("greenfork.worker")
+
+PASS_TTL: Final = 1.0  # seconds a URL with an unstorable response skips the cache in this worker
+URLS_MAX: Final = 4096  # URLs remembered (their keys, or a pass): the memo is emptied when full
+KNOWN_BYTES: Final = 8 << 20  # this worker's copies of entries: at most this many body bytes...
+KNOWN_SHARE: Final = 8  # ...and at most 1/8 of the shared cache's size
+CLIENT_GONE: Final = 499  # request.py's status for a client that left before its response
+
+# The environ keys of every request field cachepolicy.request_rule() and answer() look at.
+RULE_KEYS: Final = frozenset({
+    "CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_AUTHORIZATION", "HTTP_IF_MATCH",
+    "HTTP_IF_UNMODIFIED_SINCE", "HTTP_RANGE", "HTTP_IF_RANGE", "HTTP_CACHE_CONTROL", "HTTP_PRAGMA",
+    "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"})
+_GET: Final = cp.RequestRule(True, True, "")
+_HEAD: Final = cp.RequestRule(True, False, "head")
+_STORE, _INVALIDATE = 0, 1
+
+
+class Hit(enum.Enum):
+    """before()'s answer when the request was answered from the cache (or refused, 504)."""
+
+    HIT = 1
+
+
+HIT: Final = Hit.HIT
+
+
+def env_key(name: str) -> str:
+    """The environ key of a lowercase field name (wsgi.build_environ's naming)."""
+    if name == "content-type" or name == "content-length":
+        return name.upper().replace("-", "_")
+    if "_" in name:
+        return ""  # never in the environ: build_environ drops such fields
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+class EnvFields(Mapping[str, str]):
+    """The request's fields as cachepolicy reads them ({lowercase name: value}), taken from the
+    environ: after forwarded headers, repeated fields joined as the app sees them."""
+
+    __slots__ = ("env",)
+
+    def __init__(self, env: Mapping[str, Any]) -> None:
+        self.env = env
+
+    def __getitem__(self, name: str) -> str:
+        value = self.env.get(env_key(name))
+        if type(value) is not str:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        for k, v in self.env.items():
+            if type(v) is str and (k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")):
+                yield k.removeprefix("HTTP_").lower().replace("_", "-")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def primary_key(scheme: str, host: str, path: bytes, query: bytes) -> bytes | None:
+    """cachepolicy.primary_key() from the environ's str host, in fewer steps (the same bytes)."""
+    try:
+        h = host.encode("latin-1").lower()
+    except UnicodeEncodeError:
+        return None
+    if not h or b"\0" in h or b"\0" in path or b"\0" in query:
+        return None
+    if scheme == "https":
+        if h.endswith(b":443"):
+            h = h[:-4]
+    elif h.endswith(b":80"):
+        h = h[:-3]
+    return b"%s\0%s\0%s\0%s" % (scheme.encode("ascii", "replace"), h, path, query)
+
+
+class Capture:
+    """The app's iterable passed through unchanged, with its pieces kept up to `limit` bytes."""
+
+    __slots__ = ("_close", "_it", "complete", "pieces", "size", "limit")
+
+    def __init__(self, result: Iterable[bytes], limit: int) -> None:
+        self._close: Callable[[], None] | None = getattr(result, "close", None)
+        try:
+            self._it = iter(result)
+        except BaseException:
+            self.close()
+            raise
+        self.pieces: list[bytes] | None = []
+        self.size = 0
+        self.limit = limit
+        self.complete = False
+
+    def __iter__(self) -> Capture:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            data = next(self._it)
+        except StopIteration:
+            self.complete = True
+            raise
+        pieces = self.pieces
+        if pieces is not None:
+            self.size += len(data)
+            if self.size > self.limit or type(data) is not bytes:
+                self.pieces = None  # too big to store (or not bytes: request.py fails the response)
+            else:
+                pieces.append(data)
+        return data
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
+class Known:
+    """This worker's copy of an entry, where the store has it, and its head for the current Age."""
+
+    __slots__ = ("age", "entry", "expires", "headers", "key", "off", "tag", "way")
+
+    def __init__(self, key: bytes, entry: Entry, way: int, tag: int, off: int) -> None:
+        self.key = key  # the store key it was found under
+        self.entry = entry
+        self.way, self.tag, self.off = way, tag, off
+        self.expires = entry.stored_at + entry.lifetime - entry.initial_age  # fresh while now < expires
+        self.age = -1
+        self.headers: list[tuple[str, str]] = []
+
+    def head(self, now: float) -> list[tuple[str, str]]:
+        """The stored fields and Age (RFC 9111 5.1), made once per second of age; each answer
+        gets its own copy of the list (a protocol may rework what it is handed)."""
+        e = self.entry
+        age = int(e.initial_age + max(0.0, now - e.stored_at))
+        if age != self.age:
+            self.headers = [*e.headers, ("Age", str(age))]
+            self.age = age
+        return self.headers.copy()
+
+    def drop(self) -> None:
+        """Out of the worker's copies: the body goes now, and a URL memo still pointing here
+        finds it expired."""
+        self.expires = 0.0
+        self.entry = _GONE
+        self.headers = []
+
+
+_GONE: Final = Entry("", (), b"", 0.0, 0.0)
+
+
+Url = tuple[str, str, bytes, str]  # scheme, host, request target, SCRIPT_NAME
+
+
+class CacheStage:
+    """One per worker, over the shared store the master mapped before forking."""
+
+    def __init__(self, server: WorkerServer, store: ResponseCache) -> None:
+        self.server = server
+        self.store = store
+        self.count = server.metrics.response_cache  # hit / miss / bypass, one per request
+        self.script_name = server.script_name
+        self.limit = store.max_entry
+        self.known: dict[bytes, Known] = {}  # store key -> this worker's copy
+        self.known_bytes = 0
+        self.known_max = min(KNOWN_BYTES, store.stats().size // KNOWN_SHARE)
+        # a URL as the request gave it -> the copy of its entry (for plain requests: the shortest
+        # path to a hit), or its store key (skips making the key again), or, as a float, until
+        # when it skips the cache (hit-for-pass)
+        self.urls: dict[Url, Known | bytes | float] = {}
+
+    # ------------------------------------------------------------------ before the app
+    def before(self, ex: Exchange, req: Request, env: dict[str, Any],
+               started: float) -> Literal[Hit.HIT] | Fill | None:
+        """HIT when the request was answered here; a Fill to run the app through; None: not ours."""
+        method = req.method
+        if method != "GET" and method != "HEAD":
+            self.count("bypass")
+            if method in cp.SAFE_METHODS:
+                return None
+            return self._unsafe(req, env)
+        host = env.get("HTTP_HOST")
+        if not host or req.upgrade:  # no key all workers agree on; a WebSocket or h2c upgrade
+            self.count("bypass")
+            return None
+        now = time.time()
+        url = (env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"])
+        memo = self.urls.get(url)
+        key: bytes | None = None
+        if type(memo) is Known:
+            if now < memo.expires and self.store.current(memo.way, memo.tag, memo.off) \
+                    and env.keys().isdisjoint(RULE_KEYS):
+                self.count("hit")  # the common hit: a plain request for a URL seen before
+                body = memo.entry.body if method == "GET" else b""
+                self._send(ex, req, env, memo.entry.status, memo.head(now), body, started)
+                return HIT
+            key = memo.key
+        elif type(memo) is float:
+            if memo > now:
+                self.count("bypass")
+                return None
+        elif type(memo) is bytes:
+            key = memo
+        if key is None:
+            key = self._key(url, req)
+            if key is None:
+                self.count("bypass")
+                return None
+            self._remember(url, key)
+        if env.keys().isdisjoint(RULE_KEYS):  # no field any rule looks at: the common case
+            fields = None
+            rule = _GET if method == "GET" else _HEAD
+        else:
+            fields = EnvFields(env)
+            rule = cp.request_rule(method, fields)
+            if not (rule.lookup or rule.store):
+                self.count("bypass")
+                return None
+        if rule.lookup:
+            known = self._find(key, env, now)
+            if known is not None and (fields is None or cp.usable(known.entry, rule, now)):
+                self.count("hit")
+                if fields is None:
+                    if known.key == key and self.known.get(key) is known:
+                        # found under the URL's own key (no Vary), and a copy counted in the
+                        # worker's budget: the URL memo may point at it
+                        self._remember(url, known)
+                    body = known.entry.body if method == "GET" else b""
+                    self._send(ex, req, env, known.entry.status, known.head(now), body, started)
+                else:
+                    a = cp.answer(known.entry, method, fields, now)
+                    self._send(ex, req, env, a.status, a.headers, a.body, started)
+                return HIT
+            self.count("miss")
+            if rule.only_if_cached:
+                a = cp.ONLY_IF_CACHED_MISS
+                self._send(ex, req, env, a.status, list(a.headers), a.body, started)
+                return HIT
+        else:
+            self.count("bypass")
+        if not rule.store:
+            return None
+        # hit-for-pass is learnt from plain requests only: a conditional one (a 304), a Range (a
+        # 206) or a client's own directive says nothing about the URL's other responses
+        return Fill(self, _STORE, key, env, now, url if fields is None else None)
+
+    def _remember(self, url: Url, what: Known | bytes | float) -> None:
+        urls = self.urls
+        if len(urls) >= URLS_MAX and url not in urls:
+            urls.clear()
+        urls[url] = what
+
+    def _unsafe(self, req: Request, env: dict[str, Any]) -> Fill | None:
+        """POST, PUT, DELETE ...: a Fill that drops the target's entries if the response says it
+        succeeded; None when nothing is stored under the target anyway."""
+        host = env.get("HTTP_HOST")
+        if not host:
+            return None
+        key = self._key((env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"]), req)
+        if key is None or not self.store.holds(key):
+            return None
+        return Fill(self, _INVALIDATE, key, env, 0.0, None)
+
+    def _key(self, url: Url, req: Request) -> bytes | None:
+        scheme, host, _, script_name = url
+        path = req.path
+        if script_name != self.script_name:
+            # a prefix a trusted proxy set (X-Forwarded-Prefix): the app's links depend on it
+            path = script_name.encode("latin-1", "replace") + b"\0" + path
+        return primary_key(scheme, host, path, req.query)
+
+    def _find(self, key: bytes, env: dict[str, Any], now: float) -> Known | None:
+        """cachepolicy.find() through this worker's copies."""
+        known = self._lookup(key, now)
+        if known is None or not known.entry.stub:
+            return known
+        stub = known.entry
+        values = cp.vary_values([n for n, _ in stub.vary], EnvFields(env))
+        return self._lookup(cp.variant_key(key, values, stub.etag or ""), now)
+
+    def _lookup(self, key: bytes, now: float) -> Known | None:
+        memo = self.known
+        known = memo.get(key)
+        if known is not None:
+            if now < known.expires and self.store.current(known.way, known.tag, known.off):
+                return known
+            del memo[key]
+            self.known_bytes -= len(known.entry.body)
+            known.drop()
+        found = self.store.locate(key, now)
+        if found is None:
+            return None
+        known = Known(key, *found)
+        size = len(known.entry.body)
+        if size <= self.known_max // 8:
+            while memo and self.known_bytes + size > self.known_max:
+                oldest = memo.pop(next(iter(memo)))  # the oldest copy goes
+                self.known_bytes -= len(oldest.entry.body)
+                oldest.drop()
+            memo[key] = known
+            self.known_bytes += size
+        return known
+
+    def _send(self, ex: Exchange, req: Request, env: dict[str, Any], status: str,
+              headers: list[tuple[str, str]], body: bytes, started: float) -> None:
+        err = ""
+        try:
+            ex.headed = True
+            ex.send_head(status, headers)
+            if body:
+                ex.send_data(body)
+            ex.end()
+        except ClientGone as e:
+            ex.abort()
+            ex.status = ex.status or CLIENT_GONE
+            err = e.reason
+        server = self.server
+        if server.timed:
+            if server.access_log is not None:
+                server.access_log.log(env, ex.status, headers, ex.body_bytes(), time.monotonic() - started)
+            server.metrics.request(ex, req, err, started)
+
+    # ------------------------------------------------------------------ after the app
+    def passed(self, url: Url | None, env: dict[str, Any], now: float) -> None:
+        """The response to url could not be stored: skip the cache for it a while (see above)."""
+        if url is None or "HTTP_COOKIE" in env or "HTTP_AUTHORIZATION" in env:
+            return
+        self._remember(url, now + PASS_TTL)
+
+    def store_response(self, fill: Fill, status: str, headers: list[tuple[str, str]], body: bytes) -> bool:
+        env = fill.env
+        fields = EnvFields(env)
+        response_time = time.time()
+        ok = cp.response_rule(fill.code, cp.response_fields(headers), authorized="HTTP_AUTHORIZATION" in env,
+                              request_time=fill.request_time, response_time=response_time)
+        if not ok.store:
+            return False
+        epoch = ""
+        if ok.vary:
+            epoch = cp.stub_epoch(self.store.lookup(fill.key, response_time), ok.vary) or \
+                f"{time.time_ns():x}.{os.getpid()}"
+        for k, e in cp.make_entries(fill.key, fields, status, headers, body, ok, response_time, epoch):
+            if not self.store.store(k, e):
+                break  # another worker holds the lock, or it did not fit: a later miss fills it
+        return True
+
+
+def _declared_length(headers: list[tuple[str, str]]) -> str | None:
+    for name, value in headers:
+        if name.lower() == "content-length":
+            return value
+    return None
+
+
+def _may_cache(headers: list[tuple[str, str]]) -> bool:
+    """Cache-Control is required for storing (public or s-maxage): most responses fail here."""
+    for name, _ in headers:  # noqa: SIM110 (any() over a generator costs twice as much)
+        if name.lower() == "cache-control":
+            return True
+    return False
+
+
+class Fill:
+    """A miss that may be stored (or an unsafe request that may invalidate): the app runs through
+    __call__, and after() acts on the complete response."""
+
+    __slots__ = ("app", "code", "env", "key", "kind", "request_time", "stage", "url")
+
+    def __init__(self, stage: CacheStage, kind: int, key: bytes, env: dict[str, Any], request_time: float,
+                 url: Url | None) -> None:
+        self.stage = stage
+        self.kind = kind
+        self.key = key
+        self.env = env
+        self.request_time = request_time
+        self.url = url
+        self.app: Callable[..., Any] | None = None
+        self.code = 0
+
+    def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
+        if self.kind != _STORE:
+            return app
+        self.app = app
+        return self
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        assert self.app is not None
+        result = self.app(environ, start_response)
+        if type(result) is list or type(result) is tuple or isinstance(result, FileWrapper):
+            return result
+        return Capture(result, self.stage.limit)
+
+    def after(self, ex: Exchange, status: str | None, headers: list[tuple[str, str]], result: Any,
+              err: str) -> None:
+        """The response is complete, or failed (err, a status that is not the app's): store it,
+        drop the target's entries, or leave it."""
+        self.app = None  # no cycle left behind (the stage keeps no Fill)
+        stage = self.stage
+        if err or status is None:
+            return
+        code = self.code = ex.status
+        try:
+            if int(status[:3]) != code:
+                return  # replaced by an error answer (504 after --request-timeout, say)
+            if self.kind == _INVALIDATE:
+                if 200 <= code < 400:  # RFC 9111 4.4: a non-error response
+                    stage.store.remove(self.key)
+                return
+            stored = False
+            if code in cp.CACHEABLE_STATUS and _may_cache(headers):
+                body = _body(result)
+                if body is not None and len(body) == ex.body_bytes():
+                    declared = _declared_length(headers)
+                    if declared is None or declared == str(len(body)):
+                        stored = stage.store_response(self, status, headers, body)
+            if not stored:
+                stage.passed(self.url, self.env, self.request_time)
+        except Exception:  # the response is out: a cache fill must never fail the request
+            log.exception("Response cache: could not store %s", self.key.split(b"\0", 2)[-1][:200])
+
+
+def _body(result: Any) -> bytes | None:
+    """The whole body the app produced, or None (a file, an iterable too big or cut short)."""
+    pieces: list[Any] | tuple[Any, ...] | None = None
+    if type(result) is list or type(result) is tuple:
+        pieces = result
+    elif type(result) is Capture and result.complete:
+        pieces = result.pieces
+    if pieces is None:
+        return None
+    if len(pieces) == 1 and type(pieces[0]) is bytes:
+        return pieces[0]
+    if not all(type(p) is bytes for p in pieces):
+        return None
+    return b"".join(pieces)
+
+
+def attach(server: WorkerServer) -> CacheStage | None:
+    """The worker's cache stage, or None when --response-cache is off."""
+    store = server.info.cache
+    return CacheStage(server, store) if store is not None else None

@@ -346,6 +346,7 @@ def test_pre_and_post_request_hooks_run_for_each_stream(launcher: Launcher, tmp_
     assert pre["/"]["version"] == [2, 0] and pre["/"]["method"] == "GET" and pre["/"]["query"] == "q=2"
     assert pre["/"]["scheme"] == "http" and pre["/"]["headers"]["X-PROBE"] == "two"
     assert pre["/sleep"]["headers"]["X-PROBE"] == "one"
+    assert pre["/"]["headers"]["HOST"] == "127.0.0.1"  # :authority, as gunicorn's HTTP/2 gives it
     for e in post.values():
         assert e["mark"] == "set in pre_request" and e["protocol"] == "HTTP/2"
         assert e["code"] == 200 and e["status"].startswith("200") and e["sent"] > 0

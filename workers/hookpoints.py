@@ -97,8 +97,15 @@ class RequestView:
 
     @property
     def headers(self) -> list[tuple[str, str]]:
-        """As gunicorn gives them: upper-case names, str values, in the order received."""
-        return [(n.decode("latin-1").upper(), v.decode("latin-1")) for n, v in self._req.headers]
+        """As gunicorn gives them: upper-case names, str values, in the order received. An
+        HTTP/2 request's :authority is its HOST, last, as gunicorn's HTTP/2 puts it (RFC 9113
+        8.3.1: it stands for the Host field, which the request then usually leaves out)."""
+        req = self._req
+        out = [(n.decode("latin-1").upper(), v.decode("latin-1")) for n, v in req.headers]
+        if req.version == "2" and req.host is not None:
+            out = [h for h in out if h[0] != "HOST"]
+            out.append(("HOST", req.host.decode("latin-1")))
+        return out
 
     @property
     def scheme(self) -> str:

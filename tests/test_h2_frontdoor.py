@@ -353,3 +353,27 @@ def test_pre_and_post_request_hooks_run_for_each_stream(launcher: Launcher, tmp_
     # the short stream ended while the slow one still ran: its post_request did not wait for it
     order = [e["path"] for e in got if e["hook"] == "post_request"]
     assert order == ["/", "/sleep"], order
+
+
+# ------------------------------------------------- --mount: each stream routed on its own
+def test_mounts_route_each_stream_by_path_and_authority(launcher: Launcher) -> None:
+    g = launcher.start(["shareapps:main", "-b", "127.0.0.1:0", "--mount", "/api=shareapps:api",
+                        "--mount", "admin.example.com=shareapps:admin"])
+    with connect(g.url()) as s:
+        raw = over(s)
+        raw.request(1, "/api/sleep?0.3")  # a slow stream of one app does not hold the others up
+        raw.request(3, "/api/x?y=1")
+        raw.request(5, "/x", authority="admin.example.com")
+        raw.request(7, "/apiary")
+        got = {}
+        for sid in (3, 5, 7, 1):
+            head, body = raw.response(sid)
+            assert head[":status"] == "200", (head, body)
+            got[sid] = json.loads(body)
+            if sid != 1:
+                assert 1 not in raw.ended, "a stream waited for the slow one"
+    assert (got[1]["app"], got[1]["SCRIPT_NAME"], got[1]["PATH_INFO"]) == ("api", "/api", "/sleep")
+    assert (got[3]["app"], got[3]["SCRIPT_NAME"], got[3]["PATH_INFO"], got[3]["QUERY_STRING"]) == \
+        ("api", "/api", "/x", "y=1")
+    assert (got[5]["app"], got[5]["HTTP_HOST"], got[5]["PATH_INFO"]) == ("admin", "admin.example.com", "/x")
+    assert (got[7]["app"], got[7]["SCRIPT_NAME"], got[7]["PATH_INFO"]) == ("main", "", "/apiary")

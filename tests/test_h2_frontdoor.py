@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hyperframe.frame import SettingsFrame
+from h2.errors import ErrorCodes
+from hyperframe.frame import DataFrame, RstStreamFrame, SettingsFrame
 
 from tests import tlscerts
 from tests.h2raw import PREFACE, Raw
@@ -52,10 +53,10 @@ class TlsSock:
         self.tls.sock.close()
 
 
-def over(sock: Any, prefix: bytes = b"") -> Raw:
+def over(sock: Any, prefix: bytes = b"", settings: dict[int, int] | None = None) -> Raw:
     """A Raw client on an open connection: the client preface (after `prefix`, in one write)."""
     raw = Raw(sock)
-    raw.send_raw(prefix + PREFACE + SettingsFrame(0).serialize())
+    raw.send_raw(prefix + PREFACE + SettingsFrame(0, settings=settings or {}).serialize())
     return raw
 
 
@@ -188,6 +189,20 @@ def test_the_required_header_is_checked_on_each_stream(front: Greenfork) -> None
         assert "HTTP_X_EDGE_SECRET" not in env_of(raw, 5)  # the right one: served, and removed
 
 
+def test_a_refusal_before_the_body_ends_the_stream_and_stops_the_upload(front: Greenfork) -> None:
+    """The gate answers a POST whose body is still coming: the 403, then RST_STREAM NO_ERROR so
+    the client stops sending it (RFC 9113 8.1); the connection carries on."""
+    with connect(front.url(2)) as s:
+        raw = over(s)
+        raw.send(raw.headers_frame(1, [(":method", "POST"), (":scheme", "http"), (":authority", HOST),
+                                       (":path", "/env")], end_stream=False),
+                 DataFrame(1, b"x" * 1000))
+        head, _ = raw.response(1)
+        assert head[":status"] == "403"
+        assert raw.rst(1).error_code == ErrorCodes.NO_ERROR
+        assert env_of(raw, 3)["SERVER_PROTOCOL"] == "HTTP/2"
+
+
 # ------------------------------------------------- the response cache and the queue limit
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Greenfork, Path]]:
@@ -265,6 +280,31 @@ def test_a_cache_hit_is_answered_on_an_http2_stream(cached: tuple[Greenfork, Pat
         assert raw.response(1)[0][":status"] == "200"
     status, headers, _ = get(g.url(), c)
     assert status == 200 and "age" in headers and calls(log, c) == 1
+
+
+def test_a_response_cut_by_a_client_reset_is_not_stored(cached: tuple[Greenfork, Path]) -> None:
+    """The client resets the stream while a cacheable response waits on its window: nothing is
+    stored, and the next request runs the app (and is stored, whole)."""
+    g, log = cached
+    authority = f"127.0.0.1:{g.port()}"
+    target = url(PUBLIC + "&stream=1&size=30000")
+    with connect(g.url()) as s:
+        raw = over(s, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 1000})
+        raw.auto_window = False  # the server can send 1000 bytes, then waits
+        raw.request(1, target, authority=authority)
+        raw.until(lambda f: isinstance(f, DataFrame) and f.stream_id == 1)
+        raw.send(RstStreamFrame(1, error_code=ErrorCodes.CANCEL))
+        raw.ping()
+        assert len(raw.bodies[1]) <= 1000 and 1 not in raw.ended
+    wait_for(lambda: calls(log, target) == 1, 5, "the first call")
+    for expect_calls in (2, 2):  # the app again, then a hit
+        with connect(g.url()) as s:
+            raw = over(s)
+            raw.request(1, target, authority=authority)
+            head, body = raw.response(1)
+        assert head[":status"] == "200" and len(body) == 30000
+        assert calls(log, target) == expect_calls
+    assert "age" in head
 
 
 def test_past_the_queue_limit_a_stream_gets_503_and_the_connection_carries_on(

@@ -7,7 +7,9 @@ connection's other streams carrying on (HTTP/1.1 would close instead)."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +20,12 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import DataFrame, RstStreamFrame, SettingsFrame
 
 from tests import tlscerts
+from tests.conftest import curl
 from tests.h2raw import PREFACE, Raw
 from tests.metricsutil import get, scrape, total
 from tests.procs import APPS, Greenfork, Launcher, wait_for
 from tests.proxytools import TlsOverSocket, connect, v1, v2
+from tests.test_behind_proxies import CLIENT, HAProxy, Proxy, example, free_port
 from tests.tlscerts import Certs
 
 pytestmark = pytest.mark.timeout(120)
@@ -417,3 +421,76 @@ def test_mounts_route_each_stream_by_path_and_authority(launcher: Launcher) -> N
         ("api", "/api", "/x", "y=1")
     assert (got[5]["app"], got[5]["HTTP_HOST"], got[5]["PATH_INFO"]) == ("admin", "admin.example.com", "/x")
     assert (got[7]["app"], got[7]["SCRIPT_NAME"], got[7]["PATH_INFO"]) == ("main", "", "/apiary")
+
+
+# ------------------------------------------------- behind a real HAProxy
+@pytest.fixture
+def proxies() -> Iterator[list[Proxy]]:
+    started: list[Proxy] = []
+    try:
+        yield started
+    finally:
+        for p in started:
+            p.stop()
+
+
+def curl_h2(url: str, *args: str) -> tuple[str, dict[str, Any]]:
+    """curl from CLIENT (127.0.0.2): the HTTP version it spoke and the /env it got."""
+    r = subprocess.run([curl(), "-sS", "--max-time", "20", "--interface", CLIENT, "-w", "\n%{http_version}",
+                        *args, url], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    body, version = r.stdout.rsplit("\n", 1)
+    return version, json.loads(body)
+
+
+def test_h2_through_haproxy_passing_tls_through(launcher: Launcher, proxies: list[Proxy], certs: Certs,
+                                               tmp_path: Path) -> None:
+    """The documented passthrough (examples/haproxy/greenfork-passthrough.cfg): HAProxy sends
+    PROXY v2 and then the client's own TLS bytes; greenfork's handshake picks h2 by ALPN."""
+    g = launcher.start(["proxyapp:app", "-b", "https://127.0.0.1:0?proxy-protocol=v2",
+                        "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key)])
+    port = free_port()
+    config = example("haproxy/greenfork-passthrough.cfg", {
+        "bind :443": f"bind 127.0.0.1:{port}", "127.0.0.1:8443": f"127.0.0.1:{g.port()}"})
+    HAProxy(proxies, tmp_path, config, port)
+    version, env = curl_h2(f"https://127.0.0.1:{port}/env", "--http2", "--cacert", str(certs.ca))
+    assert version == "2" and env["SERVER_PROTOCOL"] == "HTTP/2"
+    assert env["REMOTE_ADDR"] == CLIENT and env["greenfork.peer_addr"] == "127.0.0.1"
+    assert env["wsgi.url_scheme"] == "https" and env["SSL_PROTOCOL"] == "TLSv1.3"
+    assert env["greenfork.proxy_protocol"]["version"] == 2
+    # many streams on the connections HAProxy carries: all answered, all from the right client
+    h2load = shutil.which("h2load")
+    if h2load is None:
+        pytest.fail("h2load is required (scripts/test installs nghttp2-client)")
+    r = subprocess.run([h2load, "-n", "200", "-c", "2", "-m", "10",
+                        f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=proxy_protocol"],
+                       capture_output=True, text=True, timeout=60)
+    assert "200 succeeded, 0 failed, 0 errored" in r.stdout and "status codes: 200 2xx" in r.stdout, r.stdout
+
+
+def test_h2c_from_haproxy_ending_tls_with_proxy_v2(launcher: Launcher, proxies: list[Proxy], certs: Certs,
+                                                   tmp_path: Path) -> None:
+    """HAProxy ends TLS (ALPN h2) and speaks HTTP/2 with prior knowledge to a cleartext listener,
+    PROXY v2 first (`proto h2 send-proxy-v2`): the deployment gunicorn's h2c is meant for."""
+    g = launcher.start(["proxyapp:app", "-b", "http://127.0.0.1:0?proxy-protocol=v2"])
+    port = free_port()
+    pem = tmp_path / "site.pem"
+    pem.write_text(certs.server.cert.read_text() + certs.server.key.read_text())
+    config = f"""
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend tls
+    bind 127.0.0.1:{port} ssl crt {pem} alpn h2,http/1.1
+    default_backend greenfork
+backend greenfork
+    server app1 127.0.0.1:{g.port()} send-proxy-v2 proto h2
+"""
+    HAProxy(proxies, tmp_path, config, port)
+    for how in ("--http2", "--http1.1"):  # whatever the client speaks, HAProxy speaks h2 to us
+        version, env = curl_h2(f"https://127.0.0.1:{port}/env", how, "--cacert", str(certs.ca))
+        assert version == ("2" if how == "--http2" else "1.1")
+        assert env["SERVER_PROTOCOL"] == "HTTP/2" and env["REMOTE_ADDR"] == CLIENT
+        assert env["greenfork.proxy_protocol"]["version"] == 2 and env["wsgi.url_scheme"] == "http"

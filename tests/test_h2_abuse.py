@@ -122,7 +122,7 @@ def test_rapid_reset_is_bounded_and_ends_the_connection(server: Greenfork) -> No
         ga = seen[0] if seen else c.goaway()
         assert ga.error_code == ErrorCodes.ENHANCE_YOUR_CALM
         assert time.monotonic() - started < 5
-    time.sleep(0.5)  # the app calls still running end
+    wait_for(lambda: http_get(server.url(), "/inflight-now")[2] == b"0", 5, "the app calls still running")
     high = int(http_get(server.url(), "/inflight-max")[2])
     calls = int(http_get(server.url(), "/calls")[2]) - int(before) - 2
     assert 1 <= high <= LIMIT, high  # never more than the limit at once
@@ -243,8 +243,9 @@ def test_unknown_frame_flood(server: Greenfork) -> None:
 def test_a_flood_does_not_slow_other_connections(server: Greenfork) -> None:
     """Four connections flooding PINGs without pause while another is served."""
     stop = threading.Event()
+    flooding: set[int] = set()  # the attackers that have sent a first batch
 
-    def attack() -> None:
+    def attack(n: int) -> None:
         while not stop.is_set():
             try:
                 with Raw.connect(server.port()) as c:
@@ -252,14 +253,15 @@ def test_a_flood_does_not_slow_other_connections(server: Greenfork) -> None:
                                        for i in range(3000))
                     while not stop.is_set():
                         c.sock.sendall(payload)
+                        flooding.add(n)
             except OSError:
                 continue
 
-    threads = [threading.Thread(target=attack, daemon=True) for _ in range(4)]
+    threads = [threading.Thread(target=attack, args=(n,), daemon=True) for n in range(4)]
     for t in threads:
         t.start()
     try:
-        time.sleep(0.3)
+        wait_for(lambda: len(flooding) == 4, 10, "all four attackers flooding")
         worst = 0.0
         for _ in range(20):
             started = time.monotonic()

@@ -1,7 +1,8 @@
 """The app HTTP/2 tests serve (`greenfork h2app:app`): a few paths of its own, the rest testapp's.
 
 /inflight?s=S   sleep S seconds, counting the calls in progress; /inflight-max reports the
-                most seen at once (then resets it): the concurrency bound, seen from the app
+                most seen at once (then resets it): the concurrency bound, seen from the app;
+                /inflight-now how many are in progress (not counted by /calls)
 /headers        the request's HTTP_* keys and a few others, as JSON
 /slowread?n=N   read the body N bytes at a time, 50 ms apart, answer its length
 /noread         answer at once, never reading the body
@@ -22,8 +23,10 @@ _state = {"inflight": 0, "max": 0, "calls": 0}
 
 
 def app(environ, start_response):
-    _state["calls"] += 1
     path = environ["PATH_INFO"]
+    if path == "/inflight-now":  # (not counted in /calls: a test polls it)
+        return _text(start_response, b"%d" % _state["inflight"])
+    _state["calls"] += 1
     args = {k: v[0] for k, v in parse_qs(environ["QUERY_STRING"]).items()}
     if path == "/inflight":
         _state["inflight"] += 1

@@ -494,3 +494,29 @@ backend greenfork
         assert version == ("2" if how == "--http2" else "1.1")
         assert env["SERVER_PROTOCOL"] == "HTTP/2" and env["REMOTE_ADDR"] == CLIENT
         assert env["greenfork.proxy_protocol"]["version"] == 2 and env["wsgi.url_scheme"] == "http"
+
+
+# ------------------------------------------------- a unix: listener
+def test_h2c_on_a_unix_socket_listener_behind_a_proxy_v1_header(launcher: Launcher, sock_dir: Path) -> None:
+    """unix: listeners take h2c with prior knowledge too (curl --unix-socket), and after a PROXY
+    header (a local proxy's); SERVER_NAME and SERVER_PORT come from :authority, as from Host."""
+    plain, proxied = sock_dir / "h2.sock", sock_dir / "pp.sock"
+    g = launcher.start(["proxyapp:app", "-b", f"unix:{plain}", "-b", f"unix:{proxied}?proxy-protocol=v1"])
+    r = subprocess.run([curl(), "-sS", "--max-time", "20", "--unix-socket", str(plain),
+                        "--http2-prior-knowledge", "-w", "\n%{http_version}", "http://app.example:8080/env"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    body, version = r.stdout.rsplit("\n", 1)
+    env = json.loads(body)
+    assert version == "2" and env["SERVER_PROTOCOL"] == "HTTP/2"
+    assert (env["SERVER_NAME"], env["SERVER_PORT"], env["REMOTE_ADDR"]) == ("app.example", "8080", "")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(proxied))
+        raw = over(s, v1(("203.0.113.5", 3333), ("192.0.2.1", 443)))
+        env = env_of(raw, 1, authority="site.example:8443", extra=[])
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("203.0.113.5", "3333")
+    # on a unix socket SERVER_NAME and SERVER_PORT come from the Host (:authority), as for HTTP/1.1
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("site.example", "8443")
+    assert env["SERVER_PROTOCOL"] == "HTTP/2"
+    assert g.addresses == [f"unix:{plain}", f"unix:{proxied}"]

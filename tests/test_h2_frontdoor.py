@@ -520,3 +520,24 @@ def test_h2c_on_a_unix_socket_listener_behind_a_proxy_v1_header(launcher: Launch
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("site.example", "8443")
     assert env["SERVER_PROTOCOL"] == "HTTP/2"
     assert g.addresses == [f"unix:{plain}", f"unix:{proxied}"]
+
+
+# ------------------------------------------------- client certificates
+def test_client_certificate_keys_on_every_stream(launcher: Launcher, certs: Certs) -> None:
+    """--cert-reqs optional: the handshake's client certificate is every stream's (mod_ssl's
+    keys, REMOTE_USER from --client-cert-user); a connection without one has none on its streams."""
+    g = launcher.start(["testapp:app", "-b", "https://127.0.0.1:0", "--certfile", str(certs.server.cert),
+                        "--keyfile", str(certs.server.key), "--ca-certs", str(certs.ca),
+                        "--cert-reqs", "optional", "--client-cert-user", "cn"])
+    with Raw.connect(g.port(), tls=tlscerts.client_context(certs, cert=certs.client, alpn=["h2"])) as raw:
+        for sid in (1, 3):
+            raw.request(sid, "/tlsenv")
+        envs = [json.loads(raw.response(sid)[1]) for sid in (1, 3)]
+    for env in envs:
+        assert env["SSL_CLIENT_VERIFY"] == "SUCCESS" and env["HTTPS"] == "on"
+        assert env["SSL_CLIENT_S_DN_CN"] == 'Jürgen "jj" Müller' == env["REMOTE_USER"]
+        assert env["SSL_CLIENT_CERT"].startswith("-----BEGIN CERTIFICATE-----")
+    with Raw.connect(g.port(), tls=tlscerts.client_context(certs, alpn=["h2"])) as raw:
+        raw.request(1, "/tlsenv")
+        env = json.loads(raw.response(1)[1])
+    assert env["SSL_CLIENT_VERIFY"] == "NONE" and "REMOTE_USER" not in env and "SSL_CLIENT_S_DN" not in env

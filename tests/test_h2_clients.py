@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -221,6 +222,24 @@ def test_http1_only_turns_http2_off(launcher: Launcher, certs: Certs) -> None:
     assert r.returncode == 0 and r.stdout == "1.1"  # ALPN offers no h2
     r = run(curl(), "-sS", "--http2-prior-knowledge", f"{g.url(0)}/")
     assert r.returncode != 0  # the preface is no HTTP/1.1 request
+
+
+def test_http2_alone_offers_only_h2_by_alpn(launcher: Launcher, certs: Certs) -> None:
+    """--http-protocols h2: ALPN offers h2 alone; a client that insists on http/1.1 gets no ALPN
+    and is still answered in HTTP/1.1 (TLS cannot refuse it politely), as on cleartext."""
+    g = launcher.start(["h2app:app", "-b", "127.0.0.1:0", "-b", "https://127.0.0.1:0",
+                        "--http-protocols", "h2",
+                        "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key)])
+    with socket.create_connection(("127.0.0.1", g.port(1)), timeout=10) as raw, \
+            tlscerts.client_context(certs, alpn=["http/1.1"]).wrap_socket(raw) as s:
+        assert s.selected_alpn_protocol() is None
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert s.recv(12) == b"HTTP/1.1 200"
+    for how, url, want in (("--http2", g.url(1), "2"), ("--http2-prior-knowledge", g.url(0), "2"),
+                           ("--http1.1", g.url(0), "1.1")):
+        r = run(curl(), "-sS", how, "--cacert", str(certs.ca), "-o", "/dev/null", "-w", "%{http_version}",
+                f"{url}/")
+        assert r.returncode == 0 and r.stdout == want, (how, url, r.stdout, r.stderr)
 
 
 def test_cleartext_off_keeps_tls_h2(launcher: Launcher, certs: Certs) -> None:

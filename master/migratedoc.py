@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from greenfork.master import gunicornmap, hookspec
-from greenfork.master.gunicornmap import BY_FLAG, CLI, CONVERT, HOOK, SAME, WARN
+from greenfork.master.gunicornmap import CLI, CONVERT, HOOK, SAME, WARN
 
 DOC_PATH = "docs/migrating-from-gunicorn.md"
 UNITS = "examples/systemd/from-gunicorn"
@@ -36,8 +36,6 @@ def _greenfork_side(g: gunicornmap.G) -> str:
         return _setting_link(g.to)
     if g.kind == CONVERT:
         return _setting_link(g.to)
-    if g.kind == BY_FLAG:
-        return f"`{g.flag_candidates[0]}`"
     if g.kind == HOOK:
         return f"hook [`{g.name}`](#server-hooks)"
     if g.kind == CLI:

@@ -35,7 +35,7 @@ from typing import Any
 from greenfork.master import gunicornmap, gunicornvalues, hookspec
 from greenfork.master.config import Layer
 from greenfork.master.gunicornmap import BY_GUNICORN_NAME, CLI, HOOK, SAME, WARN, G, Out
-from greenfork.master.settings import BY_NAME, SETTINGS, SettingError
+from greenfork.master.settings import BY_NAME, SETTINGS, SettingError, Settings
 
 DEFAULT_PY_CONFIG = "gunicorn.conf.py"
 CMD_ARGS = "GUNICORN_CMD_ARGS"
@@ -377,6 +377,38 @@ def cmd_args(environ: Mapping[str, str],
     origins.update({k: f"{origin} {by_flag[k]}" for k in own})
     notes = [f"using {CMD_ARGS}={text!r}, below the command line and GREENFORK_* variables", *t.notes]
     return CmdArgs(text, Layer(origin, layer.values, origins), config, check, warnings + t.warnings, notes)
+
+
+# ------------------------------------------------------------ gunicorn's TLS rule
+
+
+def tls_binds(settings: Settings) -> tuple[Layer, str] | None:
+    """gunicorn serves TLS on every address once certfile is set; greenfork on its https://
+    addresses. For a gunicorn deployment (a Python config, GUNICORN_CMD_ARGS or gunicorn's own
+    flags) with a certificate and no https:// address: (the layer that makes its addresses
+    https://, a note saying so). Explicit http:// addresses stay cleartext (greenfork's spelling)
+    and fd:// ones cannot be TLS (the TLS check says so)."""
+    from greenfork.master.config import PORT_SOURCE
+
+    binds = [b.strip() for b in settings.bind]
+    if not settings.certfile or any(b.lower().startswith("https://") for b in binds):
+        return None
+    source = settings.source_of("bind")
+    implicit = source in ("default", PORT_SOURCE)  # greenfork's spelling of gunicorn's defaults
+    out = []
+    for b in binds:
+        low = b.lower()
+        if low.startswith("fd://") or (low.startswith("http://") and not implicit):
+            out.append(b)
+        else:
+            out.append("https://" + (b[len("http://"):] if low.startswith("http://") else b))
+    if out == binds:
+        return None
+    # the same origin: with systemd's sockets an implicit address is still replaced by them
+    layer = Layer("gunicorn's TLS rule", {"bind": out}, {"bind": source})
+    changed = [o for o, b in zip(out, binds, strict=True) if o != b]
+    return layer, (f"certfile is set, so {', '.join(changed)} serve{'s' if len(changed) == 1 else ''} "
+                   "TLS, as gunicorn serves every address (greenfork's own spelling: https://HOST:PORT)")
 
 
 # ------------------------------------------------------------ environment defaults

@@ -254,7 +254,9 @@ TABLE: tuple[G, ...] = (
     # -------------------------------------------------------------------- ssl
     G("keyfile", SAME, ("--keyfile",), to="keyfile", value=g_str),
     G("certfile", SAME, ("--certfile",), to="certfile", value=g_str,
-      note="a listener is TLS when its address is https://... (docs/tls.md)"),
+      note="as in gunicorn, it makes every address TLS when the deployment is gunicorn's (a Python "
+           "config, GUNICORN_CMD_ARGS or one of gunicorn's own flags): HOST:PORT and unix:PATH become "
+           "https://; otherwise only https:// addresses serve TLS (docs/tls.md)"),
     _warn("ssl_version", ("--ssl-version",), 2,
           "deprecated in gunicorn too: greenfork accepts TLS 1.2 and 1.3 (--tls-min-version)",
           fine=("TLS", "TLS_SERVER", "PROTOCOL_TLS", "PROTOCOL_TLS_SERVER", 16, 17)),

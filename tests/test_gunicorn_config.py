@@ -395,6 +395,35 @@ websocket_max_message_size = 1048576
         "env FORWARDED_ALLOW_IPS"
 
 
+def test_a_gunicorn_certfile_makes_every_address_tls(tmp_path: Path) -> None:
+    cert = "/etc/ssl/app.pem"
+    write(tmp_path, "gunicorn.conf.py", f"certfile = {cert!r}\nbind = ['0.0.0.0:443', 'unix:/run/a.sock']\n")
+    r = resolve(tmp_path)
+    assert r.settings.bind == ("https://0.0.0.0:443", "https://unix:/run/a.sock")
+    assert r.settings.source_of("bind") == "gunicorn.conf.py (bind)"
+    assert any("https://0.0.0.0:443, https://unix:/run/a.sock serve TLS, as gunicorn" in n for n in r.notes)
+    # greenfork's own spellings keep their meaning: http:// is cleartext, fd:// cannot be TLS,
+    # and an https:// address anywhere means the operator chose
+    s = resolve(tmp_path, ["-b", "http://127.0.0.1:80", "-b", ":8443", "-b", "fd://3"]).settings
+    assert s.bind == ("http://127.0.0.1:80", "https://:8443", "fd://3")
+    s = resolve(tmp_path, ["-b", "https://127.0.0.1:443", "-b", "127.0.0.1:80"]).settings
+    assert s.bind == ("https://127.0.0.1:443", "127.0.0.1:80")
+    # the default address and PORT's, which gunicorn would serve with TLS too, stay implicit
+    write(tmp_path, "gunicorn.conf.py", f"certfile = {cert!r}\n")
+    s = resolve(tmp_path).settings
+    assert s.bind == ("https://127.0.0.1:8000",) and config.bind_is_implicit(s)
+    s = resolve(tmp_path, [], {"PORT": "5000"}).settings
+    assert s.bind == ("https://0.0.0.0:5000",) and config.bind_is_implicit(s)
+    # GUNICORN_CMD_ARGS and gunicorn's own flags are gunicorn deployments too
+    (tmp_path / "gunicorn.conf.py").unlink()
+    s = resolve(tmp_path, [], {"GUNICORN_CMD_ARGS": f"--certfile {cert} -b 0.0.0.0:443"}).settings
+    assert s.bind == ("https://0.0.0.0:443",)
+    assert resolve(tmp_path, ["-k", "gevent", "--certfile", cert]).settings.bind == ("https://127.0.0.1:8000",)
+    # greenfork's own command line: only https:// serves TLS (tls.py warns about the certificate)
+    s = resolve(tmp_path, ["--certfile", cert, "-b", "0.0.0.0:443"]).settings
+    assert s.bind == ("0.0.0.0:443",)
+
+
 @pytest.mark.parametrize(("value", "mode", "warned"), [
     ("off", "off", False), (False, "off", False), ("prior-knowledge", "prior-knowledge", False),
     (True, "prior-knowledge", False), ("both", "prior-knowledge", True), ("upgrade", "off", True)])

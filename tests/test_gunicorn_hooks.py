@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -115,6 +116,16 @@ def test_each_hook_runs_at_its_moment_in_its_process(launcher: Launcher, tmp_pat
     assert http_get(g.url(), "/boom")[0] == 500
     (failed,) = probe.wait("post_request", path="/boom")
     assert (failed["status"], failed["code"]) == ("500 Internal Server Error", 500)
+    assert pre["version"] == [1, 1]
+    # an HTTP/2 request (cleartext, prior knowledge) runs them too, with the same req and resp
+    out = subprocess.run(["curl", "-s", "--max-time", "10", "--http2-prior-knowledge", "-H", "X-Probe: h2",
+                          g.url() + "/pid?h2=1"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    (pre,) = probe.wait("pre_request", query="h2=1")
+    assert (pre["method"], pre["path"], pre["version"]) == ("GET", "/pid", [2, 0])
+    assert pre["headers"]["X-PROBE"] == "h2" and pre["pid"] == int(out.stdout)
+    assert [(e["status"], e["sent"]) for e in probe.wait("post_request", count=3)][2] == (
+        "200 OK", len(out.stdout))
 
     # TTIN: nworkers_changed, and one more worker through its hooks
     g.signal(signal.SIGTTIN)

@@ -33,6 +33,7 @@ from greenfork.master.gunicornvalues import (
     g_auto_int,
     g_bool,
     g_csv,
+    g_header_dict,
     g_int,
     g_list,
     g_str,
@@ -90,7 +91,6 @@ NO_CONTROL = ("greenfork is controlled by signals (docs/signals.md) and observed
               "(/metrics, /livez, /readyz); there is no control socket")
 STRICT_HTTP = ("greenfork's HTTP/1.1 parser (llhttp) is strict and not configurable: such requests "
                "get 400 (docs/http.md)")
-PROXIES = "see docs/proxies.md for the forwarded headers greenfork honours and how to choose them"
 HTTP2 = "needs greenfork's HTTP/2 support (docs/http2.md)"
 
 
@@ -187,7 +187,10 @@ TABLE: tuple[G, ...] = (
     _warn("tmp_upload_dir", (), None,
           "unused (as in gunicorn): request bodies are streamed to the application"),
     _warn("secure_scheme_headers", (), {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https",
-                                        "X-FORWARDED-SSL": "on"}, PROXIES),
+                                        "X-FORWARDED-SSL": "on"},
+          "greenfork reads the scheme from X-Forwarded-Proto (https or http) only, sent by "
+          "--forwarded-allow-ips peers; --forwarded-headers chooses the headers applied (docs/proxies.md)",
+          value=g_header_dict, fine=({"X-FORWARDED-PROTO": "https"},)),
     G("forwarded_allow_ips", CONVERT, ("--forwarded-allow-ips",), to="forwarded_allow_ips",
       convert=to_trust("forwarded_allow_ips"), value=joined, default="127.0.0.1,::1",
       note="FORWARDED_ALLOW_IPS in the environment is the default, as in gunicorn; `unix` is added "
@@ -303,7 +306,10 @@ TABLE: tuple[G, ...] = (
           STRICT_HTTP, action="store_true", value=g_bool),
     _warn("casefold_http_method", ("--casefold-http-method",), False, STRICT_HTTP,
           action="store_true", value=g_bool),
-    _warn("forwarder_headers", ("--forwarder-headers",), "SCRIPT_NAME,PATH_INFO", PROXIES),
+    _warn("forwarder_headers", ("--forwarder-headers",), "SCRIPT_NAME,PATH_INFO",
+          "greenfork sets SCRIPT_NAME from X-Forwarded-Prefix when --forwarded-headers includes "
+          "x-forwarded-prefix; header fields named with an underscore (SCRIPT_NAME) are dropped "
+          "(docs/proxies.md)"),
     _warn("header_map", ("--header-map",), "drop",
           "greenfork drops header fields whose names contain an underscore from the environ, as "
           "gunicorn's default `drop` does"),

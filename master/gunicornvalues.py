@@ -82,6 +82,13 @@ def g_csv(v: Any) -> list[str]:
     return [p.strip() for p in s.split(",") if p.strip()] if s else []
 
 
+def g_header_dict(v: Any) -> dict[str, str]:
+    """secure_scheme_headers: gunicorn compares names in upper case."""
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a dict of header names and values, got {v!r}")
+    return {str(k).strip().upper(): str(x).strip().lower() for k, x in v.items()}
+
+
 def g_any(v: Any) -> Any:
     return v
 

@@ -395,6 +395,20 @@ websocket_max_message_size = 1048576
         "env FORWARDED_ALLOW_IPS"
 
 
+@pytest.mark.parametrize(("value", "warned"), [
+    ({"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"}, False),
+    ({"X-Forwarded-Proto": "HTTPS"}, False), ({"X-FORWARDED-PROTO": "https"}, False),
+    ({"CloudFront-Forwarded-Proto": "https"}, True), ({}, True)])
+def test_secure_scheme_headers_other_than_x_forwarded_proto_are_warned(tmp_path: Path, value: object,
+                                                                       warned: bool) -> None:
+    write(tmp_path, "gunicorn.conf.py", f"secure_scheme_headers = {value!r}\n")
+    warnings = resolve(tmp_path).warnings
+    assert [w.split(" is ignored: ")[1] for w in warnings] == ([
+        "greenfork reads the scheme from X-Forwarded-Proto (https or http) only, sent by "
+        "--forwarded-allow-ips peers; --forwarded-headers chooses the headers applied (docs/proxies.md)"]
+        if warned else [])
+
+
 def test_a_gunicorn_certfile_makes_every_address_tls(tmp_path: Path) -> None:
     cert = "/etc/ssl/app.pem"
     write(tmp_path, "gunicorn.conf.py", f"certfile = {cert!r}\nbind = ['0.0.0.0:443', 'unix:/run/a.sock']\n")

@@ -244,6 +244,7 @@ def test_tls_http2_and_proxy_protocol_behind_a_tcp_load_balancer(
         for p in haproxy:
             p.stop()
     assert f"{CLIENT} - - " in g.log()  # accesslog = "-": the client HAProxy named
+    assert "198.51.100.9 - - " in g.log()  # and the one the trusted peer forwarded
     g.signal(signal.SIGTERM)
     assert g.wait(20) == 0
 

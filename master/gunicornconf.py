@@ -364,9 +364,10 @@ def cmd_args(environ: Mapping[str, str],
         values[name] = target
     own, theirs = split_cli(values)
     # flags both have, read here with gunicorn's meaning: --umask is the unix sockets' mask (not
-    # the processes'), and the trust lists trust unix-socket peers too
+    # the processes'), the trust lists trust unix-socket peers too, and --http2-cleartext's
+    # upgrade and both are warned rather than refused
     for mine, gunicorns in (("umask", "umask"), ("forwarded_allow_ips", "forwarded_allow_ips"),
-                            ("proxy_allow_from", "proxy_allow_ips")):
+                            ("proxy_allow_from", "proxy_allow_ips"), ("http2_cleartext", "http2_cleartext")):
         if mine in own:
             theirs[gunicorns] = own.pop(mine)
     origin = f"env {CMD_ARGS}"

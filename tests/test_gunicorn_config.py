@@ -449,6 +449,13 @@ def test_http2_cleartext_modes(tmp_path: Path, value: object, mode: str, warned:
         f"gunicorn.conf.py: http2_cleartext = {value!r}: greenfork does not offer the HTTP/1.1 Upgrade "
         f"to h2c (RFC 9113 deprecates it): an Upgrade: h2c request is answered in HTTP/1.1; "
         f"http2_cleartext = {mode}"] if warned else [])
+    (tmp_path / "gunicorn.conf.py").unlink()
+    if isinstance(value, str):  # GUNICORN_CMD_ARGS reads it as gunicorn does, the command line as greenfork
+        r = resolve(tmp_path, [], {"GUNICORN_CMD_ARGS": f"--http2-cleartext {value}"})
+        assert r.settings.http2_cleartext == mode and any("Upgrade to h2c" in w for w in r.warnings) == warned
+        if warned:
+            with pytest.raises(SettingError, match="deprecated by RFC 9113"):
+                resolve(tmp_path, ["--http2-cleartext", value])
     write(tmp_path, "gunicorn.conf.py", "http2_cleartext = 'sometimes'\n")
     with pytest.raises(SettingError, match="invalid value 'sometimes' for http2_cleartext"):
         resolve(tmp_path)

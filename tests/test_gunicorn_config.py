@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -436,6 +437,25 @@ def test_a_gunicorn_certfile_makes_every_address_tls(tmp_path: Path) -> None:
     # greenfork's own command line: only https:// serves TLS (tls.py warns about the certificate)
     s = resolve(tmp_path, ["--certfile", cert, "-b", "0.0.0.0:443"]).settings
     assert s.bind == ("0.0.0.0:443",)
+
+
+def test_the_edge_example_reads_as_its_greenfork_toml_in_the_docs(tmp_path: Path) -> None:
+    """docs/migrating-from-gunicorn.md shows tests/gunicorn/edge/gunicorn.conf.py and the same
+    deployment in greenfork.toml: both resolve to the same settings."""
+    from greenfork.master.settings import SETTINGS
+
+    doc = (ROOT / "docs" / "migrating-from-gunicorn.md").read_text()
+    section = doc.split("## TLS, HTTP/2 and the PROXY protocol: an example", 1)[1]
+    match = re.search(r"```toml\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    write(tmp_path, "greenfork.toml", match.group(1))
+    mine = resolve(tmp_path)
+    theirs = resolve(ROOT / "tests" / "gunicorn" / "edge")
+    assert not mine.warnings and not theirs.warnings
+    differ = [s.name for s in SETTINGS if getattr(mine.settings, s.name) != getattr(theirs.settings, s.name)]
+    assert differ == []
+    assert theirs.settings.source_of("bind") == "gunicorn.conf.py (bind)"
+    assert any("https://0.0.0.0:8443 serves TLS, as gunicorn serves every address" in n for n in theirs.notes)
 
 
 @pytest.mark.parametrize(("value", "mode", "warned"), [

@@ -219,7 +219,8 @@ def _greenfork_name(name: str, raw: object, origin: str, t: Translated) -> None:
     t.origins[name] = origin
 
 
-# greenfork settings two gunicorn settings convert into: the larger value serves both
+# greenfork settings two gunicorn settings convert into (limit_request_field_size and
+# http2_max_header_list_size): the larger value serves both
 _LARGEST = frozenset({"max_request_headers_total_size"})
 
 
@@ -246,8 +247,9 @@ def _translate_one(g: G, raw: object, where: str, label: str, t: Translated, con
         assert g.convert is not None
         g.convert(raw, out)
     for name, value in out.values.items():
-        if name in _LARGEST and name in t.values:  # limit_request_field_size and
-            value = max(value, t.values[name])  # type: ignore[call-overload]  # http2_max_header_list_size
+        before = t.values.get(name)
+        if name in _LARGEST and isinstance(before, int) and isinstance(value, int):
+            value = max(value, before)
         t.values[name] = value
         t.origins[name] = where
     t.warnings += [f"{label}: {w}" for w in out.warnings]

@@ -52,9 +52,9 @@ class Probe:
 
 
 def start(launcher: Launcher, tmp: Path, *args: str, env: dict[str, str] | None = None,
-          boot: bool = True) -> tuple[Greenfork, Probe]:
+          boot: bool = True, app: str = "testapp:app", path: Path = APPS) -> tuple[Greenfork, Probe]:
     probe = Probe(tmp / "events.jsonl")
-    g = launcher.spawn(["testapp:app", "--pythonpath", str(APPS), "-b", "127.0.0.1:0", *args], cwd=PROBE,
+    g = launcher.spawn([app, "--pythonpath", str(path), "-b", "127.0.0.1:0", *args], cwd=PROBE,
                        env={"PROBE_EVENTS": str(probe.path), **(env or {})})
     if boot:
         def ready() -> bool:
@@ -176,6 +176,34 @@ def test_each_hook_runs_at_its_moment_in_its_process(launcher: Launcher, tmp_pat
     ev = probe.events()
     assert ev[-1]["hook"] == "on_exit" and ev[-1]["pid"] == master
     assert set(e["hook"] for e in ev) == set(ALL_HOOKS) - {"pre_exec"}
+
+
+CACHEAPP = """
+def app(environ, start_response):
+    body = environ["PATH_INFO"].encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Cache-Control", "public, max-age=60"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_request_hooks_run_for_requests_the_app_is_called_for(launcher: Launcher, tmp_path: Path) -> None:
+    """As documented: the gate's answers run them (the app's place is taken), the shared cache's
+    hits and the queue limit's refusals do not (nothing is called)."""
+    (tmp_path / "cacheapp.py").write_text(CACHEAPP)
+    g, probe = start(launcher, tmp_path, "--response-cache", "1MiB", "--allowed-hosts", "good.test",
+                     app="cacheapp:app", path=tmp_path)
+    good = {"Host": "good.test"}
+    assert http_get(g.url(), "/a", headers=good)[0] == 200  # a miss: the app runs, and the hooks
+    probe.wait("post_request", path="/a")
+    status, headers, body = http_get(g.url(), "/a", headers=good)
+    assert (status, body) == (200, b"/a") and "age" in headers  # a hit
+    assert http_get(g.url(), "/b", headers={"Host": "evil.test"})[0] == 400  # the gate answers
+    (gated,) = probe.wait("post_request", path="/b")
+    assert gated["code"] == 400
+    assert [e["path"] for e in probe.events("pre_request")] == ["/a", "/b"]  # not for the hit
+    g.signal(signal.SIGTERM)
+    assert g.wait(20) == 0
 
 
 def test_pre_exec_runs_before_a_new_master_and_the_upgrade_carries_on(launcher: Launcher,

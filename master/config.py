@@ -213,7 +213,9 @@ def resolve_all(cli: Mapping[str, object], environ: Mapping[str, str], *, config
     if config is None:
         config, more = gunicornconf.default_config(cwd, DEFAULT_CONFIG)
         warnings += more
+    gunicorns = bool(theirs) or cmd_args is not None
     if config is not None and gunicornconf.is_python_config(config, cwd):
+        gunicorns = True
         if profile is not None:
             raise SettingError(f"--profile {profile} selects a [profiles.NAME] table of greenfork.toml; "
                                f"{config} is a Python config file")
@@ -232,7 +234,13 @@ def resolve_all(cli: Mapping[str, object], environ: Mapping[str, str], *, config
     layers.append(env)
     layers.append(cli_layer)
     check = cmd_args.check_config if cmd_args else False
-    return Resolved(build(conventions(layers, environ) + layers), warnings, notes, check)
+    settings = build(conventions(layers, environ) + layers)
+    if gunicorns:  # a gunicorn deployment: its certfile makes every address TLS
+        tls = gunicornconf.tls_binds(settings)
+        if tls is not None:
+            settings = build(conventions(layers, environ) + layers + [tls[0]])
+            notes.append(tls[1])
+    return Resolved(settings, warnings, notes, check)
 
 
 def resolve(cli: Mapping[str, object], environ: Mapping[str, str], *, config: str | None,

@@ -32,10 +32,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from greenfork.master import gunicornmap, hookspec
+from greenfork.master import gunicornmap, gunicornvalues, hookspec
 from greenfork.master.config import Layer
-from greenfork.master.gunicornmap import BY_FLAG, BY_GUNICORN_NAME, CLI, HOOK, SAME, WARN, G, Out
-from greenfork.master.settings import BY_NAME, SETTINGS, SettingError
+from greenfork.master.gunicornmap import BY_GUNICORN_NAME, CLI, HOOK, SAME, WARN, G, Out
+from greenfork.master.settings import BY_NAME, SETTINGS, SettingError, Settings
 
 DEFAULT_PY_CONFIG = "gunicorn.conf.py"
 CMD_ARGS = "GUNICORN_CMD_ARGS"
@@ -175,14 +175,6 @@ def _shown_flag(v: object) -> str:
     return "" if v is True else str(v)
 
 
-def _greenfork_by_flag(candidates: tuple[str, ...]) -> str | None:
-    by_flag = {f: s.name for s in SETTINGS for f in s.flags}
-    for flag in candidates:
-        if flag in by_flag:
-            return by_flag[flag]
-    return None
-
-
 def translate(values: Mapping[str, object], origin: str, *, config_file: bool = False,
               flags: Mapping[str, str] | None = None) -> Translated:
     """gunicorn's settings (and, from a config file, greenfork's own names) as greenfork values.
@@ -227,6 +219,11 @@ def _greenfork_name(name: str, raw: object, origin: str, t: Translated) -> None:
     t.origins[name] = origin
 
 
+# greenfork settings two gunicorn settings convert into (limit_request_field_size and
+# http2_max_header_list_size): the larger value serves both
+_LARGEST = frozenset({"max_request_headers_total_size"})
+
+
 def _translate_one(g: G, raw: object, where: str, label: str, t: Translated, config_file: bool) -> None:
     if g.kind == HOOK:
         hook = _hook_value(g.name, raw, where)
@@ -246,20 +243,15 @@ def _translate_one(g: G, raw: object, where: str, label: str, t: Translated, con
     out = Out()
     if g.kind == SAME:
         out.set(g.to, g.value(raw))
-    elif g.kind == BY_FLAG:
-        target = _greenfork_by_flag(g.flag_candidates)
-        value = g.value(raw)
-        if target is None:
-            if value != g.default:
-                t.warnings.append(f"{label} is ignored: this greenfork has no {g.flag_candidates[0]} "
-                                  f"(see docs/migrating-from-gunicorn.md)")
-            return
-        out.set(target, value)
     else:
         assert g.convert is not None
         g.convert(raw, out)
-    t.values.update(out.values)
-    t.origins.update(dict.fromkeys(out.values, where))
+    for name, value in out.values.items():
+        before = t.values.get(name)
+        if name in _LARGEST and isinstance(before, int) and isinstance(value, int):
+            value = max(value, before)
+        t.values[name] = value
+        t.origins[name] = where
     t.warnings += [f"{label}: {w}" for w in out.warnings]
     t.notes += [f"{label}: {n}" for n in out.notes]
 
@@ -308,7 +300,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _help(g: G) -> str:
-    target = f" = greenfork's {g.to}" if g.kind != BY_FLAG and g.to and g.to != g.name else ""
+    target = f" = greenfork's {g.to}" if g.to and g.to != g.name else ""
     note = f": {g.note}" if g.note else ""
     return f"gunicorn's {g.name}{target}{note}".replace("%", "%%")
 
@@ -373,8 +365,13 @@ def cmd_args(environ: Mapping[str, str],
             raise SettingError(f"{CMD_ARGS}={text!r}: {e}") from None
         values[name] = target
     own, theirs = split_cli(values)
-    if "umask" in own:  # --umask is gunicorn's here: the unix sockets' mask, not the processes'
-        theirs["umask"] = own.pop("umask")
+    # flags both have, read here with gunicorn's meaning: --umask is the unix sockets' mask (not
+    # the processes'), the trust lists trust unix-socket peers too, and --http2-cleartext's
+    # upgrade and both are warned rather than refused
+    for mine, gunicorns in (("umask", "umask"), ("forwarded_allow_ips", "forwarded_allow_ips"),
+                            ("proxy_allow_from", "proxy_allow_ips"), ("http2_cleartext", "http2_cleartext")):
+        if mine in own:
+            theirs[gunicorns] = own.pop(mine)
     origin = f"env {CMD_ARGS}"
     t = translate(theirs, origin, flags={n: flag_of(n) for n in theirs})
     layer = t.layer(origin, own)
@@ -385,19 +382,53 @@ def cmd_args(environ: Mapping[str, str],
     return CmdArgs(text, Layer(origin, layer.values, origins), config, check, warnings + t.warnings, notes)
 
 
+# ------------------------------------------------------------ gunicorn's TLS rule
+
+
+def tls_binds(settings: Settings) -> tuple[Layer, str] | None:
+    """gunicorn serves TLS on every address once certfile is set; greenfork on its https://
+    addresses. For a gunicorn deployment (a Python config, GUNICORN_CMD_ARGS or gunicorn's own
+    flags) with a certificate and no https:// address: (the layer that makes its addresses
+    https://, a note saying so). Explicit http:// addresses stay cleartext (greenfork's spelling)
+    and fd:// ones cannot be TLS (the TLS check says so)."""
+    from greenfork.master.config import PORT_SOURCE
+
+    binds = [b.strip() for b in settings.bind]
+    if not settings.certfile or any(b.lower().startswith("https://") for b in binds):
+        return None
+    source = settings.source_of("bind")
+    implicit = source in ("default", PORT_SOURCE)  # greenfork's spelling of gunicorn's defaults
+    out = []
+    for b in binds:
+        low = b.lower()
+        if low.startswith("fd://") or (low.startswith("http://") and not implicit):
+            out.append(b)
+        else:
+            out.append("https://" + (b[len("http://"):] if low.startswith("http://") else b))
+    if out == binds:
+        return None
+    # the same origin: with systemd's sockets an implicit address is still replaced by them
+    layer = Layer("gunicorn's TLS rule", {"bind": out}, {"bind": source})
+    changed = [o for o, b in zip(out, binds, strict=True) if o != b]
+    return layer, (f"certfile is set, so {', '.join(changed)} serve{'s' if len(changed) == 1 else ''} "
+                   "TLS, as gunicorn serves every address (greenfork's own spelling: https://HOST:PORT)")
+
+
 # ------------------------------------------------------------ environment defaults
 
 
 def environment_defaults(environ: Mapping[str, str]) -> Layer | None:
     """What gunicorn reads from the environment as defaults: WEB_CONCURRENCY (workers, the
-    convention of Heroku and others) and FORWARDED_ALLOW_IPS (when greenfork has the setting)."""
+    convention of Heroku and others) and FORWARDED_ALLOW_IPS (read as gunicorn's
+    forwarded_allow_ips: unix-socket peers are trusted too)."""
     values: dict[str, object] = {}
     origins: dict[str, str] = {}
     if environ.get("WEB_CONCURRENCY", "").strip():
         values["workers"] = environ["WEB_CONCURRENCY"].strip()
         origins["workers"] = "env WEB_CONCURRENCY"
-    forwarded = _greenfork_by_flag(("--forwarded-allow-ips",))
-    if forwarded and environ.get("FORWARDED_ALLOW_IPS", "").strip():
-        values[forwarded] = environ["FORWARDED_ALLOW_IPS"].strip()
-        origins[forwarded] = "env FORWARDED_ALLOW_IPS"
+    if environ.get("FORWARDED_ALLOW_IPS", "").strip():
+        out = Out()
+        gunicornvalues.to_trust("forwarded_allow_ips")(environ["FORWARDED_ALLOW_IPS"], out)
+        values.update(out.values)
+        origins["forwarded_allow_ips"] = "env FORWARDED_ALLOW_IPS"
     return Layer("environment defaults", values, origins) if values else None

@@ -8,9 +8,6 @@ Each entry is of one kind:
   `keepalive` is `keep_alive`);
 - CONVERT: `convert` turns gunicorn's value into greenfork settings (`umask` becomes the mode
   of unix sockets, `limit_request_line` counts the CRLF, `-k` is checked);
-- BY_FLAG: the greenfork setting whose command-line flag is in `to` (settings another change
-  adds under gunicorn's flag names, such as `--forwarded-allow-ips`); until it exists the
-  value is answered like WARN;
 - HOOK: the server hook of the same name (hookspec.py);
 - WARN: greenfork has no counterpart; a value other than gunicorn's default (or one of
   `fine`) is answered with one warning line, `note`, saying what greenfork does instead;
@@ -36,9 +33,11 @@ from greenfork.master.gunicornvalues import (
     g_auto_int,
     g_bool,
     g_csv,
+    g_header_dict,
     g_int,
     g_list,
     g_str,
+    http2_max_header_list_size,
     joined,
     limit_request_field_size,
     limit_request_fields,
@@ -46,16 +45,19 @@ from greenfork.master.gunicornvalues import (
     optional,
     to_bind,
     to_cert_reqs,
+    to_http2_cleartext,
+    to_http_protocols,
     to_log_level,
     to_proxy_protocol,
+    to_trust,
     to_user,
     umask_to_socket_mode,
 )
 
-__all__ = ["BY_FLAG", "BY_GUNICORN_NAME", "CLI", "CONVERT", "HOOK", "SAME", "TABLE", "WARN", "G", "Out",
+__all__ = ["BY_GUNICORN_NAME", "CLI", "CONVERT", "HOOK", "SAME", "TABLE", "WARN", "G", "Out",
            "g_auto_int", "g_bool", "g_csv", "g_int", "g_list", "g_str"]
 
-SAME, CONVERT, BY_FLAG, HOOK, WARN, CLI = "same", "convert", "by_flag", "hook", "warn", "cli"
+SAME, CONVERT, HOOK, WARN, CLI = "same", "convert", "hook", "warn", "cli"
 
 
 # ------------------------------------------------------------------ the table
@@ -66,7 +68,7 @@ class G:
     kind: str
     flags: tuple[str, ...] = ()  # gunicorn's command-line flags
     action: str = "store"  # of gunicorn's flag: store, store_true, append, store_const, optional
-    to: str = ""  # SAME/CONVERT: the greenfork setting(s) set; BY_FLAG: its flag(s), "|"-separated
+    to: str = ""  # SAME/CONVERT: the greenfork setting set
     convert: Convert | None = None
     value: Callable[[Any], Any] = g_any  # gunicorn's reading of the value
     default: Any = None  # gunicorn's default (after its validator)
@@ -74,10 +76,6 @@ class G:
     note: str = ""  # WARN: what greenfork does instead; others: the difference, for the docs
     const: Any = None  # store_const and optional flags
     shown: str = ""  # the docs' greenfork column, where no setting names it
-
-    @property
-    def flag_candidates(self) -> tuple[str, ...]:
-        return tuple(self.to.split("|")) if self.kind == BY_FLAG else ()
 
 
 NO_STATSD = "greenfork has no StatsD client: the master serves Prometheus metrics (--metrics-bind)"
@@ -93,7 +91,6 @@ NO_CONTROL = ("greenfork is controlled by signals (docs/signals.md) and observed
               "(/metrics, /livez, /readyz); there is no control socket")
 STRICT_HTTP = ("greenfork's HTTP/1.1 parser (llhttp) is strict and not configurable: such requests "
                "get 400 (docs/http.md)")
-PROXIES = "see docs/proxies.md for the forwarded headers greenfork honours and how to choose them"
 HTTP2 = "needs greenfork's HTTP/2 support (docs/http2.md)"
 
 
@@ -190,10 +187,16 @@ TABLE: tuple[G, ...] = (
     _warn("tmp_upload_dir", (), None,
           "unused (as in gunicorn): request bodies are streamed to the application"),
     _warn("secure_scheme_headers", (), {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https",
-                                        "X-FORWARDED-SSL": "on"}, PROXIES),
-    G("forwarded_allow_ips", BY_FLAG, ("--forwarded-allow-ips",), to="--forwarded-allow-ips",
-      value=joined, default="127.0.0.1,::1",
-      note="FORWARDED_ALLOW_IPS in the environment is the default, as in gunicorn"),
+                                        "X-FORWARDED-SSL": "on"},
+          "greenfork reads the scheme from X-Forwarded-Proto (https or http) only, sent by "
+          "--forwarded-allow-ips peers; --forwarded-headers chooses the headers applied (docs/proxies.md)",
+          value=g_header_dict, fine=({"X-FORWARDED-PROTO": "https"},)),
+    G("forwarded_allow_ips", CONVERT, ("--forwarded-allow-ips",), to="forwarded_allow_ips",
+      convert=to_trust("forwarded_allow_ips"), value=joined, default="127.0.0.1,::1",
+      note="FORWARDED_ALLOW_IPS in the environment is the default, as in gunicorn; `unix` is added "
+           "(gunicorn trusts unix-socket peers always) from a config file or GUNICORN_CMD_ARGS; on the "
+           "command line the flag is greenfork's own: add `unix` yourself. Which headers are applied: "
+           "--forwarded-headers (docs/proxies.md)"),
     # -------------------------------------------------------------------- logging
     G("accesslog", SAME, ("--access-logfile",), to="access_logfile", value=g_str),
     _warn("disable_redirect_access_to_syslog", ("--disable-redirect-access-to-syslog",), False, NO_SYSLOG,
@@ -240,11 +243,13 @@ TABLE: tuple[G, ...] = (
           "greenfork builds the TLS contexts in the master from --certfile, --keyfile, --ciphers, "
           "--tls-min-version and --sni (docs/tls.md); this hook is not called"),
     # ---------------------------------------------------------------- proxies
-    G("proxy_protocol", BY_FLAG, ("--proxy-protocol",), "optional", to="--proxy-protocol",
+    G("proxy_protocol", SAME, ("--proxy-protocol",), "optional", to="proxy_protocol",
       value=to_proxy_protocol, default="off", const="auto",
       note="auto (or a bare --proxy-protocol) is greenfork's any: a header of either version is required"),
-    G("proxy_allow_ips", BY_FLAG, ("--proxy-allow-from",), to="--proxy-allow-from", value=joined,
-      default="127.0.0.1,::1"),
+    G("proxy_allow_ips", CONVERT, ("--proxy-allow-from",), to="proxy_allow_from",
+      convert=to_trust("proxy_allow_from"), value=joined, default="127.0.0.1,::1",
+      note="`unix` is added from a config file or GUNICORN_CMD_ARGS (gunicorn accepts PROXY headers "
+           "from unix-socket peers always); on the command line the flag is greenfork's own"),
     G("protocol", CONVERT, ("--protocol",), convert=check_protocol, default="http", shown="HTTP only",
       note="http only: the uwsgi protocol is an error"),
     _warn("uwsgi_allow_ips", ("--uwsgi-allow-from",), "127.0.0.1,::1",
@@ -252,7 +257,9 @@ TABLE: tuple[G, ...] = (
     # -------------------------------------------------------------------- ssl
     G("keyfile", SAME, ("--keyfile",), to="keyfile", value=g_str),
     G("certfile", SAME, ("--certfile",), to="certfile", value=g_str,
-      note="a listener is TLS when its address is https://... (docs/tls.md)"),
+      note="as in gunicorn, it makes every address TLS when the deployment is gunicorn's (a Python "
+           "config, GUNICORN_CMD_ARGS or one of gunicorn's own flags): HOST:PORT and unix:PATH become "
+           "https://; otherwise only https:// addresses serve TLS (docs/tls.md)"),
     _warn("ssl_version", ("--ssl-version",), 2,
           "deprecated in gunicorn too: greenfork accepts TLS 1.2 and 1.3 (--tls-min-version)",
           fine=("TLS", "TLS_SERVER", "PROTOCOL_TLS", "PROTOCOL_TLS_SERVER", 16, 17)),
@@ -268,20 +275,24 @@ TABLE: tuple[G, ...] = (
     G("ciphers", CONVERT, ("--ciphers",), to="ciphers", convert=optional("ciphers"), value=g_str,
       note="greenfork's default is Mozilla's intermediate list (gunicorn's is OpenSSL's)"),
     # ------------------------------------------------------------------ http/2
-    G("http_protocols", BY_FLAG, ("--http-protocols",), to="--http-protocols", value=joined, default="h1",
-      note="greenfork's default offers h2 too"),
-    _warn("http2_cleartext", ("--http2-cleartext",), "off",
-          "greenfork accepts cleartext HTTP/2 with prior knowledge whenever --http-protocols includes "
-          "h2, never by the Upgrade mechanism (RFC 9113 deprecates it)"),
-    G("http2_max_concurrent_streams", BY_FLAG, ("--http2-max-concurrent-streams",),
-      to="--http2-max-concurrent-streams", value=g_int, default=100),
-    G("http2_initial_window_size", BY_FLAG, ("--http2-initial-window-size",),
-      to="--http2-initial-window-size|--http2-initial-stream-window-size", value=g_int, default=65535),
-    G("http2_max_frame_size", BY_FLAG, ("--http2-max-frame-size",), to="--http2-max-frame-size",
+    G("http_protocols", SAME, ("--http-protocols",), to="http_protocols", value=to_http_protocols,
+      default="h1", note="greenfork's default is h1,h2: set h1 to serve HTTP/1.1 only, as gunicorn's "
+                         "default does"),
+    G("http2_cleartext", CONVERT, ("--http2-cleartext",), to="http2_cleartext",
+      convert=to_http2_cleartext, default="off",
+      note="greenfork's default is prior-knowledge (only with h2 in --http-protocols); upgrade and "
+           "both are warned: the HTTP/1.1 Upgrade to h2c is not offered (RFC 9113 deprecates it)"),
+    G("http2_max_concurrent_streams", SAME, ("--http2-max-concurrent-streams",),
+      to="http2_max_concurrent_streams", value=g_int, default=100),
+    G("http2_initial_window_size", SAME, ("--http2-initial-window-size",), to="http2_initial_window_size",
+      value=g_int, default=65535, note="greenfork's default is 786432 (768 KiB)"),
+    G("http2_max_frame_size", SAME, ("--http2-max-frame-size",), to="http2_max_frame_size",
       value=g_int, default=16384),
-    G("http2_max_header_list_size", BY_FLAG, ("--http2-max-header-list-size",),
-      to="--http2-max-header-list-size|--http2-max-request-header-list-size", value=g_int,
-      default=65536),
+    G("http2_max_header_list_size", CONVERT, ("--http2-max-header-list-size",),
+      to="max_request_headers_total_size", convert=http2_max_header_list_size, value=g_int,
+      default=65536,
+      note="greenfork bounds HTTP/2 header lists and HTTP/1.1 header sections by one limit, announced "
+           "as SETTINGS_MAX_HEADER_LIST_SIZE; 0 (unlimited) is greenfork's ceiling, 16 MiB"),
     G("raw_paste_global_conf", SAME, ("--paste-global",), "append", to="paste_global", value=g_list,
       default=[]),
     # ------------------------------------------------------- http parsing policy
@@ -295,7 +306,10 @@ TABLE: tuple[G, ...] = (
           STRICT_HTTP, action="store_true", value=g_bool),
     _warn("casefold_http_method", ("--casefold-http-method",), False, STRICT_HTTP,
           action="store_true", value=g_bool),
-    _warn("forwarder_headers", ("--forwarder-headers",), "SCRIPT_NAME,PATH_INFO", PROXIES),
+    _warn("forwarder_headers", ("--forwarder-headers",), "SCRIPT_NAME,PATH_INFO",
+          "greenfork sets SCRIPT_NAME from X-Forwarded-Prefix when --forwarded-headers includes "
+          "x-forwarded-prefix; header fields named with an underscore (SCRIPT_NAME) are dropped "
+          "(docs/proxies.md)"),
     _warn("header_map", ("--header-map",), "drop",
           "greenfork drops header fields whose names contain an underscore from the environ, as "
           "gunicorn's default `drop` does"),
@@ -304,8 +318,8 @@ TABLE: tuple[G, ...] = (
     _warn("asgi_lifespan", ("--asgi-lifespan",), "auto", ASGI_ONLY),
     _warn("asgi_disconnect_grace_period", ("--asgi-disconnect-grace-period",), 3, ASGI_ONLY,
           value=g_int),
-    G("websocket_max_message_size", BY_FLAG, ("--websocket-max-message-size",),
-      to="--websocket-max-message-size", value=g_int, default=16777216,
+    G("websocket_max_message_size", SAME, ("--websocket-max-message-size",),
+      to="websocket_max_message_size", value=g_int, default=16777216,
       note="gunicorn's applies to its ASGI worker; greenfork's WebSocket limits: docs/websocket.md"),
     _warn("http_parser", ("--http-parser",), "auto",
           "greenfork always parses with llhttp (httptools)", fine=("fast",)),

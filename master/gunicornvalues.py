@@ -82,6 +82,13 @@ def g_csv(v: Any) -> list[str]:
     return [p.strip() for p in s.split(",") if p.strip()] if s else []
 
 
+def g_header_dict(v: Any) -> dict[str, str]:
+    """secure_scheme_headers: gunicorn compares names in upper case."""
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a dict of header names and values, got {v!r}")
+    return {str(k).strip().upper(): str(x).strip().lower() for k, x in v.items()}
+
+
 def g_any(v: Any) -> Any:
     return v
 
@@ -233,6 +240,53 @@ def optional(setting: str) -> Convert:
 
 def joined(v: Any) -> str:
     return ",".join(g_csv(v))
+
+
+def to_trust(setting: str) -> Convert:
+    """gunicorn's forwarded_allow_ips and proxy_allow_ips: its lists name IP peers only, and it
+    trusts unix-socket peers unconditionally; greenfork trusts them when the list says `unix`."""
+
+    def convert(v: Any, out: Out) -> None:
+        items = g_csv(v)
+        if "*" not in items and "unix" not in items:
+            items.append("unix")
+        out.set(setting, ",".join(items))
+
+    return convert
+
+
+def to_http_protocols(v: Any) -> str:
+    return joined(v) or "h1"  # gunicorn reads an empty list as h1
+
+
+def to_http2_cleartext(v: Any, out: Out) -> None:
+    # gunicorn reads True as prior-knowledge
+    mode = str(v).strip().lower() if isinstance(v, str) else ("prior-knowledge" if v else "off")
+    if mode in ("upgrade", "both"):
+        kept = "off" if mode == "upgrade" else "prior-knowledge"
+        out.warnings.append(f"greenfork does not offer the HTTP/1.1 Upgrade to h2c (RFC 9113 deprecates "
+                            f"it): an Upgrade: h2c request is answered in HTTP/1.1; http2_cleartext = "
+                            f"{kept}")
+        mode = kept
+    if mode not in ("off", "prior-knowledge"):
+        raise ValueError("expected off, prior-knowledge, upgrade or both")
+    out.set("http2_cleartext", mode)
+
+
+GF_MAX_HEADERS_TOTAL = 1 << 24  # greenfork's ceiling for max_request_headers_total_size
+
+
+def http2_max_header_list_size(v: Any, out: Out) -> None:
+    # greenfork bounds an HTTP/2 header list by the same limit as an HTTP/1.1 header section,
+    # and announces it as SETTINGS_MAX_HEADER_LIST_SIZE
+    n = g_int(v)
+    if n == 0:  # gunicorn: unlimited
+        n = GF_MAX_HEADERS_TOTAL
+        out.notes.append(f"greenfork's ceiling is {n} bytes")
+    n = min(max(n, 256), GF_MAX_HEADERS_TOTAL)
+    out.set("max_request_headers_total_size", n)
+    out.notes.append(f"max_request_headers_total_size = {n}: greenfork's limit bounds HTTP/1.1 header "
+                     "sections too")
 
 
 def to_proxy_protocol(v: Any) -> str:

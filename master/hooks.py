@@ -114,10 +114,6 @@ class ConfigView:
                 return hook.func if hook is not None and hook.func is not None else _noop
             if g.kind in (gunicornmap.SAME, gunicornmap.CONVERT) and g.to in BY_NAME:
                 return getattr(s, g.to)
-            if g.kind == gunicornmap.BY_FLAG:
-                for s_ in SETTINGS:
-                    if set(s_.flags) & set(g.flag_candidates):
-                        return getattr(s, s_.name)
             return g.default
         if name in BY_NAME:
             return getattr(s, name)

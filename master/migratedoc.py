@@ -1,6 +1,7 @@
 """The generated parts of docs/migrating-from-gunicorn.md: every gunicorn setting and hook
 (from gunicornmap.TABLE and hookspec.HOOK_DEFS), and the systemd units of examples/systemd/
-from-gunicorn/ as they are. docsgen.py writes and checks them between their markers:
+from-gunicorn/ and a gunicorn.conf.py of tests/gunicorn/ as they are. docsgen.py writes and
+checks them between their markers:
 
     <!-- BEGIN GENERATED NAME -->
     ...
@@ -13,11 +14,13 @@ import re
 from pathlib import Path
 
 from greenfork.master import gunicornmap, hookspec
-from greenfork.master.gunicornmap import BY_FLAG, CLI, CONVERT, HOOK, SAME, WARN
+from greenfork.master.gunicornmap import CLI, CONVERT, HOOK, SAME, WARN
 
 DOC_PATH = "docs/migrating-from-gunicorn.md"
 UNITS = "examples/systemd/from-gunicorn"
 UNIT_FILES = ("gunicorn.service", "greenfork.service", "gunicorn.socket")
+PROJECTS = "tests/gunicorn"  # gunicorn.conf.py files the tests run unchanged
+SHOWN_PROJECTS = ("edge",)
 _MARKER = re.compile(r"(<!-- BEGIN GENERATED (\S+) -->\n)(.*?)(<!-- END GENERATED \2 -->)", re.DOTALL)
 
 
@@ -36,8 +39,6 @@ def _greenfork_side(g: gunicornmap.G) -> str:
         return _setting_link(g.to)
     if g.kind == CONVERT:
         return _setting_link(g.to)
-    if g.kind == BY_FLAG:
-        return f"`{g.flag_candidates[0]}`"
     if g.kind == HOOK:
         return f"hook [`{g.name}`](#server-hooks)"
     if g.kind == CLI:
@@ -76,11 +77,17 @@ def render_unit(root: Path, name: str) -> str:
     return f"```ini\n{text}```\n"
 
 
+def render_project_config(root: Path, project: str) -> str:
+    text = (root / PROJECTS / project / "gunicorn.conf.py").read_text(encoding="utf-8")
+    return f"```python\n{text}```\n"
+
+
 def sections(root: Path) -> dict[str, str]:
     return {
         "gunicorn-settings": render_settings(),
         "gunicorn-hooks": render_hooks(),
         **{f"unit:{n}": render_unit(root, n) for n in UNIT_FILES},
+        **{f"project:{p}": render_project_config(root, p) for p in SHOWN_PROJECTS},
     }
 
 

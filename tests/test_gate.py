@@ -188,7 +188,7 @@ def test_port_means_every_interface_when_no_bind_is_given(tmp_path: Path) -> Non
 
 def test_forwarded_allow_ips_from_gunicorns_variable(tmp_path: Path) -> None:
     s = resolve({}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8"}, tmp_path)
-    assert s.forwarded_allow_ips == "10.0.0.0/8"
+    assert s.forwarded_allow_ips == "10.0.0.0/8,unix"  # gunicorn's list: unix peers trusted too
     assert s.source_of("forwarded_allow_ips") == "env FORWARDED_ALLOW_IPS"
     assert resolve({"forwarded_allow_ips": "*"}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8"}, tmp_path) \
         .forwarded_allow_ips == "*"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,12 +69,10 @@ def test_the_table_knows_gunicorn_defaults() -> None:
 
 def test_every_mapped_target_is_a_greenfork_setting() -> None:
     for g in gunicornmap.TABLE:
-        if g.kind in (gunicornmap.SAME, gunicornmap.HOOK):
+        if g.kind in (gunicornmap.SAME, gunicornmap.HOOK) or (g.kind == gunicornmap.CONVERT and g.to):
             assert g.to in BY_NAME, g.name
         if g.kind == gunicornmap.WARN:
             assert g.note, g.name
-        if g.kind == gunicornmap.BY_FLAG:
-            assert all(f.startswith("--") for f in g.flag_candidates), g.name
 
 
 def test_hooks_match_gunicorn_signatures() -> None:
@@ -334,13 +333,152 @@ def test_limits_env_pid_umask_and_other_flags(tmp_path: Path) -> None:
         resolve(tmp_path, ["--protocol", "uwsgi"])
 
 
-def test_flags_of_settings_other_changes_add_are_warned_until_then(tmp_path: Path) -> None:
-    r = resolve(tmp_path, ["--forwarded-allow-ips", "10.0.0.1"])
-    target = gunicornconf._greenfork_by_flag(("--forwarded-allow-ips",))
-    if target is None:
-        assert any("--forwarded-allow-ips" in w and "is ignored" in w for w in r.warnings)
-    else:
-        assert getattr(r.settings, target) is not None and not r.warnings
+def test_tls_http2_and_proxy_settings_map_to_greenforks(tmp_path: Path) -> None:
+    """The front-door settings gunicorn has (TLS, HTTP/2, PROXY protocol, forwarded headers) set
+    greenfork's, from a config file, gunicorn's flags and GUNICORN_CMD_ARGS, without a warning."""
+    write(tmp_path, "gunicorn.conf.py", """
+certfile = "/etc/ssl/app.pem"
+keyfile = "/etc/ssl/app.key"
+ca_certs = "/etc/ssl/ca.pem"
+cert_reqs = 2
+ciphers = "ECDHE+AESGCM"
+http_protocols = "h2,h1"
+http2_cleartext = True
+http2_max_concurrent_streams = 50
+http2_initial_window_size = 131072
+http2_max_frame_size = 32768
+http2_max_header_list_size = 131072
+proxy_protocol = True
+proxy_allow_ips = "10.0.0.0/8"
+forwarded_allow_ips = ["10.1.2.3", "192.168.0.0/16"]
+websocket_max_message_size = 1048576
+""")
+    r = resolve(tmp_path)
+    s = r.settings
+    assert not r.warnings, r.warnings
+    assert (s.certfile, s.keyfile, s.ca_certs, s.cert_reqs, s.ciphers) == (
+        "/etc/ssl/app.pem", "/etc/ssl/app.key", "/etc/ssl/ca.pem", "required", "ECDHE+AESGCM")
+    assert s.http_protocols == ("h2", "h1") and s.http2_cleartext == "prior-knowledge"
+    assert (s.http2_max_concurrent_streams, s.http2_initial_window_size, s.http2_max_frame_size) == (
+        50, 131072, 32768)
+    assert s.max_request_headers_total_size == 131072
+    assert s.proxy_protocol == "any" and s.websocket_max_message_size == 1 << 20
+    # gunicorn trusts unix-socket peers whatever its lists say: greenfork's lists say `unix`
+    assert s.proxy_allow_from == "10.0.0.0/8,unix"
+    assert s.forwarded_allow_ips == "10.1.2.3,192.168.0.0/16,unix"
+    assert s.source_of("forwarded_allow_ips") == "gunicorn.conf.py (forwarded_allow_ips)"
+    assert s.source_of("max_request_headers_total_size") == "gunicorn.conf.py (http2_max_header_list_size)"
+    (tmp_path / "gunicorn.conf.py").unlink()
+
+    # gunicorn's command line: the bare --proxy-protocol is `any`; `*` stays everyone
+    argv = ["--proxy-protocol", "--proxy-allow-from", "*", "--forwarded-allow-ips", "10.0.0.1",
+            "--http-protocols", "h1", "--http2-max-header-list-size", "0", "--limit-request-field_size",
+            "40000"]
+    r = resolve(tmp_path, argv)
+    s = r.settings
+    assert (s.proxy_protocol, s.proxy_allow_from, s.http_protocols) == ("any", "*", ("h1",))
+    assert not r.warnings
+    # greenfork's own flag on the command line, with greenfork's meaning (documented)
+    assert s.forwarded_allow_ips == "10.0.0.1"
+    assert s.max_request_headers_total_size == 1 << 24  # the larger of the two limits
+    s = resolve(tmp_path, ["--limit-request-field_size", "40000", "--http2-max-header-list-size",
+                           "1000"]).settings
+    assert s.max_request_headers_total_size == 40004
+    cmd_args = ("--proxy-protocol v2 --http2-max-frame-size 65536 --forwarded-allow-ips 10.0.0.2 "
+                "--proxy-allow-from 10.0.0.3")
+    r = resolve(tmp_path, [], {"GUNICORN_CMD_ARGS": cmd_args})
+    assert (r.settings.proxy_protocol, r.settings.http2_max_frame_size) == ("v2", 65536)
+    assert (r.settings.forwarded_allow_ips, r.settings.proxy_allow_from) == ("10.0.0.2,unix", "10.0.0.3,unix")
+    assert r.settings.source_of("proxy_allow_from") == "env GUNICORN_CMD_ARGS --proxy-allow-from"
+    assert r.settings.source_of("proxy_protocol") == "env GUNICORN_CMD_ARGS --proxy-protocol"
+    s = resolve(tmp_path, [], {"FORWARDED_ALLOW_IPS": "10.9.9.9"}).settings
+    assert s.forwarded_allow_ips == "10.9.9.9,unix" and s.source_of("forwarded_allow_ips") == \
+        "env FORWARDED_ALLOW_IPS"
+
+
+@pytest.mark.parametrize(("value", "warned"), [
+    ({"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"}, False),
+    ({"X-Forwarded-Proto": "HTTPS"}, False), ({"X-FORWARDED-PROTO": "https"}, False),
+    ({"CloudFront-Forwarded-Proto": "https"}, True), ({}, True)])
+def test_secure_scheme_headers_other_than_x_forwarded_proto_are_warned(tmp_path: Path, value: object,
+                                                                       warned: bool) -> None:
+    write(tmp_path, "gunicorn.conf.py", f"secure_scheme_headers = {value!r}\n")
+    warnings = resolve(tmp_path).warnings
+    assert [w.split(" is ignored: ")[1] for w in warnings] == ([
+        "greenfork reads the scheme from X-Forwarded-Proto (https or http) only, sent by "
+        "--forwarded-allow-ips peers; --forwarded-headers chooses the headers applied (docs/proxies.md)"]
+        if warned else [])
+
+
+def test_a_gunicorn_certfile_makes_every_address_tls(tmp_path: Path) -> None:
+    cert = "/etc/ssl/app.pem"
+    write(tmp_path, "gunicorn.conf.py", f"certfile = {cert!r}\nbind = ['0.0.0.0:443', 'unix:/run/a.sock']\n")
+    r = resolve(tmp_path)
+    assert r.settings.bind == ("https://0.0.0.0:443", "https://unix:/run/a.sock")
+    assert r.settings.source_of("bind") == "gunicorn.conf.py (bind)"
+    assert any("https://0.0.0.0:443, https://unix:/run/a.sock serve TLS, as gunicorn" in n for n in r.notes)
+    # greenfork's own spellings keep their meaning: http:// is cleartext, fd:// cannot be TLS,
+    # and an https:// address anywhere means the operator chose
+    s = resolve(tmp_path, ["-b", "http://127.0.0.1:80", "-b", ":8443", "-b", "fd://3"]).settings
+    assert s.bind == ("http://127.0.0.1:80", "https://:8443", "fd://3")
+    s = resolve(tmp_path, ["-b", "https://127.0.0.1:443", "-b", "127.0.0.1:80"]).settings
+    assert s.bind == ("https://127.0.0.1:443", "127.0.0.1:80")
+    # the default address and PORT's, which gunicorn would serve with TLS too, stay implicit
+    write(tmp_path, "gunicorn.conf.py", f"certfile = {cert!r}\n")
+    s = resolve(tmp_path).settings
+    assert s.bind == ("https://127.0.0.1:8000",) and config.bind_is_implicit(s)
+    s = resolve(tmp_path, [], {"PORT": "5000"}).settings
+    assert s.bind == ("https://0.0.0.0:5000",) and config.bind_is_implicit(s)
+    # GUNICORN_CMD_ARGS and gunicorn's own flags are gunicorn deployments too
+    (tmp_path / "gunicorn.conf.py").unlink()
+    s = resolve(tmp_path, [], {"GUNICORN_CMD_ARGS": f"--certfile {cert} -b 0.0.0.0:443"}).settings
+    assert s.bind == ("https://0.0.0.0:443",)
+    assert resolve(tmp_path, ["-k", "gevent", "--certfile", cert]).settings.bind == ("https://127.0.0.1:8000",)
+    # greenfork's own command line: only https:// serves TLS (tls.py warns about the certificate)
+    s = resolve(tmp_path, ["--certfile", cert, "-b", "0.0.0.0:443"]).settings
+    assert s.bind == ("0.0.0.0:443",)
+
+
+def test_the_edge_example_reads_as_its_greenfork_toml_in_the_docs(tmp_path: Path) -> None:
+    """docs/migrating-from-gunicorn.md shows tests/gunicorn/edge/gunicorn.conf.py and the same
+    deployment in greenfork.toml: both resolve to the same settings."""
+    from greenfork.master.settings import SETTINGS
+
+    doc = (ROOT / "docs" / "migrating-from-gunicorn.md").read_text()
+    section = doc.split("## TLS, HTTP/2 and the PROXY protocol: an example", 1)[1]
+    match = re.search(r"```toml\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    write(tmp_path, "greenfork.toml", match.group(1))
+    mine = resolve(tmp_path)
+    theirs = resolve(ROOT / "tests" / "gunicorn" / "edge")
+    assert not mine.warnings and not theirs.warnings
+    differ = [s.name for s in SETTINGS if getattr(mine.settings, s.name) != getattr(theirs.settings, s.name)]
+    assert differ == []
+    assert theirs.settings.source_of("bind") == "gunicorn.conf.py (bind)"
+    assert any("https://0.0.0.0:8443 serves TLS, as gunicorn serves every address" in n for n in theirs.notes)
+
+
+@pytest.mark.parametrize(("value", "mode", "warned"), [
+    ("off", "off", False), (False, "off", False), ("prior-knowledge", "prior-knowledge", False),
+    (True, "prior-knowledge", False), ("both", "prior-knowledge", True), ("upgrade", "off", True)])
+def test_http2_cleartext_modes(tmp_path: Path, value: object, mode: str, warned: bool) -> None:
+    write(tmp_path, "gunicorn.conf.py", f"http_protocols = 'h1,h2'\nhttp2_cleartext = {value!r}\n")
+    r = resolve(tmp_path)
+    assert r.settings.http2_cleartext == mode
+    assert [w for w in r.warnings if "Upgrade to h2c" in w] == ([
+        f"gunicorn.conf.py: http2_cleartext = {value!r}: greenfork does not offer the HTTP/1.1 Upgrade "
+        f"to h2c (RFC 9113 deprecates it): an Upgrade: h2c request is answered in HTTP/1.1; "
+        f"http2_cleartext = {mode}"] if warned else [])
+    (tmp_path / "gunicorn.conf.py").unlink()
+    if isinstance(value, str):  # GUNICORN_CMD_ARGS reads it as gunicorn does, the command line as greenfork
+        r = resolve(tmp_path, [], {"GUNICORN_CMD_ARGS": f"--http2-cleartext {value}"})
+        assert r.settings.http2_cleartext == mode and any("Upgrade to h2c" in w for w in r.warnings) == warned
+        if warned:
+            with pytest.raises(SettingError, match="deprecated by RFC 9113"):
+                resolve(tmp_path, ["--http2-cleartext", value])
+    write(tmp_path, "gunicorn.conf.py", "http2_cleartext = 'sometimes'\n")
+    with pytest.raises(SettingError, match="invalid value 'sometimes' for http2_cleartext"):
+        resolve(tmp_path)
 
 
 def test_hook_option_and_hook_values(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import tlscerts
 from tests.procs import APPS, Greenfork, Launcher, children, http_get, wait_for
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
@@ -193,17 +194,75 @@ def test_gunicorns_own_example_config_runs(launcher: Launcher, tmp_path: Path) -
     assert "# Thread: " in log and 'File: "' in log  # its stack dump, at debug level
 
 
+# ------------------------------------------------------------------ edge: TLS, HTTP/2, PROXY v2
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "--silent", "--show-error", "--max-time", "10", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_tls_http2_and_proxy_protocol_behind_a_tcp_load_balancer(
+        launcher: Launcher, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`gunicorn -c gunicorn.conf.py edgeapp:app` in edge/: its certfile makes its address TLS (as
+    gunicorn's does), it offers HTTP/2, and requires PROXY v2 from its load balancer, here HAProxy
+    passing TLS through (examples/haproxy/greenfork-passthrough.cfg); curl is the client."""
+    from tests.test_behind_proxies import CLIENT, Proxy, example, free_port, start, tool
+
+    certs = tlscerts.certs(tmp_path_factory)
+    env = {"EDGE_CERTFILE": str(certs.server.cert), "EDGE_KEYFILE": str(certs.server.key)}
+    g = booted(launcher, ["-c", "gunicorn.conf.py", "edgeapp:app", "-b", "127.0.0.1:0"], PROJECTS / "edge",
+               env, workers=2)
+    assert g.url().startswith("https://127.0.0.1:")
+    assert "certfile is set, so https://127.0.0.1:0 serves TLS, as gunicorn serves every address" in g.log()
+    assert "greenfork: warning" not in g.log()
+    port = free_port()
+    config = example("haproxy/greenfork-passthrough.cfg", {
+        "bind :443": f"bind 127.0.0.1:{port}", "127.0.0.1:8443": f"127.0.0.1:{g.port()}"})
+    (tmp_path / "haproxy.cfg").write_text(config)
+    haproxy: list[Proxy] = []
+    try:
+        start(haproxy, "haproxy", [tool("haproxy", "haproxy"), "-db", "-f", str(tmp_path / "haproxy.cfg")],
+              tmp_path / "haproxy.log", port)
+        url = f"https://127.0.0.1:{port}/"
+        # a client: HTTP/2 by ALPN over greenfork's own TLS; its address from HAProxy's PROXY header;
+        # its own X-Forwarded-For not applied (forwarded_allow_ips names 127.0.0.1 only)
+        out = curl("--http2", "--cacert", str(certs.ca), "--interface", CLIENT,
+                   "-H", "X-Forwarded-For: 198.51.100.9", url)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"remote_addr": CLIENT, "scheme": "https", "protocol": "HTTP/2",
+                                          "ssl_protocol": "TLSv1.3"}
+        # the trusted sidecar on 127.0.0.1: its X-Forwarded-For is applied, over HTTP/1.1 too
+        out = curl("--http1.1", "--cacert", str(certs.ca), "-H", "X-Forwarded-For: 198.51.100.9", url)
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout)
+        assert (got["remote_addr"], got["protocol"]) == ("198.51.100.9", "HTTP/1.1")
+        # around the load balancer, without a PROXY header: closed unanswered
+        out = curl("--http2", "--cacert", str(certs.ca), g.url() + "/")
+        assert out.returncode != 0 and out.stdout == ""
+    finally:
+        for p in haproxy:
+            p.stop()
+    assert f"{CLIENT} - - " in g.log()  # accesslog = "-": the client HAProxy named
+    assert "198.51.100.9 - - " in g.log()  # and the one the trusted peer forwarded
+    g.signal(signal.SIGTERM)
+    assert g.wait(20) == 0
+
+
 @pytest.mark.parametrize(("project", "args"), [
     ("dbapp", ["dbapp:app"]),
     ("timing", ["-c", "gunicorn.conf.py", "timingapp:app"]),
     ("shop", ["-c", "gunicorn.conf.py", "--paste", "production.ini"]),
+    ("edge", ["-c", "gunicorn.conf.py", "edgeapp:app"]),
 ])
-def test_the_three_are_gunicorn_configs_that_gunicorn_accepts(tmp_path: Path, project: str,
-                                                             args: list[str]) -> None:
+def test_the_projects_are_gunicorn_configs_that_gunicorn_accepts(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, project: str, args: list[str]) -> None:
     """The same files and command lines pass gunicorn's own --check-config (which imports the app)."""
     gunicorn = Path(sys.executable).parent / "gunicorn"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GREENFORK_", "GUNICORN_"))}
     env.update(DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite", SHOP_BIND=f"unix:{tmp_path}/s.sock")
+    certs = tlscerts.certs(tmp_path_factory)
+    env.update(EDGE_CERTFILE=str(certs.server.cert), EDGE_KEYFILE=str(certs.server.key))
     out = subprocess.run([str(gunicorn), *args, "--check-config"], cwd=PROJECTS / project, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

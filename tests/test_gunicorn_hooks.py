@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -51,9 +52,9 @@ class Probe:
 
 
 def start(launcher: Launcher, tmp: Path, *args: str, env: dict[str, str] | None = None,
-          boot: bool = True) -> tuple[Greenfork, Probe]:
+          boot: bool = True, app: str = "testapp:app", path: Path = APPS) -> tuple[Greenfork, Probe]:
     probe = Probe(tmp / "events.jsonl")
-    g = launcher.spawn(["testapp:app", "--pythonpath", str(APPS), "-b", "127.0.0.1:0", *args], cwd=PROBE,
+    g = launcher.spawn([app, "--pythonpath", str(path), "-b", "127.0.0.1:0", *args], cwd=PROBE,
                        env={"PROBE_EVENTS": str(probe.path), **(env or {})})
     if boot:
         def ready() -> bool:
@@ -115,6 +116,16 @@ def test_each_hook_runs_at_its_moment_in_its_process(launcher: Launcher, tmp_pat
     assert http_get(g.url(), "/boom")[0] == 500
     (failed,) = probe.wait("post_request", path="/boom")
     assert (failed["status"], failed["code"]) == ("500 Internal Server Error", 500)
+    assert pre["version"] == [1, 1]
+    # an HTTP/2 request (cleartext, prior knowledge) runs them too, with the same req and resp
+    out = subprocess.run(["curl", "-s", "--max-time", "10", "--http2-prior-knowledge", "-H", "X-Probe: h2",
+                          g.url() + "/pid?h2=1"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    (pre,) = probe.wait("pre_request", query="h2=1")
+    assert (pre["method"], pre["path"], pre["version"]) == ("GET", "/pid", [2, 0])
+    assert pre["headers"]["X-PROBE"] == "h2" and pre["pid"] == int(out.stdout)
+    assert [(e["status"], e["sent"]) for e in probe.wait("post_request", count=3)][2] == (
+        "200 OK", len(out.stdout))
 
     # TTIN: nworkers_changed, and one more worker through its hooks
     g.signal(signal.SIGTTIN)
@@ -165,6 +176,34 @@ def test_each_hook_runs_at_its_moment_in_its_process(launcher: Launcher, tmp_pat
     ev = probe.events()
     assert ev[-1]["hook"] == "on_exit" and ev[-1]["pid"] == master
     assert set(e["hook"] for e in ev) == set(ALL_HOOKS) - {"pre_exec"}
+
+
+CACHEAPP = """
+def app(environ, start_response):
+    body = environ["PATH_INFO"].encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Cache-Control", "public, max-age=60"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_request_hooks_run_for_requests_the_app_is_called_for(launcher: Launcher, tmp_path: Path) -> None:
+    """As documented: the gate's answers run them (the app's place is taken), the shared cache's
+    hits and the queue limit's refusals do not (nothing is called)."""
+    (tmp_path / "cacheapp.py").write_text(CACHEAPP)
+    g, probe = start(launcher, tmp_path, "--response-cache", "1MiB", "--allowed-hosts", "good.test",
+                     app="cacheapp:app", path=tmp_path)
+    good = {"Host": "good.test"}
+    assert http_get(g.url(), "/a", headers=good)[0] == 200  # a miss: the app runs, and the hooks
+    probe.wait("post_request", path="/a")
+    status, headers, body = http_get(g.url(), "/a", headers=good)
+    assert (status, body) == (200, b"/a") and "age" in headers  # a hit
+    assert http_get(g.url(), "/b", headers={"Host": "evil.test"})[0] == 400  # the gate answers
+    (gated,) = probe.wait("post_request", path="/b")
+    assert gated["code"] == 400
+    assert [e["path"] for e in probe.events("pre_request")] == ["/a", "/b"]  # not for the hit
+    g.signal(signal.SIGTERM)
+    assert g.wait(20) == 0
 
 
 def test_pre_exec_runs_before_a_new_master_and_the_upgrade_carries_on(launcher: Launcher,

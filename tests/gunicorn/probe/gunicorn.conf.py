@@ -61,7 +61,7 @@ def pre_exec(server):
 
 
 def pre_request(worker, req):
-    record("pre_request", method=req.method, path=req.path, query=req.query,
+    record("pre_request", method=req.method, path=req.path, query=req.query, version=list(req.version),
            headers=dict(req.headers), **describe(worker))
 
 

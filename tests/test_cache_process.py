@@ -427,6 +427,28 @@ def test_forwarded_scheme_host_and_prefix_are_part_of_the_key(launcher: Launcher
     assert srv.calls("/app" + target) == 1
 
 
+def test_mounted_apps_are_cached_under_their_prefix(launcher: Launcher, tmp_path: Path) -> None:
+    """--mount sets SCRIPT_NAME before the cache: a mounted app's page is stored and hit like the
+    main app's, as an entry of its own, and an unsafe request through the mount drops it."""
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "--mount", "/api=cacheapp:app", workers=1)
+    port = srv.g.port()
+    target = f"/r?cc={q('public, max-age=60')}&where=1"
+    _, headers, mounted = srv.get("/api" + target)
+    assert "age" not in headers and f" url=http://127.0.0.1:{port}/api ".encode() in mounted
+    _, headers, again = srv.get("/api" + target)
+    assert "age" in headers and again == mounted
+    _, headers, main = srv.get(target)
+    assert "age" not in headers and f" url=http://127.0.0.1:{port} ".encode() in main
+    _, headers, again = srv.get(target)
+    assert "age" in headers and again == main
+    assert srv.calls(target) == 2  # (both apps log PATH_INFO /r): one call each
+    assert srv.get("/api" + target, method="POST")[0] == 200  # RFC 9111 4.4, through the mount
+    _, headers, _ = srv.get("/api" + target)
+    assert "age" not in headers and srv.calls(target) == 3
+    _, headers, _ = srv.get(target)
+    assert "age" in headers  # the main app's entry stays
+
+
 def test_forwarded_headers_from_an_untrusted_peer_do_not_split_the_key(launcher: Launcher,
                                                                          tmp_path: Path) -> None:
     """From a peer not in --forwarded-allow-ips the headers are not applied: the app sees the

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +19,9 @@ from urllib.parse import quote
 
 import pytest
 
+from tests import tlscerts
 from tests.apps.cacheapp import check_versioned
-from tests.h2raw import Raw
+from tests.h2raw import Raw, request_headers
 from tests.metricsutil import get, scrape, total
 from tests.procs import Greenfork, Launcher, children, wait_for
 from tests.test_lifecycle import read_pid, stop_pid
@@ -447,6 +449,41 @@ def test_mounted_apps_are_cached_under_their_prefix(launcher: Launcher, tmp_path
     assert "age" not in headers and srv.calls(target) == 3
     _, headers, _ = srv.get(target)
     assert "age" in headers  # the main app's entry stays
+
+
+def test_the_scheme_is_the_listeners_never_the_clients(launcher: Launcher, tmp_path: Path,
+                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A TLS listener's pages are stored under https (HTTP/1.1 and HTTP/2 by ALPN share them); an
+    h2c client that claims `:scheme https` on the cleartext listener is keyed as http, so it can
+    neither read nor overwrite them."""
+    certs = tlscerts.certs(tmp_path_factory)
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "-b", "https://127.0.0.1:0",
+                "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key), workers=1)
+    tls_port, plain_port = srv.g.port(1), srv.g.port(0)
+    target = f"/r?cc={q('public, max-age=60')}&where=1"
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    conn = http.client.HTTPSConnection("127.0.0.1", tls_port, timeout=10, context=ctx)
+    try:
+        conn.request("GET", target, headers={"Host": "site.example"})
+        resp = conn.getresponse()
+        stored = resp.read()
+        assert resp.status == 200 and b" url=https://site.example HTTP/1.1" in stored
+    finally:
+        conn.close()
+    h2ctx = ssl.create_default_context(cafile=str(certs.ca))
+    h2ctx.check_hostname = False  # (Raw's handshake names no server; the CA still checks the chain)
+    h2ctx.set_alpn_protocols(["h2"])
+    with Raw.connect(tls_port, tls=h2ctx) as c:  # HTTP/2 over TLS: the same entry
+        c.request(1, target, authority="site.example")
+        head, body = c.response(1)
+        assert "age" in head and body == stored
+    with Raw.connect(plain_port) as c:  # h2c, claiming https: a miss, stored as http
+        for sid in (1, 3):
+            c.send(*c.header_frames(sid, request_headers(target, authority="site.example", scheme="https")))
+            head, body = c.response(sid)
+            assert body != stored and b" url=http://site.example HTTP/2" in body
+            assert ("age" in head) is (sid == 3)
+    assert srv.calls(target) == 2
 
 
 def test_forwarded_headers_from_an_untrusted_peer_do_not_split_the_key(launcher: Launcher,

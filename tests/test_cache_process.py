@@ -486,6 +486,28 @@ def test_the_scheme_is_the_listeners_never_the_clients(launcher: Launcher, tmp_p
     assert srv.calls(target) == 2
 
 
+def test_the_gate_answers_before_the_cache(launcher: Launcher, tmp_path: Path) -> None:
+    """A cached page is no way around --require-header or --allowed-hosts: the gate's 403 and 400
+    come first, and a refused request is not looked up, stored or counted as a hit."""
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "--require-header", "X-Proxy-Secret=s3",
+                "--allowed-hosts", "site.example", workers=1)
+    target = f"/r?cc={q('public, max-age=60')}"
+    ok = {"X-Proxy-Secret": "s3", "Host": "site.example"}
+    assert srv.get(target, ok)[0] == 200
+    status, headers, _ = srv.get(target, ok)
+    assert status == 200 and "age" in headers
+    before = scrape(srv.metrics)
+    status, headers, body = srv.get(target, {"Host": "site.example"})
+    assert status == 403 and "age" not in headers and b"public" not in body
+    status, headers, _ = srv.get(target, {"X-Proxy-Secret": "s3", "Host": "other.example"})
+    assert status == 400 and "age" not in headers
+    after = scrape(srv.metrics)
+    for result in ("hit", "miss", "bypass"):
+        assert total(after, "greenfork_response_cache_requests_total", result=result) == \
+            total(before, "greenfork_response_cache_requests_total", result=result)
+    assert srv.calls(target) == 1
+
+
 def test_forwarded_headers_from_an_untrusted_peer_do_not_split_the_key(launcher: Launcher,
                                                                          tmp_path: Path) -> None:
     """From a peer not in --forwarded-allow-ips the headers are not applied: the app sees the

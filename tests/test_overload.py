@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hyperframe.frame import DataFrame
 
-from tests.h2raw import Raw
+from tests.h2raw import Raw, request_headers
 from tests.metricsutil import get, scrape, total
 from tests.procs import Greenfork, Launcher, wait_for
 
@@ -176,6 +177,30 @@ def test_http2_streams_past_the_limit_get_503_at_once(launcher: Launcher) -> Non
     s = scrape(g.info["metrics"])
     assert total(s, "http_server_request_duration_seconds_count", error_type="request_queue_full",
                  http_response_status_code="503") == LIMIT
+
+
+def test_an_http2_upload_refused_mid_body_leaves_the_connection_working(launcher: Launcher) -> None:
+    """An upload refused with 503 while its body is still coming (RFC 9113 8.1: a complete response
+    before the whole request): the client's remaining DATA is discarded or its stream reset, and
+    the connection keeps serving other streams."""
+    g = start(launcher, "--max-queued-requests", "1")
+    with Raw.connect(g.port()) as c:
+        c.request(1, f"/sleep?s={SLEEP}")
+        wait_for(lambda: total(scrape(g.info["metrics"]), "greenfork_queued_requests", worker="0") == 1, 10,
+                 "the slow stream to be in flight")
+        c.send(*c.header_frames(3, request_headers("/echo", "POST", extra=[("content-length", "200000")]),
+                                end_stream=False))
+        c.send(*[DataFrame(3, b"a" * 16000) for _ in range(3)])
+        head, body = c.response(3)
+        assert head[":status"] == "503" and body == b"503 request queue full\n"
+        c.send(*[DataFrame(3, b"a" * 16000) for _ in range(9)],
+               DataFrame(3, b"a" * 8000, flags=["END_STREAM"]))
+        head, body = c.response(1)
+        assert head[":status"] == "200" and body == b"slept\n"
+        c.request(5, "/echo", method="POST", body=b"x" * 1000)
+        head, body = c.response(5)
+        assert head[":status"] == "200" and body == b"x" * 1000
+        assert c.resets.get(3, 0) in (0, 5)  # NO_ERROR or STREAM_CLOSED, never a connection error
 
 
 def test_the_gate_answers_first_and_the_503_names_the_forwarded_client(launcher: Launcher,

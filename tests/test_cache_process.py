@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ from urllib.parse import quote
 
 import pytest
 
+from tests import tlscerts
 from tests.apps.cacheapp import check_versioned
+from tests.h2raw import Raw, request_headers
 from tests.metricsutil import get, scrape, total
 from tests.procs import Greenfork, Launcher, children, wait_for
 from tests.test_lifecycle import read_pid, stop_pid
@@ -166,12 +169,17 @@ def test_a_no_store_request_is_answered_but_its_response_not_stored(server: Serv
     assert server.calls(target) == 2 and "age" not in headers  # the first response was not stored
 
 
-def test_a_public_response_to_an_authorized_request_is_stored_for_others(server: Server) -> None:
+def test_a_public_response_to_an_authorized_request_is_not_stored(server: Server) -> None:
+    """As HTTP.sys: a request with Authorization is neither answered from the cache nor stored, even
+    when the app says `public` (a per-user page marked public by mistake leaks to nobody); the next
+    anonymous request stores the page for everyone."""
     target = unique(f"cc={q('public, max-age=60')}")
     server.get(target, {"Authorization": "Bearer x"})
     status, headers, _ = server.get(target)
+    assert status == 200 and "age" not in headers
+    status, headers, _ = server.get(target)
     assert status == 200 and "age" in headers
-    assert server.calls(target) == 1
+    assert server.calls(target) == 2
 
 
 def test_no_cache_request_refreshes_the_entry(server: Server) -> None:
@@ -347,7 +355,174 @@ def test_metrics_count_the_cache(server: Server) -> None:
     assert "greenfork_response_cache_evictions_total" in {n for n, _ in after}
 
 
+# ------------------------------------------------------------------ HTTP/2
+def h2_get(c: Raw, sid: int, target: str, port: int, extra: tuple[tuple[str, str], ...] = (),
+           method: str = "GET") -> tuple[dict[str, str], bytes]:
+    """One request on a stream of an h2c connection, with the :authority HTTP/1.1's Host has."""
+    c.request(sid, target, method=method, extra=extra, authority=f"127.0.0.1:{port}")
+    return c.response(sid)
+
+
+def test_http2_streams_share_entries_with_http1(server: Server) -> None:
+    """A response stored from HTTP/1.1 is a hit on an HTTP/2 stream, and the other way round
+    (the key is the URL, not the protocol); conditional requests get their 304 on HTTP/2 too."""
+    cc = q("public, max-age=60")
+    by_h1, by_h2 = unique(f"cc={cc}&where=1&etag=%22v1%22"), unique(f"cc={cc}&where=1&etag=%22v2%22")
+    port = server.g.port()
+    status, _, body1 = server.get(by_h1)
+    assert status == 200 and body1.endswith(b" HTTP/1.1\n")
+    with Raw.connect(port) as c:
+        head, body = h2_get(c, 1, by_h1, port)
+        assert head[":status"] == "200" and body == body1 and "age" in head
+        assert head["etag"] == '"v1"' and "connection" not in head
+        head, body = h2_get(c, 3, by_h1, port, (("if-none-match", '"v1"'),))
+        assert head[":status"] == "304" and body == b"" and head["etag"] == '"v1"'
+        head, body = h2_get(c, 5, by_h1, port, method="HEAD")
+        assert head[":status"] == "200" and body == b"" and head["content-length"] == str(len(body1))
+        head, body2 = h2_get(c, 7, by_h2, port)  # a miss on HTTP/2: stored from the stream
+        assert head[":status"] == "200" and "age" not in head and body2.endswith(b" HTTP/2\n")
+        head, again = h2_get(c, 9, by_h2, port)
+        assert head[":status"] == "200" and again == body2 and "age" in head
+    status, headers, body = server.get(by_h2)
+    assert status == 200 and body == body2 and "age" in headers
+    assert server.calls(by_h1) == 1 and server.calls(by_h2) == 1
+    assert server.calls(by_h1, "HEAD") == 0
+
+
 # ------------------------------------------------------------- servers of their own
+def test_forwarded_scheme_host_and_prefix_are_part_of_the_key(launcher: Launcher, tmp_path: Path) -> None:
+    """Behind a trusted proxy the key is the URL the app sees (wsgi.url_scheme, HTTP_HOST and
+    SCRIPT_NAME after forwarded headers): a page the app renders with https:// links is never
+    served to a plain-http request, nor one host's page to another host."""
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "--forwarded-allow-ips", "127.0.0.1",
+                "--forwarded-headers", "x-forwarded-proto,x-forwarded-host,x-forwarded-prefix", workers=1)
+    port = srv.g.port()
+    target = f"/r?cc={q('public, max-age=60')}&where=1"
+    cases = {  # request headers: the URL the app must have built the answer from
+        (): f"http://127.0.0.1:{port}",
+        (("X-Forwarded-Proto", "https"),): f"https://127.0.0.1:{port}",
+        (("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "a.example")): "https://a.example",
+        (("X-Forwarded-Host", "b.example"),): "http://b.example",
+        (("X-Forwarded-Host", "B.example:80"),): "http://b.example",  # the same origin: the same entry
+        (("X-Forwarded-Prefix", "/app"),): f"http://127.0.0.1:{port}/app",
+    }
+    first: dict[str, bytes] = {}
+    for headers, url in cases.items():
+        status, got, body = srv.get(target, dict(headers))
+        assert status == 200 and f" url={url} ".encode() in body.lower(), body
+        first.setdefault(url, body)
+        assert body == first[url]
+    assert srv.calls(target) == 5  # one per URL: B.example:80 was a hit of b.example's entry
+    for headers, url in cases.items():  # each one's own entry, from the cache
+        status, got, body = srv.get(target, dict(headers))
+        assert status == 200 and "age" in got and body == first[url], (headers, body)
+    with Raw.connect(port) as c:  # an HTTP/2 stream through the same proxy finds the same entries
+        head, body = h2_get(c, 1, target, port, (("x-forwarded-proto", "https"),))
+        assert "age" in head and body == first[f"https://127.0.0.1:{port}"]
+        head, body = h2_get(c, 3, target, port,
+                            (("x-forwarded-host", "a.example"), ("x-forwarded-proto", "https")))
+        assert "age" in head and body == first["https://a.example"]
+    assert srv.calls(target) == 5
+    # the prefix is a field of the key of its own: /app + /r is not the unprefixed /app/r
+    status, got, body = srv.get("/app" + target)
+    assert status == 200 and "age" not in got and f" url=http://127.0.0.1:{port} ".encode() in body
+    assert srv.calls("/app" + target) == 1
+
+
+def test_mounted_apps_are_cached_under_their_prefix(launcher: Launcher, tmp_path: Path) -> None:
+    """--mount sets SCRIPT_NAME before the cache: a mounted app's page is stored and hit like the
+    main app's, as an entry of its own, and an unsafe request through the mount drops it."""
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "--mount", "/api=cacheapp:app", workers=1)
+    port = srv.g.port()
+    target = f"/r?cc={q('public, max-age=60')}&where=1"
+    _, headers, mounted = srv.get("/api" + target)
+    assert "age" not in headers and f" url=http://127.0.0.1:{port}/api ".encode() in mounted
+    _, headers, again = srv.get("/api" + target)
+    assert "age" in headers and again == mounted
+    _, headers, main = srv.get(target)
+    assert "age" not in headers and f" url=http://127.0.0.1:{port} ".encode() in main
+    _, headers, again = srv.get(target)
+    assert "age" in headers and again == main
+    assert srv.calls(target) == 2  # (both apps log PATH_INFO /r): one call each
+    assert srv.get("/api" + target, method="POST")[0] == 200  # RFC 9111 4.4, through the mount
+    _, headers, _ = srv.get("/api" + target)
+    assert "age" not in headers and srv.calls(target) == 3
+    _, headers, _ = srv.get(target)
+    assert "age" in headers  # the main app's entry stays
+
+
+def test_the_scheme_is_the_listeners_never_the_clients(launcher: Launcher, tmp_path: Path,
+                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A TLS listener's pages are stored under https (HTTP/1.1 and HTTP/2 by ALPN share them); an
+    h2c client that claims `:scheme https` on the cleartext listener is keyed as http, so it can
+    neither read nor overwrite them."""
+    certs = tlscerts.certs(tmp_path_factory)
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "-b", "https://127.0.0.1:0",
+                "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key), workers=1)
+    tls_port, plain_port = srv.g.port(1), srv.g.port(0)
+    target = f"/r?cc={q('public, max-age=60')}&where=1"
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    conn = http.client.HTTPSConnection("127.0.0.1", tls_port, timeout=10, context=ctx)
+    try:
+        conn.request("GET", target, headers={"Host": "site.example"})
+        resp = conn.getresponse()
+        stored = resp.read()
+        assert resp.status == 200 and b" url=https://site.example HTTP/1.1" in stored
+    finally:
+        conn.close()
+    h2ctx = ssl.create_default_context(cafile=str(certs.ca))
+    h2ctx.check_hostname = False  # (Raw's handshake names no server; the CA still checks the chain)
+    h2ctx.set_alpn_protocols(["h2"])
+    with Raw.connect(tls_port, tls=h2ctx) as c:  # HTTP/2 over TLS: the same entry
+        c.request(1, target, authority="site.example")
+        head, body = c.response(1)
+        assert "age" in head and body == stored
+    with Raw.connect(plain_port) as c:  # h2c, claiming https: a miss, stored as http
+        for sid in (1, 3):
+            c.send(*c.header_frames(sid, request_headers(target, authority="site.example", scheme="https")))
+            head, body = c.response(sid)
+            assert body != stored and b" url=http://site.example HTTP/2" in body
+            assert ("age" in head) is (sid == 3)
+    assert srv.calls(target) == 2
+
+
+def test_the_gate_answers_before_the_cache(launcher: Launcher, tmp_path: Path) -> None:
+    """A cached page is no way around --require-header or --allowed-hosts: the gate's 403 and 400
+    come first, and a refused request is not looked up, stored or counted as a hit."""
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "--require-header", "X-Proxy-Secret=s3",
+                "--allowed-hosts", "site.example", workers=1)
+    target = f"/r?cc={q('public, max-age=60')}"
+    ok = {"X-Proxy-Secret": "s3", "Host": "site.example"}
+    assert srv.get(target, ok)[0] == 200
+    status, headers, _ = srv.get(target, ok)
+    assert status == 200 and "age" in headers
+    before = scrape(srv.metrics)
+    status, headers, body = srv.get(target, {"Host": "site.example"})
+    assert status == 403 and "age" not in headers and b"public" not in body
+    status, headers, _ = srv.get(target, {"X-Proxy-Secret": "s3", "Host": "other.example"})
+    assert status == 400 and "age" not in headers
+    after = scrape(srv.metrics)
+    for result in ("hit", "miss", "bypass"):
+        assert total(after, "greenfork_response_cache_requests_total", result=result) == \
+            total(before, "greenfork_response_cache_requests_total", result=result)
+    assert srv.calls(target) == 1
+
+
+def test_forwarded_headers_from_an_untrusted_peer_do_not_split_the_key(launcher: Launcher,
+                                                                         tmp_path: Path) -> None:
+    """From a peer not in --forwarded-allow-ips the headers are not applied: the app sees the
+    connection's scheme and host, and so does the key (one entry, whatever the client claims)."""
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "--forwarded-allow-ips", "",
+                "--forwarded-headers", "x-forwarded-proto,x-forwarded-host", workers=1)
+    port = srv.g.port()
+    target = f"/r?cc={q('public, max-age=60')}&where=1"
+    _, _, body = srv.get(target, {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"})
+    assert f" url=http://127.0.0.1:{port} ".encode() in body
+    status, headers, again = srv.get(target)
+    assert status == 200 and again == body and "age" in headers
+    assert srv.calls(target) == 1
+
+
 def test_concurrent_writers_and_readers_of_one_key(launcher: Launcher, tmp_path: Path) -> None:
     """Writers (requests with no-cache: each reaches the app, whose new version replaces the
     entry) and readers (hits) of one 48 KiB key, from two workers, with a cache small enough

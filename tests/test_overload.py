@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hyperframe.frame import DataFrame
 
+from tests.h2raw import Raw, request_headers
 from tests.metricsutil import get, scrape, total
 from tests.procs import Greenfork, Launcher, wait_for
 
@@ -140,6 +142,90 @@ def test_cache_hits_are_answered_while_the_worker_is_full(launcher: Launcher, tm
     finally:
         for t in slow:
             t.join(30)
+
+
+def test_http2_streams_past_the_limit_get_503_at_once(launcher: Launcher) -> None:
+    """Streams of one HTTP/2 connection are requests in flight like any other: past the limit
+    each gets its 503 at once (no Connection field, which HTTP/2 forbids) and the connection
+    carries on with the streams in flight and with new ones."""
+    g = start(launcher, "--max-queued-requests", str(LIMIT))
+    with Raw.connect(g.port()) as c:
+        sids = [1 + 2 * i for i in range(2 * LIMIT)]
+        started = time.monotonic()
+        for sid in sids:
+            c.request(sid, f"/sleep?s={SLEEP}")
+        ended_at: dict[int, float] = {}
+        deadline = started + SLEEP + 10
+        while len(ended_at) < len(sids) and time.monotonic() < deadline:
+            c.until(lambda f: f.stream_id in sids and "END_STREAM" in f.flags, deadline - time.monotonic())
+            for sid in c.ended:
+                ended_at.setdefault(sid, time.monotonic() - started)
+        heads = {sid: c.heads[sid] for sid in sids}
+        refused = [sid for sid in sids if heads[sid][":status"] == "503"]
+        ok = [sid for sid in sids if heads[sid][":status"] == "200"]
+        assert len(refused) == LIMIT and len(ok) == LIMIT, {sid: (h[":status"], ended_at[sid])
+                                                            for sid, h in heads.items()}
+        for sid in refused:
+            assert ended_at[sid] < 1.0  # answered at once, not after the slow streams
+            assert heads[sid]["retry-after"] == "1" and "connection" not in heads[sid]
+            assert bytes(c.bodies[sid]) == b"503 request queue full\n"
+        for sid in ok:
+            assert bytes(c.bodies[sid]) == b"slept\n" and SLEEP - 0.1 < ended_at[sid] < SLEEP + 3
+        c.request(101, "/sleep?s=0")
+        head, body = c.response(101, timeout=10)
+        assert head[":status"] == "200" and body == b"slept\n"  # room again, on the same connection
+    s = scrape(g.info["metrics"])
+    assert total(s, "http_server_request_duration_seconds_count", error_type="request_queue_full",
+                 http_response_status_code="503") == LIMIT
+
+
+def test_an_http2_upload_refused_mid_body_leaves_the_connection_working(launcher: Launcher) -> None:
+    """An upload refused with 503 while its body is still coming (RFC 9113 8.1: a complete response
+    before the whole request): the client's remaining DATA is discarded or its stream reset, and
+    the connection keeps serving other streams."""
+    g = start(launcher, "--max-queued-requests", "1")
+    with Raw.connect(g.port()) as c:
+        c.request(1, f"/sleep?s={SLEEP}")
+        wait_for(lambda: total(scrape(g.info["metrics"]), "greenfork_queued_requests", worker="0") == 1, 10,
+                 "the slow stream to be in flight")
+        c.send(*c.header_frames(3, request_headers("/echo", "POST", extra=[("content-length", "200000")]),
+                                end_stream=False))
+        c.send(*[DataFrame(3, b"a" * 16000) for _ in range(3)])
+        head, body = c.response(3)
+        assert head[":status"] == "503" and body == b"503 request queue full\n"
+        c.send(*[DataFrame(3, b"a" * 16000) for _ in range(9)],
+               DataFrame(3, b"a" * 8000, flags=["END_STREAM"]))
+        head, body = c.response(1)
+        assert head[":status"] == "200" and body == b"slept\n"
+        c.request(5, "/echo", method="POST", body=b"x" * 1000)
+        head, body = c.response(5)
+        assert head[":status"] == "200" and body == b"x" * 1000
+        assert c.resets.get(3, 0) in (0, 5)  # NO_ERROR or STREAM_CLOSED, never a connection error
+
+
+def test_the_gate_answers_first_and_the_503_names_the_forwarded_client(launcher: Launcher,
+                                                                      tmp_path: Path) -> None:
+    """Behind a proxy: a request the gate refuses (no --require-header secret) gets its 403 even
+    when the worker is full; one that passes the gate gets the 503, logged with the client the
+    proxy named in X-Forwarded-For."""
+    access = tmp_path / "access.log"
+    g = start(launcher, "--max-queued-requests", "1", "--require-header", "X-Proxy-Secret=s3",
+              "--forwarded-allow-ips", "127.0.0.1", "--access-logfile", str(access),
+              "--access-logformat", "%(h)s %(s)s %(U)s")
+    secret = {"X-Proxy-Secret": "s3"}
+    slow = threading.Thread(target=get, args=(g.url(), f"/sleep?s={SLEEP}"), kwargs={"headers": secret})
+    slow.start()
+    try:
+        wait_for(lambda: total(scrape(g.info["metrics"]), "greenfork_queued_requests", worker="0") == 1, 10,
+                 "the slow request to be in flight")
+        assert get(g.url(), "/sleep?s=0")[0] == 403
+        status, headers, body = get(g.url(), "/sleep?s=0",
+                                    headers={**secret, "X-Forwarded-For": "203.0.113.7"})
+        assert status == 503 and headers["retry-after"] == "1" and body == b"503 request queue full\n"
+    finally:
+        slow.join(30)
+    wait_for(lambda: "203.0.113.7 503 /sleep" in access.read_text(), 10, "the 503's access log line")
+    assert "127.0.0.1 403 /sleep" in access.read_text()
 
 
 def test_off_by_default(launcher: Launcher) -> None:

@@ -189,10 +189,12 @@ def request_rule(method: str, fields: Fields) -> RequestRule:
     reason = "" if store else "head"
     lookup = True
     if "authorization" in fields:
-        # RFC 9111 3.5 lets a shared cache reuse public responses for authenticated requests; the
-        # app still sees every one (HTTP.sys: "requests that require authentication are not served
-        # from the cache"). Its response may be stored only when public (response_rule).
-        lookup, reason = False, "authorization"
+        # HTTP.sys neither answers nor stores a request that carries authentication, and the issue
+        # asks the same: stricter than RFC 9111 3.5, which would let a `public` response to it be
+        # stored for others. An app that marks a per-user page `public` by mistake (a shared
+        # template, a middleware) then leaks nothing; public pages get stored from anonymous
+        # requests anyway. The app sees every authenticated request.
+        return RequestRule(False, False, "authorization")
     for name in _APP_CONDITIONS:
         if name in fields:
             lookup, reason = False, name

@@ -304,11 +304,16 @@ class CacheStage:
 
     def _key(self, url: Url, req: Request) -> bytes | None:
         scheme, host, _, script_name = url
-        path = req.path
-        if script_name != self.script_name:
-            # a prefix a trusted proxy set (X-Forwarded-Prefix): the app's links depend on it
-            path = script_name.encode("latin-1", "replace") + b"\0" + path
-        return primary_key(scheme, host, path, req.query)
+        key = primary_key(scheme, host, req.path, req.query)
+        if script_name != self.script_name and key is not None:
+            # a prefix a trusted proxy set (X-Forwarded-Prefix): the app's links and routes depend
+            # on it. A field of its own after the query (which holds no NUL), so /app + /x and
+            # "" + /app/x stay apart; a variant's field after it starts "vary", never "prefix=".
+            prefix = script_name.encode("latin-1", "replace")
+            if b"\0" in prefix:
+                return None
+            key += b"\0prefix=" + prefix
+        return key
 
     def _find(self, key: bytes, env: dict[str, Any], now: float) -> Known | None:
         """cachepolicy.find() through this worker's copies."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The response cache side by side: hits against the app, and its cost to what it does not cache.
 
-    .venv/bin/python scripts/bench/cache_bench.py [--rounds 5] [--duration 5] [--connections 64]
+    scripts/bench/cache [--rounds 5] [--duration 5] [--connections 64]   # (runs this file)
 
 Two servers of the same build, each one worker pinned to CPU 0 (wrk runs on CPU 1), serving
 scripts/bench/apps.py:paths: `/` hello world, `/page` a 4 KiB page the app renders every time,

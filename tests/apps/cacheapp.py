@@ -2,7 +2,7 @@
 string asks for, and every call is logged, so a test counts the app's calls for a URL.
 
     GET /r?cc=public,max-age=60&st=200&vary=Accept-Encoding&cookie=1&etag=x&lm=...&exp=...
-           &size=N&stream=1&cl=N&boom=1&slow=SECONDS
+           &size=N&stream=1&cl=N&boom=1&slow=SECONDS&where=1
     GET /v?size=N          a body that names its version and can be checked from itself
     POST /r?...            (anything unsafe) answers 200 "changed"
 
@@ -69,7 +69,11 @@ def app(environ, start_response):
     if "slow" in q:
         time.sleep(float(q["slow"]))  # gevent's sleep in a worker: other requests carry on
     size = int(q.get("size", "0"))
-    text = f"{environ['QUERY_STRING']} ae={environ.get('HTTP_ACCEPT_ENCODING', '-')}\n".encode()
+    text = f"{environ['QUERY_STRING']} ae={environ.get('HTTP_ACCEPT_ENCODING', '-')}".encode()
+    if "where" in q:  # the URL the app would build links from (forwarded headers change it)
+        text += (f" url={environ['wsgi.url_scheme']}://{environ.get('HTTP_HOST', '-')}"
+                 f"{environ['SCRIPT_NAME']} {environ['SERVER_PROTOCOL']}").encode()
+    text += b"\n"
     body = (text * (size // len(text) + 1))[:size] if size else text
     headers = [("Content-Type", "text/plain")]
     for param, name in (("cc", "Cache-Control"), ("vary", "Vary"), ("etag", "ETag"), ("lm", "Last-Modified"),

@@ -214,6 +214,19 @@ def test_kubernetes_rolling_update_and_disruptions_keep_ready_pods() -> None:
     assert hpa["minReplicas"] - pdb["spec"]["maxUnavailable"] >= 2
 
 
+def test_kubernetes_scrape_annotations_name_the_metrics_listener() -> None:
+    """A Prometheus that discovers pods by their prometheus.io/* annotations scrapes the port
+    greenfork's --metrics-bind listens on, at /metrics."""
+    template = _kube("deployment.yaml")["Deployment"]["spec"]["template"]
+    notes = template["metadata"]["annotations"]
+    container = template["spec"]["containers"][0]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if a.startswith("--"))
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert notes["prometheus.io/scrape"] == "true" and notes["prometheus.io/path"] == "/metrics"
+    assert int(notes["prometheus.io/port"]) == ports["metrics"] == int(args["metrics-bind"].rsplit(":", 1)[1])
+    assert container["readinessProbe"]["httpGet"]["port"] == "metrics"
+
+
 def test_kubernetes_hpa_scales_on_a_greenfork_metric_the_adapter_serves(tmp_path: Path) -> None:
     import yaml
 

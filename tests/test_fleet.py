@@ -312,12 +312,16 @@ def test_a_failed_request_fails_the_roll(fleet: Fleet) -> None:
     """`roll` counts every answer that is not 2xx and exits 1 when there is one: here the load's
     request line is longer than the hosts take (414 from greenfork)."""
     wait_for(fleet.all_up, 20, "every host up in haproxy")
+    before = {h: int(r["hrsp_4xx"]) for h, r in fleet.servers().items()}
     env = {**fleet.env, "FLEET_LOAD_PATH": "/" + "x" * 9000}
     out = subprocess.run([sys.executable, "-m", "fleetlib", "roll", "hup", "--connections", "2"], env=env,
                          capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     requests, failed = _roll_line(out)
     assert out.returncode == 1, out.stdout + out.stderr
     assert failed == requests > 100, out.stdout
+    # the hosts answered them (not HAProxy): every host's 4xx count grew
+    after = {h: int(r["hrsp_4xx"]) for h, r in fleet.servers().items()}
+    assert all(after[h] > before[h] + 10 for h in before), (before, after)
 
 
 def test_the_dashboard_fleet_panels_read_the_fleet(fleet: Fleet) -> None:

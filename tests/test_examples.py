@@ -6,6 +6,8 @@ import json
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -212,6 +214,134 @@ def test_kubernetes_rolling_update_and_disruptions_keep_ready_pods() -> None:
     hpa = _kube("autoscaling.yaml")["HorizontalPodAutoscaler"]["spec"]
     # a drain can always proceed, and never leaves fewer than two pods
     assert hpa["minReplicas"] - pdb["spec"]["maxUnavailable"] >= 2
+
+
+def test_kubernetes_scrape_annotations_name_the_metrics_listener() -> None:
+    """A Prometheus that discovers pods by their prometheus.io/* annotations scrapes the port
+    greenfork's --metrics-bind listens on, at /metrics."""
+    template = _kube("deployment.yaml")["Deployment"]["spec"]["template"]
+    notes = template["metadata"]["annotations"]
+    container = template["spec"]["containers"][0]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if a.startswith("--"))
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert notes["prometheus.io/scrape"] == "true" and notes["prometheus.io/path"] == "/metrics"
+    assert int(notes["prometheus.io/port"]) == ports["metrics"] == int(args["metrics-bind"].rsplit(":", 1)[1])
+    assert container["readinessProbe"]["httpGet"]["port"] == "metrics"
+
+
+# A Service's rolling update, modelled with real processes: kube-proxy is an L4 balancer that
+# never retries (HAProxy in TCP mode, `retries 0`), whose endpoints follow the readiness probe
+# (HAProxy's check on /readyz at the probe's period and failure threshold); the pods are greenfork
+# with the manifest's arguments. A new pod gets its endpoint once Ready (maxSurge 1), and only then
+# is the old one sent TERM (maxUnavailable 0).
+KUBE_PROXY = """
+global
+    stats socket {stats} mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 30s
+    timeout server 35s
+    retries 0
+frontend service
+    bind 127.0.0.1:{port}
+    default_backend endpoints
+backend endpoints
+    balance roundrobin
+    option httpchk GET /readyz
+    default-server inter {period}s fall {failures} rise 1
+    server old 127.0.0.1:{old} check port {old_metrics}
+    server new 127.0.0.1:{new} check port {new_metrics} disabled
+"""
+
+
+@pytest.mark.parametrize("shutdown_delay", ["manifest", "0"], ids=["manifest", "no-delay"])
+def test_kubernetes_rolling_update_loses_no_request(launcher: Launcher, tmp_path: Path,
+                                                    shutdown_delay: str) -> None:
+    """Under wrk through the model of a Service, the old pod's TERM loses no request with the
+    manifest's --shutdown-delay; without the delay, connections sent to it before its endpoint
+    goes fail (the model can tell the two apart)."""
+    from tests.test_behind_proxies import Proxy, listening, start, tool
+
+    pod = _kube("deployment.yaml")["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    # the manifest's arguments but its application and addresses (and the access log, not needed)
+    args = [a for a in container["args"][2:] if not a.startswith(("--bind=", "--metrics-bind=", "--access"))]
+    if shutdown_delay != "manifest":
+        args = [a for a in args if not a.startswith("--shutdown-delay=")]
+        args.append(f"--shutdown-delay={shutdown_delay}")
+    listeners = ["-b", "127.0.0.1:0", "--metrics-bind", "http://127.0.0.1:0"]
+    pods = [launcher.start(["testapp:app", *listeners, *args]) for _ in range(2)]
+    old, new = pods
+    probe = container["readinessProbe"]
+    port = free_port()
+    stats = tmp_path / "stats.sock"
+    metrics = [int(g.info["metrics"].rsplit(":", 1)[1]) for g in pods]
+    (tmp_path / "kube-proxy.cfg").write_text(KUBE_PROXY.format(
+        stats=stats, port=port, period=probe["periodSeconds"], failures=probe["failureThreshold"],
+        old=old.port(), old_metrics=metrics[0], new=new.port(), new_metrics=metrics[1]))
+    proxies: list[Proxy] = []
+    wrk: subprocess.Popen[bytes] | None = None
+    try:
+        start(proxies, "haproxy", [tool("haproxy", "haproxy"), "-db", "-f", str(tmp_path / "kube-proxy.cfg")],
+              tmp_path / "haproxy.log", port)
+        assert listening(port)
+
+        def runtime(command: str) -> str:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(str(stats))
+                s.sendall(command.encode() + b"\n")
+                out = b""
+                while chunk := s.recv(65536):
+                    out += chunk
+            return out.decode()
+
+        def endpoint(server: str) -> dict[str, str]:
+            """HAProxy's `show stat` row of a server: `status` UP/DOWN/MAINT, `scur` the
+            connections open to it now (in TCP mode HAProxy sees no requests)."""
+            header, *rows = runtime("show stat").splitlines()
+            named = (dict(zip(header.lstrip("# ").split(","), row.split(","), strict=False)) for row in rows)
+            return next(r for r in named if r["pxname"] == "endpoints" and r["svname"] == server)
+
+        wait_for(lambda: endpoint("old")["status"] == "UP", 10, "the old pod's endpoint")
+        with open(tmp_path / "wrk.log", "wb") as out:
+            wrk = subprocess.Popen(["wrk", "-t2", "-c12", "-d60s", "--timeout", "10s", "-s",
+                                    str(Path(__file__).with_name("wrk_count.lua")), f"http://127.0.0.1:{port}/"],
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        wait_for(lambda: endpoint("old")["scur"] == "12", 10, "wrk's connections on the old pod")
+        # maxSurge 1: the new pod is Ready, its endpoint is added; maxUnavailable 0: only then TERM
+        assert http_get(new.info["metrics"], "/readyz")[0] == 200
+        runtime("enable server endpoints/new")
+        wait_for(lambda: endpoint("new")["status"] == "UP", 10, "the new pod's endpoint")
+        old.signal(signal.SIGTERM)
+        assert old.wait(pod["terminationGracePeriodSeconds"]) == 0
+        wait_for(lambda: endpoint("new")["scur"] == "12", 10, "wrk's connections on the new pod")
+        wrk.send_signal(signal.SIGINT)
+        wrk.wait(20)
+    finally:
+        if wrk is not None and wrk.poll() is None:
+            wrk.kill()
+            wrk.wait(5)
+        for p in proxies:
+            p.stop()
+    text = (tmp_path / "wrk.log").read_text()
+    m = re.search(r"^GF (.*)$", text, re.M)
+    assert m, text
+    counts = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    failed = sum(counts[k] for k in ("non2xx", "connect", "read", "write", "timeout"))
+    assert counts["requests"] > 1000, counts
+    if shutdown_delay == "manifest":
+        assert failed == 0, counts
+    else:
+        assert failed > 0, f"the model should lose requests without a shutdown delay: {counts}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_kubernetes_hpa_scales_on_a_greenfork_metric_the_adapter_serves(tmp_path: Path) -> None:

@@ -36,8 +36,14 @@ from tests.procs import Launcher, alive, wait_for
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 HOSTS = (1, 2, 3)
-# examples/fleet/haproxy.cfg: `inter 1s fastinter 250ms ... fall 2`
+# examples/fleet/haproxy.cfg: `inter 1s fastinter 250ms ... fall 2`, `slowstart 10s`
 CHECK_INTER = 1.0
+SLOWSTART = 10.0
+# the fleet panels of examples/grafana/greenfork.json
+PANEL_UP = "Fleet: hosts up and ready"
+PANEL_RATE = "Fleet: request rate by host"
+PANEL_ERRORS = "Fleet: error ratio (5xx), all hosts and by host"
+PANEL_VERSIONS = "Fleet: versions, reloads and upgrades"
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -101,6 +107,21 @@ class Fleet:
         """{host: state} of the active alerts called name (pending or firing)."""
         return {a["labels"].get("host", "?"): a["state"] for a in self.prometheus("alerts")["alerts"]
                 if a["labels"]["alertname"] == name}
+
+    def panel(self, title: str, ref: str, window: str = "1m") -> dict[str, float]:
+        """A dashboard panel's query (examples/grafana/greenfork.json) as Grafana would send it,
+        answered by the fleet's Prometheus: {the series' labels, joined: value}."""
+        dash = json.loads((EXAMPLES / "grafana" / "greenfork.json").read_text())
+        target = next(t for p in dash["panels"] if p["title"] == title
+                      for t in p["targets"] if t["refId"] == ref)
+        expr = target["expr"].replace("$__rate_interval", window).replace('"$instance"', '".*"')
+        result = self.prometheus("query", query=expr)["result"]
+        return {",".join(f"{v}" for v in r["metric"].values()): float(r["value"][1]) for r in result}
+
+    def hosts_panel(self, title: str, ref: str, window: str = "1m") -> dict[str, float]:
+        """panel() of a query by instance, keyed by host name (h1, h2, h3)."""
+        ips = {f"10.251.{self.id}.{10 + n}:9110": f"h{n}" for n in HOSTS}
+        return {ips.get(k, k): v for k, v in self.panel(title, ref, window).items()}
 
     # ------------------------------------------------------------ the hosts
     def addresses(self, n: int) -> dict[str, Any]:
@@ -254,6 +275,9 @@ def test_rolling_hup_under_load_loses_no_request(fleet: Fleet) -> None:
         assert row["status"] == "UP" and row["chkdown"] == was["chkdown"], f"haproxy took host {n} out: {row}"
         assert int(row["stot"]) > int(was["stot"]), f"host {n} served nothing during the roll"
     assert "haproxy marked hosts down" not in out.stdout
+    # the dashboard's fleet panel shows one reload on each host
+    wait_for(lambda: all(v > 0.5 for v in fleet.hosts_panel(PANEL_VERSIONS, "C", "5m").values())
+             and len(fleet.hosts_panel(PANEL_VERSIONS, "C", "5m")) == 3, 10, "a reload on each host's panel")
 
 
 def test_rolling_usr2_under_load_loses_no_request(fleet: Fleet) -> None:
@@ -277,6 +301,71 @@ def test_rolling_usr2_under_load_loses_no_request(fleet: Fleet) -> None:
         assert row["status"] == "UP" and row["chkdown"] == was["chkdown"], f"haproxy took host {n} out: {row}"
     # Prometheus scrapes the new masters: same targets, up
     wait_for(lambda: fleet.up() == {"h1": "1", "h2": "1", "h3": "1"}, 10, "up == 1 on every host")
+    # the dashboard's fleet panel shows a new master on each host, and one version everywhere
+    wait_for(lambda: fleet.hosts_panel(PANEL_VERSIONS, "B", "5m").keys() == {"h1", "h2", "h3"}
+             and min(fleet.hosts_panel(PANEL_VERSIONS, "B", "5m").values()) >= 1, 10,
+             "a new master on each host's panel")
+    assert list(fleet.panel(PANEL_VERSIONS, "A").values()) == [3.0]
+
+
+def test_a_failed_request_fails_the_roll(fleet: Fleet) -> None:
+    """`roll` counts every answer that is not 2xx and exits 1 when there is one: here the load's
+    request line is longer than the hosts take (414 from greenfork)."""
+    wait_for(fleet.all_up, 20, "every host up in haproxy")
+    before = {h: int(r["hrsp_4xx"]) for h, r in fleet.servers().items()}
+    env = {**fleet.env, "FLEET_LOAD_PATH": "/" + "x" * 9000}
+    out = subprocess.run([sys.executable, "-m", "fleetlib", "roll", "hup", "--connections", "2"], env=env,
+                         capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    requests, failed = _roll_line(out)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert failed == requests > 100, out.stdout
+    # the hosts answered them (not HAProxy): every host's 4xx count grew
+    after = {h: int(r["hrsp_4xx"]) for h, r in fleet.servers().items()}
+    assert all(after[h] > before[h] + 10 for h in before), (before, after)
+
+
+def test_the_dashboard_fleet_panels_read_the_fleet(fleet: Fleet) -> None:
+    """The fleet panels' queries, against the fleet's own Prometheus: three hosts up and ready,
+    traffic on each, and the error ratio of some 500s, fleet-wide and by host."""
+    import http.client
+
+    def get(paths: list[str]) -> None:
+        for path in paths:
+            conn = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=10)
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            assert resp.status == (500 if path == "/boom" else 200)
+            resp.read()
+            conn.close()
+
+    def series() -> set[tuple[str, str]]:
+        query = 'http_server_request_duration_seconds_count{http_request_method="GET"}'
+        return {(r["metric"]["host"], r["metric"]["http_response_status_code"])
+                for r in fleet.prometheus("query", query=query)["result"]}
+
+    wait_for(fleet.all_up, 20, "every host up in haproxy")
+    # rate() counts a counter's increase between two samples: a host's first 500 (and first 200)
+    # makes its series, which Prometheus must have scraped before the requests the ratio shows
+    get(["/boom", "/"] * 3)
+    wait_for(lambda: series() >= {(f"h{n}", s) for n in HOSTS for s in ("200", "500")}, 10,
+             "a 200 and a 500 series for each host")
+    get(["/boom"] * 30 + ["/"] * 60)
+
+    def panels() -> dict[str, Any]:
+        return {ref: fleet.panel(PANEL_UP, ref) for ref in "ABC"} | {
+            "rate": fleet.hosts_panel(PANEL_RATE, "A"), "fleet": fleet.panel(PANEL_ERRORS, "A"),
+            "by host": fleet.hosts_panel(PANEL_ERRORS, "B")}
+
+    def complete() -> dict[str, Any] | None:
+        p = panels()
+        every = all(len(p[k]) == 3 and min(p[k].values()) > 0 for k in ("rate", "by host"))
+        return p if every and p["fleet"].get("", 0) > 0 else None
+
+    seen = wait_for(complete, 15, "the 500s in the error ratio panels")
+    assert seen["A"] == seen["B"] == seen["C"] == {"": 3.0}, seen
+    assert seen["rate"].keys() == {"h1", "h2", "h3"} and min(seen["rate"].values()) > 0, seen
+    assert 0 < seen["fleet"][""] < 1, seen
+    assert seen["by host"].keys() == {"h1", "h2", "h3"} and max(seen["by host"].values()) < 1, seen
 
 
 def test_the_client_address_reaches_the_app_by_proxy_v2(fleet: Fleet) -> None:
@@ -333,6 +422,7 @@ def test_a_killed_host_is_marked_down_alerted_and_comes_back(fleet: Fleet, load:
 
     # Prometheus: up == 0 for host 2 only, then the host-down alert fires (`for: 1m`)
     wait_for(lambda: fleet.up() == {"h1": "1", "h2": "0", "h3": "1"}, 10, "up == 0 for host 2")
+    assert [fleet.panel(PANEL_UP, ref)[""] for ref in "ABC"] == [2, 3, 2], "the hosts up and ready panel"
     wait_for(lambda: fleet.alerts("GreenforkDown") == {"h2": "pending"}, 10, "GreenforkDown pending for h2")
     t_pending = time.monotonic()
     wait_for(lambda: fleet.alerts("GreenforkDown") == {"h2": "firing"}, 90, "GreenforkDown firing for h2")
@@ -345,12 +435,27 @@ def test_a_killed_host_is_marked_down_alerted_and_comes_back(fleet: Fleet, load:
     w2 = Wrk(fleet, tmp_path)
     load.append(w2)
     wait_for(lambda: fleet.servers()["h2"]["status"] == "UP", 10, "haproxy to see host 2 up again")
-    served = int(fleet.servers()["h2"]["stot"])
-    wait_for(lambda: int(fleet.servers()["h2"]["stot"]) > served + 100, 15, "host 2 to take traffic again")
-    counts = w2.stop()
-    assert counts["failed"] == 0, counts
+    t_up = time.monotonic()
+    # slowstart: HAProxy throttles the host it just brought back (`throttle`, a percentage) and
+    # sends it a small share of the requests at first
+    first = fleet.servers()
+    time.sleep(1)  # a second of traffic to count
+    second = fleet.servers()
+    throttle = first["h2"]["throttle"]
+    assert throttle.isdigit() and int(throttle) < 50, f"host 2 is not in slowstart: {first['h2']}"
+    share = {h: int(second[h]["stot"]) - int(first[h]["stot"]) for h in ("h1", "h2", "h3")}
+    assert 0 < share["h2"] < min(share["h1"], share["h3"]) / 2, f"slowstart's first second: {share}"
     wait_for(lambda: fleet.up() == {"h1": "1", "h2": "1", "h3": "1"}, 10, "up == 1 on host 2 again")
     wait_for(lambda: fleet.alerts("GreenforkDown") == {}, 10, "the alert to resolve")
+    # and then its full share, without a further step
+    wait_for(lambda: fleet.servers()["h2"]["throttle"] == "", SLOWSTART + 3, "slowstart to end")
+    assert time.monotonic() - t_up > SLOWSTART * 0.8
+    served = {h: int(r["stot"]) for h, r in fleet.servers().items()}
+    time.sleep(1)  # a second at full weight to count
+    share = {h: int(r["stot"]) - served[h] for h, r in fleet.servers().items()}
+    counts = w2.stop()
+    assert counts["failed"] == 0, counts
+    assert min(share.values()) > max(share.values()) * 0.6, f"requests after slowstart: {share}"
 
 
 # ---------------------------------------------------------------- without namespaces

@@ -3,10 +3,13 @@ examples/, changed only in ports, paths and certificates): HAProxy with send-pro
 TLVs, send-proxy to a unix socket, TLS passed through to an https:// listener, health checks
 on /readyz with check-send-proxy; nginx with X-Forwarded-* and with the stream module's
 proxy_protocol; Apache httpd with mod_proxy_http. Through each: the application sees the real
-client address and scheme, and wrk sees no error while the server reloads three times."""
+client address and scheme, over HTTP/1.1 and in a WebSocket (and over HTTP/2 where the proxy
+passes it on: TLS passed through, HAProxy's h2 to the server), and wrk sees no error while the
+server reloads three times."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from tests import tlscerts
+from tests.conftest import curl
 from tests.procs import Greenfork, Launcher, wait_for
 from tests.proxytools import connect, env_of, request
 
@@ -120,6 +125,31 @@ def client_env(port: int, certs: tlscerts.Certs, sni: str | None = None,
     with connect(f"https://127.0.0.1:{port}", source=CLIENT) as raw, \
             ctx.wrap_socket(raw, server_hostname=sni) as s:
         return env_of(s, request(path, host=sni or "127.0.0.1"))
+
+
+def client_ws_env(port: int, certs: tlscerts.Certs, sni: str | None = None) -> dict[str, Any]:
+    """A WebSocket (wss://, the `websockets` client) through the proxy, from CLIENT: the environ
+    the application saw on the upgrade (proxyapp's /ws-env)."""
+    raw = connect(f"https://127.0.0.1:{port}", source=CLIENT)
+    with ws_connect(f"wss://{sni or '127.0.0.1'}/ws-env", sock=raw, ssl=tlscerts.client_context(certs),
+                    server_hostname=sni or "127.0.0.1", proxy=None, open_timeout=10,
+                    ping_interval=None) as ws:
+        env: dict[str, Any] = json.loads(ws.recv(timeout=10))
+    assert ws.close_code == 1000
+    assert env["HTTP_UPGRADE"].lower() == "websocket"
+    return env
+
+
+def curl_h2_env(port: int, certs: tlscerts.Certs) -> dict[str, Any]:
+    """curl --http2 through the proxy, from CLIENT: the environ (it must have been HTTP/2)."""
+    r = subprocess.run([curl(), "-sS", "--http2", "--interface", CLIENT, "--cacert", str(certs.ca),
+                        "-w", "\n%{http_version}", f"https://127.0.0.1:{port}/env"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    body, version = r.stdout.rsplit("\n", 1)
+    assert version == "2", r.stdout
+    env: dict[str, Any] = json.loads(body)
+    return env
 
 
 def load_with_hups(g: Greenfork, url: str, workers: int = 2) -> str:
@@ -222,6 +252,9 @@ def test_haproxy_send_proxy_v2_with_tlvs_and_health_checks(launcher: Launcher, p
     pp = env["greenfork.proxy_protocol"]
     assert pp["version"] == 2 and pp["authority"] == "www.example.test" and pp["alpn"] == "http/1.1"
     assert pp["unique_id"] and pp["unique_id"].startswith("7F000002:")  # unique-id-format: %ci:%cp...
+    ws = client_ws_env(port, certs, sni="www.example.test")  # HAProxy passes WebSocket upgrades on
+    assert ws["REMOTE_ADDR"] == CLIENT and ws["wsgi.url_scheme"] == "https"
+    assert ws["greenfork.proxy_protocol"]["version"] == 2
     load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=proxy_protocol")
     # readiness: on TERM, /readyz answers 503 for --shutdown-delay, and HAProxy takes the
     # server out (two failed checks two seconds apart) while it still serves
@@ -263,6 +296,11 @@ def test_haproxy_passes_tls_through_to_an_https_listener(launcher: Launcher, pro
     env = client_env(port, certs)
     assert env["REMOTE_ADDR"] == CLIENT and env["wsgi.url_scheme"] == "https"
     assert env["SSL_PROTOCOL"] == "TLSv1.3"  # greenfork's own handshake, behind the header
+    h2 = curl_h2_env(port, certs)  # ALPN h2 with greenfork itself, after the PROXY header
+    assert h2["SERVER_PROTOCOL"] == "HTTP/2" and h2["REMOTE_ADDR"] == CLIENT
+    assert h2["wsgi.url_scheme"] == "https" and h2["greenfork.proxy_protocol"]["version"] == 2
+    ws = client_ws_env(port, certs)
+    assert ws["REMOTE_ADDR"] == CLIENT and ws["wsgi.url_scheme"] == "https"
     load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=proxy_protocol")
 
 
@@ -312,6 +350,9 @@ def test_nginx_x_forwarded_headers(launcher: Launcher, proxies: list[Proxy], cer
     assert env["wsgi.url_scheme"] == "https" and env["HTTPS"] == "on"
     assert env["greenfork.peer_addr"] == "" and env["greenfork.original_scheme"] == "http"
     assert env["HTTP_X_FORWARDED_FOR"] == CLIENT and env["HTTP_X_FORWARDED_PROTO"] == "https"
+    ws = client_ws_env(port, certs)  # the example's Upgrade and Connection headers
+    assert ws["REMOTE_ADDR"] == CLIENT and ws["wsgi.url_scheme"] == "https"
+    assert ws["HTTP_X_FORWARDED_FOR"] == CLIENT and ws["HTTP_CONNECTION"].lower() == "upgrade"
     load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=forwarded")
 
 
@@ -328,6 +369,10 @@ def test_nginx_stream_proxy_protocol_in_front_of_tls(launcher: Launcher, proxies
     env = client_env(port, certs)
     assert env["REMOTE_ADDR"] == CLIENT and env["greenfork.peer_addr"] == "127.0.0.1"
     assert env["wsgi.url_scheme"] == "https" and env["greenfork.proxy_protocol"]["version"] == 1
+    h2 = curl_h2_env(port, certs)
+    assert h2["SERVER_PROTOCOL"] == "HTTP/2" and h2["REMOTE_ADDR"] == CLIENT
+    ws = client_ws_env(port, certs)
+    assert ws["REMOTE_ADDR"] == CLIENT and ws["wsgi.url_scheme"] == "https"
     load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=proxy_protocol")
 
 
@@ -370,4 +415,6 @@ SSLSessionCache shmcb:{tmp_path}/ssl_cache(512000)
     assert env["REMOTE_ADDR"] == CLIENT and env["greenfork.peer_addr"] == "127.0.0.1"
     assert env["wsgi.url_scheme"] == "https" and env["HTTP_HOST"] == "www.example.test"
     assert env["HTTP_X_FORWARDED_HOST"] == "www.example.test" and env["HTTP_X_FORWARDED_SERVER"]
+    ws = client_ws_env(port, certs, sni="www.example.test")  # ProxyPass ... upgrade=websocket
+    assert ws["REMOTE_ADDR"] == CLIENT and ws["wsgi.url_scheme"] == "https"
     load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=forwarded")

@@ -263,6 +263,29 @@ def test_haproxy_send_proxy_v2_with_tlvs_and_health_checks(launcher: Launcher, p
     assert "Layer7 wrong status" in hap.proxy.log.read_text()
 
 
+def test_haproxy_speaks_http2_to_greenfork(launcher: Launcher, proxies: list[Proxy], certs: tlscerts.Certs,
+                                          tmp_path: Path) -> None:
+    """The example with `proto h2` on its server line (its checks stay HTTP/1.1: check-proto h1):
+    each connection to greenfork is a PROXY v2 header, then HTTP/2 with prior knowledge;
+    through HUPs (each a GOAWAY to HAProxy) no request fails."""
+    g = launcher.start(["proxyapp:app", "-b", "http://127.0.0.1:0?proxy-protocol=v2",
+                        "--metrics-bind", "http://127.0.0.1:0?proxy-protocol=v2"], workers=2)
+    metrics_port = int(g.info["metrics"].rsplit(":", 1)[1])
+    port = free_port()
+    config = example("haproxy/greenfork.cfg", {
+        "bind :443 ssl crt /etc/haproxy/site.pem":
+            f"bind 127.0.0.1:{port} ssl crt {site_pem(certs, tmp_path)}",
+        "127.0.0.1:8000 send-proxy-v2": f"127.0.0.1:{g.port()} proto h2 send-proxy-v2",
+        "port 9110 check-send-proxy": f"port {metrics_port} check-send-proxy check-proto h1"})
+    hap = HAProxy(proxies, tmp_path, config, port)
+    wait_for(lambda: hap.server_state() == "UP", 15, "HAProxy's health check to pass")
+    env = client_env(port, certs, sni="www.example.test")
+    assert env["SERVER_PROTOCOL"] == "HTTP/2" and env["REMOTE_ADDR"] == CLIENT
+    assert env["wsgi.url_scheme"] == "https"
+    assert env["greenfork.proxy_protocol"]["authority"] == "www.example.test"
+    load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=proxy_protocol")
+
+
 def test_haproxy_send_proxy_v1_to_a_unix_socket(launcher: Launcher, proxies: list[Proxy],
                                                  certs: tlscerts.Certs, tmp_path: Path,
                                                  sock_dir: Path) -> None:

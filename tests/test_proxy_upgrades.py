@@ -3,14 +3,17 @@ PROXY header (cleartext prior knowledge, its preface read after the header, whol
 at a time; over TLS, ALPN h2 after the header), with curl's --haproxy-protocol and a raw HTTP/2
 client; the gate (forwarded headers, --allowed-hosts, --require-header) on every HTTP/2 stream;
 WebSocket upgrades after a PROXY header (plain and TLS) and with forwarded headers, with the
-`websockets` client, and upgrades the gate refuses before any hand-off, counted."""
+`websockets` client, and upgrades the gate refuses before any hand-off, counted; a PROXY
+front that delegates connections (issue 17) hands the client it read to the target."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +22,13 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
+from greenfork.workers import handoff
 from tests import tlscerts
 from tests.conftest import curl
 from tests.h2raw import PREFACE, Raw
 from tests.metricsutil import scrape, total
-from tests.procs import Greenfork, Launcher, wait_for
-from tests.proxytools import connect, tlv, v1, v2
+from tests.procs import APPS, Greenfork, Launcher, wait_for
+from tests.proxytools import connect, read_response, request, tlv, v1, v2
 
 pytestmark = pytest.mark.timeout(120)
 SECRET = {"X-Proxy-Secret": "s3cret"}
@@ -215,3 +219,52 @@ def test_the_gate_refuses_upgrades_before_the_hand_off(server: Server) -> None:
         assert b"this server does not serve that host" in e.value.response.body
     wait_for(lambda: server.refusals() == (before[0] + 2, before[1] + 2), 10, "the refusals counted")
     assert "Traceback" not in server.g.log()
+
+
+# ------------------------------------------------------------------ delegation (issue 17)
+def test_a_proxy_front_hands_its_client_to_a_delegation_target(
+        launcher: Launcher, sock_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The front reads the PROXY header; the target's handoff: listener takes none (refused
+    when the settings are read) and sees the client the header named."""
+    sock = sock_dir / "one.sock"
+    bad = subprocess.run([sys.executable, "-m", "greenfork.master", "shareapps:one", "-b",
+                          f"handoff:{sock}?proxy-protocol=v1", "--check-config"], cwd=APPS,
+                         env=launcher.env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0
+    assert "a handoff: listener takes no PROXY header (the front reads it)" in bad.stderr + bad.stdout
+    launcher.start(["shareapps:one", "-b", f"handoff:{sock}"])
+    certs = tlscerts.certs(tmp_path_factory)
+    front = launcher.start(["shareapps:main", "-b", "http://127.0.0.1:0?proxy-protocol=v2",
+                            "-b", "https://127.0.0.1:0?proxy-protocol=v1", "--delegate", f"/one=unix:{sock}",
+                            "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key)])
+    plain, tls = front.addresses
+    with connect(plain) as s:
+        s.sendall(v2(("203.0.113.50", 5050), ("192.0.2.1", 80)) + request("/one/x"))
+        status, _, body = read_response(s)
+        assert status == 200, body
+        seen = json.loads(body)
+        assert seen["app"] == "one" and (seen["REMOTE_ADDR"], seen["REMOTE_PORT"]) == ("203.0.113.50", "5050")
+        s.sendall(request("/one/y"))  # keep-alive stays with the target, and so does the client
+        assert json.loads(read_response(s)[2])["REMOTE_ADDR"] == "203.0.113.50"
+    # PROXY, then TLS ended by the front, which relays to the target: the client and https
+    raw = connect(tls)
+    raw.sendall(v1(("203.0.113.51", 5151), ("192.0.2.1", 443)))
+    with tlscerts.client_context(certs).wrap_socket(raw, server_hostname=None) as s:
+        s.sendall(request("/one/z"))
+        seen = json.loads(read_response(s)[2])
+    assert seen["app"] == "one" and seen["REMOTE_ADDR"] == "203.0.113.51"
+    assert seen["wsgi.url_scheme"] == "https" and seen["SSL_PROTOCOL"] == "TLSv1.3"
+
+
+def test_a_hand_off_leaves_the_fronts_own_keys_behind() -> None:
+    """What a PROXY header adds to a front's connection: the client and its TLS keys go along,
+    the proxy's address and greenfork.proxy_protocol (a dict) stay (the target refuses
+    greenfork.* keys from a front)."""
+    extra = {"greenfork.proxy_protocol": {"version": 2}, "greenfork.peer_addr": "127.0.0.1",
+             "greenfork.peer_port": "40000", "SERVER_NAME": "192.0.2.1", "SERVER_PORT": "443",
+             "wsgi.url_scheme": "https", "HTTPS": "on", "SSL_PROTOCOL": "TLSv1.3"}
+    msg = handoff.encode(handoff.Handoff(b"GET / HTTP/1.1\r\n\r\n", ("203.0.113.5", "5"),
+                                         handoff.portable(extra), "/one"))
+    got = handoff.Decoder().feed(msg)
+    assert got is not None and got.peer == ("203.0.113.5", "5")
+    assert got.extra == {k: v for k, v in extra.items() if not k.startswith("greenfork.")}

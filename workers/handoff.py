@@ -26,9 +26,9 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["ACK", "Decoder", "Handoff", "HandoffError", "encode"]
+__all__ = ["ACK", "Decoder", "Handoff", "HandoffError", "encode", "portable"]
 
 MAGIC: Final = b"GFH1"
 ACK: Final = b"\x06"
@@ -64,6 +64,14 @@ def encode(h: Handoff) -> bytes:
     if len(header) > MAX_HEADER or len(h.data) > MAX_DATA:
         raise HandoffError("hand-off message too large")
     return b"".join((_FRAME.pack(MAGIC, len(header), len(h.data)), header, h.data))
+
+
+def portable(extra: dict[str, Any]) -> dict[str, str]:
+    """The keys of a front's connection that go along with a hand-off: the client's scheme and
+    TLS keys, and what a PROXY header said of the connection (SERVER_NAME, SERVER_PORT). The
+    front's own greenfork.* keys stay behind (after a PROXY header: the proxy's address and
+    greenfork.proxy_protocol, a dict), since a target refuses them from a front."""
+    return {k: v for k, v in extra.items() if type(v) is str and not k.startswith("greenfork.")}
 
 
 def _allowed_key(key: str) -> bool:

@@ -68,9 +68,8 @@ def encode(h: Handoff) -> bytes:
 
 def portable(extra: dict[str, Any]) -> dict[str, str]:
     """The keys of a front's connection that go along with a hand-off: the client's scheme and
-    TLS keys, and what a PROXY header said of the connection (SERVER_NAME, SERVER_PORT). The
-    front's own greenfork.* keys stay behind (after a PROXY header: the proxy's address and
-    greenfork.proxy_protocol, a dict), since a target refuses them from a front."""
+    TLS keys. The front's own greenfork.* keys stay behind (after a PROXY header: the proxy's
+    address and greenfork.proxy_protocol, a dict), since a target refuses them from a front."""
     return {k: v for k, v in extra.items() if type(v) is str and not k.startswith("greenfork.")}
 
 

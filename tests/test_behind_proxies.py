@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -196,6 +197,22 @@ def test_deployment_md_shows_the_tested_files(name: str) -> None:
     assert text in blocks, f"docs/deployment.md does not show examples/{name} as it is; copy it again"
 
 
+def documented_command(name: str, replacements: dict[str, str]) -> list[str]:
+    """The greenfork command line deployment.md shows beside examples/{name} (the indented
+    block between the file's link and its code block), as arguments: `myapp:app` is the test
+    app, `-w 4` two workers, and each replacement (addresses, certificates) must apply."""
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    at = docs.index(f"File: [`examples/{name}`]")
+    section = docs[at:docs.index("```", at)]
+    found = re.search(r"^    greenfork (.*?)(?<!\\)$", section, re.MULTILINE | re.DOTALL)
+    assert found, f"deployment.md shows no greenfork command beside examples/{name}"
+    text = found.group(1).replace("\\\n", " ")
+    for old, new in {"myapp:app": "proxyapp:app", "-w 4": "-w 2", **replacements}.items():
+        assert old in text, f"deployment.md's command for {name} no longer contains {old!r}: {text}"
+        text = text.replace(old, new)
+    return shlex.split(text)
+
+
 # ------------------------------------------------------------------ HAProxy
 class HAProxy:
     def __init__(self, proxies: list[Proxy], tmp: Path, config: str, port: int) -> None:
@@ -226,6 +243,11 @@ class HAProxy:
         raise AssertionError(out.decode())
 
 
+def site_files(certs: tlscerts.Certs) -> dict[str, str]:
+    """The certificate and key of the documented greenfork commands, for the test's own."""
+    return {"/etc/ssl/site.pem": str(certs.server.cert), "/etc/ssl/site.key": str(certs.server.key)}
+
+
 def site_pem(certs: tlscerts.Certs, tmp: Path) -> Path:
     pem = tmp / "site.pem"  # HAProxy wants the certificate and its key in one file
     pem.write_bytes(certs.server.cert.read_bytes() + certs.server.key.read_bytes())
@@ -234,9 +256,8 @@ def site_pem(certs: tlscerts.Certs, tmp: Path) -> Path:
 
 def test_haproxy_send_proxy_v2_with_tlvs_and_health_checks(launcher: Launcher, proxies: list[Proxy],
                                                           certs: tlscerts.Certs, tmp_path: Path) -> None:
-    g = launcher.start(["proxyapp:app", "-b", "http://127.0.0.1:0?proxy-protocol=v2",
-                        "--metrics-bind", "http://127.0.0.1:0?proxy-protocol=v2", "--shutdown-delay", "20"],
-                       workers=2)
+    g = launcher.start([*documented_command("haproxy/greenfork.cfg", {"8000": "0", "9110": "0"}),
+                        "--shutdown-delay", "20"])
     metrics_port = int(g.info["metrics"].rsplit(":", 1)[1])
     port = free_port()
     config = example("haproxy/greenfork.cfg", {
@@ -310,8 +331,8 @@ def test_haproxy_send_proxy_v1_to_a_unix_socket(launcher: Launcher, proxies: lis
 
 def test_haproxy_passes_tls_through_to_an_https_listener(launcher: Launcher, proxies: list[Proxy],
                                                         certs: tlscerts.Certs, tmp_path: Path) -> None:
-    g = launcher.start(["proxyapp:app", "-b", "https://127.0.0.1:0?proxy-protocol=v2",
-                        "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key)], workers=2)
+    g = launcher.start(documented_command("haproxy/greenfork-passthrough.cfg", {
+        "8443": "0", **site_files(certs)}))
     port = free_port()
     config = example("haproxy/greenfork-passthrough.cfg", {
         "bind :443": f"bind 127.0.0.1:{port}", "127.0.0.1:8443": f"127.0.0.1:{g.port()}"})
@@ -332,6 +353,7 @@ def nginx_conf(tmp: Path, main: str = "", http: str = "") -> Path:
     conf = tmp / "nginx.conf"
     conf.write_text(f"""
 daemon off;
+user www-data;  # as Debian's own nginx.conf: the user the documented socket's group serves
 worker_processes 1;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
@@ -360,7 +382,9 @@ def test_nginx_x_forwarded_headers(launcher: Launcher, proxies: list[Proxy], cer
                                    tmp_path: Path, sock_dir: Path) -> None:
     sock = sock_dir / "gf.sock"
     sock_dir.chmod(0o755)  # nginx's workers run as www-data and must reach the socket
-    g = launcher.start(["proxyapp:app", "-b", f"unix:{sock}", "--unix-socket-mode", "666"], workers=2)
+    # as documented: the socket's group is nginx's (www-data), mode 660
+    g = launcher.start(documented_command("nginx/greenfork.conf", {"/run/greenfork.sock": str(sock)}))
+    assert (sock.stat().st_mode & 0o777, sock.group()) == (0o660, "www-data")
     port, plain = free_port(), free_port()
     site = example("nginx/greenfork.conf", {
         "unix:/run/greenfork.sock": f"unix:{sock}", "listen 80;": f"listen 127.0.0.1:{plain};",
@@ -383,8 +407,8 @@ def test_nginx_stream_proxy_protocol_in_front_of_tls(launcher: Launcher, proxies
                                                      certs: tlscerts.Certs, tmp_path: Path) -> None:
     if not Path("/usr/lib/nginx/modules/ngx_stream_module.so").exists():
         pytest.fail("nginx's stream module is required (scripts/test installs Debian's libnginx-mod-stream)")
-    g = launcher.start(["proxyapp:app", "-b", "https://127.0.0.1:0?proxy-protocol=v1",
-                        "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key)], workers=2)
+    g = launcher.start(documented_command("nginx/greenfork-stream.conf", {
+        "8443": "0", **site_files(certs)}))
     port = free_port()
     stream = example("nginx/greenfork-stream.conf", {"listen 443;": f"listen 127.0.0.1:{port};",
                                                      "127.0.0.1:8443": f"127.0.0.1:{g.port()}"})
@@ -407,7 +431,7 @@ APACHE_MODULES = ("mpm_event", "authz_core", "proxy", "proxy_http", "headers", "
 def test_apache_mod_proxy_http(launcher: Launcher, proxies: list[Proxy], certs: tlscerts.Certs,
                                tmp_path: Path) -> None:
     apache = tool("apache2", "apache2")
-    g = launcher.start(["proxyapp:app", "-b", "http://127.0.0.1:0"], workers=2)
+    g = launcher.start(documented_command("apache/greenfork.conf", {"8000": "0"}))
     port = free_port()
     site = example("apache/greenfork.conf", {
         "<VirtualHost *:443>": f"<VirtualHost 127.0.0.1:{port}>",

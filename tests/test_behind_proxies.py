@@ -29,7 +29,7 @@ from websockets.sync.client import connect as ws_connect
 from tests import tlscerts
 from tests.conftest import curl
 from tests.procs import Greenfork, Launcher, wait_for
-from tests.proxytools import connect, env_of, request
+from tests.proxytools import connect, env_of, read_all, request, v2
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,6 +213,28 @@ def documented_command(name: str, replacements: dict[str, str]) -> list[str]:
     return shlex.split(text)
 
 
+# --require-header, with the line that makes each proxy send it, as docs/proxies.md shows them
+SECRET_ENV = {"GREENFORK_REQUIRE_HEADER": "X-Proxy-Secret=9d1c...e4"}
+SECRET_LINES = {"nginx": "proxy_set_header X-Proxy-Secret 9d1c...e4;",
+                "haproxy": "http-request set-header X-Proxy-Secret 9d1c...e4",
+                "apache": 'RequestHeader set X-Proxy-Secret "9d1c...e4"'}
+
+
+def test_proxies_md_shows_the_secret_lines_the_tests_use() -> None:
+    docs = (ROOT / "docs" / "proxies.md").read_text()
+    assert "GREENFORK_REQUIRE_HEADER='X-Proxy-Secret=9d1c...e4' greenfork myapp:app" in docs
+    for line in SECRET_LINES.values():
+        assert f"`{line}`" in docs, line
+
+
+def only_through_the_proxy(g: Greenfork, header: bytes = b"") -> None:
+    """Straight to greenfork (after a PROXY header if it wants one), without the proxy's
+    secret: 403, before the application."""
+    with connect(g.url()) as s:
+        s.sendall(header + request(close=True))
+        assert read_all(s).startswith(b"HTTP/1.1 403 Forbidden\r\n")
+
+
 # ------------------------------------------------------------------ HAProxy
 class HAProxy:
     def __init__(self, proxies: list[Proxy], tmp: Path, config: str, port: int) -> None:
@@ -257,13 +279,15 @@ def site_pem(certs: tlscerts.Certs, tmp: Path) -> Path:
 def test_haproxy_send_proxy_v2_with_tlvs_and_health_checks(launcher: Launcher, proxies: list[Proxy],
                                                           certs: tlscerts.Certs, tmp_path: Path) -> None:
     g = launcher.start([*documented_command("haproxy/greenfork.cfg", {"8000": "0", "9110": "0"}),
-                        "--shutdown-delay", "20"])
+                        "--shutdown-delay", "20"], env=SECRET_ENV)
+    only_through_the_proxy(g, v2(("203.0.113.1", 1), ("192.0.2.1", 2)))
     metrics_port = int(g.info["metrics"].rsplit(":", 1)[1])
     port = free_port()
     config = example("haproxy/greenfork.cfg", {
         "bind :443 ssl crt /etc/haproxy/site.pem":
             f"bind 127.0.0.1:{port} ssl crt {site_pem(certs, tmp_path)}",
-        "127.0.0.1:8000": f"127.0.0.1:{g.port()}", "port 9110": f"port {metrics_port}"})
+        "127.0.0.1:8000": f"127.0.0.1:{g.port()}", "port 9110": f"port {metrics_port}",
+        "backend greenfork\n": f"backend greenfork\n    {SECRET_LINES['haproxy']}\n"})
     hap = HAProxy(proxies, tmp_path, config, port)
     wait_for(lambda: hap.server_state() == "UP", 15, "HAProxy's health check (check-send-proxy) to pass")
     env = client_env(port, certs, sni="www.example.test")
@@ -383,20 +407,24 @@ def test_nginx_x_forwarded_headers(launcher: Launcher, proxies: list[Proxy], cer
     sock = sock_dir / "gf.sock"
     sock_dir.chmod(0o755)  # nginx's workers run as www-data and must reach the socket
     # as documented: the socket's group is nginx's (www-data), mode 660
-    g = launcher.start(documented_command("nginx/greenfork.conf", {"/run/greenfork.sock": str(sock)}))
+    g = launcher.start(documented_command("nginx/greenfork.conf", {"/run/greenfork.sock": str(sock)}),
+                       env=SECRET_ENV)
     assert (sock.stat().st_mode & 0o777, sock.group()) == (0o660, "www-data")
+    only_through_the_proxy(g)
     port, plain = free_port(), free_port()
     site = example("nginx/greenfork.conf", {
         "unix:/run/greenfork.sock": f"unix:{sock}", "listen 80;": f"listen 127.0.0.1:{plain};",
         "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
         "/etc/ssl/certs/www.example.com.pem": str(certs.server.cert),
-        "/etc/ssl/private/www.example.com.key": str(certs.server.key)})
+        "/etc/ssl/private/www.example.com.key": str(certs.server.key),
+        "proxy_pass http://greenfork;": f"proxy_pass http://greenfork;\n        {SECRET_LINES['nginx']}"})
     start_nginx(proxies, tmp_path, nginx_conf(tmp_path, http=site), port)
     env = client_env(port, certs)
     assert env["REMOTE_ADDR"] == CLIENT and env["REMOTE_PORT"] == ""  # X-Forwarded-For has no port
     assert env["wsgi.url_scheme"] == "https" and env["HTTPS"] == "on"
     assert env["greenfork.peer_addr"] == "" and env["greenfork.original_scheme"] == "http"
     assert env["HTTP_X_FORWARDED_FOR"] == CLIENT and env["HTTP_X_FORWARDED_PROTO"] == "https"
+    assert "HTTP_X_PROXY_SECRET" not in env  # checked, and kept from the application
     ws = client_ws_env(port, certs)  # the example's Upgrade and Connection headers
     assert ws["REMOTE_ADDR"] == CLIENT and ws["wsgi.url_scheme"] == "https"
     assert ws["HTTP_X_FORWARDED_FOR"] == CLIENT and ws["HTTP_CONNECTION"].lower() == "upgrade"
@@ -431,13 +459,15 @@ APACHE_MODULES = ("mpm_event", "authz_core", "proxy", "proxy_http", "headers", "
 def test_apache_mod_proxy_http(launcher: Launcher, proxies: list[Proxy], certs: tlscerts.Certs,
                                tmp_path: Path) -> None:
     apache = tool("apache2", "apache2")
-    g = launcher.start(documented_command("apache/greenfork.conf", {"8000": "0"}))
+    g = launcher.start(documented_command("apache/greenfork.conf", {"8000": "0"}), env=SECRET_ENV)
+    only_through_the_proxy(g)
     port = free_port()
     site = example("apache/greenfork.conf", {
         "<VirtualHost *:443>": f"<VirtualHost 127.0.0.1:{port}>",
         "/etc/ssl/certs/www.example.com.pem": str(certs.server.cert),
         "/etc/ssl/private/www.example.com.key": str(certs.server.key),
-        "127.0.0.1:8000": f"127.0.0.1:{g.port()}"})
+        "127.0.0.1:8000": f"127.0.0.1:{g.port()}",
+        "ProxyPreserveHost On": f"ProxyPreserveHost On\n    {SECRET_LINES['apache']}"})
     modules = "\n".join(f"LoadModule {m}_module /usr/lib/apache2/modules/mod_{m}.so" for m in APACHE_MODULES)
     conf = tmp_path / "httpd.conf"
     conf.write_text(f"""

@@ -1,11 +1,12 @@
 """greenfork behind real proxies, with the configurations docs/deployment.md shows (the files in
-examples/, changed only in ports, paths and certificates): HAProxy with send-proxy-v2 and its
-TLVs, send-proxy to a unix socket, TLS passed through to an https:// listener, health checks
-on /readyz with check-send-proxy; nginx with X-Forwarded-* and with the stream module's
-proxy_protocol; Apache httpd with mod_proxy_http. Through each: the application sees the real
-client address and scheme, over HTTP/1.1 and in a WebSocket (and over HTTP/2 where the proxy
-passes it on: TLS passed through, HAProxy's h2 to the server), and wrk sees no error while the
-server reloads three times."""
+examples/ and the greenfork commands beside them, changed only in ports, paths, certificates
+and workers): HAProxy with send-proxy-v2 and its TLVs, send-proxy to a unix socket, TLS passed
+through to an https:// listener, HTTP/2 to greenfork (proto h2), health checks on /readyz with
+check-send-proxy; nginx with X-Forwarded-*, with RFC 7239 Forwarded and with the stream module's
+proxy_protocol; Apache httpd with mod_proxy_http; --require-header with each proxy's line.
+Through each: the application sees the real client address and scheme, over HTTP/1.1, in a
+WebSocket and over HTTP/2 where the proxy passes it on, and wrk sees no error while the server
+reloads three times."""
 
 from __future__ import annotations
 
@@ -220,8 +221,9 @@ SECRET_LINES = {"nginx": "proxy_set_header X-Proxy-Secret 9d1c...e4;",
                 "apache": 'RequestHeader set X-Proxy-Secret "9d1c...e4"'}
 
 
-def test_proxies_md_shows_the_secret_lines_the_tests_use() -> None:
+def test_proxies_md_shows_the_proxy_lines_the_tests_use() -> None:
     docs = (ROOT / "docs" / "proxies.md").read_text()
+    assert f"    {NGINX_FORWARDED}\n" in docs
     assert "GREENFORK_REQUIRE_HEADER='X-Proxy-Secret=9d1c...e4' greenfork myapp:app" in docs
     for line in SECRET_LINES.values():
         assert f"`{line}`" in docs, line
@@ -429,6 +431,38 @@ def test_nginx_x_forwarded_headers(launcher: Launcher, proxies: list[Proxy], cer
     assert ws["REMOTE_ADDR"] == CLIENT and ws["wsgi.url_scheme"] == "https"
     assert ws["HTTP_X_FORWARDED_FOR"] == CLIENT and ws["HTTP_CONNECTION"].lower() == "upgrade"
     load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=forwarded")
+
+
+# the line docs/proxies.md shows (test_proxies_md_shows_the_proxy_lines_the_tests_use checks it)
+NGINX_FORWARDED = """proxy_set_header Forwarded 'for="$remote_addr:$remote_port";proto=$scheme;host=$host';"""
+
+
+def test_nginx_sends_rfc_7239_forwarded(launcher: Launcher, proxies: list[Proxy], certs: tlscerts.Certs,
+                                        tmp_path: Path) -> None:
+    """RFC 7239 instead of X-Forwarded-*, as nginx's own guide sets it up: greenfork applies it
+    when --forwarded-headers names it; the client's port (quoted, after the address) comes along."""
+    g = launcher.start(["proxyapp:app", "-b", "http://127.0.0.1:0", "--forwarded-headers", "forwarded"])
+    port = free_port()
+    site = f"""
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {certs.server.cert};
+        ssl_certificate_key {certs.server.key};
+        location / {{
+            proxy_pass http://127.0.0.1:{g.port()};
+            proxy_set_header Host $host;
+            {NGINX_FORWARDED}
+        }}
+    }}
+"""
+    start_nginx(proxies, tmp_path, nginx_conf(tmp_path, http=site), port)
+    raw = connect(f"https://127.0.0.1:{port}", source=CLIENT)
+    with tlscerts.client_context(certs).wrap_socket(raw, server_hostname=None) as s:
+        env = env_of(s, request(host="shop.example"))
+        client_port = str(s.getsockname()[1])
+    assert env["HTTP_FORWARDED"] == f'for="{CLIENT}:{client_port}";proto=https;host=shop.example'
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (CLIENT, client_port)
+    assert env["wsgi.url_scheme"] == "https" and env["greenfork.peer_addr"] == "127.0.0.1"
 
 
 def test_nginx_stream_proxy_protocol_in_front_of_tls(launcher: Launcher, proxies: list[Proxy],

@@ -275,3 +275,28 @@ def test_systemd_sockets_win_over_port(launcher: Launcher, tmp_path: Path) -> No
             except ProcessLookupError:
                 pass
         proc.wait(10)
+
+
+def test_flask_builds_its_urls_from_the_honoured_headers(launcher: Launcher) -> None:
+    """What the issue is about: behind a proxy, an application builds its URLs and sees its
+    client from what greenfork applied; --forwarded-headers chooses which headers count."""
+    xf = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "shop.example",
+          "X-Forwarded-Port": "8443", "X-Forwarded-Prefix": "/shop"}
+    every = launcher.start(["proxyflask:app", "-b", "http://127.0.0.1:0", "--forwarded-headers",
+                            "x-forwarded-for,x-forwarded-proto,x-forwarded-host,x-forwarded-port,x-forwarded-prefix"])
+    status, _, body = http_get(every.url(), "/where", headers=xf)
+    seen = json.loads(body)
+    assert status == 200 and seen["url"] == "https://shop.example:8443/shop/where"
+    assert (seen["remote"], seen["script_root"]) == ("203.0.113.9", "/shop")
+    default = launcher.start(["proxyflask:app", "-b", "http://127.0.0.1:0"])
+    seen = json.loads(http_get(default.url(), "/where", headers=xf)[2])
+    # by default only the client and the scheme: the Host, port and prefix are the request's
+    assert seen["url"] == f"https://127.0.0.1:{default.port()}/where" and seen["remote"] == "203.0.113.9"
+    # RFC 7239 alone (with the prefix): hop 0 is vouched for by the peer, 127.0.0.1, trusted,
+    # so hop 1 applies; its client, 2001:db8::17, is not trusted: the walk stops there
+    rfc = launcher.start(["proxyflask:app", "-b", "http://127.0.0.1:0", "--forwarded-headers",
+                          "forwarded,x-forwarded-prefix"])
+    fwd = {"Forwarded": 'for="[2001:db8::17]:4711";proto=https;host=shop.example, for=127.0.0.1',
+           "X-Forwarded-Prefix": "/shop", "X-Forwarded-For": "198.51.100.1"}
+    seen = json.loads(http_get(rfc.url(), "/where", headers=fwd)[2])
+    assert seen["url"] == "https://shop.example/shop/where" and seen["remote"] == "2001:db8::17"

@@ -250,10 +250,14 @@ class HAProxy:
         self.proxy = start(proxies, "haproxy", [haproxy, "-db", "-f", str(path)], tmp / "haproxy.log", port)
 
     def server_state(self) -> str:
-        """The backend server's operational state: UP, DOWN (the runtime API's show stat)."""
+        """The backend server's operational state: UP, DOWN (the runtime API's show stat); ""
+        while HAProxy has not opened its runtime socket yet (its frontend may listen first)."""
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
-            s.connect(str(self.stats))
+            try:
+                s.connect(str(self.stats))
+            except (FileNotFoundError, ConnectionRefusedError):
+                return ""
             s.sendall(b"show stat\n")
             out = b""
             while chunk := s.recv(65536):

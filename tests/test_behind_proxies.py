@@ -437,6 +437,32 @@ def test_nginx_x_forwarded_headers(launcher: Launcher, proxies: list[Proxy], cer
     load_with_hups(g, f"https://127.0.0.1:{port}/check?addr=127.0.0.1&scheme=https&via=forwarded")
 
 
+def test_nginx_keeps_a_quiet_websocket_open(launcher: Launcher, proxies: list[Proxy], certs: tlscerts.Certs,
+                                            tmp_path: Path, sock_dir: Path) -> None:
+    """nginx closes an upgraded connection after proxy_read_timeout without data from greenfork;
+    greenfork's pings keep a quiet WebSocket open (as deployment.md says), scaled down here: a
+    3 s timeout, a ping after 1 s of silence, 5 s idle."""
+    sock = sock_dir / "gf.sock"
+    sock_dir.chmod(0o755)
+    launcher.start([*documented_command("nginx/greenfork.conf", {"/run/greenfork.sock": str(sock)}),
+                    "--websocket-ping-interval", "1"])
+    port = free_port()
+    site = example("nginx/greenfork.conf", {
+        "unix:/run/greenfork.sock": f"unix:{sock}", "listen 80;": "",
+        "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+        "/etc/ssl/certs/www.example.com.pem": str(certs.server.cert),
+        "/etc/ssl/private/www.example.com.key": str(certs.server.key),
+        "proxy_read_timeout 60s;": "proxy_read_timeout 3s;"})
+    start_nginx(proxies, tmp_path, nginx_conf(tmp_path, http=site), port)
+    raw = connect(f"https://127.0.0.1:{port}", source=CLIENT)
+    with ws_connect("wss://127.0.0.1/ws-env", sock=raw, ssl=tlscerts.client_context(certs),
+                    server_hostname="127.0.0.1", proxy=None, open_timeout=10, ping_interval=None) as ws:
+        assert json.loads(ws.recv(timeout=10))["REMOTE_ADDR"] == CLIENT
+        time.sleep(5)  # the silence is the test: longer than nginx's proxy_read_timeout
+        assert ws.ping().wait(5), "no pong: the WebSocket was closed while quiet"
+    assert ws.close_code == 1000
+
+
 # the line docs/proxies.md shows (test_proxies_md_shows_the_proxy_lines_the_tests_use checks it)
 NGINX_FORWARDED = """proxy_set_header Forwarded 'for="$remote_addr:$remote_port";proto=$scheme;host=$host';"""
 

@@ -28,7 +28,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["ACK", "Decoder", "Handoff", "HandoffError", "encode", "portable"]
+__all__ = ["ACK", "Decoder", "Handoff", "HandoffError", "encode"]
 
 MAGIC: Final = b"GFH1"
 ACK: Final = b"\x06"
@@ -64,13 +64,6 @@ def encode(h: Handoff) -> bytes:
     if len(header) > MAX_HEADER or len(h.data) > MAX_DATA:
         raise HandoffError("hand-off message too large")
     return b"".join((_FRAME.pack(MAGIC, len(header), len(h.data)), header, h.data))
-
-
-def portable(extra: dict[str, Any]) -> dict[str, str]:
-    """The keys of a front's connection that go along with a hand-off: the client's scheme and
-    TLS keys. The front's own greenfork.* keys stay behind (after a PROXY header: the proxy's
-    address and greenfork.proxy_protocol, a dict), since a target refuses them from a front."""
-    return {k: v for k, v in extra.items() if type(v) is str and not k.startswith("greenfork.")}
 
 
 def _allowed_key(key: str) -> bool:
@@ -127,3 +120,10 @@ class Decoder:
         start = _FRAME.size
         peer, extra, prefix = _decode_header(buf[start:start + hlen])
         return Handoff(data=buf[start + hlen:], peer=peer, extra=extra, prefix=prefix)
+
+
+def portable(extra: dict[str, Any]) -> dict[str, str]:
+    """The keys of a front's connection that go along with a hand-off: the client's scheme and
+    TLS keys. The front's own greenfork.* keys stay behind (after a PROXY header: the proxy's
+    address and greenfork.proxy_protocol, a dict), since a target refuses them from a front."""
+    return {k: v for k, v in extra.items() if type(v) is str and not k.startswith("greenfork.")}

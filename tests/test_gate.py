@@ -22,6 +22,7 @@ from greenfork.workers import forwarded, gate
 from greenfork.workers.gate import HOST_NOT_ALLOWED, REQUIRED_HEADER, Gate, build
 from tests.metricsutil import scrape, total
 from tests.procs import APPS, Launcher, children, http_get, wait_for
+from tests.proxytools import connect, env_of, request, v1
 
 pytestmark = pytest.mark.timeout(90)
 REQ = "http_server_request_duration_seconds_count"
@@ -275,3 +276,50 @@ def test_systemd_sockets_win_over_port(launcher: Launcher, tmp_path: Path) -> No
             except ProcessLookupError:
                 pass
         proc.wait(10)
+
+
+def test_flask_builds_its_urls_from_the_honoured_headers(launcher: Launcher) -> None:
+    """What the issue is about: behind a proxy, an application builds its URLs and sees its
+    client from what greenfork applied; --forwarded-headers chooses which headers count."""
+    xf = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "shop.example",
+          "X-Forwarded-Port": "8443", "X-Forwarded-Prefix": "/shop"}
+    every = launcher.start(["proxyflask:app", "-b", "http://127.0.0.1:0", "--forwarded-headers",
+                            "x-forwarded-for,x-forwarded-proto,x-forwarded-host,x-forwarded-port,x-forwarded-prefix"])
+    status, _, body = http_get(every.url(), "/where", headers=xf)
+    seen = json.loads(body)
+    assert status == 200 and seen["url"] == "https://shop.example:8443/shop/where"
+    assert (seen["remote"], seen["script_root"]) == ("203.0.113.9", "/shop")
+    default = launcher.start(["proxyflask:app", "-b", "http://127.0.0.1:0"])
+    seen = json.loads(http_get(default.url(), "/where", headers=xf)[2])
+    # by default only the client and the scheme: the Host, port and prefix are the request's
+    assert seen["url"] == f"https://127.0.0.1:{default.port()}/where" and seen["remote"] == "203.0.113.9"
+    # RFC 7239 alone (with the prefix): hop 0 is vouched for by the peer, 127.0.0.1, trusted,
+    # so hop 1 applies; its client, 2001:db8::17, is not trusted: the walk stops there
+    rfc = launcher.start(["proxyflask:app", "-b", "http://127.0.0.1:0", "--forwarded-headers",
+                          "forwarded,x-forwarded-prefix"])
+    fwd = {"Forwarded": 'for="[2001:db8::17]:4711";proto=https;host=shop.example, for=127.0.0.1',
+           "X-Forwarded-Prefix": "/shop", "X-Forwarded-For": "198.51.100.1"}
+    seen = json.loads(http_get(rfc.url(), "/where", headers=fwd)[2])
+    assert seen["url"] == "https://shop.example/shop/where" and seen["remote"] == "2001:db8::17"
+
+
+def test_the_access_log_names_the_client(launcher: Launcher, tmp_path: Path) -> None:
+    """The access log's %(h)s is the client a PROXY header or a trusted X-Forwarded-For named,
+    not the proxy, which %({greenfork.peer_addr}e)s adds."""
+    log = tmp_path / "access.log"
+    g = launcher.start(["proxyapp:app", "-b", "http://127.0.0.1:0", "-b", "http://127.0.0.1:0?proxy-protocol=v1",
+                        "--access-logfile", str(log)])
+    fmt = log.with_name("fmt.log")  # the proxy as well, as docs/proxies.md suggests
+    g2 = launcher.start(["proxyapp:app", "-b", "http://127.0.0.1:0", "--access-logfile", str(fmt),
+                         "--access-logformat", '%(h)s via %({greenfork.peer_addr}e)s "%(r)s" %(s)s'])
+    plain, pp = g.addresses
+    assert get_env(plain, {"X-Forwarded-For": "198.51.100.8"})[0] == 200
+    with connect(pp) as s:
+        env = env_of(s, v1(("203.0.113.7", 1234), ("192.0.2.1", 80)) + request())
+    assert env["REMOTE_ADDR"] == "203.0.113.7"
+    wait_for(lambda: len(log.read_text().splitlines()) == 2, 10, "two access log lines")
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("198.51.100.8 - - [") and lines[1].startswith("203.0.113.7 - - ["), lines
+    assert get_env(g2.url(), {"X-Forwarded-For": "198.51.100.8"})[0] == 200
+    wait_for(lambda: fmt.read_text() == '198.51.100.8 via 127.0.0.1 "GET /env HTTP/1.1" 200\n', 10,
+             "the access log line with the proxy's address")

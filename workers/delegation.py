@@ -36,7 +36,7 @@ import gevent
 
 from greenfork.master.prefixes import Delegate
 from greenfork.metrics.recorder import DelegationResult
-from greenfork.workers.handoff import ACK, Decoder, Handoff, HandoffError, encode
+from greenfork.workers.handoff import ACK, Decoder, Handoff, HandoffError, encode, portable
 from greenfork.workers.http1 import Request
 from greenfork.workers.mounts import PrefixTable, request_host
 from greenfork.workers.relay import relay_through
@@ -124,7 +124,8 @@ class Delegator:
             relay_through(self, conn, d, data, started)
             return
         try:
-            msg = encode(Handoff(data, conn.remote, conn.extra, str(d.prefix)))
+            extra = portable(conn.extra) if conn.extra else {}  # (the front's own keys stay)
+            msg = encode(Handoff(data, conn.remote, extra, str(d.prefix)))
         except HandoffError as e:  # (a NUL in a field the front's connection added)
             self.settle(conn, d, "failed", str(e), True, started)
             return

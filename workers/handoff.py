@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["ACK", "Decoder", "Handoff", "HandoffError", "encode"]
 
@@ -120,3 +120,10 @@ class Decoder:
         start = _FRAME.size
         peer, extra, prefix = _decode_header(buf[start:start + hlen])
         return Handoff(data=buf[start + hlen:], peer=peer, extra=extra, prefix=prefix)
+
+
+def portable(extra: dict[str, Any]) -> dict[str, str]:
+    """The keys of a front's connection that go along with a hand-off: the client's scheme and
+    TLS keys. The front's own greenfork.* keys stay behind (after a PROXY header: the proxy's
+    address and greenfork.proxy_protocol, a dict), since a target refuses them from a front."""
+    return {k: v for k, v in extra.items() if type(v) is str and not k.startswith("greenfork.")}

@@ -22,7 +22,7 @@ import gevent
 from gevent import GreenletExit
 
 from greenfork.master.prefixes import Delegate
-from greenfork.workers.handoff import Handoff, HandoffError, encode
+from greenfork.workers.handoff import Handoff, HandoffError, encode, portable
 from greenfork.workers.transport import ClientGone, Transport
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def relay_through(dl: Delegator, conn: Connection, d: Delegate, data: bytes, sta
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     mine.setblocking(False)
     theirs.setblocking(False)
-    extra = dict(conn.extra)
+    extra = portable(conn.extra)  # (a copy)
     extra["wsgi.url_scheme"] = "https"
     try:
         result, why, ours = dl.send(d, encode(Handoff(data, conn.remote, extra, str(d.prefix))),

@@ -8,6 +8,8 @@
           via=proxy_protocol  a PROXY header set the client (greenfork.proxy_protocol, PROXY command)
           via=forwarded       a forwarded header set it (greenfork.peer_addr and X-Forwarded-For)
           host=H        HTTP_HOST must be H
+/ws-env a WebSocket: the environ (as /env) as its first message, then it waits for the client's
+        close (what a WebSocket app sees behind a proxy)
 """
 
 from __future__ import annotations
@@ -49,13 +51,23 @@ def _wrong(environ: dict[str, Any], want: dict[str, str]) -> str:
     return ""
 
 
+def _env(environ: dict[str, Any]) -> bytes:
+    data = {k: v for k, v in environ.items() if isinstance(v, str)}
+    data["greenfork.proxy_protocol"] = environ.get("greenfork.proxy_protocol")
+    data["pid"] = str(os.getpid())
+    return json.dumps(data, sort_keys=True).encode()
+
+
 def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     path = environ["PATH_INFO"]
     if path == "/env":
-        data = {k: v for k, v in environ.items() if isinstance(v, str)}
-        data["greenfork.proxy_protocol"] = environ.get("greenfork.proxy_protocol")
-        data["pid"] = str(os.getpid())
-        return _text(start_response, json.dumps(data, sort_keys=True).encode())
+        return _text(start_response, _env(environ))
+    ws = environ.get("wsgi.websocket")
+    if path == "/ws-env" and ws is not None:
+        ws.send(_env(environ).decode())
+        while ws.receive() is not None:
+            pass
+        return []
     if path == "/check":
         want = {k: v[0] for k, v in parse_qs(environ["QUERY_STRING"]).items()}
         wrong = _wrong(environ, want)

@@ -326,6 +326,13 @@ class Receiver:
             if watcher is not None:
                 watcher.close()
         client.setblocking(False)
+        if client.family != socket.AF_UNIX:
+            # the server that writes to the client sets it: a front that hands over at
+            # accept time leaves it (delegation_inline.py)
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # reset meanwhile: serving it finds out
         try:
             link.send(ACK)  # one byte into a fresh socket's buffer: it does not block
         except OSError:

@@ -276,6 +276,23 @@ def _wait(hub: Any, s: _socket.socket, events: int, watchers: list[Any]) -> None
 
 
 # --------------------------------------------------------------------------- the target
+class _Taken(_socket.socket):
+    """A client's socket taken from a front: closing it ends the TCP connection here (FIN
+    sent) even when the front still holds its copy, as it does until it has read the ACK
+    (a close would only drop this copy, and the front's later close would then do the
+    teardown: for a connection per request, a third of what the front spends)."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        if self.fileno() >= 0:
+            try:
+                self.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # not connected any more: nothing to end
+        super().close()
+
+
 class Receiver:
     """On a `handoff:` listener: take the client's socket out of the front's message."""
 
@@ -311,7 +328,7 @@ class Receiver:
                     break
             if len(fds) != 1:
                 raise HandoffError(f"{len(fds)} descriptors instead of one")
-            client = _socket.socket(fileno=fds[0])  # OSError if it is not a socket: closed below
+            client = _Taken(fileno=fds[0])  # OSError if it is not a socket: closed below
             fds.clear()
             if client.type != socket.SOCK_STREAM:
                 client.close()

@@ -44,10 +44,11 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_to_bytes
 
 from greenfork.master.prefixes import Delegate
+from greenfork.metrics.recorder import DelegationResult
 from greenfork.workers.conn import Connection
 from greenfork.workers.handoff import ACK, encode_plain
 from greenfork.workers.http1 import Limits
-from greenfork.workers.mounts import PrefixTable, request_host
+from greenfork.workers.mounts import PrefixTable
 from greenfork.workers.timers import NONE, SEND, Expired, Timed
 
 if TYPE_CHECKING:
@@ -59,58 +60,52 @@ log = logging.getLogger("greenfork.worker")
 
 __all__ = ["Inline", "defer_accept", "simple_head"]
 
-_READ, _WRITE = 1, 2  # libev's EV_READ, EV_WRITE
 RECV_SIZE: Final = 65536  # as the transport reads
 # A first read longer than this goes the normal way: the message then always fits a fresh
 # unix socket's send buffer in one sendmsg (the rest is handled, but never expected).
 INLINE_MAX: Final = 16384
 DEFER_ACCEPT_SECONDS: Final = 1  # nginx's `listen ... deferred` sets the same
-_VERSIONS: Final = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
-_METHOD = re.compile(rb"[A-Z]{1,16}")
-# origin-form only (an absolute-form target names its own host): visible ASCII, no fragment
-_TARGET = re.compile(rb"/[!\"$-~]*")
-_HOST = re.compile(rb"[A-Za-z0-9.\-_:\[\]]*")  # a name or address and a port: nothing to unescape
+_VERSIONS: Final = {b"1": "1.1", b"0": "1.0"}
+# A plainly well-formed head: an upper-case method, an origin-form target (an absolute-form
+# one names its own host) of visible ASCII without a fragment, HTTP/1.0 or 1.1, header lines
+# of a token, a colon and visible ASCII, spaces or tabs (so no folded line, no bare CR or LF).
+_HEAD = re.compile(rb"([A-Z]{1,16}) (/[!\"$-~]*) HTTP/1\.([01])"
+                   rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~]*)*\r\n\r\n")
+_HOST = re.compile(rb"[a-z0-9.\-_]+(?::[0-9]*)?")  # a name or IPv4 address and a port, lower case
 _HOST_LINE = b"\r\nhost:"
 _FD = struct.Struct("i")  # one descriptor, as SCM_RIGHTS carries it
-_SOL_SOCKET, _SCM_RIGHTS = socket.SOL_SOCKET, socket.SCM_RIGHTS
+_SOL_SOCKET, _SCM_RIGHTS, _DONTWAIT = socket.SOL_SOCKET, socket.SCM_RIGHTS, socket.MSG_DONTWAIT
+_AF_UNIX, _LINK_TYPE = socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+REAP_INTERVAL: Final = 0.002  # how often pending hand-offs' ACKs are read (the client's socket
+# is held that much longer: harmless, the target ends the connection itself, see delegation.py)
 
 
 def simple_head(data: bytes, limits: Limits) -> tuple[str, str, str] | None:
     """(host as prefixes compare it, decoded path, version) when data starts with a whole
-    request head that is plainly well formed and within the limits: a request line of an
-    upper-case method, an origin-form target and HTTP/1.0 or 1.1; CRLF line ends only, no
-    folded lines; exactly one Host header with a plain value. Else None: the head goes to
-    the connection's own parser, which routes or answers it exactly (delegation.py).
-    Where this returns a route, the parser routes the head the same way (the tests check)."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
+    request head that is plainly well formed (_HEAD) and within the limits, with exactly one
+    Host header whose value is a name or an IPv4 address and maybe a port. Else None: the
+    head goes to the connection's own parser, which routes or answers it exactly
+    (delegation.py). Where this returns a route, the parser routes the head the same way
+    (tests/test_delegation_inline.py checks it, hypothesis included)."""
+    m = _HEAD.match(data)
+    if m is None:
         return None
-    line_end = data.find(b"\r\n")
-    if line_end + 2 > limits.max_request_line:
+    line = m.end(3)
+    end = m.end()
+    if line + 2 > limits.max_request_line or end - line - 2 > limits.max_header_bytes:
         return None
-    head = data[line_end:end + 2]  # the header lines, each starting with CRLF
-    if len(head) > limits.max_header_bytes or head.count(b"\n") != head.count(b"\r\n") \
-            or b"\r" in head.replace(b"\r\n", b"") or b"\n " in head or b"\n\t" in head:
-        return None
-    parts = data[:line_end].split(b" ")
-    if len(parts) != 3:
-        return None
-    method, target, version = parts
-    v = _VERSIONS.get(version)
-    if v is None or _METHOD.fullmatch(method) is None or _TARGET.fullmatch(target) is None:
-        return None
-    lower = head.lower()
+    lower = data[line:end].lower()
     at = lower.find(_HOST_LINE)
-    if at < 0 or lower.find(_HOST_LINE, at + 1) >= 0 or head.count(b"\r\n") - 1 > limits.max_headers:
+    if at < 0 or lower.find(_HOST_LINE, at + 7) >= 0 or lower.count(b"\r\n") - 2 > limits.max_headers:
         return None  # no Host, or two: the parser's answer, not ours
-    start = at + len(_HOST_LINE)
-    value = head[start:head.find(b"\r\n", start)].strip(b" \t")
+    value = lower[at + 7:lower.find(b"\r\n", at + 7)].strip(b" \t")
     if _HOST.fullmatch(value) is None:
         return None
-    path = target.partition(b"?")[0]
+    path = m.group(2).partition(b"?")[0]
     if b"%" in path:
         path = unquote_to_bytes(path)  # as PATH_INFO holds it (wsgi.build_environ)
-    return request_host(value.decode("ascii")), path.decode("latin-1"), v
+    host = value.partition(b":")[0].rstrip(b".").decode("ascii")  # as mounts.request_host() has it
+    return host, path.decode("latin-1"), _VERSIONS[m.group(3)]
 
 
 def defer_accept(listener: Listener) -> None:
@@ -128,7 +123,7 @@ def defer_accept(listener: Listener) -> None:
 class Inline:
     """The acceptor's hand-over for one plain (no TLS, no PROXY header) listener of a front."""
 
-    __slots__ = ("ctx", "delegator", "limits", "server", "table")
+    __slots__ = ("ctx", "delegator", "limits", "pending", "server", "table", "timer", "unix")
 
     def __init__(self, delegator: Delegator, ctx: ListenerContext) -> None:
         self.delegator = delegator
@@ -136,12 +131,19 @@ class Inline:
         self.table: PrefixTable[Delegate] = delegator.table
         self.limits = self.server.limits
         self.ctx = ctx
+        self.unix = ctx.unix
+        self.pending: list[Pending] = []  # sent, the ACK not read yet
+        # One timer reads the ACKs of every pending hand-off (REAP_INTERVAL apart, while any
+        # is pending) rather than an io watcher per hand-off: by the time it runs nearly all
+        # have arrived, and a read that finds its ACK costs less than a watcher's epoll_ctl,
+        # its wake-up and its callback.
+        self.timer = self.server.hub.loop.timer(REAP_INTERVAL, REAP_INTERVAL, ref=False)
 
     def __call__(self, client: _socket.socket, addr: Any) -> bytes | None:
-        """Hand a just-accepted connection over if it can be done here: None when it was (or
-        waits for its ACK), else the bytes read (maybe none) for the normal way."""
+        """Hand a just-accepted connection over if it can be done here: None when it was (its
+        ACK is read later), else the bytes read (maybe none) for the normal way."""
         try:
-            data = client.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+            data = client.recv(RECV_SIZE, _DONTWAIT)
         except OSError:  # (nothing yet; or an error the normal way meets again)
             return b""
         if len(data) > INLINE_MAX:
@@ -153,17 +155,18 @@ class Inline:
         if hit is None:
             return data
         d = hit[0]
-        ctx = self.ctx
-        addr_s, port_s = ctx.remote(addr)
-        msg = encode_plain(addr_s, port_s, d.target, data)
-        link = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        msg = encode_plain("", "", d.target, data) if self.unix else \
+            encode_plain(addr[0], str(addr[1]), d.target, data)
+        link = _socket.socket(_AF_UNIX, _LINK_TYPE)
         try:
             link.connect(d.path)
             sent = link.sendmsg([msg], [(_SOL_SOCKET, _SCM_RIGHTS, _FD.pack(client.fileno()))])
         except OSError:  # down, busy, or gone meanwhile: nothing was sent; the normal way retries
             link.close()
             return data
-        Pending(self, client, addr, d, data, link, msg, sent, route[2])
+        self.pending.append(Pending(self, client, addr, d, data, link, msg[sent:], route[2]))
+        if not self.timer.active:
+            self.timer.start(self.reap)
         return None
 
     def resume(self, conn: Connection, data: bytes | None) -> None:
@@ -172,19 +175,33 @@ class Inline:
             conn.t.unread(data)
             conn.t.rx += len(data)
 
+    def reap(self) -> None:
+        """The timer: read the ACK of each pending hand-off that has one."""
+        keep: list[Pending] = []
+        for p in self.pending:
+            try:
+                if not p.settled():
+                    keep.append(p)
+            except Exception:  # never leave one half done: its client is let go
+                log.exception("inline hand-off to unix:%s failed", p.d.path)
+                p.done("failed", "an internal error")
+        self.pending = keep
+        if not keep:
+            self.timer.stop()
+
 
 class Pending(Timed):
-    """One hand-off sent, its ACK awaited by a watcher's callback; one of the worker's
-    connections meanwhile (what the worker and its metrics read of a connection)."""
+    """One hand-off sent, its ACK not read yet: one of the worker's connections meanwhile
+    (it has what the worker, its sweeper and its metrics read of a connection)."""
 
     __slots__ = ("addr", "client", "ctx", "d", "data", "error_type", "inline", "link", "opened", "req",
-                 "rest", "rx", "started", "tx", "version", "watcher")
+                 "rest", "rx", "started", "tx", "version")
     h2 = None  # never HTTP/2
     idle = False  # never between requests
     dead = False  # the greenlet the sweeper throws into is this object: its throw() is the timeout
 
     def __init__(self, inline: Inline, client: _socket.socket, addr: Any, d: Delegate, data: bytes,
-                 link: _socket.socket, msg: bytes, sent: int, version: str) -> None:
+                 link: _socket.socket, rest: bytes, version: str) -> None:
         Timed.__init__(self)
         self.inline = inline
         self.ctx = inline.ctx
@@ -192,8 +209,8 @@ class Pending(Timed):
         self.addr = addr
         self.d = d
         self.data = data
-        self.link = link
-        self.rest = msg[sent:]
+        self.link: _socket.socket | None = link
+        self.rest = rest  # what sendmsg did not take (never expected: the message is small)
         self.started = time.monotonic()
         self.opened = 0.0
         self.version = version
@@ -202,11 +219,7 @@ class Pending(Timed):
         self.rx, self.tx = len(data), 0
         self.greenlet = self
         self.phase = SEND  # --send-timeout bounds the wait for the ACK, as for the normal way
-        server = inline.server
-        server.connection_opened(self)  # type: ignore[arg-type]  # (the attributes it reads)
-        loop = server.hub.loop
-        self.watcher = loop.io(link.fileno(), _WRITE if self.rest else _READ)
-        self.watcher.start(self._ready)
+        inline.server.connection_opened(self)  # type: ignore[arg-type]  # (the attributes it reads)
 
     @property
     def t(self) -> Pending:
@@ -217,65 +230,58 @@ class Pending(Timed):
     def timed(self) -> Pending:
         return self
 
-    def _ready(self) -> None:
-        try:
-            if self.rest:
-                self._send_rest()
-                return
+    def settled(self) -> bool:
+        """Read the ACK if it is there and finish; False while it is not."""
+        link = self.link
+        if link is None:
+            return True  # timed out meanwhile
+        if self.rest:
             try:
-                answer = self.link.recv(1)
+                self.rest = self.rest[link.send(self.rest, _DONTWAIT):]
             except BlockingIOError:
-                return
-            except OSError:
-                answer = b""
-            self._stop_watching()
-            if answer == ACK:
-                self._done("success", "", False)
-            else:
-                self._again()
-        except Exception:  # never leave it half done: the client is let go
-            log.exception("inline hand-off to unix:%s failed", self.d.path)
-            if self.watcher is not None:
-                self._stop_watching()
-                self._done("failed", "an internal error", False)
-
-    def _send_rest(self) -> None:
+                return False
+            except OSError as e:  # cut short after the socket went: the target may have it
+                self.done("unavailable", f"the hand-off was cut short: {e.strerror or e}")
+                return True
+            if self.rest:
+                return False
         try:
-            n = self.link.send(self.rest)
+            answer = link.recv(1, _DONTWAIT)
         except BlockingIOError:
-            return
-        except OSError as e:  # cut short after the socket went: the target may have it
-            self._stop_watching()
-            self._done("unavailable", f"the hand-off was cut short: {e.strerror or e}", False)
-            return
-        self.rest = self.rest[n:]
-        if not self.rest:
-            self.watcher.close()
-            self.watcher = self.inline.server.hub.loop.io(self.link.fileno(), _READ)
-            self.watcher.start(self._ready)
+            return False
+        except OSError:
+            answer = b""
+        if answer == ACK:
+            self.done("success", "")
+        else:
+            self.again()
+        return True
 
     def throw(self, exc: BaseException) -> None:
         """The sweeper's timeout (--send-timeout): no ACK; the target may have the socket."""
-        if self.watcher is None or not isinstance(exc, Expired):
+        if self.link is not None and isinstance(exc, Expired):
+            self.done("failed", "no answer within --send-timeout")
+
+    def done(self, result: DelegationResult, why: str) -> None:
+        """Finished: the target holds its own copy of the client's socket (or let it go)."""
+        if self.link is None:
             return
-        self._stop_watching()
-        self._done("failed", "no answer within --send-timeout", False)
-
-    def _stop_watching(self) -> None:
-        self.watcher.close()
-        self.watcher = None
-        self.phase = NONE
         self.link.close()
-
-    def _done(self, result: Any, why: str, ours: bool) -> None:
-        self.client.close()  # the target holds its own copy, or lets it go
+        self.link = None
+        self.client.close()
+        self.phase = NONE
+        self.greenlet = None
         server = self.inline.server
-        self.inline.delegator.settle(self, self.d, result, why, ours, self.started)  # type: ignore[arg-type]
+        self.inline.delegator.settle(self, self.d, result, why, False, self.started)  # type: ignore[arg-type]
         server.connection_done(self)  # type: ignore[arg-type]
 
-    def _again(self) -> None:
+    def again(self) -> None:
         """The target closed the link without taking the socket (its worker stopped between
         accept and receive): the socket is only ours; the normal way offers it again."""
+        assert self.link is not None
+        self.link.close()
+        self.link = None
+        self.greenlet = None
         server = self.inline.server
         server.connections.discard(self)
         server.watched.discard(self)

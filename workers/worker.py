@@ -198,7 +198,7 @@ class WorkerServer:
             # connections come from a front that read an HTTP/1.1 head
             ctx.h2c = ctx.ssl is None and self.h2limits is not None and \
                 self.settings.http2_cleartext == "prior-knowledge" and not lst.spec.handoff
-            if isinstance(ctx.share, Delegator) and ctx.ssl is None and ctx.proxy is None and not os.environ.get("GF_NO_INLINE"):  # issue 17
+            if isinstance(ctx.share, Delegator) and ctx.ssl is None and ctx.proxy is None:  # issue 17
                 ctx.inline = Inline(ctx.share, ctx)
                 defer_accept(lst)
             # The worker takes its own gevent socket over the inherited descriptor.

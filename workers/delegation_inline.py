@@ -123,7 +123,7 @@ def defer_accept(listener: Listener) -> None:
 class Inline:
     """The acceptor's hand-over for one plain (no TLS, no PROXY header) listener of a front."""
 
-    __slots__ = ("ctx", "delegator", "limits", "pending", "server", "table", "timer", "unix")
+    __slots__ = ("ctx", "debug", "delegator", "limits", "pending", "server", "table", "timer", "unix")
 
     def __init__(self, delegator: Delegator, ctx: ListenerContext) -> None:
         self.delegator = delegator
@@ -132,6 +132,7 @@ class Inline:
         self.limits = self.server.limits
         self.ctx = ctx
         self.unix = ctx.unix
+        self.debug = log.isEnabledFor(logging.DEBUG)  # (the level is the worker's for its life)
         self.pending: list[Pending] = []  # sent, the ACK not read yet
         # One timer reads the ACKs of every pending hand-off (REAP_INTERVAL apart, while any
         # is pending) rather than an io watcher per hand-off: by the time it runs nearly all
@@ -165,6 +166,8 @@ class Inline:
             link.close()
             return data
         self.pending.append(Pending(self, client, addr, d, data, link, msg[sent:], route[2]))
+        if self.debug:
+            log.debug("handed a connection over at accept to unix:%s (%s)", d.path, d.target)
         if not self.timer.active:
             self.timer.start(self.reap)
         return None
@@ -282,6 +285,8 @@ class Pending(Timed):
         self.link.close()
         self.link = None
         self.greenlet = None
+        log.info("unix:%s (%s) closed a hand-off without taking the connection; offering it again",
+                 self.d.path, self.d.target)
         server = self.inline.server
         server.connections.discard(self)
         server.watched.discard(self)

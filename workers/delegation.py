@@ -80,10 +80,11 @@ def steps(server: WorkerServer) -> dict[int, Step]:
 
 # --------------------------------------------------------------------------- the front
 class Delegator:
-    __slots__ = ("failing", "server", "table", "wait")
+    __slots__ = ("delegates", "failing", "server", "table", "wait")
 
     def __init__(self, server: WorkerServer, delegates: Sequence[Delegate], wait: float) -> None:
         self.server = server
+        self.delegates = delegates
         self.table: PrefixTable[Delegate] = PrefixTable([(d.prefix, d) for d in delegates])
         self.wait = wait
         self.failing: set[str] = set()  # targets whose failure was logged (logged again once they work)
@@ -148,12 +149,13 @@ class Delegator:
         the client is still ours to answer (counted as that request's, error_type
         delegation_failed)."""
         server = self.server
-        server.metrics.delegated(d.target, result)
+        target = d.target
+        server.metrics.delegated(target, result)
         if result == "success":
             conn.req = None
-            if d.target in self.failing:
-                self.failing.discard(d.target)
-                log.info("Delegation to unix:%s (%s) works again", d.path, d.target)
+            if target in self.failing:
+                self.failing.discard(target)
+                log.info("Delegation to unix:%s (%s) works again", d.path, target)
             return
         conn.error_type = "delegation_failed"
         if d.target not in self.failing:

@@ -16,12 +16,15 @@ hand-over, inline:
 4. a non-blocking connect to the target's handoff: socket and one sendmsg carrying the message
    and the client's socket (handoff.py), then the acceptor goes back to accepting.
 
-The ACK is awaited by an io watcher's callback in the hub (no greenlet): on ACK the front
-closes its copy of the client's socket and the hand-off link. A target that closes the link
-without the ACK has not taken the socket: the connection then goes the normal way, whose step
-offers it again (and answers 503 after --delegate-wait). A target that neither answers nor
-closes is given --send-timeout, as the normal way gives it (the pending hand-off is a Timed
-the sweeper watches), then the front lets the connection go: the target may have it.
+The ACKs are read by one timer in the hub (every REAP_INTERVAL while hand-offs are pending;
+no greenlet, no io watcher per hand-off): on ACK the front closes its copy of the client's
+socket and the hand-off link. A target that closes the link without the ACK has not taken the
+socket: the connection then goes the normal way, whose step offers it again (and answers 503
+after --delegate-wait). A target that neither answers nor closes is given --send-timeout, as
+the normal way gives it (the pending hand-off is a Timed the sweeper watches), then the front
+lets the connection go: the target may have it. Holding the client's socket a little longer
+costs nothing: the target ends the TCP connection itself when it is done (delegation.py's
+_Taken), and the front's close only drops its reference.
 
 If connecting or sending fails (the target down or its queue full), nothing was sent and the
 connection goes the normal way with the bytes read, which retries and answers 503 as before:
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import _socket
 import logging
+import os
 import re
 import socket
 import struct
@@ -128,7 +132,10 @@ class Inline:
     def __init__(self, delegator: Delegator, ctx: ListenerContext) -> None:
         self.delegator = delegator
         self.server = delegator.server
-        self.table: PrefixTable[Delegate] = delegator.table
+        # each target with what a hand-off needs of it, worked out once: the socket's path as
+        # bytes (no conversion per connect) and the metrics' label (a property)
+        self.table: PrefixTable[tuple[Delegate, bytes, str]] = PrefixTable(
+            [(d.prefix, (d, os.fsencode(d.path), d.target)) for d in delegator.delegates])
         self.limits = self.server.limits
         self.ctx = ctx
         self.unix = ctx.unix
@@ -155,19 +162,19 @@ class Inline:
         hit = self.table.match(route[0], route[1])
         if hit is None:
             return data
-        d = hit[0]
-        msg = encode_plain("", "", d.target, data) if self.unix else \
-            encode_plain(addr[0], str(addr[1]), d.target, data)
+        d, path, target = hit[0]
+        msg = encode_plain("", "", target, data) if self.unix else \
+            encode_plain(addr[0], str(addr[1]), target, data)
         link = _socket.socket(_AF_UNIX, _LINK_TYPE)
         try:
-            link.connect(d.path)
+            link.connect(path)
             sent = link.sendmsg([msg], [(_SOL_SOCKET, _SCM_RIGHTS, _FD.pack(client.fileno()))])
         except OSError:  # down, busy, or gone meanwhile: nothing was sent; the normal way retries
             link.close()
             return data
         self.pending.append(Pending(self, client, addr, d, data, link, msg[sent:], route[2]))
         if self.debug:
-            log.debug("handed a connection over at accept to unix:%s (%s)", d.path, d.target)
+            log.debug("handed a connection over at accept to unix:%s (%s)", d.path, target)
         if not self.timer.active:
             self.timer.start(self.reap)
         return None
@@ -205,7 +212,10 @@ class Pending(Timed):
 
     def __init__(self, inline: Inline, client: _socket.socket, addr: Any, d: Delegate, data: bytes,
                  link: _socket.socket, rest: bytes, version: str) -> None:
-        Timed.__init__(self)
+        # (Timed's attributes set here rather than by its __init__: one call fewer per hand-off)
+        self.deadline = self.body_wait = 0.0
+        self.body_bytes = 0
+        self.request_deadline = -1.0
         self.inline = inline
         self.ctx = inline.ctx
         self.client = client

@@ -10,6 +10,7 @@ that never answers is given --send-timeout.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import threading
@@ -259,3 +260,30 @@ def test_a_target_that_never_answers_is_given_the_send_timeout(launcher: Launche
         fake.stop()  # the socket it held (unread) goes with it: the client sees the end
         s.settimeout(10)
         assert s.recv(100) == b""
+
+
+@pytest.mark.parametrize("fake", [False], indirect=True)
+def test_a_draining_front_waits_for_its_pending_hand_offs(launcher: Launcher, sock_dir: Path,
+                                                          fake: FakeTarget) -> None:
+    f = debug_front(launcher, f"/f=unix:{sock_dir}/fake.sock", extra=("--send-timeout", "1"))
+    with socket.create_connection(("127.0.0.1", f.port()), timeout=10) as s:
+        s.sendall(b"GET /f/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        wait_for(lambda: "handed a connection over at accept" in f.log(), 5, "the inline hand-over")
+        f.signal(signal.SIGTERM)
+        # the worker is not done while the hand-off waits for its ACK: it ends it at --send-timeout
+        assert f.wait(20) == 0
+        log = f.log()
+        assert "no answer within --send-timeout" in log
+        assert log.index("no answer within --send-timeout") < log.index("drained, exiting")
+
+
+def test_a_front_on_a_unix_socket_hands_over_at_accept(launcher: Launcher, sock_dir: Path) -> None:
+    receiver(launcher, "one", sock_dir / "one.sock")
+    path = sock_dir / "front.sock"
+    f = launcher.start(["shareapps:main", "--delegate", f"/one=unix:{sock_dir}/one.sock",
+                        "-b", f"unix:{path}", "--log-level", "debug"])
+    out = subprocess.run([curl(), "-s", "--unix-socket", str(path), "http://a.example/one/x"],
+                         capture_output=True, timeout=20).stdout
+    r = json.loads(out)
+    assert r["app"] == "one" and (r["REMOTE_ADDR"], r["HTTP_HOST"]) == ("", "a.example")
+    wait_for(lambda: "handed a connection over at accept" in f.log(), 5, "the inline hand-over")

@@ -95,7 +95,11 @@ def adopt_fd(fd: int, spec: BindSpec | None = None) -> Listener:
         if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             raise fail("unsupported address family (expected IPv4, IPv6 or unix)")
         url = _published_url(sock, spec.scheme, spec.handoff)
-        sock.setblocking(True)
+        # Its blocking mode is left as it is: O_NONBLOCK belongs to the open file, shared with
+        # whoever else holds the socket. After a binary upgrade (USR2) the old master's workers
+        # still accept on it, relying on it being non-blocking (workers/acceptor.py): making it
+        # blocking here would leave each of them stuck in accept(), serving nothing, until told
+        # to stop. (The master never accepts on a listener; its workers make theirs non-blocking.)
     except OSError as exc:
         sock.detach()
         raise fail(_reason(exc)) from None

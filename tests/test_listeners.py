@@ -469,7 +469,9 @@ def test_adopt_tcp_socket() -> None:
             fd,
             f"fd://{fd}",
         )
-        assert lst.sock.getblocking()
+        # left non-blocking: the mode belongs to the open file, shared with the workers of
+        # whoever passed it (an old master's, after USR2), which accept relying on it
+        assert not os.get_blocking(lst.sock.fileno())
         assert_accepts(lst, socket.AF_INET, ("127.0.0.1", port))
     finally:
         close_all([lst])

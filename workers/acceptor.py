@@ -60,6 +60,10 @@ class Acceptor:
         accept = os_sock._accept
         family = sock.family
         watcher = hub.loop.io(sock.fileno(), 1)
+        # issue 17: a delegating front hands a connection over right here when its first read
+        # holds a whole head for a target (delegation_inline.py); None on other listeners
+        inline = ctx.inline
+        data: bytes | None = b""
 
         def full() -> bool:
             return len(connections) >= limit
@@ -87,6 +91,10 @@ class Acceptor:
                 client = None
                 try:
                     client = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
+                    if inline is not None:
+                        data = inline(client, addr)
+                        if data is None:
+                            continue  # handed over (its ACK is awaited in the hub)
                     client.setblocking(False)
                     if tcp:
                         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -98,6 +106,8 @@ class Acceptor:
                         client.close()
                     continue
                 conn = Connection(server, client, addr, ctx)
+                if inline is not None:
+                    inline.resume(conn, data)
                 server.connection_opened(conn)
                 self.start(conn)
         finally:

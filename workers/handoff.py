@@ -28,7 +28,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["ACK", "Decoder", "Handoff", "HandoffError", "encode"]
+__all__ = ["ACK", "Decoder", "Handoff", "HandoffError", "encode", "encode_plain"]
 
 MAGIC: Final = b"GFH1"
 ACK: Final = b"\x06"
@@ -64,6 +64,14 @@ def encode(h: Handoff) -> bytes:
     if len(header) > MAX_HEADER or len(h.data) > MAX_DATA:
         raise HandoffError("hand-off message too large")
     return b"".join((_FRAME.pack(MAGIC, len(header), len(h.data)), header, h.data))
+
+
+def encode_plain(addr: str, port: str, prefix: str, data: bytes) -> bytes:
+    """encode(Handoff(data, (addr, port), {}, prefix)) for a plain connection's hand-off (no
+    extra keys), as the front's accept-time hand-over builds it: the caller passes fields
+    without NUL (an address, a port, a configured prefix) and data within MAX_DATA."""
+    header = f"{addr}\0{port}\0{prefix}".encode("utf-8", "surrogateescape")
+    return b"".join((_FRAME.pack(MAGIC, len(header), len(data)), header, data))
 
 
 def _allowed_key(key: str) -> bool:

@@ -41,7 +41,8 @@ from greenfork.workers import hookpoints, instrument, mounts, reloader, stackdum
 from greenfork.workers.acceptor import Acceptor
 from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.conn import Connection
-from greenfork.workers.delegation import Step, steps
+from greenfork.workers.delegation import Delegator, Step, steps
+from greenfork.workers.delegation_inline import Inline, defer_accept
 from greenfork.workers.front import ProxyFront, fronts
 from greenfork.workers.http1 import Limits
 from greenfork.workers.request import RequestStage
@@ -93,6 +94,9 @@ class ListenerContext:
         # issue 17: what a connection does before the HTTP loop: receive a hand-off, or be
         # handed over by a delegating front (workers/delegation.py); None on other listeners
         self.share: Step | None = None
+        # issue 17: a delegating front's hand-over at accept time (delegation_inline.py), on
+        # its listeners without TLS or a PROXY header; None elsewhere
+        self.inline: Inline | None = None
         # issue 14: the PROXY header this listener requires, if any (set by the worker: front.py)
         self.proxy: ProxyFront | None = None
         name, port = self._server_name(listener)
@@ -194,6 +198,9 @@ class WorkerServer:
             # connections come from a front that read an HTTP/1.1 head
             ctx.h2c = ctx.ssl is None and self.h2limits is not None and \
                 self.settings.http2_cleartext == "prior-knowledge" and not lst.spec.handoff
+            if isinstance(ctx.share, Delegator) and ctx.ssl is None and ctx.proxy is None:  # issue 17
+                ctx.inline = Inline(ctx.share, ctx)
+                defer_accept(lst)
             # The worker takes its own gevent socket over the inherited descriptor.
             sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
             self.sockets.append(sock)

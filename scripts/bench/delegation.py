@@ -8,7 +8,9 @@ sockets; nginx (one worker, keep-alive upstream connections) proxies /one and /t
 HTTP sockets. The front and nginx are pinned to CPU 0, wrk and the targets to CPU 1, and they
 take turns within each round. Two wrk processes (one per prefix) load the front or nginx;
 the CPU time (user + system, from /proc/PID/stat of each of its processes) the front or
-nginx spent during the run is divided by the requests wrk completed.
+nginx spent during the run is divided by the requests wrk completed. The two targets' CPU
+per request is reported beside it, behind each: behind the front they serve whole client
+connections (and end them), behind nginx keep-alive requests from nginx.
 
 Workloads: `keepalive` (64 connections: the front hands each over once, nginx proxies every
 request) and `close` (Connection: close: one hand-off, or one proxied connection, per
@@ -132,13 +134,17 @@ def run_wrk(port: int, seconds: int, extra: list[str]) -> tuple[int, int]:
     return total, errors
 
 
-def measure(pids: list[int], port: int, seconds: int, extra: list[str]) -> tuple[float, int, int]:
-    """(CPU microseconds per request of pids, requests, errors)."""
+def measure(pids: list[int], port: int, seconds: int, extra: list[str],
+            targets: list[int] | None = None) -> tuple[float, int, int, float]:
+    """(CPU microseconds per request of pids, requests, errors, CPU microseconds per request
+    of the targets' processes)."""
     run_wrk(port, 1, extra)  # warm-up
-    before = cpu(pids)
+    targets = targets or []
+    before, tbefore = cpu(pids), cpu(targets)
     n, errors = run_wrk(port, seconds, extra)
-    used = cpu(pids) - before
-    return used / os.sysconf("SC_CLK_TCK") / max(n, 1) * 1e6, n, errors
+    used, tused = cpu(pids) - before, cpu(targets) - tbefore
+    per = 1e6 / os.sysconf("SC_CLK_TCK") / max(n, 1)
+    return used * per, n, errors, tused * per
 
 
 def main() -> int:
@@ -157,7 +163,7 @@ def main() -> int:
     gf = [sys.executable, "-m", "greenfork.master", "--log-level", "warning", "--backlog", "4096"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for name in ("one", "two"):
+        for name in ("one", "two"):  # (their CPU is reported too: behind the front they end the connections)
             procs.append(spawn([*gf, "apps:hello", "-w", "1", "-b", f"handoff:{tmp}/{name}.sock", "-b",
                                 f"unix:{tmp}/{name}.http", "--unix-socket-mode", "666"], REST_CPU,
                                tmp / "targets.log"))
@@ -172,7 +178,8 @@ def main() -> int:
         for port in (fport, nport):
             for path in ("/one/", "/two/"):
                 wait(lambda port=port, path=path: answers(port, path), f"{port}{path}")
-        results: dict[tuple[str, str], list[tuple[float, int, int]]] = {}
+        targets = [p for proc in procs[:2] for p in tree(proc.pid)]  # (their workers are up by now)
+        results: dict[tuple[str, str], list[tuple[float, int, int, float]]] = {}
         names = [w for w in a.workloads.split(",") if w]
         for rnd in range(1, a.rounds + 1):
             for w in names:
@@ -180,19 +187,22 @@ def main() -> int:
                 if rnd % 2 == 0:
                     order.reverse()  # drift hits both alike
                 for label, proc, port in order:
-                    r = measure(tree(proc.pid), port, a.duration, WORKLOADS[w])
+                    r = measure(tree(proc.pid), port, a.duration, WORKLOADS[w], targets)
                     results.setdefault((label, w), []).append(r)
                     print(f"round {rnd} {w:9} {label:5} {r[0]:7.1f} us/request  "
-                          f"{r[1] / a.duration:>9,.0f} rps  errors {r[2]}", file=sys.stderr, flush=True)
+                          f"{r[1] / a.duration:>9,.0f} rps  errors {r[2]}  targets {r[3]:.1f} us/request",
+                          file=sys.stderr, flush=True)
         print("\n| workload | front CPU us/request | nginx CPU us/request | front / nginx | front rps "
-              "| nginx rps |")
-        print("|---|---:|---:|---:|---:|---:|")
+              "| nginx rps | targets behind the front | targets behind nginx |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for w in names:
             f, n = results[("front", w)], results[("nginx", w)]
             fu, nu = statistics.median(x[0] for x in f), statistics.median(x[0] for x in n)
             frps = statistics.median(x[1] for x in f) / a.duration
             nrps = statistics.median(x[1] for x in n) / a.duration
-            print(f"| {w} | {fu:.1f} | {nu:.1f} | {fu / nu:.2f} | {frps:,.0f} | {nrps:,.0f} |")
+            ft, nt = statistics.median(x[3] for x in f), statistics.median(x[3] for x in n)
+            print(f"| {w} | {fu:.1f} | {nu:.1f} | {fu / nu:.2f} | {frps:,.0f} | {nrps:,.0f} "
+                  f"| {ft:.1f} | {nt:.1f} |")
     except BaseException:
         for log in sorted(tmp.glob("*.log")):
             print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)

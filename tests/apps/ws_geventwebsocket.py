@@ -52,6 +52,15 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
                             "version": ws.version, "version_key": environ["wsgi.websocket_version"],
                             "client": list(ws.handler.client_address)}))
         ws.receive()
+    elif path == "/env":
+        # What the app sees of its client (behind proxies: tests/test_websocket_front.py), then echo
+        env: dict[str, Any] = {k: v for k, v in environ.items() if isinstance(v, str)}
+        pp = environ.get("greenfork.proxy_protocol")
+        env["proxy_protocol_version"] = str(pp["version"]) if pp else ""
+        env["client_address"] = list(ws.handler.client_address)
+        ws.send(json.dumps(env))
+        while (message := ws.receive()) is not None:
+            ws.send(message)
     elif path == "/ticker":
         # One message in, then server push only: the app never calls receive() again, yet the
         # client's pings are answered and its close frame ends the loop.

@@ -8,6 +8,7 @@ route sends what it sees of its client, then echoes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -20,7 +21,7 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from tests import tlscerts
-from tests.procs import Greenfork, Launcher, wait_for
+from tests.procs import Greenfork, Launcher, http_get, wait_for
 from tests.proxytools import connect as connect_from
 from tests.proxytools import v1, v2
 from tests.test_behind_proxies import (
@@ -93,6 +94,25 @@ def test_the_gate_answers_an_upgrade_before_the_app(launcher: Launcher) -> None:
     assert s.wait_closed(1)["closed"] == {"1000": 1}
 
 
+# ---------------------------------------------------------------- the cache and the queue limit
+def test_the_response_cache_and_the_queue_limit_leave_websockets_alone(launcher: Launcher) -> None:
+    s = start(launcher, GWS, "--response-cache", "1MiB", "--max-queued-requests", "2")
+    # a cached plain answer for /echo?cache never answers a WebSocket upgrade for the same URL
+    for _ in range(2):
+        status, headers, body = http_get(s.g.url(), "/echo?cache")
+        assert status == 200 and body == b"plain http\n"
+    assert "age" in headers, headers  # the second one came from the cache
+    with contextlib.ExitStack() as stack:
+        # more WebSockets than --max-queued-requests: open sessions are not requests in flight
+        sockets = [stack.enter_context(s.connect("/echo?cache")) for _ in range(5)]
+        for i, ws in enumerate(sockets):
+            ws.send(f"ws {i}")
+            assert ws.recv(timeout=10) == f"ws {i}"
+        status, _, body = http_get(s.g.url(), "/plain")  # the worker still has room for requests
+        assert status == 200 and body == b"plain http\n"
+    assert s.wait_closed(5)["closed"] == {"1000": 5}
+
+
 # ---------------------------------------------------------------- forwarded headers
 def test_forwarded_headers_reach_the_websocket_and_its_clients_stay_apart(launcher: Launcher) -> None:
     s = start(launcher, GWS)  # the default --forwarded-allow-ips trusts loopback
@@ -148,6 +168,23 @@ def test_a_proxy_header_then_wss(launcher: Launcher, certs: Certs, version: int)
         pass
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize("app", ["ws_flask_sock:app", "ws_flask_sock:app_ping"], ids=["plain", "pinging"])
+def test_flask_sock_over_the_raw_socket_after_a_proxy_header_and_tls(launcher: Launcher, certs: Certs,
+                                                                     app: str) -> None:
+    # simple-websocket's own handshake and frames through the raw socket, which sits on the
+    # TLS stream after the PROXY step (its pinging variant polls the socket's fileno())
+    s = start(launcher, app, "-b", "https://127.0.0.1:0?proxy-protocol=v2", certs=certs)
+    port = s.g.port(1)
+    sock = connect_from(f"http://127.0.0.1:{port}")
+    sock.sendall(v2(("198.51.100.10", 41000), ("127.0.0.1", port)))
+    with connect(f"wss://127.0.0.1:{port}/echo", sock=sock, ssl=tlscerts.client_context(certs),
+                 server_hostname="localhost", ping_interval=None, open_timeout=10) as ws:
+        echo(ws)
+        ws.send("bye")
+        assert expect_close(ws, 1000) == "bye"
+    assert s.wait_closed(1)["closed"] == {"1000": 1}
 
 
 # ---------------------------------------------------------------- real proxies

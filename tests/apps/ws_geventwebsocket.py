@@ -19,7 +19,10 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     ws = environ.get("wsgi.websocket")
     path = environ["PATH_INFO"]
     if ws is None:  # not a WebSocket request: an ordinary response
-        start_response("200 OK", [("Content-Type", "text/plain")])
+        headers = [("Content-Type", "text/plain")]
+        if environ.get("QUERY_STRING") == "cache":  # one the response cache may store
+            headers.append(("Cache-Control", "public, max-age=60"))
+        start_response("200 OK", headers)
         return [b"plain http\n"]
     if path == "/reject":
         # This app never touches ws, so the upgrade never happens: the client gets a 403.

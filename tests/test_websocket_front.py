@@ -187,6 +187,35 @@ def test_flask_sock_over_the_raw_socket_after_a_proxy_header_and_tls(launcher: L
     assert s.wait_closed(1)["closed"] == {"1000": 1}
 
 
+# ---------------------------------------------------------------- mounts and delegation
+def test_websockets_under_a_mount_and_through_delegation(launcher: Launcher, certs: Certs,
+                                                          sock_dir: Path) -> None:
+    handoff = sock_dir / "ws.sock"
+    target = launcher.start([GWS, "-b", f"handoff:{handoff}"])
+    front = launcher.start(["ws_flask_sock:app", "-b", "http://127.0.0.1:0", "-b", "https://127.0.0.1:0",
+                            "--certfile", str(certs.server.cert), "--keyfile", str(certs.server.key),
+                            "--mount", f"/m={GWS}", "--delegate", f"/env=unix:{handoff}"])
+    plain, tls = front.port(0), front.port(1)
+    # a mounted gevent-websocket app beside the front's own flask-sock app
+    with connect(f"ws://127.0.0.1:{plain}/m/env", ping_interval=None, open_timeout=10) as ws:
+        env = first_env(ws)
+        assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/m", "/env")
+        assert int(env["pid"]) in front.workers()
+        echo(ws)
+    with connect(f"ws://127.0.0.1:{plain}/echo", ping_interval=None, open_timeout=10) as ws:
+        echo(ws)  # (flask-sock's route, the front's main app)
+    # delegated: the connection itself moves to the target (plain), or the TLS front relays it
+    for url, ctx in ((f"ws://127.0.0.1:{plain}/env", None),
+                     (f"wss://127.0.0.1:{tls}/env", tlscerts.client_context(certs))):
+        with connect(url, ssl=ctx, ping_interval=None, open_timeout=10) as ws:
+            env = first_env(ws)
+            assert int(env["pid"]) in target.workers() and env["REMOTE_ADDR"] == "127.0.0.1"
+            assert env["wsgi.url_scheme"] == ("https" if ctx else "http")
+            echo(ws)
+            ws.send("y" * 300_000)
+            assert ws.recv(timeout=10) == "y" * 300_000
+
+
 # ---------------------------------------------------------------- real proxies
 def client_ws(port: int, path: str, certs: Certs) -> ClientConnection:
     """A wss:// connection through the proxy's TLS port, from CLIENT's address."""

@@ -61,6 +61,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         pp = environ.get("greenfork.proxy_protocol")
         env["proxy_protocol_version"] = str(pp["version"]) if pp else ""
         env["client_address"] = list(ws.handler.client_address)
+        env["pid"] = str(os.getpid())
         ws.send(json.dumps(env))
         while (message := ws.receive()) is not None:
             ws.send(message)

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from tests import tlscerts
 from tests.procs import Greenfork, Launcher, http_get, wait_for
@@ -291,7 +293,7 @@ def test_wss_through_nginx(launcher: Launcher, proxies: list[Proxy], certs: Cert
 
 def test_wss_through_haproxy_with_send_proxy_v2(launcher: Launcher, proxies: list[Proxy], certs: Certs,
                                                 tmp_path: Path) -> None:
-    g = launcher.start([GWS, "-b", "http://127.0.0.1:0?proxy-protocol=v2",
+    g = launcher.start([GWS, "-b", "http://127.0.0.1:0?proxy-protocol=v2", "--mount", "/sio=ws_socketio:app",
                         "--metrics-bind", "http://127.0.0.1:0?proxy-protocol=v2"], workers=2)
     metrics_port = int(g.info["metrics"].rsplit(":", 1)[1])
     port = free_port()
@@ -307,7 +309,28 @@ def test_wss_through_haproxy_with_send_proxy_v2(launcher: Launcher, proxies: lis
         assert env["REMOTE_ADDR"] == CLIENT and env["wsgi.url_scheme"] == "https"
         assert env["proxy_protocol_version"] == "2" and env["SSL_TLS_SNI"] == "localhost"
         echo(ws)
+    # Flask-SocketIO (mounted at /sio) checks a browser's Origin against wsgi.url_scheme and
+    # Host: the scheme comes from the PROXY header's ssl TLV (HAProxy adds no X-Forwarded-Proto)
+    socketio_through(port, certs, f"https://localhost:{port}")
+    with pytest.raises(InvalidStatus):  # the same page served over http:// would be refused
+        socketio_through(port, certs, f"http://localhost:{port}")
     hup_closes_through_the_proxy(g, port, certs, lambda: closes_behind_proxy_protocol(metrics_port))
+
+
+def socketio_through(port: int, certs: Certs, origin: str) -> None:
+    """Engine.IO 4 / Socket.IO 5 over the WebSocket transport, as a browser at `origin` speaks
+    it: open, connect to the namespace, an event and its echo."""
+    sock = connect_from(f"http://127.0.0.1:{port}")
+    with connect(f"wss://localhost:{port}/sio/socket.io/?EIO=4&transport=websocket", sock=sock,
+                 ssl=tlscerts.client_context(certs), origin=Origin(origin), ping_interval=None,
+                 open_timeout=10) as ws:
+        opened = ws.recv(timeout=10)
+        assert isinstance(opened, str) and opened.startswith("0{") and "sid" in opened
+        ws.send("40")
+        connected = ws.recv(timeout=10)
+        assert isinstance(connected, str) and connected.startswith("40{")
+        ws.send('42["echo",{"n":1}]')
+        assert ws.recv(timeout=10) == '42["echo",{"n":1}]'
 
 
 def closes_behind_proxy_protocol(port: int) -> dict[str, int]:

@@ -256,6 +256,7 @@ def test_websocket_md_shows_the_tested_nginx_file() -> None:
     assert TUNNEL_LINE in blocks
 
 
+@pytest.mark.slow
 def test_wss_through_nginx(launcher: Launcher, proxies: list[Proxy], certs: Certs, tmp_path: Path,
                            sock_dir: Path) -> None:
     sock = sock_dir / "gf.sock"
@@ -291,6 +292,7 @@ def test_wss_through_nginx(launcher: Launcher, proxies: list[Proxy], certs: Cert
     hup_closes_through_the_proxy(g, port, certs, lambda: s.stats()["closed"])
 
 
+@pytest.mark.slow
 def test_wss_through_haproxy_with_send_proxy_v2(launcher: Launcher, proxies: list[Proxy], certs: Certs,
                                                 tmp_path: Path) -> None:
     g = launcher.start([GWS, "-b", "http://127.0.0.1:0?proxy-protocol=v2", "--mount", "/sio=ws_socketio:app",

@@ -569,6 +569,18 @@ def test_max_requests_recycling_closes_with_1001(serve: Callable[..., Server]) -
         assert json.loads(str(ws.recv(timeout=5)))["pid"] not in old
 
 
+def test_max_worker_lifetime_recycling_closes_with_1001(serve: Callable[..., Server]) -> None:
+    # The master replaces the worker (its replacement ready first); the old one goes away
+    s = serve(GWS, "--max-worker-lifetime", "3")
+    with s.connect("/whoami") as ws:
+        old = json.loads(str(ws.recv(timeout=5)))["pid"]
+        assert expect_close(ws, 1001, timeout=30) == "server going away"
+    wait_for(lambda: not alive(old), 15, "the recycled worker to exit")
+    with s.connect("/whoami") as ws:
+        assert json.loads(str(ws.recv(timeout=5)))["pid"] != old
+    assert s.wait_closed(2)["closed"].get("1001", 0) >= 1
+
+
 def test_settings_reach_the_help_and_refuse_bad_values(launcher: Launcher, tmp_path: Path) -> None:
     g = launcher.spawn([GWS, "--websocket-ping-timeout", "0"])
     assert g.wait(20) != 0

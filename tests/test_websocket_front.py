@@ -8,17 +8,21 @@ route sends what it sees of its client, then echoes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.asyncio.client import ClientConnection as AsyncClient
+from websockets.asyncio.client import connect as aconnect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
@@ -37,7 +41,7 @@ from tests.test_behind_proxies import (
     site_pem,
     start_nginx,
 )
-from tests.test_websocket import GWS, Server, expect_close, start
+from tests.test_websocket import GWS, Server, start
 from tests.tlscerts import Certs
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,13 +63,72 @@ def proxies() -> Iterator[list[Proxy]]:
             p.stop()
 
 
-def first_env(ws: ClientConnection) -> dict[str, Any]:
+class TlsClient:
+    """A wss:// client on one thread: websockets' asyncio client, its loop run only inside each
+    call. (websockets' sync client reads in a thread of its own while the caller writes, and
+    OpenSSL's SSL objects are not safe for that: TLS 1.3's session tickets, read in one thread
+    while the request is written in the other, lose the request now and then, python/cpython
+    issue 137583 and python-engineio issue 461. Plain ws:// connections use the sync client.)"""
+
+    def __init__(self, url: str, sock: socket.socket, ctx: ssl.SSLContext, **kw: Any) -> None:
+        self.runner = asyncio.Runner()
+        kw.setdefault("server_hostname", "localhost")
+        async def opening() -> AsyncClient:
+            return await aconnect(url, sock=sock, ssl=ctx, ping_interval=None, open_timeout=10, **kw)
+
+        try:
+            self.ws = self.runner.run(opening())
+        except BaseException:
+            sock.close()
+            self.runner.close()
+            raise
+
+    def send(self, message: str | bytes) -> None:
+        self.runner.run(self.ws.send(message))
+
+    def recv(self, timeout: float = 10) -> str | bytes:
+        message: str | bytes = self.runner.run(asyncio.wait_for(self.ws.recv(), timeout))
+        return message
+
+    def __enter__(self) -> TlsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.runner.run(self.ws.close())
+        finally:
+            self.runner.close()
+
+
+Client = ClientConnection | TlsClient
+
+
+def wss(port: int, path: str, certs: Certs, *, source: str | None = None, preface: bytes = b"",
+        host: str = "127.0.0.1", **kw: Any) -> TlsClient:
+    """A wss:// connection to 127.0.0.1:port (from `source`), `preface` (a PROXY header) first."""
+    sock = connect_from(f"http://127.0.0.1:{port}", source=source)
+    if preface:
+        sock.sendall(preface)
+    return TlsClient(f"wss://{host}:{port}{path}", sock, tlscerts.client_context(certs), **kw)
+
+
+def closed_with(ws: Client, code: int, timeout: float = 10) -> str:
+    """Wait for the server's close frame; returns its reason."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            ws.recv(timeout=timeout)
+    rcvd = info.value.rcvd
+    assert rcvd is not None and rcvd.code == code, info.value
+    return rcvd.reason
+
+
+def first_env(ws: Client) -> dict[str, Any]:
     """The /env route's first message: the environ's string values as the app saw them."""
     env: dict[str, Any] = json.loads(ws.recv(timeout=10))
     return env
 
 
-def echo(ws: ClientConnection, n: int = 3) -> None:
+def echo(ws: Client, n: int = 3) -> None:
     for i in range(n):
         ws.send(f"message {i}")
         assert ws.recv(timeout=10) == f"message {i}"
@@ -148,11 +211,8 @@ def test_a_proxy_header_then_wss(launcher: Launcher, certs: Certs, version: int)
     # (start's own -b is a plain listener; the PROXY one is the second address)
     port = s.g.port(1)
     client = ("198.51.100.9", 40000 + version)
-    sock = connect_from(f"http://127.0.0.1:{port}")
-    sock.sendall(v1(client, ("127.0.0.1", port)) if version == 1 else v2(client, ("127.0.0.1", port)))
-    ctx = tlscerts.client_context(certs)
-    with connect(f"wss://127.0.0.1:{port}/env", sock=sock, ssl=ctx, server_hostname="localhost",
-                 ping_interval=None, open_timeout=10) as ws:
+    header = v1(client, ("127.0.0.1", port)) if version == 1 else v2(client, ("127.0.0.1", port))
+    with wss(port, "/env", certs, preface=header) as ws:
         env = first_env(ws)
         assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (client[0], str(client[1]))
         assert env["wsgi.url_scheme"] == "https" and env["HTTPS"] == "on"
@@ -179,13 +239,10 @@ def test_flask_sock_over_the_raw_socket_after_a_proxy_header_and_tls(launcher: L
     # TLS stream after the PROXY step (its pinging variant polls the socket's fileno())
     s = start(launcher, app, "-b", "https://127.0.0.1:0?proxy-protocol=v2", certs=certs)
     port = s.g.port(1)
-    sock = connect_from(f"http://127.0.0.1:{port}")
-    sock.sendall(v2(("198.51.100.10", 41000), ("127.0.0.1", port)))
-    with connect(f"wss://127.0.0.1:{port}/echo", sock=sock, ssl=tlscerts.client_context(certs),
-                 server_hostname="localhost", ping_interval=None, open_timeout=10) as ws:
+    with wss(port, "/echo", certs, preface=v2(("198.51.100.10", 41000), ("127.0.0.1", port))) as ws:
         echo(ws)
         ws.send("bye")
-        assert expect_close(ws, 1000) == "bye"
+        assert closed_with(ws, 1000) == "bye"
     assert s.wait_closed(1)["closed"] == {"1000": 1}
 
 
@@ -207,23 +264,21 @@ def test_websockets_under_a_mount_and_through_delegation(launcher: Launcher, cer
     with connect(f"ws://127.0.0.1:{plain}/echo", ping_interval=None, open_timeout=10) as ws:
         echo(ws)  # (flask-sock's route, the front's main app)
     # delegated: the connection itself moves to the target (plain), or the TLS front relays it
-    for url, ctx in ((f"ws://127.0.0.1:{plain}/env", None),
-                     (f"wss://127.0.0.1:{tls}/env", tlscerts.client_context(certs))):
-        with connect(url, ssl=ctx, ping_interval=None, open_timeout=10) as ws:
+    for secure in (False, True):
+        with (wss(tls, "/env", certs) if secure else
+              connect(f"ws://127.0.0.1:{plain}/env", ping_interval=None, open_timeout=10)) as ws:
             env = first_env(ws)
             assert int(env["pid"]) in target.workers() and env["REMOTE_ADDR"] == "127.0.0.1"
-            assert env["wsgi.url_scheme"] == ("https" if ctx else "http")
+            assert env["wsgi.url_scheme"] == ("https" if secure else "http")
             echo(ws)
             ws.send("y" * 300_000)
             assert ws.recv(timeout=10) == "y" * 300_000
 
 
 # ---------------------------------------------------------------- real proxies
-def client_ws(port: int, path: str, certs: Certs) -> ClientConnection:
+def client_ws(port: int, path: str, certs: Certs) -> TlsClient:
     """A wss:// connection through the proxy's TLS port, from CLIENT's address."""
-    sock = connect_from(f"http://127.0.0.1:{port}", source=CLIENT)
-    return connect(f"wss://127.0.0.1:{port}{path}", sock=sock, ssl=tlscerts.client_context(certs),
-                   server_hostname="localhost", ping_interval=None, open_timeout=10)
+    return wss(port, path, certs, source=CLIENT)
 
 
 def hup_closes_through_the_proxy(g: Greenfork, port: int, certs: Certs,
@@ -234,8 +289,8 @@ def hup_closes_through_the_proxy(g: Greenfork, port: int, certs: Certs,
         before = {json.loads(a.recv(timeout=10))["pid"], json.loads(b.recv(timeout=10))["pid"]}
         generation = g.reload_info()["generation"]
         g.signal(signal.SIGHUP)
-        assert expect_close(a, 1001) == "server going away"
-        assert expect_close(b, 1001) == "server going away"
+        assert closed_with(a, 1001) == "server going away"
+        assert closed_with(b, 1001) == "server going away"
     wait_for(lambda: g.reload_info()["generation"] == generation + 1, 15, "the reload")
     wait_for(lambda: closes().get("1001") == 2, 15, "two 1001 closes counted")
     with client_ws(port, "/whoami", certs) as c:
@@ -322,10 +377,8 @@ def test_wss_through_haproxy_with_send_proxy_v2(launcher: Launcher, proxies: lis
 def socketio_through(port: int, certs: Certs, origin: str) -> None:
     """Engine.IO 4 / Socket.IO 5 over the WebSocket transport, as a browser at `origin` speaks
     it: open, connect to the namespace, an event and its echo."""
-    sock = connect_from(f"http://127.0.0.1:{port}")
-    with connect(f"wss://localhost:{port}/sio/socket.io/?EIO=4&transport=websocket", sock=sock,
-                 ssl=tlscerts.client_context(certs), origin=Origin(origin), ping_interval=None,
-                 open_timeout=10) as ws:
+    with wss(port, "/sio/socket.io/?EIO=4&transport=websocket", certs, host="localhost",
+             origin=Origin(origin)) as ws:
         opened = ws.recv(timeout=10)
         assert isinstance(opened, str) and opened.startswith("0{") and "sid" in opened
         ws.send("40")

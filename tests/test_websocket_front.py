@@ -8,21 +8,17 @@ route sends what it sees of its client, then echoes."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
 import signal
 import socket
-import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection as AsyncClient
-from websockets.asyncio.client import connect as aconnect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
@@ -41,7 +37,7 @@ from tests.test_behind_proxies import (
     site_pem,
     start_nginx,
 )
-from tests.test_websocket import GWS, Server, start
+from tests.test_websocket import GWS, Server, TlsClient, expect_close, start
 from tests.tlscerts import Certs
 
 pytestmark = pytest.mark.timeout(120)
@@ -63,43 +59,6 @@ def proxies() -> Iterator[list[Proxy]]:
             p.stop()
 
 
-class TlsClient:
-    """A wss:// client on one thread: websockets' asyncio client, its loop run only inside each
-    call. (websockets' sync client reads in a thread of its own while the caller writes, and
-    OpenSSL's SSL objects are not safe for that: TLS 1.3's session tickets, read in one thread
-    while the request is written in the other, lose the request now and then, python/cpython
-    issue 137583 and python-engineio issue 461. Plain ws:// connections use the sync client.)"""
-
-    def __init__(self, url: str, sock: socket.socket, ctx: ssl.SSLContext, **kw: Any) -> None:
-        self.runner = asyncio.Runner()
-        kw.setdefault("server_hostname", "localhost")
-        async def opening() -> AsyncClient:
-            return await aconnect(url, sock=sock, ssl=ctx, ping_interval=None, open_timeout=10, **kw)
-
-        try:
-            self.ws = self.runner.run(opening())
-        except BaseException:
-            sock.close()
-            self.runner.close()
-            raise
-
-    def send(self, message: str | bytes) -> None:
-        self.runner.run(self.ws.send(message))
-
-    def recv(self, timeout: float = 10) -> str | bytes:
-        message: str | bytes = self.runner.run(asyncio.wait_for(self.ws.recv(), timeout))
-        return message
-
-    def __enter__(self) -> TlsClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.runner.run(self.ws.close())
-        finally:
-            self.runner.close()
-
-
 Client = ClientConnection | TlsClient
 
 
@@ -109,17 +68,7 @@ def wss(port: int, path: str, certs: Certs, *, source: str | None = None, prefac
     sock = connect_from(f"http://127.0.0.1:{port}", source=source)
     if preface:
         sock.sendall(preface)
-    return TlsClient(f"wss://{host}:{port}{path}", sock, tlscerts.client_context(certs), **kw)
-
-
-def closed_with(ws: Client, code: int, timeout: float = 10) -> str:
-    """Wait for the server's close frame; returns its reason."""
-    with pytest.raises(ConnectionClosed) as info:
-        while True:
-            ws.recv(timeout=timeout)
-    rcvd = info.value.rcvd
-    assert rcvd is not None and rcvd.code == code, info.value
-    return rcvd.reason
+    return TlsClient(f"wss://{host}:{port}{path}", tlscerts.client_context(certs), sock, **kw)
 
 
 def first_env(ws: Client) -> dict[str, Any]:
@@ -242,7 +191,7 @@ def test_flask_sock_over_the_raw_socket_after_a_proxy_header_and_tls(launcher: L
     with wss(port, "/echo", certs, preface=v2(("198.51.100.10", 41000), ("127.0.0.1", port))) as ws:
         echo(ws)
         ws.send("bye")
-        assert closed_with(ws, 1000) == "bye"
+        assert expect_close(ws, 1000) == "bye"
     assert s.wait_closed(1)["closed"] == {"1000": 1}
 
 
@@ -289,8 +238,8 @@ def hup_closes_through_the_proxy(g: Greenfork, port: int, certs: Certs,
         before = {json.loads(a.recv(timeout=10))["pid"], json.loads(b.recv(timeout=10))["pid"]}
         generation = g.reload_info()["generation"]
         g.signal(signal.SIGHUP)
-        assert closed_with(a, 1001) == "server going away"
-        assert closed_with(b, 1001) == "server going away"
+        assert expect_close(a, 1001) == "server going away"
+        assert expect_close(b, 1001) == "server going away"
     wait_for(lambda: g.reload_info()["generation"] == generation + 1, 15, "the reload")
     wait_for(lambda: closes().get("1001") == 2, 15, "two 1001 closes counted")
     with client_ws(port, "/whoami", certs) as c:

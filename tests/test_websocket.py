@@ -13,13 +13,16 @@ import os
 import signal
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from websockets.asyncio.client import ClientConnection as AsyncClient
+from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -30,6 +33,7 @@ from tests.test_websocket_protocol import BINARY, CLOSE, CONT, PING, PONG, TEXT,
 from tests.tlscerts import Certs
 
 GWS = "ws_geventwebsocket:app"
+T = TypeVar("T")
 ACTIVE = "greenfork_active_websockets"
 CLOSES = "greenfork_websocket_closes_total"
 MESSAGES = "greenfork_websocket_messages_total"
@@ -39,6 +43,63 @@ BYTES = "greenfork_websocket_bytes_total"
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return tlscerts.certs(tmp_path_factory)
+
+
+class TlsClient:
+    """A wss:// client whose TLS runs on one thread: websockets' asyncio client on an event loop
+    in a thread of its own (which answers pings while the test does something else), called
+    through run_coroutine_threadsafe. websockets' sync client reads in one thread while the
+    caller writes in another, and OpenSSL's SSL objects are not safe for that: TLS 1.3's session
+    tickets, read in one thread while the request is written in the other, lose the request now
+    and then (python/cpython issue 137583, python-engineio issue 461). Plain ws:// connections
+    use the sync client."""
+
+    def __init__(self, url: str, ctx: ssl.SSLContext, sock: socket.socket | None = None, **kw: Any) -> None:
+        if sock is not None:
+            kw.setdefault("server_hostname", "localhost")
+        kw.setdefault("ping_interval", None)
+        kw.setdefault("open_timeout", 10)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def opening() -> AsyncClient:
+            return await aconnect(url, sock=sock, ssl=ctx, **kw)
+
+        try:
+            self.ws = self._call(opening(), 30)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            self._stop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    @property
+    def response(self) -> Any:
+        return self.ws.response
+
+    def send(self, message: str | bytes) -> None:
+        self._call(self.ws.send(message), 60)
+
+    def recv(self, timeout: float = 10) -> str | bytes:
+        return self._call(asyncio.wait_for(self.ws.recv(), timeout), timeout + 5)
+
+    def __enter__(self) -> TlsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._call(self.ws.close(), 30)
+        finally:
+            self._stop()
 
 
 @dataclass
@@ -55,10 +116,11 @@ class Server:
     def url(self, path: str = "/echo") -> str:
         return f"{'wss' if self.client_ssl else 'ws'}://127.0.0.1:{self.port}{path}"
 
-    def connect(self, path: str = "/echo", **kw: Any) -> ClientConnection:
-        kw.setdefault("ping_interval", None)
+    def connect(self, path: str = "/echo", **kw: Any) -> Any:
+        """The `websockets` sync client (ClientConnection), or over TLS a TlsClient."""
         if self.client_ssl is not None:
-            kw["ssl"] = self.client_ssl
+            return TlsClient(self.url(path), self.client_ssl, **kw)
+        kw.setdefault("ping_interval", None)
         return connect(self.url(path), open_timeout=10, **kw)
 
     def raw(self, path: str = "/echo", **kw: Any) -> RawClient:
@@ -182,7 +244,7 @@ class RawClient:
         self.sock.close()
 
 
-def expect_close(ws: ClientConnection, code: int, timeout: float = 10) -> str:
+def expect_close(ws: ClientConnection | TlsClient, code: int, timeout: float = 10) -> str:
     """Wait for the server's close frame on a `websockets` connection; returns its reason."""
     with pytest.raises(ConnectionClosed) as info:
         while True:
@@ -443,8 +505,6 @@ def test_compression_off_is_a_setting(serve: Callable[..., Server]) -> None:
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 def test_200_concurrent_connections_echo(serve: Callable[..., Server], certs: Certs, tls: bool) -> None:
-    from websockets.asyncio.client import connect as aconnect
-
     s = serve(certs=certs if tls else None)
     n, rounds = 200, 5
 
@@ -567,6 +627,18 @@ def test_max_requests_recycling_closes_with_1001(serve: Callable[..., Server]) -
     wait_for(lambda: not alive(next(iter(old))), 15, "the recycled worker to exit")
     with s.connect("/whoami") as ws:
         assert json.loads(str(ws.recv(timeout=5)))["pid"] not in old
+
+
+def test_max_worker_lifetime_recycling_closes_with_1001(serve: Callable[..., Server]) -> None:
+    # The master replaces the worker (its replacement ready first); the old one goes away
+    s = serve(GWS, "--max-worker-lifetime", "3")
+    with s.connect("/whoami") as ws:
+        old = json.loads(str(ws.recv(timeout=5)))["pid"]
+        assert expect_close(ws, 1001, timeout=30) == "server going away"
+    wait_for(lambda: not alive(old), 15, "the recycled worker to exit")
+    with s.connect("/whoami") as ws:
+        assert json.loads(str(ws.recv(timeout=5)))["pid"] != old
+    assert s.wait_closed(2)["closed"].get("1001", 0) >= 1
 
 
 def test_settings_reach_the_help_and_refuse_bad_values(launcher: Launcher, tmp_path: Path) -> None:

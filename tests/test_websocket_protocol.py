@@ -347,6 +347,55 @@ def test_header_names_are_case_insensitive() -> None:
     assert isinstance(inspect("GET", "HTTP/1.1", fields), Offer)
 
 
+# Header values as the HTTP/1.1 parser hands them over: any bytes but CR, LF and NUL; plus
+# the shapes a handshake field takes, so that many draws get past the first checks.
+_field_value = st.one_of(
+    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"").replace(b"\0", b"")),
+    st.sampled_from([b"websocket", b"Upgrade", b"upgrade, keep-alive", b"13", b"8", b"",
+                     b"dGhlIHNhbXBsZSBub25jZQ==", b"chat, superchat", b"\xff\xfe"]),
+)
+_extension_offer = st.lists(
+    st.sampled_from(["permessage-deflate", "client_max_window_bits", "client_max_window_bits=8",
+                     "client_max_window_bits=16", "server_max_window_bits=9", "server_max_window_bits=",
+                     "server_no_context_takeover", "client_no_context_takeover", "x-webkit-deflate-frame",
+                     "=", ";", ",", "server_max_window_bits=abc", "\xe9"]),
+    max_size=6).map("; ".join)
+_names = st.sampled_from([b"Host", b"Upgrade", b"Connection", b"Sec-WebSocket-Key", b"Sec-WebSocket-Version",
+                          b"Sec-WebSocket-Protocol", b"Sec-WebSocket-Extensions", b"Content-Length",
+                          b"Transfer-Encoding", b"X-Other", b"SEC-WEBSOCKET-KEY"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_names, _field_value), max_size=10), st.lists(_extension_offer, max_size=3),
+       st.sampled_from(["GET", "POST", "get"]), st.sampled_from(["HTTP/1.1", "HTTP/1.0"]), st.data())
+def test_fuzz_handshake(fields: list[tuple[bytes, bytes]], offers: list[str], method: str, version: str,
+                        data: st.DataObject) -> None:
+    """Any request head sorts into None, a Refusal or an Offer without raising; an Offer's 101 is
+    one well-formed head (each line a field, no line break from the client's bytes) whether
+    permessage-deflate is accepted, declined or malformed."""
+    valid = head()
+    fields = [*data.draw(st.sampled_from([[], valid[:-1], valid])), *fields]
+    fields += [(b"Sec-WebSocket-Extensions", o.encode("latin-1")) for o in offers]
+    found = inspect(method, version, fields)
+    if found is None or isinstance(found, Refusal):
+        if found is not None:
+            status_line, headers, body = found.response()
+            assert status_line.startswith(str(found.status)) and ("Connection", "close") in headers
+            assert body.endswith(b"\n")
+        return
+    assert isinstance(found, Offer)
+    chosen = data.draw(st.sampled_from([None, *found.subprotocols]))
+    assert all(p.isascii() and p.isprintable() and " " not in p for p in found.subprotocols)
+    response, agreed = accept(found, chosen, [BoundedDeflate(MiB)])
+    lines = response.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 101 Switching Protocols" and response.endswith(b"\r\n\r\n")
+    assert all(b": " in line and b"\n" not in line for line in lines[1:-2])
+    assert len(agreed) <= 1 and (bool(agreed) == (b"Sec-WebSocket-Extensions:" in response))
+    if agreed:  # the connection that follows works with what was agreed
+        proto = WebSocketProtocol(max_message_size=MiB, max_frame_size=MiB, extensions=agreed)
+        assert proto.receive(frame(TEXT, b"after the handshake")) == ["after the handshake"]
+
+
 def test_valid_close_codes_for_apps() -> None:
     assert valid_close_code(1000) and valid_close_code(4999) and valid_close_code(3000)
     assert not any(valid_close_code(c) for c in (999, 1004, 1005, 1006, 1015, 2000, 5000))

@@ -40,12 +40,34 @@ class Client:
 
 
 class Server:
-    """What gevent-websocket apps reach through ws.handler.server: one per worker."""
+    """What gevent-websocket apps reach through ws.handler.server: one per worker.
+
+    gevent-websocket keys `clients` by the connection's own peer address, unique per TCP
+    connection. Here `client_address` is the client the app sees (REMOTE_ADDR, REMOTE_PORT):
+    behind a proxy that applied X-Forwarded-For it has no port, on a unix socket no address,
+    so two connections could share it, and one would replace the other in a broadcast's
+    list (and its end remove the other's entry). A second connection with an address already
+    in use is keyed (address, -n) instead, n counting up per worker."""
 
     def __init__(self) -> None:
         self.clients: dict[tuple[str, int], Client] = {}
         self.application: object | None = None
         self.logger = logging.getLogger("greenfork.websocket")
+        self._serial = 0
+
+    def register(self, address: tuple[str, int], ws: WebSocket) -> tuple[str, int]:
+        """Add a client; returns its key in `clients`."""
+        key = address
+        if key in self.clients:
+            self._serial += 1
+            key = (address[0], -self._serial)
+        self.clients[key] = Client(address, ws)
+        return key
+
+    def unregister(self, key: tuple[str, int], ws: WebSocket) -> None:
+        client = self.clients.get(key)
+        if client is not None and client.ws is ws:
+            del self.clients[key]
 
 
 class Handler:
@@ -60,6 +82,7 @@ class Handler:
         except ValueError:
             port = 0
         self.client_address = (str(environ.get("REMOTE_ADDR", "")), port)
+        self.key = self.client_address  # in server.clients (Server.register)
 
     @property
     def logger(self) -> logging.Logger:
@@ -67,7 +90,7 @@ class Handler:
 
     @property
     def active_client(self) -> Client:
-        return self.server.clients[self.client_address]
+        return self.server.clients[self.key]
 
 
 class _NoApp:
@@ -99,9 +122,9 @@ class WebSocket:
                 if self._server.application is None:
                     self._server.application = up.app
                 if not up.finished:
-                    address = self._handler.client_address
-                    self._server.clients[address] = Client(address, self)
-                    up.done.rawlink(lambda _: self._server.clients.pop(address, None))
+                    handler, server = self._handler, self._server
+                    handler.key = key = server.register(handler.client_address, self)
+                    up.done.rawlink(lambda _: server.unregister(key, self))
         return up
 
     # ---------------------------------------------------------------- gevent-websocket's API

@@ -16,6 +16,7 @@ No sockets, no clock, no gevent: bytes and header lists in, bytes out.
 from __future__ import annotations
 
 import binascii
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -23,6 +24,7 @@ from wsproto.extensions import Extension
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import generate_accept_token
 
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
 VERSION: Final = "13"  # RFC 6455; the hybi drafts 7 and 8 gevent-websocket also took are long gone
 
 
@@ -88,7 +90,8 @@ def inspect(method: str, http_version: str, head: list[tuple[bytes, bytes]]) -> 
         elif name == b"sec-websocket-version":
             versions.append(value.strip())
         elif name == b"sec-websocket-protocol":
-            subprotocols += _items(value)
+            # RFC 6455 4.1: each a token; others could not be named in our answer
+            subprotocols += [p for p in _items(value) if _TOKEN.fullmatch(p)]
         elif name == b"sec-websocket-extensions":
             extensions += _items(value)
         elif name == b"host":

@@ -47,12 +47,12 @@ class TakenOver(Exception):
 class TransportStream:
     """The connection's bytes for websocket_session.Upgrade.
 
-    recv() runs in the reader greenlet while send() runs in whichever greenlet holds the
-    Upgrade's send lock: the transport's two waits use two watchers, the send timeout
-    (--send-timeout, the SEND phase) lands in the greenlet waiting to send (transport.py's
-    wait_for_room), and under TLS ciphertext made while reading queues behind a blocked send
-    (tlstransport.py). The transport stays in the sweeper's set in phase NONE, which never
-    expires, and without a request deadline.
+    recv() runs in the greenlet reading (the app's in receive(), or a background reader) while
+    send() runs in whichever greenlet holds the Upgrade's send lock: the transport's two waits
+    use two watchers, the send timeout (--send-timeout, the SEND phase) lands in the greenlet
+    waiting to send (transport.py's wait_for_room), and under TLS ciphertext made while
+    reading queues behind a blocked send (tlstransport.py). The transport stays in the
+    sweeper's set in phase NONE, which never expires, and without a request deadline.
     """
 
     __slots__ = ("closed", "drained", "pending", "t")

@@ -19,7 +19,10 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     ws = environ.get("wsgi.websocket")
     path = environ["PATH_INFO"]
     if ws is None:  # not a WebSocket request: an ordinary response
-        start_response("200 OK", [("Content-Type", "text/plain")])
+        headers = [("Content-Type", "text/plain")]
+        if environ.get("QUERY_STRING") == "cache":  # one the response cache may store
+            headers.append(("Cache-Control", "public, max-age=60"))
+        start_response("200 OK", headers)
         return [b"plain http\n"]
     if path == "/reject":
         # This app never touches ws, so the upgrade never happens: the client gets a 403.
@@ -52,6 +55,16 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
                             "version": ws.version, "version_key": environ["wsgi.websocket_version"],
                             "client": list(ws.handler.client_address)}))
         ws.receive()
+    elif path == "/env":
+        # What the app sees of its client (behind proxies: tests/test_websocket_front.py), then echo
+        env: dict[str, Any] = {k: v for k, v in environ.items() if isinstance(v, str)}
+        pp = environ.get("greenfork.proxy_protocol")
+        env["proxy_protocol_version"] = str(pp["version"]) if pp else ""
+        env["client_address"] = list(ws.handler.client_address)
+        env["pid"] = str(os.getpid())
+        ws.send(json.dumps(env))
+        while (message := ws.receive()) is not None:
+            ws.send(message)
     elif path == "/ticker":
         # One message in, then server push only: the app never calls receive() again, yet the
         # client's pings are answered and its close frame ends the loop.

@@ -159,7 +159,7 @@ class Capture:
 class Known:
     """This worker's copy of an entry, where the store has it, and its head for the current Age."""
 
-    __slots__ = ("age", "entry", "expires", "headers", "key", "off", "tag", "way")
+    __slots__ = ("age", "entry", "expires", "headers", "key", "off", "tag", "way", "wire")
 
     def __init__(self, key: bytes, entry: Entry, way: int, tag: int, off: int) -> None:
         self.key = key  # the store key it was found under
@@ -168,6 +168,8 @@ class Known:
         self.expires = entry.stored_at + entry.lifetime - entry.initial_age  # fresh while now < expires
         self.age = -1
         self.headers: list[tuple[str, str]] = []
+        # the fast path's pre-serialized head (workers/cachefast.py): None until first asked for
+        self.wire: tuple[bytes, int, int] | None = None
 
     def head(self, now: float) -> list[tuple[str, str]]:
         """The stored fields and Age (RFC 9111 5.1), made once per second of age; each answer
@@ -185,6 +187,7 @@ class Known:
         self.expires = 0.0
         self.entry = _GONE
         self.headers = []
+        self.wire = None
 
 
 _GONE: Final = Entry("", (), b"", 0.0, 0.0)

@@ -13,15 +13,20 @@ under the same tests, the head as response_head() writes it (response.fixed_head
 connection's persistence by h1proto's rules (H1Server.whole). Counted the same: the cache's `hit`
 and http_server_request_duration_seconds with the same labels.
 
-Only where nothing else would have run first, decided once per worker (attach) and per connection
-(scheme): no --access-logfile (the log's line is made from a whole environ), no gate
-(--require-header, forwarded headers, --allowed-hosts), no --mount, no pre_request/post_request
-hooks, and a connection whose extra environ keys (TLS, PROXY header, a hand-off) do not touch the
-key or the rules' fields. Off (no cache, or any of these), the connection loop tests one local name.
+What runs before the cache in the request stage runs here too, or the request goes there: the
+gate (workers/gate.py) is applied, since it is on by default (forwarded headers from 127.0.0.1):
+a request carrying an honoured forwarded header goes to the request stage (which applies it and
+may change the key's scheme and host), --require-header's secret must be there once with its value
+and --allowed-hosts must allow the Host, or the request goes to the request stage, which refuses
+it. Off for the whole worker (attach): --access-logfile (its line is made from a whole environ),
+--mount, pre_request/post_request hooks; for a connection (scheme) whose extra environ keys (TLS,
+a PROXY header, a hand-off) touch the key or the rules' fields. Off, the connection loop tests
+one local name per request.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,6 +37,8 @@ from greenfork.workers.response import fixed_head, head_end
 
 if TYPE_CHECKING:
     from greenfork.workers.conn import Connection
+    from greenfork.workers.gate import Gate
+    from greenfork.workers.hosts import AllowedHosts
     from greenfork.workers.http1 import Request
     from greenfork.workers.worker import WorkerServer
 
@@ -46,9 +53,24 @@ NO_WIRE: Final = (b"", 0, 0)  # an entry whose head the fast path does not make 
 class FastHits:
     """One per worker, over its cache stage's memos."""
 
-    __slots__ = ("count", "metrics", "script_name", "server", "stage", "store", "timed", "urls")
+    __slots__ = ("count", "fields", "hosts", "metrics", "script_name", "secret_name", "secret_value",
+                 "server", "stage", "store", "timed", "urls")
 
-    def __init__(self, server: WorkerServer, stage: CacheStage) -> None:
+    def __init__(self, server: WorkerServer, stage: CacheStage, gate: Gate | None = None) -> None:
+        # header names (lowercase) that send a request to the request stage: the rules' fields and
+        # the forwarded headers the gate would apply
+        fields = set(RULE_FIELDS)
+        self.hosts: AllowedHosts | None = None
+        self.secret_name = b""  # --require-header's field (lowercase), b"" when not set
+        self.secret_value = b""
+        if gate is not None:
+            if gate.forwarding is not None:
+                fields.update(n.encode("latin-1") for n in gate.forwarding.honoured)
+            self.hosts = gate.hosts
+            if gate.secret_key is not None:  # (an environ key: HTTP_X_PROXY_SECRET)
+                self.secret_name = gate.secret_key[5:].lower().replace("_", "-").encode("latin-1")
+                self.secret_value = gate.secret_value
+        self.fields = frozenset(fields)
         self.server = server
         self.stage = stage
         self.store = stage.store
@@ -87,9 +109,15 @@ class FastHits:
         now = time.time()
         if now >= memo.expires or not self.store.current(memo.way, memo.tag, memo.off):
             return None
+        fields = self.fields
         for name, _ in req.headers:
-            if name.lower() in RULE_FIELDS:
+            if name.lower() in fields:
                 return None
+        if self.secret_name and not self._secret_ok(req):
+            return None  # the request stage refuses it (403)
+        hosts = self.hosts
+        if hosts is not None and not hosts.allows(host.decode("latin-1")):
+            return None  # the request stage refuses it (400)
         wire = memo.wire
         if wire is None:
             e = memo.entry
@@ -124,12 +152,24 @@ class FastHits:
         return action
 
 
+    def _secret_ok(self, req: Request) -> bool:
+        """--require-header as the gate checks it: the field once, with its value (repeated, the
+        environ holds the values joined, which never equal it; the gate refuses)."""
+        name = self.secret_name
+        given = None
+        for n, value in req.headers:
+            if n.lower() == name:
+                if given is not None:
+                    return False
+                given = value
+        return given is not None and hmac.compare_digest(given, self.secret_value)
+
+
 def attach(server: WorkerServer) -> FastHits | None:
     """The worker's fast path, once its app, mounts and hooks are in place; None when the cache is
     off or something must run before it (see above)."""
     stage = server.stage
     cache = stage.cache
-    if cache is None or server.access_log is not None or stage.gate is not None \
-            or stage.mounts is not None or stage.hooks is not None:
+    if cache is None or server.access_log is not None or stage.mounts is not None or stage.hooks is not None:
         return None
-    return FastHits(server, cache)
+    return FastHits(server, cache, stage.gate)

@@ -454,3 +454,22 @@ def test_access_log_on_logs_every_hit(pair: tuple[Srv, Srv]) -> None:
     slow.raw(batch(target))
     lines = [line for line in slow.access_path.read_text().splitlines() if "n=logged" in line]
     assert len(lines) == 2 + 5 and slow.fast() == 0
+
+
+def test_whole_follows_the_protocols_table() -> None:
+    """H1Server.whole() is head() and end() in one: only where a head may go, never while a
+    "100 Continue" is owed (head() would turn keep-alive off for it: the caller takes head())."""
+    from greenfork.workers.h1proto import LocalProtocolError
+
+    p = H1Server(DEFAULT_LIMITS)
+    with pytest.raises(LocalProtocolError):
+        p.whole(200, 5, True)  # no request yet
+    next(requests_of(p, b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n"))
+    with pytest.raises(LocalProtocolError):
+        p.whole(200, 5, True)
+    p = H1Server(DEFAULT_LIMITS)
+    next(requests_of(p, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+    assert p.whole(200, 5, True) is True and p.body_bytes == 5 and p.status == 200
+    with pytest.raises(LocalProtocolError):
+        p.whole(200, 5, True)  # one response per request
+    assert p.after_response() == KEEP

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from greenfork.workers.cachestage import CacheStage, Known, primary_key
 from greenfork.workers.h1proto import KEEP, NEED_DATA, SEND_RESPONSE, H1Server
 from greenfork.workers.http1 import DEFAULT_LIMITS, Request
 from greenfork.workers.request import http_date
+from tests import tlscerts
 from tests.metricsutil import scrape, total
 from tests.procs import Launcher, wait_for
 
@@ -473,3 +475,31 @@ def test_whole_follows_the_protocols_table() -> None:
     with pytest.raises(LocalProtocolError):
         p.whole(200, 5, True)  # one response per request
     assert p.after_response() == KEEP
+
+
+def test_a_tls_listener_is_its_own_scheme(launcher: Launcher, tmp_path: Path,
+                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """On a TLS connection (mod_ssl's environ keys added) the fast path answers under https; the
+    cleartext listener's same URL is another entry."""
+    certs = tlscerts.certs(tmp_path_factory)
+    srv = Srv(launcher, tmp_path, "-b", "https://127.0.0.1:0", "--certfile", str(certs.server.cert),
+              "--keyfile", str(certs.server.key))
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    target = f"/r?{CC}&where=1"
+    request = f"GET {target} HTTP/1.1\r\nHost: h.example\r\nConnection: close\r\n\r\n".encode()
+
+    def tls_get() -> bytes:
+        with socket.create_connection(("127.0.0.1", srv.g.port(1)), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(request)
+            got = []
+            while chunk := s.recv(65536):
+                got.append(chunk)
+        return b"".join(got)
+
+    first, second, third = tls_get(), tls_get(), tls_get()
+    assert b" url=https://h.example HTTP/1.1" in first and b"\r\nAge: " not in first
+    assert masked(second) == masked(third) and b"\r\nAge: " in third and srv.fast() == 1
+    plain = srv.raw(request)
+    assert b" url=http://h.example HTTP/1.1" in plain and b"\r\nAge: " not in plain
+    assert srv.calls() == 2

@@ -90,9 +90,9 @@ def fast_for(store: ResponseCache, worker: Worker, status: str = "200 OK",
     found = store.locate(key, now - age)  # (found while it was fresh)
     assert found is not None
     known = Known(key, *found)
-    stage.urls["http", host, b"/page", ""] = known
+    stage._remember(("http", host, b"/page", ""), known)
     # (the memo is keyed by the target as received: an absolute-form one has its own)
-    stage.urls["http", host, b"http://%s/page" % host.encode(), ""] = known
+    stage._remember(("http", host, b"http://%s/page" % host.encode(), ""), known)
     return FastHits(worker, stage), known  # type: ignore[arg-type]
 
 
@@ -195,6 +195,24 @@ def test_requests_the_rules_read_are_left_to_the_ordinary_path(store: ResponseCa
     assert fast.answer(conn, req, "http") is None  # type: ignore[arg-type]
     assert conn.out == [] and conn.p.state == SEND_RESPONSE and conn.served == 0
     assert worker.counts == [] and worker.requests == []
+
+
+def test_a_url_the_memo_has_not_pointed_at_a_copy_is_left_alone(store: ResponseCache) -> None:
+    """The stage's hot targets: a target never memoised with a copy is not looked up further; one
+    whose memo now holds a key or a pass (hit-for-pass) is looked up, and left alone."""
+    worker = Worker()
+    fast, known = fast_for(store, worker)
+    stage = fast.stage
+    assert stage.hot == {b"/page", b"http://site.example/page"}
+    stage._remember(("http", "site.example", b"/page", ""), time.time() + 60.0)  # a pass now
+    conn = Conn()
+    req = next(requests_of(conn.p, SHAPES["GET"]))
+    assert fast.answer(conn, req, "http") is None  # type: ignore[arg-type]
+    stage._remember(("http", "site.example", b"/page", ""), known.key)
+    assert fast.answer(conn, req, "http") is None  # type: ignore[arg-type]
+    stage._remember(("http", "site.example", b"/page", ""), known)
+    assert fast.answer(conn, req, "http") == KEEP  # type: ignore[arg-type]
+    assert worker.counts == ["hit"]
 
 
 def test_another_scheme_is_another_url(store: ResponseCache) -> None:

@@ -53,7 +53,7 @@ NO_WIRE: Final = (b"", 0, 0)  # an entry whose head the fast path does not make 
 class FastHits:
     """One per worker, over its cache stage's memos."""
 
-    __slots__ = ("count", "fields", "hosts", "metrics", "script_name", "secret_name", "secret_value",
+    __slots__ = ("count", "fields", "hosts", "hot", "metrics", "script_name", "secret_name", "secret_value",
                  "server", "stage", "store", "timed", "urls")
 
     def __init__(self, server: WorkerServer, stage: CacheStage, gate: Gate | None = None) -> None:
@@ -75,6 +75,7 @@ class FastHits:
         self.stage = stage
         self.store = stage.store
         self.urls = stage.urls
+        self.hot = stage.hot
         self.count = stage.count
         self.script_name = stage.script_name
         self.metrics = server.metrics
@@ -92,6 +93,8 @@ class FastHits:
     def answer(self, conn: Connection, req: Request, scheme: str) -> str | None:
         """Answer req from the cache and return what the connection does next (after_response():
         KEEP, CLOSE, LINGER); None: not a fast hit, nothing was done."""
+        if req.target not in self.hot:  # (most requests the cache does not answer end here)
+            return None
         method = req.method
         if (method != "GET" and method != "HEAD") or req.upgrade or req.expect_continue:
             return None

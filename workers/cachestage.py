@@ -212,6 +212,10 @@ class CacheStage:
         # path to a hit), or its store key (skips making the key again), or, as a float, until
         # when it skips the cache (hit-for-pass)
         self.urls: dict[Url, Known | bytes | float] = {}
+        # the request targets of every URL the memo has pointed at a copy (Known) since it was last
+        # emptied: a target not in it has no Known in the memo, so the HTTP/1.1 fast path
+        # (workers/cachefast.py) leaves the request to this stage after one set lookup
+        self.hot: set[bytes] = set()
 
     # ------------------------------------------------------------------ before the app
     def before(self, ex: Exchange, req: Request, env: dict[str, Any],
@@ -292,7 +296,10 @@ class CacheStage:
         urls = self.urls
         if len(urls) >= URLS_MAX and url not in urls:
             urls.clear()
+            self.hot.clear()
         urls[url] = what
+        if type(what) is Known:
+            self.hot.add(url[2])
 
     def _unsafe(self, req: Request, env: dict[str, Any]) -> Fill | None:
         """POST, PUT, DELETE ...: a Fill that drops the target's entries if the response says it

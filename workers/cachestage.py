@@ -19,6 +19,9 @@ Two per-worker memos keep the request path short, and neither can make an answer
   Authorization (they usually make a response private to one client) and without any field the
   rules read (a conditional request's 304 or a Range's 206 says nothing of the URL's other
   responses). At worst it costs hits of a URL for PASS_TTL after its responses became storable.
+
+The HTTP/1.1 connection loop answers the commonest hit before this stage, from the same `urls`
+memo (workers/cachefast.py): `hot` tells it which request targets the memo has pointed at a copy.
 """
 
 from __future__ import annotations

@@ -521,3 +521,26 @@ def test_a_tls_listener_is_its_own_scheme(launcher: Launcher, tmp_path: Path,
     plain = srv.raw(request)
     assert b" url=http://h.example HTTP/1.1" in plain and b"\r\nAge: " not in plain
     assert srv.calls() == 2
+
+
+@pytest.mark.parametrize("setup", ["pre_request hook", "mount"])
+def test_hooks_and_mounts_turn_it_off(launcher: Launcher, tmp_path: Path, setup: str) -> None:
+    """With pre_request/post_request hooks or --mount every hit goes through the request stage
+    (the hooks do not run for hits there either), and is still a hit."""
+    if setup == "mount":
+        args: tuple[str, ...] = ("--mount", "/api=fastprobe:app")
+        target = f"/api/r?{CC}&n=mounted"
+    else:
+        conf = tmp_path / "hooks.conf.py"
+        calls = tmp_path / "pre_request.log"
+        conf.write_text(f"def pre_request(worker, req):\n"
+                        f"    open({str(calls)!r}, 'a').write(req.path + '\\n')\n")
+        args = ("-c", str(conf))
+        target = f"/r?{CC}&n=hooked"
+    srv = Srv(launcher, tmp_path, *args)
+    srv.warm(target)
+    answers = [srv.get(target) for _ in range(3)]
+    assert all(b"\r\nAge: " in a for a in answers) and srv.calls() == 1
+    assert srv.fast() == 0
+    if setup != "mount":
+        assert calls.read_text().splitlines() == ["/r", "/fastcount"]  # the app's calls only

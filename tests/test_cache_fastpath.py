@@ -22,9 +22,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from greenfork.master.respcache import Entry, ResponseCache
-from greenfork.workers.cachefast import FastHits
+from greenfork.workers.cachefast import RULE_FIELDS, FastHits
 from greenfork.workers.cachestage import CacheStage, Known, primary_key
 from greenfork.workers.h1proto import KEEP, NEED_DATA, SEND_RESPONSE, H1Server
 from greenfork.workers.http1 import DEFAULT_LIMITS, Request
@@ -544,3 +546,41 @@ def test_hooks_and_mounts_turn_it_off(launcher: Launcher, tmp_path: Path, setup:
     assert srv.fast() == 0
     if setup != "mount":
         assert calls.read_text().splitlines() == ["/r", "/fastcount"]  # the app's calls only
+
+
+FIELD_POOL = [b"Accept: */*", b"Connection: close", b"Connection: keep-alive", b"Cookie: a=1",
+              b"Cache-Control: no-cache", b"Pragma: no-cache", b"If-None-Match: \"v1\"", b"Range: bytes=0-1",
+              b"Authorization: Basic eDp5", b"Accept-Encoding: gzip", b"X-Forwarded-For: 10.0.0.1",
+              b"User-Agent: x", b"cache-control: max-age=5", b"If-Modified-Since: x"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from([b"GET", b"HEAD", b"POST", b"OPTIONS"]),
+       version=st.sampled_from([b"1.1", b"1.0"]),
+       host=st.sampled_from([b"site.example", b"SITE.example", b"other.example"]),
+       fields=st.lists(st.sampled_from(FIELD_POOL), max_size=4, unique=True),
+       keep_wish=st.booleans())
+def test_fuzzed_heads_are_answered_alike_or_left_alone(store: ResponseCache, method: bytes,
+                                                       version: bytes, host: bytes, fields: list[bytes],
+                                                       keep_wish: bool) -> None:
+    """Any mix of fields: the fast path answers exactly the plain GETs and HEADs of the memo's URL,
+    as the request stage would; anything else is left untouched."""
+    store.clear()
+    worker = Worker(keep_wish)
+    fast, known = fast_for(store, worker)
+    head = b"%s /page HTTP/%s\r\nHost: %s\r\n%s\r\n" % (method, version, host,
+                                                      b"".join(f + b"\r\n" for f in fields))
+    if method == b"POST":
+        head = head[:-2] + b"Content-Length: 0\r\n\r\n"
+    conn = Conn()
+    slow = H1Server(DEFAULT_LIMITS)
+    req = next(requests_of(conn.p, head))
+    action = fast.answer(conn, req, "http")  # type: ignore[arg-type]
+    rule_field = any(f.split(b":")[0].lower() in RULE_FIELDS for f in fields)
+    takes = method in (b"GET", b"HEAD") and host == b"site.example" and not rule_field
+    assert (action is not None) is takes
+    if action is None:
+        assert conn.out == [] and conn.p.state == SEND_RESPONSE
+        return
+    want, want_action = ordinary(slow, next(requests_of(slow, head)), known, worker)
+    assert b"".join(conn.out) == want and action == want_action

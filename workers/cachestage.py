@@ -19,6 +19,9 @@ Two per-worker memos keep the request path short, and neither can make an answer
   Authorization (they usually make a response private to one client) and without any field the
   rules read (a conditional request's 304 or a Range's 206 says nothing of the URL's other
   responses). At worst it costs hits of a URL for PASS_TTL after its responses became storable.
+
+The HTTP/1.1 connection loop answers the commonest hit before this stage, from the same `urls`
+memo (workers/cachefast.py): `hot` tells it which request targets the memo has pointed at a copy.
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ class Capture:
 class Known:
     """This worker's copy of an entry, where the store has it, and its head for the current Age."""
 
-    __slots__ = ("age", "entry", "expires", "headers", "key", "off", "tag", "way")
+    __slots__ = ("age", "entry", "expires", "headers", "key", "off", "tag", "way", "wire")
 
     def __init__(self, key: bytes, entry: Entry, way: int, tag: int, off: int) -> None:
         self.key = key  # the store key it was found under
@@ -168,6 +171,8 @@ class Known:
         self.expires = entry.stored_at + entry.lifetime - entry.initial_age  # fresh while now < expires
         self.age = -1
         self.headers: list[tuple[str, str]] = []
+        # the fast path's pre-serialized head (workers/cachefast.py): None until first asked for
+        self.wire: tuple[bytes, int, int] | None = None
 
     def head(self, now: float) -> list[tuple[str, str]]:
         """The stored fields and Age (RFC 9111 5.1), made once per second of age; each answer
@@ -185,6 +190,7 @@ class Known:
         self.expires = 0.0
         self.entry = _GONE
         self.headers = []
+        self.wire = None
 
 
 _GONE: Final = Entry("", (), b"", 0.0, 0.0)
@@ -209,6 +215,10 @@ class CacheStage:
         # path to a hit), or its store key (skips making the key again), or, as a float, until
         # when it skips the cache (hit-for-pass)
         self.urls: dict[Url, Known | bytes | float] = {}
+        # the request targets of every URL the memo has pointed at a copy (Known) since it was last
+        # emptied: a target not in it has no Known in the memo, so the HTTP/1.1 fast path
+        # (workers/cachefast.py) leaves the request to this stage after one set lookup
+        self.hot: set[bytes] = set()
 
     # ------------------------------------------------------------------ before the app
     def before(self, ex: Exchange, req: Request, env: dict[str, Any],
@@ -289,7 +299,10 @@ class CacheStage:
         urls = self.urls
         if len(urls) >= URLS_MAX and url not in urls:
             urls.clear()
+            self.hot.clear()
         urls[url] = what
+        if type(what) is Known:
+            self.hot.add(url[2])
 
     def _unsafe(self, req: Request, env: dict[str, Any]) -> Fill | None:
         """POST, PUT, DELETE ...: a Fill that drops the target's entries if the response says it

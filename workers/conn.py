@@ -164,6 +164,15 @@ class Connection:
         """Serve requests until the connection ends; returns whether the close must linger."""
         p = self.p
         t = self.t
+        # issue 18: the response cache's fast path for hits (workers/cachefast.py), when the worker
+        # has one and this connection's environ keys leave the key alone; otherwise one test per
+        # request of a local name
+        fast = self.server.fast
+        scheme = ""
+        if fast is not None:
+            scheme = fast.scheme(self.ctx.base_environ, self.extra) or ""
+            if not scheme:
+                fast = None
         while True:
             ev = p.next_event()
             if ev is NEED_DATA:
@@ -197,7 +206,8 @@ class Connection:
             elif type(ev) is Request:
                 if t.phase != NONE:  # (a pipelined request finds it so already)
                     t.enter(NONE)
-                action = self._handle(ev)
+                if fast is None or (action := fast.answer(self, ev, scheme)) is None:
+                    action = self._handle(ev)
                 if action != KEEP:
                     if self.upgraded is not None and self.upgraded.taken_over:
                         return self._taken_over(self.upgraded)

@@ -155,6 +155,25 @@ class H1Server(RequestParser):
         self.send_data = self._frame
         return head
 
+    def whole(self, code: int, length: int, keep_alive: bool) -> bool:
+        """A complete response with a Content-Length that the caller serializes itself (the
+        response cache's fast path, workers/cachefast.py): the moves head() and end() would
+        make, the same persistence rules; `length` body bytes (none for HEAD). Returns whether
+        the connection stays open, for the head's Connection field. Not while "100 Continue"
+        is owed: head() would turn keep-alive off for it, so the caller takes head() instead."""
+        if self._continue:
+            raise LocalProtocolError("whole() while 100 Continue is owed")
+        self._move(HEAD)
+        req = self._delivering
+        assert req is not None
+        keep_alive = keep_alive and req.keep_alive
+        head_only = req.method == "HEAD"
+        self._framer.reset(False, 0, head_only, keep_alive, code)
+        if not head_only:
+            self._framer.body_bytes = length
+        self._move(END_KEEP if keep_alive else END_CLOSE)
+        return keep_alive
+
     def end(self) -> bytes:
         framer = self._framer
         out = framer.end()

@@ -148,3 +148,39 @@ def error_response(status: int, date: bytes, server: bool = True, body: bytes = 
     return b"HTTP/1.1 %d %b\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n" \
            b"Date: %b\r\n%b\r\n%b" % (status, reason, len(body), date,
                                        b"Server: greenfork\r\n" if server else b"", body)
+
+
+# ------------------------------------------- pre-serialized heads (the response cache's fast path)
+def fixed_head(status: str, headers: tuple[tuple[str, str], ...] | list[tuple[str, str]]) \
+        -> tuple[bytes, int, int] | None:
+    """The status line and header lines exactly as response_head() writes them, for a response
+    whose framing cannot depend on the request: (bytes, status code, Content-Length). None when
+    response_head() would drop or act on a field (hop-by-hop, Connection), when there is no
+    Content-Length, or for a status without a body: such a response takes the ordinary path."""
+    line, code = _STATUS.get(status) or _status_line(status)
+    if code in _NO_BODY_STATUS or code < 200:
+        return None
+    out = [line]
+    length = -1
+    for item in headers:
+        line, kind = _LINES.get(item) or _header_line(item)
+        if kind == _PLAIN:
+            out.append(line)
+        elif kind >= 0 and length < 0:
+            length = kind
+            out.append(line)
+        else:
+            return None  # a second Content-Length, or a field the connection acts on
+    if length < 0:
+        return None
+    return b"".join(out), code, length
+
+
+def head_end(keep_alive: bool, version: str, date: bytes, server: bool) -> bytes:
+    """What response_head() writes after the header fields of a response with a Content-Length:
+    the Connection field the persistence needs, Date, Server and the blank line."""
+    if keep_alive:
+        conn = b"Connection: keep-alive\r\n" if version == "1.0" else b""
+    else:
+        conn = b"Connection: close\r\n"
+    return b"%bDate: %b%b" % (conn, date, b"\r\nServer: greenfork\r\n\r\n" if server else b"\r\n\r\n")

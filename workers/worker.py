@@ -37,9 +37,10 @@ from greenfork.master.listeners import Listener
 from greenfork.master.prefixes import published
 from greenfork.master.tls import TlsConfig
 from greenfork.master.workerinfo import WorkerInfo
-from greenfork.workers import hookpoints, instrument, mounts, reloader, stackdump
+from greenfork.workers import cachefast, hookpoints, instrument, mounts, reloader, stackdump
 from greenfork.workers.acceptor import Acceptor
 from greenfork.workers.accesslog import AccessLog
+from greenfork.workers.cachefast import FastHits
 from greenfork.workers.conn import Connection
 from greenfork.workers.delegation import Delegator, Step, steps
 from greenfork.workers.delegation_inline import Inline, defer_accept
@@ -158,6 +159,9 @@ class WorkerServer:
         # --max-requests (+ jitter): drawn once, whichever application counts the request
         self.recycle_at = s.max_requests + random.randint(0, s.max_requests_jitter)
         self.stage = RequestStage(self)
+        # the response cache's fast path for HTTP/1.1 hits (workers/cachefast.py): set in serve()
+        # once the app, mounts and hooks are known; None when off
+        self.fast: FastHits | None = None
         # WebSocket: every upgraded connection of this worker, its limits and its one timer
         self.websockets = WebSockets(websocket_limits(s), instrument.WebSocketMetrics(self.metrics))
 
@@ -185,6 +189,7 @@ class WorkerServer:
                 return EXIT_APP_IMPORT
         if info.hooks is not None and not hookpoints.attach(self):  # server hooks (issue 16)
             return EXIT_BOOT
+        self.fast = cachefast.attach(self)  # after mounts and hooks: either one turns it off
         base = self._base_environ()
         shares = steps(self)  # issue 17
         proxy_front = fronts(self.settings)  # issue 14: each listener's PROXY requirement

@@ -63,7 +63,9 @@ def start(extra: list[str]) -> tuple[subprocess.Popen[bytes], int, int]:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("greenfork did not start")
         time.sleep(0.05)
-    worker = int(kids[0])
+    # (read again: under load the first child seen may not be the worker that answered)
+    kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    worker = int(kids[-1])
     os.sched_setaffinity(worker, {0})
     return proc, port, worker
 

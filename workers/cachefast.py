@@ -1,0 +1,178 @@
+"""The response cache's fast path for HTTP/1.1 hits (--response-cache; docs/caching.md).
+
+A hit through the request stage (workers/cachestage.py) costs little, but before it the stage
+builds the environ, wsgi.input and start_response, and after it writes the access log line: most
+of a small request's CPU. Here, in the connection loop (workers/conn.py), before any of that, the
+commonest hit is answered from the worker's URL memo with a pre-serialized head: a GET or HEAD for
+a URL whose memo points at a fresh entry (one without Vary: the memo only points at entries found
+under the URL's own key), from a request with none of the fields the cache rules read. Anything
+else returns False and takes the ordinary path, unchanged.
+
+The answer is the one the request stage would give, byte for byte: its memo hit (CacheStage.before)
+under the same tests, the head as response_head() writes it (response.fixed_head, head_end), the
+connection's persistence by h1proto's rules (H1Server.whole). Counted the same: the cache's `hit`
+and http_server_request_duration_seconds with the same labels.
+
+What runs before the cache in the request stage runs here too, or the request goes there: the
+gate (workers/gate.py) is applied, since it is on by default (forwarded headers from 127.0.0.1):
+a request carrying an honoured forwarded header goes to the request stage (which applies it and
+may change the key's scheme and host), --require-header's secret must be there once with its value
+and --allowed-hosts must allow the Host, or the request goes to the request stage, which refuses
+it. Off for the whole worker (attach): --access-logfile (its line is made from a whole environ),
+--mount, pre_request/post_request hooks; for a connection (scheme) whose extra environ keys (TLS,
+a PROXY header, a hand-off) touch the key or the rules' fields. Off, the connection loop tests
+one local name per request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from greenfork.workers.cachestage import RULE_KEYS, CacheStage, Known
+from greenfork.workers.h1proto import DRAIN
+from greenfork.workers.request import http_date
+from greenfork.workers.response import fixed_head, head_end
+
+if TYPE_CHECKING:
+    from greenfork.workers.conn import Connection
+    from greenfork.workers.gate import Gate
+    from greenfork.workers.hosts import AllowedHosts
+    from greenfork.workers.http1 import Request
+    from greenfork.workers.worker import WorkerServer
+
+# The header names (lowercase) whose environ keys are cachestage.RULE_KEYS: a request with any of
+# them goes through the rules (the ordinary path). A name with "_" never reaches the environ.
+RULE_FIELDS: Final = frozenset({
+    b"content-length", b"transfer-encoding", b"authorization", b"if-match", b"if-unmodified-since",
+    b"range", b"if-range", b"cache-control", b"pragma", b"if-none-match", b"if-modified-since"})
+NO_WIRE: Final = (b"", 0, 0)  # an entry whose head the fast path does not make (fixed_head: None)
+
+
+class FastHits:
+    """One per worker, over its cache stage's memos."""
+
+    __slots__ = ("count", "fields", "hosts", "hot", "metrics", "script_name", "secret_name", "secret_value",
+                 "server", "stage", "store", "timed", "urls")
+
+    def __init__(self, server: WorkerServer, stage: CacheStage, gate: Gate | None = None) -> None:
+        # header names (lowercase) that send a request to the request stage: the rules' fields and
+        # the forwarded headers the gate would apply
+        fields = set(RULE_FIELDS)
+        self.hosts: AllowedHosts | None = None
+        self.secret_name = b""  # --require-header's field (lowercase), b"" when not set
+        self.secret_value = b""
+        if gate is not None:
+            if gate.forwarding is not None:
+                fields.update(n.encode("latin-1") for n in gate.forwarding.honoured)
+            self.hosts = gate.hosts
+            if gate.secret_key is not None:  # (an environ key: HTTP_X_PROXY_SECRET)
+                self.secret_name = gate.secret_key[5:].lower().replace("_", "-").encode("latin-1")
+                self.secret_value = gate.secret_value
+        self.fields = frozenset(fields)
+        self.server = server
+        self.stage = stage
+        self.store = stage.store
+        self.urls = stage.urls
+        self.hot = stage.hot
+        self.count = stage.count
+        self.script_name = stage.script_name
+        self.metrics = server.metrics
+        self.timed = server.timed
+
+    def scheme(self, base: dict[str, Any], extra: dict[str, Any]) -> str | None:
+        """The key's scheme for a connection's requests, or None: the connection adds environ
+        keys the key or the rules depend on (its requests take the ordinary path)."""
+        for k in extra:
+            if k.startswith("HTTP_") or k in RULE_KEYS or k == "SCRIPT_NAME":
+                return None
+        scheme = extra.get("wsgi.url_scheme", base["wsgi.url_scheme"])
+        return scheme if type(scheme) is str else None
+
+    def answer(self, conn: Connection, req: Request, scheme: str) -> str | None:
+        """Answer req from the cache and return what the connection does next (after_response():
+        KEEP, CLOSE, LINGER); None: not a fast hit, nothing was done."""
+        if req.target not in self.hot:  # (most requests the cache does not answer end here)
+            return None
+        method = req.method
+        if (method != "GET" and method != "HEAD") or req.upgrade or req.expect_continue:
+            return None
+        host = req.host
+        if host is None:
+            for name, value in req.headers:
+                if name == b"Host" or name.lower() == b"host":
+                    host = value
+                    break
+        if not host:
+            return None  # (the request stage: no key every worker agrees on)
+        memo = self.urls.get((scheme, host.decode("latin-1"), req.target, self.script_name))
+        if type(memo) is not Known:
+            return None
+        now = time.time()
+        if now >= memo.expires or not self.store.current(memo.way, memo.tag, memo.off):
+            return None
+        fields = self.fields
+        for name, _ in req.headers:
+            if name.lower() in fields:
+                return None
+        if self.secret_name and not self._secret_ok(req):
+            return None  # the request stage refuses it (403)
+        hosts = self.hosts
+        if hosts is not None and not hosts.allows(host.decode("latin-1")):
+            return None  # the request stage refuses it (400)
+        wire = memo.wire
+        if wire is None:
+            e = memo.entry
+            wire = fixed_head(e.status, e.headers) or NO_WIRE
+            if wire[2] != len(e.body):  # (stored_headers() makes it the body's: never)
+                wire = NO_WIRE
+            memo.wire = wire
+        head, code, length = wire
+        if not code:
+            return None
+        # ---- from here on the request is answered (CacheStage.before's memo hit) ----
+        started = time.monotonic() if self.timed else 0.0
+        self.count("hit")
+        e = memo.entry
+        server = self.server
+        p = conn.p
+        keep = p.whole(code, length, server.keep_wish)
+        age = int(e.initial_age + max(0.0, now - e.stored_at))
+        out = conn.out
+        out.append(b"%bAge: %d\r\n%b" % (head, age, head_end(keep, req.version, http_date(),
+                                                                 server.server_header)))
+        if method == "GET" and length:
+            out.append(e.body)
+        conn.status = code
+        conn.served += 1
+        if self.timed:
+            self.metrics.request(conn, req, "", started)
+        action = p.after_response()
+        if action == DRAIN:  # (never: a request with a body has a field in RULE_FIELDS)
+            p.abort()
+            action = p.after_response()
+        return action
+
+
+    def _secret_ok(self, req: Request) -> bool:
+        """--require-header as the gate checks it: the field once, with its value (repeated, the
+        environ holds the values joined, which never equal it; the gate refuses)."""
+        name = self.secret_name
+        given = None
+        for n, value in req.headers:
+            if n.lower() == name:
+                if given is not None:
+                    return False
+                given = value
+        return given is not None and hmac.compare_digest(given, self.secret_value)
+
+
+def attach(server: WorkerServer) -> FastHits | None:
+    """The worker's fast path, once its app, mounts and hooks are in place; None when the cache is
+    off or something must run before it (see above)."""
+    stage = server.stage
+    cache = stage.cache
+    if cache is None or server.access_log is not None or stage.mounts is not None or stage.hooks is not None:
+        return None
+    return FastHits(server, cache, stage.gate)

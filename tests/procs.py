@@ -45,6 +45,19 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def kill_tree(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a process started outside the launcher, its children and grandchildren (a
+    master, its workers, and what systemd-socket-activate started), by pid; then reap it."""
+    pids = [proc.pid, *children(proc.pid)]
+    pids += [c for p in pids[1:] for c in children(p)]
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(10)
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

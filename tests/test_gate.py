@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from greenfork.master.settings import DEFAULT_FORWARDED_HEADERS, SettingError, d
 from greenfork.workers import forwarded, gate
 from greenfork.workers.gate import HOST_NOT_ALLOWED, REQUIRED_HEADER, Gate, build
 from tests.metricsutil import scrape, total
-from tests.procs import APPS, Launcher, children, http_get, wait_for
+from tests.procs import APPS, Launcher, http_get, kill_tree, wait_for
 from tests.proxytools import connect, env_of, request, v1
 
 pytestmark = pytest.mark.timeout(90)
@@ -268,14 +267,7 @@ def test_systemd_sockets_win_over_port(launcher: Launcher, tmp_path: Path) -> No
         assert "PORT is set, but systemd passed listening sockets: serving on those only" in text
         assert f":{env_port}" not in subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
     finally:
-        pids = [proc.pid, *children(proc.pid)]
-        pids += [c for p in pids[1:] for c in children(p)]
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait(10)
+        kill_tree(proc)
 
 
 def test_flask_builds_its_urls_from_the_honoured_headers(launcher: Launcher) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import tlscerts
-from tests.procs import APPS, Greenfork, Launcher, children, http_get, wait_for
+from tests.procs import APPS, Greenfork, Launcher, http_get, kill_tree, wait_for
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -426,11 +426,4 @@ def test_the_migrated_unit_serves_on_gunicorns_socket(tmp_path: Path, sock_dir: 
         wait_for(lambda: "Booted 2 worker(s)" in log.read_text(), 20, "two workers (gunicorn.conf.py)")
         assert f"Now listening on: unix:{sock}" in log.read_text()
     finally:
-        pids = [proc.pid, *children(proc.pid)]
-        pids += [c for p in pids[1:] for c in children(p)]
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait(10)
+        kill_tree(proc)

@@ -5,7 +5,6 @@ and every refusal closed without a byte and counted by error_type."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from tests import tlscerts
 from tests.metricsutil import get, scrape, total
-from tests.procs import Greenfork, Launcher, wait_for
+from tests.procs import Greenfork, Launcher, kill_tree, wait_for
 from tests.proxytools import (
     TlsOverSocket,
     connect,
@@ -290,7 +289,7 @@ def test_inherited_sockets_take_the_option_or_the_global_mode(launcher: Launcher
     import subprocess
     import sys
 
-    from tests.procs import APPS, children
+    from tests.procs import APPS
 
     inherited = socket.create_server(("127.0.0.1", 0))
     try:
@@ -318,11 +317,4 @@ def test_inherited_sockets_take_the_option_or_the_global_mode(launcher: Launcher
             env = env_of(s, v2(("203.0.113.4", 5), ("192.0.2.1", 6)) + request())
         assert env["REMOTE_ADDR"] == "203.0.113.4"
     finally:
-        pids = [proc.pid, *children(proc.pid)]
-        pids += [c for p in pids[1:] for c in children(p)]
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait(10)
+        kill_tree(proc)

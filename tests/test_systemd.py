@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import APPS, Launcher, children, http_get, wait_for
+from tests.procs import APPS, Launcher, children, http_get, kill_tree, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,11 +76,4 @@ def test_systemd_socket_activate_serves(launcher: Launcher, tmp_path: Path) -> N
             c for p in children(proc.pid) for c in children(p)]
         assert f"Now listening on: http://127.0.0.1:{port}" in log.read_text()
     finally:
-        pids = [proc.pid, *children(proc.pid)]
-        pids += [c for p in pids[1:] for c in children(p)]
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait(10)
+        kill_tree(proc)

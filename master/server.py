@@ -163,13 +163,14 @@ class Server:
 
         def ready() -> None:
             if upgraded:
-                # The old master still serves. It is told first, so that it hands the metrics
-                # listener over (MasterLoop._answers_metrics) before anyone who waits for the
-                # pidfile can stop it; then PIDFILE and the addresses file become ours.
+                # The addresses file first: the old master exits once told, and whoever waited
+                # for that exit reads the file next (it must name us by then). The old master is
+                # told before PIDFILE moves, so that it hands the metrics listener over
+                # (MasterLoop._answers_metrics) before anyone who waits for the pidfile can stop it.
+                self._publish(self._generation, lset.addresses)
                 upgrade.notify_ready(self._upgrade_fd)
                 if pidfile is not None:
                     pidfile.acquire(pid)
-                self._publish(self._generation, lset.addresses)
             if on_ready is not None:
                 on_ready()
 
@@ -220,7 +221,8 @@ class Server:
                 listeners.close_all(self.metrics_listeners, unlink=not successor)
                 self.listeners = []
                 self.metrics_listeners = []
-                report.remove_addresses_file(s.addresses_file, pid)
+                if not successor:  # the new master has rewritten it (see ready() above)
+                    report.remove_addresses_file(s.addresses_file, pid)
                 if pidfile is not None:
                     pidfile.release()
                 if cache is not None:

@@ -141,7 +141,12 @@ def test_cacheable_responses_are_answered_without_the_app(server: Server, case: 
     query, headers = CACHED[case]
     target = unique(query)
     first_headers = {} if "no-store" in case else headers
+    stores = total(scrape(server.metrics), "greenfork_response_cache_stores_total")
     s1, h1, b1 = server.get(target, first_headers)
+    # the store follows the last byte out (a streamed body is whole only then): the second
+    # request, on another worker maybe, may arrive first
+    wait_for(lambda: total(scrape(server.metrics), "greenfork_response_cache_stores_total") > stores,
+             what=f"the store of {case}")
     s2, h2, b2 = server.get(target, headers)
     assert server.calls(target) == 1, case
     assert s2 == s1

@@ -397,6 +397,15 @@ class Connection:
         self.status = p.status
         self.head_at = self.t.flushes
 
+    def respond(self, status: str, headers: list[tuple[str, str]],
+                body: list[bytes] | tuple[bytes, ...]) -> None:
+        server = self.server
+        p = self.p
+        p.respond(status, headers, body, self.out, date=http_date(), server=server.server_header,
+                  keep_alive=server.keep_wish)
+        self.status = p.status
+        self.head_at = self.t.flushes
+
     def send_data(self, data: bytes) -> None:
         self.out.append(self.p.send_data(data))
 

@@ -79,6 +79,10 @@ class Exchange(Protocol):
     def start_body(self, limit: int | None) -> None: ...  # before the first read; BodyError (413)
     def send_head(self, status: str, headers: list[tuple[str, str]]) -> None: ...
     def send_data(self, data: bytes) -> None: ...
+    # send_head, send_data for each piece and end, at once: a body the app returned as a list or
+    # tuple; TypeError (nothing sent) for a piece that is not bytes
+    def respond(self, status: str, headers: list[tuple[str, str]],
+                body: list[bytes] | tuple[bytes, ...]) -> None: ...
     def flush(self) -> None: ...
     def send_file(self, fw: FileWrapper) -> bool: ...  # after send_head; False: iterate it instead
     def end(self) -> None: ...
@@ -171,26 +175,32 @@ class RequestStage:
         hooked = hooks.before(req, env) if hooks is not None else None
         try:
             result = app(env, sr)
-            if isinstance(result, FileWrapper) and start_head(ex) and ex.send_file(result):
-                pass
-            elif type(result) is list or type(result) is tuple:
+            kind = type(result)
+            if (kind is list or kind is tuple) and not ex.headed and ex.body_error is None \
+                    and sr.status is not None:
+                ex.respond(sr.status, sr.headers, result)  # the common case: all in one call
+                ex.headed = True
+            else:
+                if isinstance(result, FileWrapper) and start_head(ex) and ex.send_file(result):
+                    pass
+                elif kind is list or kind is tuple:
+                    if not ex.headed:
+                        start_head(ex)
+                    for data in result:
+                        if data:
+                            if type(data) is not bytes:
+                                raise TypeError(f"the application returned {type(data).__name__}, not bytes")
+                            ex.send_data(data)
+                else:
+                    for data in result:
+                        if data:
+                            write_data(ex, data)
+                            ex.flush()  # an iterator may be streaming: do not hold its output
+                if ex.body_error is not None:
+                    raise BodyError(ex.body_error)  # the app answered a body it could not read
                 if not ex.headed:
                     start_head(ex)
-                for data in result:
-                    if data:
-                        if type(data) is not bytes:
-                            raise TypeError(f"the application returned {type(data).__name__}, not bytes")
-                        ex.send_data(data)
-            else:
-                for data in result:
-                    if data:
-                        write_data(ex, data)
-                        ex.flush()  # an iterator may be streaming: do not hold its output
-            if ex.body_error is not None:
-                raise BodyError(ex.body_error)  # the app answered a body it could not read
-            if not ex.headed:
-                start_head(ex)
-            ex.end()
+                ex.end()
         except ClientGone as e:
             ex.abort()
             ex.status = ex.status or CLIENT_GONE

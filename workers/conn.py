@@ -41,7 +41,7 @@ from greenfork.workers.response import error_response
 from greenfork.workers.timers import BODY, FRESH, HEADERS, IDLE, NONE, Expired, RequestTimeout
 from greenfork.workers.timers import DRAIN as DRAINING
 from greenfork.workers.tlstransport import HandshakeFailed, TlsTransport
-from greenfork.workers.transport import FLUSH_AT, ClientGone, Transport
+from greenfork.workers.transport import FLUSH_AT, ClientGone, Transport, unknown_peer
 from greenfork.workers.websocket import Upgrade
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse
 
@@ -158,7 +158,14 @@ class Connection:
                 try:
                     t.close()
                 finally:
-                    self.server.connection_done(self)
+                    try:
+                        self.server.connection_done(self)
+                    finally:
+                        # No reference cycle outlives the connection (the collector's work
+                        # otherwise, per connection): the transport's describe is our bound
+                        # method, and llhttp holds the parser's callbacks.
+                        t.describe = unknown_peer
+                        self.p.release()
 
     def _serve(self) -> bool:
         """Serve requests until the connection ends; returns whether the close must linger."""

@@ -48,7 +48,7 @@ SEND_EXPIRED: Final = REASONS[SEND]
 _READ, _WRITE = 1, 2  # libev's EV_READ, EV_WRITE
 
 
-def _unknown_peer() -> str:
+def unknown_peer() -> str:
     return "a client"
 
 
@@ -78,7 +78,7 @@ class Transport(Timed):
         self.flushes = 0  # flush() calls that sent something: "has anything gone out since?"
         self.expired: str | None = None  # the error_type, once a timeout fired
         self.rx = self.tx = 0
-        self.describe: Callable[[], str] = _unknown_peer  # who is at the other end, for the log
+        self.describe: Callable[[], str] = unknown_peer  # who is at the other end, for the log
         self._unread = b""  # bytes handed back by unread(): the next recv() returns them first
 
     # ---------------------------------------------------------------- reading

@@ -130,7 +130,10 @@ class Connection:
                 if data[:24] == H2_PREFACE:
                     linger = self._http2(data)
                     return
-                t.unread(data)  # HTTP/1.1: what follows reads these bytes first
+                if self.ctx.share is None:
+                    self.p.receive_data(data)  # HTTP/1.1: parsed where the loop would have
+                else:
+                    t.unread(data)  # the hand-off step reads them first
             # issue 17: a handoff: listener takes its connection out of a front's message; a
             # delegating front may hand this one over (workers/delegation.py)
             if self.ctx.share is not None and not self.ctx.share.step(self):

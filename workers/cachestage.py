@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from greenfork.master.respcache import Entry, ResponseCache
+from greenfork.metrics.recorder import Recorder
 from greenfork.workers import cachepolicy as cp
 from greenfork.workers.transport import ClientGone
 from greenfork.workers.wsgi import FileWrapper
@@ -206,6 +207,7 @@ class CacheStage:
         self.server = server
         self.store = store
         self.count = server.metrics.response_cache  # hit / miss / bypass, one per request
+        self.counting = isinstance(server.metrics, Recorder)  # (no metrics: the hot path skips the call)
         self.script_name = server.script_name
         self.limit = store.max_entry
         self.known: dict[bytes, Known] = {}  # store key -> this worker's copy
@@ -225,18 +227,24 @@ class CacheStage:
                started: float) -> Literal[Hit.HIT] | Fill | None:
         """HIT when the request was answered here; a Fill to run the app through; None: not ours."""
         method = req.method
+        host: str = env.get("HTTP_HOST") or ""
+        now = time.time()
+        url = (env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"])
+        memo = self.urls.get(url)
+        # First, the URL that skips the cache a while (hit-for-pass): what most requests for pages
+        # that are never stored take, so it must cost the uncached little (docs/caching.md)
+        if type(memo) is float and memo > now and method == "GET" and not req.upgrade:
+            if self.counting:
+                self.count("bypass")
+            return None
         if method != "GET" and method != "HEAD":
             self.count("bypass")
             if method in cp.SAFE_METHODS:
                 return None
             return self._unsafe(req, env)
-        host = env.get("HTTP_HOST")
         if not host or req.upgrade:  # no key all workers agree on; a WebSocket or h2c upgrade
             self.count("bypass")
             return None
-        now = time.time()
-        url = (env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"])
-        memo = self.urls.get(url)
         key: bytes | None = None
         if type(memo) is Known:
             if now < memo.expires and self.store.current(memo.way, memo.tag, memo.off) \

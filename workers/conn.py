@@ -179,10 +179,13 @@ class Connection:
         # request of a local name
         fast = self.server.fast
         scheme = ""
+        hot: set[bytes] | frozenset[bytes] = frozenset()
         if fast is not None:
             scheme = fast.scheme(self.ctx.base_environ, self.extra) or ""
             if not scheme:
                 fast = None
+            else:
+                hot = fast.hot  # the targets it may answer (one set lookup, before any call)
         while True:
             ev = p.next_event()
             if ev is NEED_DATA:
@@ -216,7 +219,7 @@ class Connection:
             elif type(ev) is Request:
                 if t.phase != NONE:  # (a pipelined request finds it so already)
                     t.enter(NONE)
-                if fast is None or (action := fast.answer(self, ev, scheme)) is None:
+                if fast is None or ev.target not in hot or (action := fast.answer(self, ev, scheme)) is None:
                     action = self._handle(ev)
                 if action != KEEP:
                     if self.upgraded is not None and self.upgraded.taken_over:

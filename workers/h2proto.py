@@ -45,7 +45,7 @@ from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from h2.stream import StreamInputs
 from h2.utilities import HeaderValidationFlags
-from hpack import Decoder, Encoder, HPACKError, OversizedHeaderListError
+from hpack import Encoder, HPACKError, OversizedHeaderListError
 from hpack import hpack as hpack_module
 from hpack import table as hpack_table
 from hyperframe.frame import (
@@ -71,6 +71,7 @@ from greenfork.workers.h2guard import (
     WINDOW_UPDATE,
     Guard,
 )
+from greenfork.workers.h2hpack import MemoDecoder, MemoEncoder
 
 
 class _Quiet:
@@ -189,7 +190,7 @@ def goaway(last_stream_id: int, code: ErrorCodes = ErrorCodes.NO_ERROR) -> bytes
     return bytes(GoAwayFrame(0, last_stream_id=last_stream_id, error_code=code).serialize())
 
 
-class SmallTableEncoder(Encoder):
+class SmallTableEncoder(MemoEncoder):
     """h2's HPACK encoder, keeping a dynamic table of at most ENCODER_TABLE bytes whatever the
     peer allows (RFC 7541 4.2 lets the encoder use less, with a size update it sends). The
     encoder searches its table linearly for every field it sends, and the Date value adds an
@@ -205,12 +206,12 @@ class SmallTableEncoder(Encoder):
         Encoder.header_table_size.fset(self, min(value, ENCODER_TABLE))  # type: ignore[attr-defined]
 
 
-class GuardedDecoder(Decoder):
+class GuardedDecoder(MemoDecoder):
     """h2's HPACK decoder with the RFC's error code and a hard bound on the decoded size."""
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         try:
-            return Decoder.decode(self, data, raw)
+            return MemoDecoder.decode(self, data, raw)
         except OversizedHeaderListError:
             # h2 calls this a DenialOfServiceError; the error code is the same
             raise H2Abuse("the header block decodes past the bound (an HPACK bomb)",

@@ -123,6 +123,7 @@ class WebSocketMetrics(Observer):
         self.received = metrics.websocket_received  # type: ignore[method-assign, assignment]
         self.sent = metrics.websocket_sent  # type: ignore[method-assign, assignment]
         self.closed = metrics.websocket_closed  # type: ignore[method-assign]
+        self.sizes = metrics is not NULL
 
 
 def attach(server: WorkerServer) -> NullInstruments | Instruments:

@@ -116,6 +116,10 @@ class Observer:
     be cheap and must not block. `closed` gets the close code of record: the peer's code when
     it closed first, ours when we did, 1006 when the connection ended without a handshake."""
 
+    # whether received() and sent() want the sizes: without metrics, a message's UTF-8 length is
+    # not worked out just to be dropped
+    sizes: bool = False
+
     def opened(self) -> None:
         pass
 
@@ -305,7 +309,8 @@ class Upgrade:
                 self._shutdown(ABNORMAL)
                 raise WebSocketError("Socket is dead") from e
         self.msgs += 1
-        self.observer.sent(size)
+        if self.observer.sizes:
+            self.observer.sent(size)
 
     def send_control(self, make: Callable[[], bytes]) -> bool:
         """Send the frame make() returns (a WebSocketProtocol call, made under the lock so
@@ -437,11 +442,13 @@ class Upgrade:
         if reply:
             self.send_control(lambda: reply)
         got = False
+        observer = self.observer
         for ev in events:
             if type(ev) is str or type(ev) is bytearray:
                 self.inbox.append(ev)
                 self.msgs += 1
-                self.observer.received(utf8_len(ev) if type(ev) is str else len(ev))
+                if observer.sizes:
+                    observer.received(utf8_len(ev) if type(ev) is str else len(ev))
                 got = True
             elif isinstance(ev, Closed):
                 self.code = ev.code

@@ -89,3 +89,18 @@ def test_big_blocks_and_text_decoding_are_not_remembered() -> None:
     small = Encoder().encode([(b":method", b"GET")])
     assert memo.decode(small) == [(":method", "GET")]
     assert memo._memo == {}
+
+
+def test_distinct_blocks_never_grow_the_memo_past_its_bound() -> None:
+    """A client sending a new block each time (fields that are never indexed, so the table stays
+    as it is and every block may be remembered) keeps at most MEMO_ENTRIES of them."""
+    from greenfork.workers.h2hpack import MEMO_ENTRIES
+
+    memo = MemoDecoder(65536)
+    enc = Encoder()
+    sizes = []
+    for i in range(200):
+        block = enc.encode([(b"x-n", b"%d" % i, True)])  # (sensitive: never indexed)
+        assert memo.decode(block, raw=True) == [(b"x-n", b"%d" % i)]
+        sizes.append(len(memo._memo))
+    assert max(sizes) <= MEMO_ENTRIES and memo.header_table.version == 0

@@ -9,7 +9,7 @@ to the same fields, and the same fields encode to the same block; a block that a
 table leaves it as it was. So each coder keeps a small memo, keyed by the block (or the field list)
 and valid for the table's `version`, which every change of the table (an entry added, a size
 changed) moves on. Blocks that change the table are never remembered, and the memo is bounded in
-entries and in the size of what it keeps.
+entries and in the size of what it keeps (see MEMO_ENTRIES).
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from typing import Any, Final
 from hpack import Decoder, Encoder
 from hpack.table import HeaderTable
 
-MEMO_ENTRIES: Final = 32  # per connection and direction; emptied when full
-MEMO_BLOCK: Final = 1024  # bytes: a larger header block is decoded every time
+# Per connection and direction, at most MEMO_ENTRIES blocks of MEMO_BLOCK bytes (and what they
+# decode from or to): a client that sends distinct blocks on purpose makes the memo cost a few KiB
+# a connection, no more. A repeated block is a few bytes (its fields indexed).
+MEMO_ENTRIES: Final = 16  # emptied when full
+MEMO_BLOCK: Final = 256  # bytes: a larger header block is coded every time
 
 
 class VersionedTable(HeaderTable):
@@ -63,7 +66,8 @@ class MemoEncoder(Encoder):
         if hit is not None and hit[0] == version:
             return hit[1]
         block = Encoder.encode(self, headers, huffman)
-        if table.version == version:  # type: ignore[attr-defined]  # nothing added: repeatable
+        # nothing added to the table: repeatable
+        if table.version == version and len(block) <= MEMO_BLOCK:  # type: ignore[attr-defined]
             if len(memo) >= MEMO_ENTRIES:
                 memo.clear()
             memo[key] = (version, block)

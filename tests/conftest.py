@@ -3,10 +3,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.procs import Launcher
+
+if TYPE_CHECKING:
+    from tests.test_behind_proxies import Proxy
 
 
 @pytest.fixture
@@ -16,6 +20,17 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
         yield ln
     finally:
         ln.cleanup()
+
+
+@pytest.fixture
+def proxies() -> Iterator[list[Proxy]]:
+    """Proxies a test starts (tests/test_behind_proxies.py's Proxy): each stopped by pid after it."""
+    started: list[Proxy] = []
+    try:
+        yield started
+    finally:
+        for p in started:
+            p.stop()
 
 
 @pytest.fixture

@@ -424,16 +424,6 @@ def test_mounts_route_each_stream_by_path_and_authority(launcher: Launcher) -> N
 
 
 # ------------------------------------------------- behind a real HAProxy
-@pytest.fixture
-def proxies() -> Iterator[list[Proxy]]:
-    started: list[Proxy] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            p.stop()
-
-
 def curl_h2(url: str, *args: str) -> tuple[str, dict[str, Any]]:
     """curl from CLIENT (127.0.0.2): the HTTP version it spoke and the /env it got."""
     r = subprocess.run([curl(), "-sS", "--max-time", "20", "--interface", CLIENT, "-w", "\n%{http_version}",

@@ -218,3 +218,28 @@ def test_a_pair_missing_from_the_table_raises() -> None:
 def test_every_table_entry_is_reachable_by_name() -> None:
     for (state, event), nxt in h1proto.TRANSITIONS.items():
         assert h1proto.STATE_NAMES[state] and h1proto.EVENT_NAMES[event] and h1proto.STATE_NAMES[nxt]
+
+
+@pytest.mark.parametrize("req, headers, body", [
+    (GET, [("Content-Length", "5")], [b"he", b"", b"llo"]),
+    (GET, [("Content-Length", "9")], [b"short"]),  # shorter than declared: the connection closes
+    (GET, [("Content-Type", "text/plain")], [b"chunk", b"ed"]),  # no length: chunked
+    (b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", [("Content-Length", "5")], [b"hello"]),
+    (b"GET / HTTP/1.0\r\n\r\n", [], [b"close-delimited"]),
+])
+def test_respond_is_head_pieces_and_end(req: bytes, headers: list[tuple[str, str]],
+                                        body: list[bytes]) -> None:
+    """respond(), the request stage's path for a list body, writes what head(), send_data() for each
+    piece and end() write, and leaves the connection in the same state with the same verdict."""
+    one, three = H1Server(Limits()), H1Server(Limits())
+    feed(one, req)
+    feed(three, req)
+    out: list[bytes] = []
+    one.respond("200 OK", headers, body, out, date=DATE, server=True, keep_alive=True)
+    expected = three.head("200 OK", headers, date=DATE, server=True, keep_alive=True)
+    for piece in body:
+        expected += three.send_data(piece)
+    expected += three.end()
+    assert b"".join(out) == expected
+    assert (one.state, one.status, one.body_bytes) == (three.state, three.status, three.body_bytes)
+    assert one.after_response() == three.after_response()

@@ -117,6 +117,13 @@ def test_app_exception_is_a_500_without_traceback(served: Greenfork) -> None:
     assert r.returncode != 0 and b"partial" in r.stdout
 
 
+def test_a_list_body_with_a_piece_that_is_not_bytes_is_a_500(launcher: Launcher) -> None:
+    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0"])  # (not validated: the list itself)
+    status, _, body = http_get(g.url(), "/str-piece")
+    assert status == 500 and b"hello" not in body
+    assert "the application returned str, not bytes" in g.log()
+
+
 def test_an_app_content_length_that_is_not_digits_is_a_500(served: Greenfork) -> None:
     status, _, body = http_get(served.url(), "/bad-length")
     assert status == 500 and b"hello" not in body

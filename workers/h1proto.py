@@ -157,26 +157,16 @@ class H1Server(RequestParser):
 
     def respond(self, status: str, headers: list[tuple[str, str]], body: list[bytes] | tuple[bytes, ...],
                 out: list[bytes], *, date: bytes, server: bool, keep_alive: bool) -> None:
-        """A whole response at once, appended to out: head(), each piece through send_data()
-        and end(), in one call (an app that returns a list, the common case). Every piece is
-        checked first, so a TypeError leaves nothing sent and no move made."""
-        for data in body:
-            if type(data) is not bytes:
-                raise TypeError(f"the application returned {type(data).__name__}, not bytes")
+        """A whole response at once, appended to out: head(), each piece (bytes) through the
+        framer and end(), in one call (an app that returns a list, the common case)."""
         out.append(self.head(status, headers, date=date, server=server, keep_alive=keep_alive))
-        framer = self._framer
-        frame = framer.frame
+        frame = self._frame
         for data in body:
             if data:
                 out.append(frame(data))
-        tail = framer.end()
+        tail = self.end()
         if tail:
             out.append(tail)
-        nxt = _TABLE[self.state][END_KEEP if framer.keep_alive else END_CLOSE]
-        if nxt < 0:
-            self._bad(END_KEEP)
-        self.state = nxt
-        self.send_data = _no_body_yet
 
     def whole(self, code: int, length: int, keep_alive: bool) -> bool:
         """A complete response with a Content-Length that the caller serializes itself (the

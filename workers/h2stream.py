@@ -250,9 +250,6 @@ class Stream:
 
     def respond(self, status: str, headers: list[tuple[str, str]],
                 body: list[bytes] | tuple[bytes, ...]) -> None:
-        for data in body:  # checked first, as HTTP/1.1 does: a TypeError leaves nothing sent
-            if type(data) is not bytes:
-                raise TypeError(f"the application returned {type(data).__name__}, not bytes")
         self.send_head(status, headers)
         for data in body:
             if data:

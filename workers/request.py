@@ -80,7 +80,7 @@ class Exchange(Protocol):
     def send_head(self, status: str, headers: list[tuple[str, str]]) -> None: ...
     def send_data(self, data: bytes) -> None: ...
     # send_head, send_data for each piece and end, at once: a body the app returned as a list or
-    # tuple; TypeError (nothing sent) for a piece that is not bytes
+    # tuple, its pieces already checked to be bytes
     def respond(self, status: str, headers: list[tuple[str, str]],
                 body: list[bytes] | tuple[bytes, ...]) -> None: ...
     def flush(self) -> None: ...
@@ -175,21 +175,22 @@ class RequestStage:
         hooked = hooks.before(req, env) if hooks is not None else None
         try:
             result = app(env, sr)
-            kind = type(result)
-            if (kind is list or kind is tuple) and not ex.headed and ex.body_error is None \
-                    and sr.status is not None:
+            listed = type(result) is list or type(result) is tuple
+            if listed:
+                for data in result:  # before anything goes out: a wrong piece is answered 500
+                    if type(data) is not bytes:
+                        raise TypeError(f"the application returned {type(data).__name__}, not bytes")
+            if listed and not ex.headed and ex.body_error is None and sr.status is not None:
                 ex.respond(sr.status, sr.headers, result)  # the common case: all in one call
                 ex.headed = True
             else:
                 if isinstance(result, FileWrapper) and start_head(ex) and ex.send_file(result):
                     pass
-                elif kind is list or kind is tuple:
+                elif listed:
                     if not ex.headed:
                         start_head(ex)
                     for data in result:
                         if data:
-                            if type(data) is not bytes:
-                                raise TypeError(f"the application returned {type(data).__name__}, not bytes")
                             ex.send_data(data)
                 else:
                     for data in result:

@@ -56,6 +56,10 @@ def app(environ, start_response):
         # int() would take "1_3"; the wire must not
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "1_3")])
         return [b"hello"]
+    if path == "/str-piece":
+        # a list whose second piece is text, not bytes: nothing of it may go out
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "10")])
+        return [b"hello", "world"]
     if path == "/boom-late":
         start_response("200 OK", [("Content-Type", "text/plain")])
 

@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,7 @@ class Conn:
         self.status = 0
         self.served = 0
         self.version = ""
+        self.t = SimpleNamespace(enter=lambda phase: None)  # the transport's timer phase
 
 
 class Worker:
@@ -244,6 +246,54 @@ def test_an_entry_no_longer_current_is_left_to_the_ordinary_path(store: Response
     assert conn.out == [] and worker.counts == []
 
 
+@pytest.mark.parametrize("server_header", [True, False], ids=["server", "no-server"])
+@pytest.mark.parametrize("shape", ["GET", "HEAD", "HTTP/1.0 keep-alive", "absolute-form", "other fields"])
+def test_a_replay_writes_what_answer_wrote(store: ResponseCache, shape: str, server_header: bool) -> None:
+    """learn() after answer(), then replay(): the same bytes out (the clock and Age alike), the same
+    counts, and the protocol object left idle, as the parsed answer leaves it."""
+    worker = Worker(server_header=server_header)
+    fast, _ = fast_for(store, worker)
+    conn = Conn()
+    req = next(requests_of(conn.p, SHAPES[shape]))
+    assert fast.answer(conn, req, "http") == KEEP  # type: ignore[arg-type]
+    fast.learn(SHAPES[shape], req, "http")
+    r = fast.replays[SHAPES[shape]]
+    again = Conn()
+    assert fast.replay(again, r, "http")  # type: ignore[arg-type]
+    assert b"".join(again.out) == b"".join(conn.out)  # (within the same second: Date and Age alike)
+    assert (again.status, again.served) == (conn.status, 1)
+    assert worker.counts == ["hit", "hit"] and worker.requests[0] == worker.requests[1]
+    assert again.p.between_requests and again.p.next_event() is NEED_DATA
+    again.p.receive_data(SHAPES[shape])  # and it parses the next request as it would have
+    assert type(again.p.next_event()) is Request
+
+
+@pytest.mark.parametrize("how", ["stale", "replaced", "dropped", "scheme", "draining", "closing"])
+def test_a_replay_that_would_differ_is_left_to_the_parser(store: ResponseCache, how: str) -> None:
+    worker = Worker()
+    fast, known = fast_for(store, worker, lifetime=60.0)
+    conn = Conn()
+    data = SHAPES["Connection: close" if how == "closing" else "GET"]
+    req = next(requests_of(conn.p, data))
+    action = fast.answer(conn, req, "http")  # type: ignore[arg-type]
+    if how == "closing":  # never remembered: the connection loop learns only what kept it
+        assert action != KEEP
+        return
+    fast.learn(data, req, "http")
+    r = fast.replays[data]
+    if how == "stale":
+        known.expires = time.time() - 1
+    elif how == "replaced":
+        store.store(known.key, Entry("200 OK", HEADERS, BODY, time.time(), 60.0))
+    elif how == "dropped":
+        known.drop()
+    elif how == "draining":
+        worker.keep_wish = False  # the ordinary path answers, with Connection: close
+    again = Conn()
+    assert not fast.replay(again, r, "https" if how == "scheme" else "http")  # type: ignore[arg-type]
+    assert again.out == [] and worker.counts == ["hit"] and again.served == 0
+
+
 def test_a_head_the_protocol_would_rework_is_left_to_the_ordinary_path(store: ResponseCache) -> None:
     """fixed_head() takes only what response_head() writes unchanged: a stored field the
     connection acts on (never stored by cachepolicy, but not the fast path's to assume)."""
@@ -305,10 +355,20 @@ class Srv:
         return self.raw(f"GET {target} HTTP/1.1\r\nHost: h.example\r\n{head}Connection: close\r\n\r\n"
                         .encode())
 
-    def fast(self) -> int:
-        """Requests the fast path has answered so far."""
+    def counts(self) -> tuple[int, int]:
+        """Requests the fast path has answered so far: parsed (answer()), and replayed."""
+        return self.probe()[:2]
+
+    def probe(self) -> tuple[int, int, int]:
+        """/fastcount: answer()'s and replay()'s answers, and the request stage's before() calls
+        (this one's own included)."""
         answer = self.get("/fastcount", *self.probe_fields)
-        return int(answer.rpartition(b"\r\n\r\n")[2])
+        parsed, replayed, befores = answer.rpartition(b"\r\n\r\n")[2].split()
+        return int(parsed), int(replayed), int(befores)
+
+    def fast(self) -> int:
+        """Requests the fast path has answered so far, both ways."""
+        return sum(self.counts())
 
     def warm(self, target: str, *fields: str) -> None:
         """A store, then a hit through the request stage (which points the URL memo at the entry)."""
@@ -418,6 +478,189 @@ def test_an_entry_going_stale_reaches_the_app_again(pair: tuple[Srv, Srv]) -> No
         return b"\r\nAge: " not in answer and fast.calls() == calls + 1
 
     wait_for(refreshed, 5, "the entry to go stale and the app to answer")
+
+
+class Client:
+    """One keep-alive connection that reads one response at a time (by its Content-Length)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def close(self) -> None:
+        self.s.close()
+
+    def send_read(self, data: bytes) -> None:
+        """Send data and wait until the server has read it (its socket's receive queue is empty):
+        the server then has it as one read, or as the end of one."""
+        self.s.sendall(data)
+        mine = self.s.getsockname()[1]
+
+        def read_by_server() -> bool:
+            out = subprocess.run(["ss", "-Htn", "state", "established",
+                                  f"( sport = :{self.port} and dport = :{mine} )"],
+                                 capture_output=True, text=True, timeout=10).stdout.split()
+            return bool(out) and out[0] == "0"
+
+        wait_for(read_by_server, 10, "the server to read what was sent")
+
+    def ask(self, data: bytes, head_only: bool = False) -> bytes:
+        self.send_read(data)
+        return self.response(head_only)
+
+    def response(self, head_only: bool = False) -> bytes:
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        length = 0 if head_only else int(re.search(rb"\r\nContent-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(self.buf) < length:
+            self._more()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return head + b"\r\n\r\n" + body
+
+    def _more(self) -> None:
+        chunk = self.s.recv(65536)
+        assert chunk, f"the server closed the connection; had {self.buf!r}"
+        self.buf += chunk
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_a_read_seen_before_is_answered_again_unparsed(pair: tuple[Srv, Srv], version: str) -> None:
+    """The replay memo: the same bytes in one read, on a kept connection, answered as the parsed
+    request was (byte for byte but Date and Age), counted alike, the app never called."""
+    fast, _ = pair
+    target = f"/r?{CC}&n=replay{version}"
+    fast.warm(target)
+    calls, (parsed, replayed) = fast.calls(), fast.counts()
+    keep = "Connection: keep-alive\r\n" if version == "1.0" else ""
+    get = f"GET {target} HTTP/{version}\r\nHost: h.example\r\n{keep}\r\n".encode()
+    head = f"HEAD {target} HTTP/{version}\r\nHost: h.example\r\n{keep}\r\n".encode()
+    c = Client(fast.port)
+    try:
+        # (a connection's first read may be taken by the HTTP/2 preface check: not this one)
+        c.ask(b"GET /fastcount HTTP/1.1\r\nHost: h.example\r\n\r\n")
+        before = scrape(fast.metrics)
+        gets = [c.ask(get) for _ in range(3)]
+        heads = [c.ask(head, head_only=True) for _ in range(3)]
+        assert c.buf == b""
+    finally:
+        c.close()
+    after = scrape(fast.metrics)
+    assert fast.calls() == calls
+    # the first of each parsed (and remembered), the others replayed
+    assert fast.counts() == (parsed + 2, replayed + 4)
+    assert {masked(a) for a in gets} == {masked(gets[0])} and gets[0].endswith(BODY_END)
+    assert {masked(a) for a in heads} == {masked(heads[0])}
+    assert masked(heads[0]) == masked(gets[0]).partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    for answer in gets + heads:
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nAge: " in answer
+        assert (b"\r\nConnection: keep-alive\r\n" in answer) == (version == "1.0")
+    assert total(after, "greenfork_response_cache_requests_total", result="hit") - \
+        total(before, "greenfork_response_cache_requests_total", result="hit") == 6
+    for method in ("GET", "HEAD"):
+        labels = dict(http_request_method=method, http_response_status_code="200", url_scheme="http",
+                      network_protocol_version=version)
+        assert total(after, "http_server_request_duration_seconds_count", **labels) - \
+            total(before, "http_server_request_duration_seconds_count", **labels) == 3
+
+
+def test_a_head_in_pieces_is_never_replayed_from_a_piece(pair: tuple[Srv, Srv]) -> None:
+    """A request that came in two reads is not remembered under its first: that read alone must
+    wait for the rest (answering it would parse the rest as a request of its own, a 400)."""
+    fast, _ = pair
+    target = f"/r?{CC}&n=pieces"
+    fast.warm(target)
+    whole = f"GET {target} HTTP/1.1\r\nHost: h.example\r\n\r\n".encode()
+    first, rest = whole[:20], whole[20:]
+    c = Client(fast.port)
+    try:
+        for _ in range(3):  # each in two reads
+            c.send_read(first)
+            answer = c.ask(rest)
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(BODY_END)
+        assert c.ask(whole).endswith(BODY_END) and c.ask(whole).endswith(BODY_END)  # learnt, replayed
+        c.send_read(first)
+        answer = c.ask(rest)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(BODY_END) and c.buf == b""
+    finally:
+        c.close()
+
+
+def test_pipelined_reads_are_never_remembered(pair: tuple[Srv, Srv]) -> None:
+    """A read with two requests is parsed, each time: replaying it whole would answer one."""
+    fast, _ = pair
+    target = f"/r?{CC}&n=pipelined"
+    fast.warm(target)
+    one = f"GET {target} HTTP/1.1\r\nHost: h.example\r\n\r\n".encode()
+    _, replayed = fast.counts()
+    c = Client(fast.port)
+    try:
+        for _ in range(3):
+            c.send_read(one * 2)
+            assert c.response().endswith(BODY_END) and c.response().endswith(BODY_END)
+    finally:
+        c.close()
+    assert fast.counts()[1] == replayed
+
+
+def test_a_replay_never_outlives_its_entry(pair: tuple[Srv, Srv]) -> None:
+    """The same bytes reach the app again once the entry is dropped (an unsafe request to the
+    URL) or stale."""
+    fast, _ = pair
+    target = "/r?cc=public%2C%20max-age%3D1&n=replay-stale"
+    fast.warm(target)
+    get = f"GET {target} HTTP/1.1\r\nHost: h.example\r\n\r\n".encode()
+    c = Client(fast.port)
+    try:
+        assert b"\r\nAge: " in c.ask(get) and b"\r\nAge: " in c.ask(get)  # learnt, replayed
+        calls = fast.calls()
+        changed = c.ask(f"POST {target} HTTP/1.1\r\nHost: h.example\r\nContent-Length: 0\r\n\r\n".encode())
+        assert changed.startswith(b"HTTP/1.1 200 ") and fast.calls() == calls + 1
+        answer = c.ask(get)
+        assert b"\r\nAge: " not in answer and fast.calls() == calls + 2  # stored again
+        assert b"\r\nAge: " in c.ask(get)  # a hit, parsed
+        assert b"\r\nAge: " in c.ask(get)  # and replayed
+        calls = fast.calls()
+        wait_for(lambda: b"\r\nAge: " not in c.ask(get), 5, "the entry to go stale")
+        assert fast.calls() == calls + 1
+    finally:
+        c.close()
+
+
+def test_a_read_the_memo_sent_past_the_cache_goes_past_it_again(pair: tuple[Srv, Srv]) -> None:
+    """Pass marks: the same bytes of a request whose URL is not stored (hit-for-pass) skip the
+    cache's lookup (no before()), run the app every time, and leave nothing behind for the
+    connection's next request."""
+    fast, _ = pair
+    target = "/r?n=passmark"  # no Cache-Control: never stored
+    neighbour = f"/r?{CC}&n=passmark-neighbour"
+    fast.warm(neighbour)
+    get = f"GET {target} HTTP/1.1\r\nHost: h.example\r\n\r\n".encode()
+    c = Client(fast.port)
+    try:
+        c.ask(b"GET /fastcount HTTP/1.1\r\nHost: h.example\r\n\r\n")  # (the first read)
+        calls, befores = fast.calls(), fast.probe()[2]
+        before = scrape(fast.metrics)
+        answers = [c.ask(get) for _ in range(10)]
+        hit = c.ask(f"GET {neighbour} HTTP/1.1\r\nHost: h.example\r\n\r\n".encode())
+        after = scrape(fast.metrics)
+    finally:
+        c.close()
+    assert fast.calls() == calls + 10  # the app answered each of them
+    assert all(a.startswith(b"HTTP/1.1 200 ") and b"\r\nAge: " not in a for a in answers)
+    assert {masked(a) for a in answers} == {masked(answers[0])}
+    assert b"\r\nAge: " in hit and hit.endswith(BODY_END)  # the mark was taken by its own request
+    # the first request a miss, the second a pass by the URL memo (learnt), the others by the mark:
+    # before() twice (+ twice more if the 1 s pass lapsed meanwhile), and once for /fastcount
+    assert fast.probe()[2] - befores - 1 <= 4
+
+    def count(result: str) -> float:
+        return total(after, "greenfork_response_cache_requests_total", result=result) - \
+            total(before, "greenfork_response_cache_requests_total", result=result)
+
+    assert count("miss") + count("bypass") == 10 and count("hit") == 1
 
 
 def test_hup_empties_the_cache_for_the_fast_path(launcher: Launcher, tmp_path: Path) -> None:

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from greenfork.workers.cachestage import RULE_KEYS, CacheStage, Known
 from greenfork.workers.h1proto import DRAIN
 from greenfork.workers.request import http_date
 from greenfork.workers.response import fixed_head, head_end
+from greenfork.workers.timers import NONE
 
 if TYPE_CHECKING:
     from greenfork.workers.conn import Connection
@@ -48,13 +49,53 @@ RULE_FIELDS: Final = frozenset({
     b"content-length", b"transfer-encoding", b"authorization", b"if-match", b"if-unmodified-since",
     b"range", b"if-range", b"cache-control", b"pragma", b"if-none-match", b"if-modified-since"})
 NO_WIRE: Final = (b"", 0, 0)  # an entry whose head the fast path does not make (fixed_head: None)
+# The replay memo (see FastHits.replay): reads of at most this many bytes, this many of them per
+# worker (emptied when full): a client sending distinct heads on purpose costs under 2 MiB.
+REPLAY_READ_MAX: Final = 4096
+REPLAYS_MAX: Final = 256
+
+
+@final
+class Replay:
+    """A read that held one plain request the fast path answered: the same bytes again are the
+    same request, with the same answer while its entry stays fresh and current."""
+
+    __slots__ = ("age", "body", "code", "head", "memo", "post", "pre", "req", "scheme", "second", "tail")
+
+    def __init__(self, memo: Known, req: Request, scheme: str, wire: tuple[bytes, int, int],
+                 end: bytes) -> None:
+        self.memo = memo
+        self.req = req  # for the metrics' labels (method, version); never handed to anyone
+        self.scheme = scheme
+        head, self.code, length = wire
+        self.body = memo.entry.body if req.method == "GET" and length else b""
+        # the head is pre + Age + post + Date + tail; end is what head_end() writes, Date empty
+        date_at = end.index(b"Date: ") + 6
+        self.pre = head + b"Age: "
+        self.post = b"\r\n" + end[:date_at]
+        self.tail = end[date_at:]
+        self.second = -1  # the head below is for this second of the clock and this Age
+        self.age = -1
+        self.head = b""
+
+
+@final
+class Pass:
+    """A read that held one plain request the URL memo sent past the cache (hit-for-pass): the
+    same bytes again go past it too, until then, without before() building the URL to learn so."""
+
+    __slots__ = ("scheme", "until")
+
+    def __init__(self, until: float, scheme: str) -> None:
+        self.until = until
+        self.scheme = scheme
 
 
 class FastHits:
     """One per worker, over its cache stage's memos."""
 
-    __slots__ = ("count", "fields", "hosts", "hot", "metrics", "script_name", "secret_name", "secret_value",
-                 "server", "stage", "store", "timed", "urls")
+    __slots__ = ("answered", "count", "fields", "hosts", "hot", "metrics", "replays", "script_name",
+                 "secret_name", "secret_value", "server", "stage", "store", "timed", "urls")
 
     def __init__(self, server: WorkerServer, stage: CacheStage, gate: Gate | None = None) -> None:
         # header names (lowercase) that send a request to the request stage: the rules' fields and
@@ -80,6 +121,9 @@ class FastHits:
         self.script_name = stage.script_name
         self.metrics = server.metrics
         self.timed = server.timed
+        # the replay memo: a read's bytes -> what answered them (the connection loop looks it up)
+        self.replays: dict[bytes, Replay | Pass] = {}
+        self.answered: Known | None = None  # the entry of the request answer() answered last
 
     def scheme(self, base: dict[str, Any], extra: dict[str, Any]) -> str | None:
         """The key's scheme for a connection's requests, or None: the connection adds environ
@@ -148,12 +192,75 @@ class FastHits:
         conn.served += 1
         if self.timed:
             self.metrics.request(conn, req, "", started)
+        self.answered = memo
+        stage = self.stage
+        if stage.skip is conn:  # a pass mark's, for a URL with an entry since: it is taken here
+            stage.skip = None
         action = p.after_response()
         if action == DRAIN:  # (never: a request with a body has a field in RULE_FIELDS)
             p.abort()
             action = p.after_response()
         return action
 
+    # ------------------------------------------------------------------ the replay memo
+    # What answer() costs a hit is mostly the parse before it (llhttp and its callbacks, the
+    # Request, the protocol's moves) and its own tests, all of them functions of the request's bytes
+    # and of settings fixed for the worker's life. So a read that held exactly one request, read at a
+    # request boundary on an idle connection, and answered by answer() with the connection kept,
+    # is remembered by its bytes: the same bytes on a connection of the same scheme are answered
+    # again without being parsed, as long as the entry is fresh and current in the store (what
+    # answer() tests, the only parts that change). The protocol object is idle before and after: a
+    # bodiless request answered whole with keep-alive moves it REQUEST, HEAD, END_KEEP, NEXT, back
+    # to IDLE, so skipping those moves leaves it where they would. A replay that would close the
+    # connection (the worker stopping: keep_wish) takes the ordinary path, which says so.
+
+    def learn(self, data: bytes, req: Request, scheme: str) -> None:
+        """After answer() kept the connection, for the read `data` that held just `req`."""
+        memo, self.answered = self.answered, None
+        if memo is None or memo.wire is None or len(data) > REPLAY_READ_MAX:
+            return
+        end = head_end(True, req.version, b"", self.server.server_header)
+        self._keep(data, Replay(memo, req, scheme, memo.wire, end))
+
+    def learn_pass(self, data: bytes, scheme: str) -> None:
+        """After the URL memo sent the request in `data` (all of it) past the cache, and the
+        connection was kept."""
+        if len(data) <= REPLAY_READ_MAX:
+            self._keep(data, Pass(self.stage.passed_until, scheme))
+
+    def _keep(self, data: bytes, what: Replay | Pass) -> None:
+        replays = self.replays
+        if len(replays) >= REPLAYS_MAX:
+            replays.clear()
+        replays[data] = what
+
+    def replay(self, conn: Connection, r: Replay, scheme: str) -> bool:
+        """Answer a read whose bytes are a remembered request (see above); False: nothing was done,
+        the read goes to the parser."""
+        memo = r.memo
+        now = time.time()
+        if now >= memo.expires or not self.store.current(memo.way, memo.tag, memo.off) or r.scheme != scheme:
+            return False
+        if not self.server.keep_wish:
+            return False
+        started = time.monotonic() if self.timed else 0.0
+        self.count("hit")
+        e = memo.entry
+        age = int(e.initial_age + max(0.0, now - e.stored_at))
+        second = int(now)
+        if second != r.second or age != r.age:
+            r.head = b"%b%d%b%b%b" % (r.pre, age, r.post, http_date(), r.tail)
+            r.second, r.age = second, age
+        out = conn.out
+        out.append(r.head)
+        if r.body:
+            out.append(r.body)
+        conn.status = r.code
+        conn.served += 1
+        conn.t.enter(NONE)
+        if self.timed:
+            self.metrics.request(conn, r.req, "", started)
+        return True
 
     def _secret_ok(self, req: Request) -> bool:
         """--require-header as the gate checks it: the field once, with its value (repeated, the

@@ -221,6 +221,13 @@ class CacheStage:
         # emptied: a target not in it has no Known in the memo, so the HTTP/1.1 fast path
         # (workers/cachefast.py) leaves the request to this stage after one set lookup
         self.hot: set[bytes] = set()
+        # The HTTP/1.1 fast path's pass marks (workers/cachefast.py): the request the memo sent past
+        # the cache last, and until when (for FastHits.learn_pass); and the connection whose next
+        # request the fast path knows goes past it (a read seen before), which skips before().
+        # Taken by that connection's next request whatever it is: a mark never outlives it.
+        self.passed_req: Request | None = None
+        self.passed_until = 0.0
+        self.skip: object = None
 
     # ------------------------------------------------------------------ before the app
     def before(self, ex: Exchange, req: Request, env: dict[str, Any],
@@ -236,6 +243,8 @@ class CacheStage:
         if type(memo) is float and memo > now and method == "GET" and not req.upgrade:
             if self.counting:
                 self.count("bypass")
+            self.passed_req = req
+            self.passed_until = memo
             return None
         if method != "GET" and method != "HEAD":
             self.count("bypass")

@@ -23,6 +23,7 @@ from gevent import GreenletExit
 
 from greenfork.master import tlsinfo
 from greenfork.workers import front, websocket_pipeline
+from greenfork.workers.cachefast import Pass
 from greenfork.workers.h1proto import (
     CLOSED,
     DRAIN,
@@ -46,6 +47,7 @@ from greenfork.workers.websocket import Upgrade
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse
 
 if TYPE_CHECKING:
+    from greenfork.workers.cachefast import Replay
     from greenfork.workers.h2conn import H2Driver
     from greenfork.workers.worker import ListenerContext, WorkerServer
 
@@ -180,12 +182,17 @@ class Connection:
         fast = self.server.fast
         scheme = ""
         hot: set[bytes] | frozenset[bytes] = frozenset()
+        replays: dict[bytes, Replay | Pass] = {}
+        passing: Any = None  # the cache stage, for pass marks
+        fresh: bytes | None = None  # a read that began at a request boundary (for fast.learn)
         if fast is not None:
             scheme = fast.scheme(self.ctx.base_environ, self.extra) or ""
             if not scheme:
                 fast = None
             else:
                 hot = fast.hot  # the targets it may answer (one set lookup, before any call)
+                replays = fast.replays  # reads it answers unparsed (cachefast.FastHits.replay)
+                passing = fast.stage
         while True:
             ev = p.next_event()
             if ev is NEED_DATA:
@@ -193,7 +200,8 @@ class Connection:
                 # The keep-alive timeout runs between requests; a new connection and a
                 # started head share the headers timeout, counted from the connection's
                 # start or from the request's first byte (not per read).
-                if p.between_requests:
+                boundary = p.between_requests
+                if boundary:
                     if self.served:
                         if t.phase != IDLE:
                             t.enter(IDLE)
@@ -215,12 +223,33 @@ class Connection:
                 except Expired as e:
                     self._timed_out(e)
                     return p.must_linger()
+                if boundary and fast is not None:
+                    fresh = data
+                    r = replays.get(data)
+                    if r is not None:
+                        if type(r) is Pass:
+                            # the URL memo sends it past the cache: the request stage is told so
+                            # (its before() would find the same; cachefast.Pass)
+                            if r.until > time.time() and r.scheme == scheme:
+                                passing.skip = self
+                        elif fast.replay(self, r, scheme):
+                            continue  # answered; the protocol object is idle, as it was
+                else:
+                    fresh = None  # (a head in several reads is never remembered)
                 p.receive_data(data)
             elif type(ev) is Request:
                 if t.phase != NONE:  # (a pipelined request finds it so already)
                     t.enter(NONE)
+                read, fresh = fresh, None
                 if fast is None or ev.target not in hot or (action := fast.answer(self, ev, scheme)) is None:
                     action = self._handle(ev)
+                    # the read held this request and nothing more, which the URL memo sent past
+                    # the cache: remember so (a pass mark)
+                    if read is not None and fast is not None and passing.passed_req is ev \
+                            and action == KEEP and p.between_requests:
+                        fast.learn_pass(read, scheme)
+                elif read is not None and action == KEEP and p.between_requests:
+                    fast.learn(read, ev, scheme)  # the read held this request and nothing more
                 if action != KEEP:
                     if self.upgraded is not None and self.upgraded.taken_over:
                         return self._taken_over(self.upgraded)

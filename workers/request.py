@@ -146,8 +146,17 @@ class RequestStage:
         # there without the app; a miss that may be stored runs the app through the Fill, which
         # keeps its body. With the cache off this is one attribute test.
         fill: Fill | None = None
-        if self.cache is not None and not err:  # (not when the gate answered)
-            got = self.cache.before(ex, req, env, started)
+        cache = self.cache
+        if cache is not None:
+            if cache.skip is ex:  # the fast path knows it goes past the cache (a pass mark)
+                cache.skip = None
+                if cache.counting and not err:
+                    cache.count("bypass")
+                got = None
+            elif err:  # (not when the gate answered)
+                got = None
+            else:
+                got = cache.before(ex, req, env, started)
             if got is not None:
                 if got is Hit.HIT:
                     return

@@ -463,16 +463,19 @@ def wsproto_only(**kw: int) -> WebSocketProtocol:
     return p
 
 
-def outcome(p: WebSocketProtocol, pieces: list[bytes]) -> tuple[list[object], list[object], State]:
+def outcome(p: WebSocketProtocol, pieces: list[bytes],
+            one: bool = False) -> tuple[list[object], list[object], State]:
     """Everything that came of the pieces: events, frames to send, the state at the end. (Which
     piece an event comes with may differ: the fast path takes a small frame once it is whole,
-    wsproto as its bytes come.)"""
+    wsproto as its bytes come.) one: each piece is offered to receive_one() first, as the
+    session does."""
     events: list[object] = []
     sent: list[object] = []
     for piece in pieces:
         if p.state is State.CLOSED:
             break  # (the session stops reading)
-        for ev in p.receive(piece):
+        msg = p.receive_one(piece) if one else None
+        for ev in [msg] if msg is not None else p.receive(piece):
             if isinstance(ev, Closed):
                 events.append(("closed", ev.code, ev.by_peer))
             elif isinstance(ev, Pong):
@@ -507,6 +510,44 @@ def test_fuzz_fast_path_matches_wsproto(seq: list[bytes], data: st.DataObject,
     pieces = [p for p in pieces if p]
     kw = {"max_message_size": limits[0], "max_frame_size": limits[1]}
     assert outcome(proto(**kw), pieces) == outcome(wsproto_only(**kw), pieces)
+    assert outcome(proto(**kw), pieces, one=True) == outcome(wsproto_only(**kw), pieces)
+
+
+@FUZZ
+@given(st.lists(long_frames, min_size=1, max_size=6), st.sampled_from([(1 << 20, 1 << 20), (100, 60)]))
+def test_fuzz_one_frame_per_read_matches_wsproto(seq: list[bytes], limits: tuple[int, int]) -> None:
+    # Reads of one frame each, the case receive_one() takes: the same messages, replies and end.
+    kw = {"max_message_size": limits[0], "max_frame_size": limits[1]}
+    assert outcome(proto(**kw), seq, one=True) == outcome(wsproto_only(**kw), seq)
+
+
+@pytest.mark.parametrize(("name", "before", "data"), [
+    ("two frames in one read", b"", frame(TEXT, b"a") + frame(TEXT, b"b")),
+    ("a frame cut short", b"", frame(TEXT, b"abc")[:-1]),
+    ("its rest after a piece", frame(TEXT, b"abc")[:3], frame(TEXT, b"abc")[3:]),
+    ("a fragment in progress", frame(TEXT, b"frag", fin=False), frame(CONT, b"ment")),
+    ("a frame while fragments go on", frame(TEXT, b"frag", fin=False), frame(TEXT, b"x")),
+    ("unmasked", b"", frame(TEXT, b"a", mask=False)),
+    ("reserved bit", b"", frame(TEXT, b"a", rsv=4)),
+    ("not final", b"", frame(TEXT, b"a", fin=False)),
+    ("a ping", b"", frame(PING, b"a")),
+    ("a close", b"", frame(CLOSE, close_payload(1000))),
+    ("invalid UTF-8", b"", frame(TEXT, b"\xff")),
+    ("a 16-bit length", b"", frame(TEXT, b"x" * 126)),
+    ("after our close", b"close", frame(TEXT, b"a")),
+    ("over the frame limit", b"limit", frame(TEXT, b"x" * 50)),
+])
+def test_receive_one_takes_nothing_but_one_whole_small_message(name: str, before: bytes, data: bytes) -> None:
+    p = proto(max_frame_size=40) if before == b"limit" else proto()
+    if before == b"close":
+        p.close()
+    elif before and before != b"limit":
+        p.receive(before)
+    assert p.receive_one(data) is None
+    fresh = proto()
+    assert fresh.receive_one(frame(TEXT, "é!".encode())) == "é!"
+    assert fresh.receive_one(frame(BINARY, b"\x00\xff")) == bytearray(b"\x00\xff")
+    assert fresh.receive_one(frame(TEXT, b"")) == ""
 
 
 def test_fast_path_frames_between_fragments_and_in_pieces() -> None:

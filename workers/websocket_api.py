@@ -143,7 +143,7 @@ class WebSocket:
             up = self._open()
         if binary is None and type(message) is str:  # the common case, first
             try:
-                up.send(message, len(message) if message.isascii() else len(message.encode()))
+                up.send(message, -1)  # (its UTF-8 length is counted only if metrics keep it)
             except WebSocketError:
                 self.current_app.on_close(MSG_SOCKET_DEAD)
                 raise

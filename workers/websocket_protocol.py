@@ -256,6 +256,26 @@ class WebSocketProtocol:
             events.append(self._fail(TOO_BIG, str(e)))
         return events
 
+    def receive_one(self, data: bytes) -> Message | None:
+        """The commonest read, taken whole without the event list: `data` is exactly one
+        masked, unfragmented text or binary frame under 126 bytes (valid UTF-8 for text),
+        read while OPEN with nothing buffered and no fragmented message in progress. Returns the
+        message; None: not that read, nothing was taken (give it to receive(), which reports
+        what is wrong with it, if anything)."""
+        n = len(data) - 6
+        if n < 0 or n >= 126 or data[1] != 0x80 | n or self._buf or self._through or self._fragmented \
+                or self.state is not State.OPEN or n > self._fast_in:
+            return None
+        b0 = data[0]
+        if b0 == 0x81:
+            try:
+                return _unmask(data[6:], data[2:6]).decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        if b0 == 0x82:
+            return bytearray(_unmask(data[6:], data[2:6]))
+        return None
+
     def _receive(self, buf: bytes, events: list[Event]) -> None:
         """Frame by frame. The common frame (a whole unfragmented masked text or binary
         message, no reserved bits, its payload under FAST_MAX, in its minimal length form)

@@ -298,19 +298,24 @@ class Upgrade:
 
     # ---------------------------------------------------------------- messages (wsgi.websocket)
     def send(self, message: str | bytes | bytearray | memoryview, size: int) -> None:
+        """size: the message's bytes for the metrics; -1 for a str not yet measured."""
         with self.send_lock:
             proto = self.proto
             if proto is None or proto.state is not State.OPEN or self.finished:
                 raise WebSocketError("Socket is dead")
             data = proto.send(message)
+            # (_write, inline: one frame per message, the commonest write)
+            self.in_send = gevent.getcurrent()
             try:
-                self._write(data)
+                self.stream.send(data)
             except (OSError, Aborted) as e:
                 self._shutdown(ABNORMAL)
                 raise WebSocketError("Socket is dead") from e
+            finally:
+                self.in_send = None
         self.msgs += 1
         if self.observer.sizes:
-            self.observer.sent(size)
+            self.observer.sent(utf8_len(message) if size < 0 and type(message) is str else size)
 
     def send_control(self, make: Callable[[], bytes]) -> bool:
         """Send the frame make() returns (a WebSocketProtocol call, made under the lock so
@@ -423,7 +428,18 @@ class Upgrade:
         try:
             if data is None:
                 data = self._recv()
-            return self._process(proto, data)
+            msg = proto.receive_one(data)
+            if msg is None:
+                return self._process(proto, data)
+            # the commonest read: one small whole message, nothing else (see receive_one)
+            self.inbox.append(msg)
+            self.msgs += 1
+            observer = self.observer
+            if observer.sizes:
+                observer.received(utf8_len(msg) if type(msg) is str else len(msg))
+            if self.waiting:
+                self.arrived.set()
+            return True
         except Aborted:
             return False
         except OSError as e:  # the client reset the connection, or the stream failed

@@ -73,7 +73,8 @@ class Exchange:
         if end:
             self.out.append(end)
 
-    def respond(self, status: str, headers: list[tuple[str, str]], body: list[bytes] | tuple[bytes, ...]) -> None:
+    def respond(self, status: str, headers: list[tuple[str, str]],
+                body: list[bytes] | tuple[bytes, ...]) -> None:
         self.p.respond(status, headers, body, self.out, date=http_date(), server=True, keep_alive=True)
         self.status = self.p.status
 

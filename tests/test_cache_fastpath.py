@@ -294,6 +294,21 @@ def test_a_replay_that_would_differ_is_left_to_the_parser(store: ResponseCache, 
     assert again.out == [] and worker.counts == ["hit"] and again.served == 0
 
 
+def test_lapsed_pass_marks_are_dropped(store: ResponseCache) -> None:
+    worker = Worker()
+    fast, _ = fast_for(store, worker)
+    fast.stage.passed_until = time.time() - 0.1
+    fast.learn_pass(b"lapsed", "http")
+    fast.stage.passed_until = time.time() + 5
+    fast.learn_pass(b"current", "http")
+    conn = Conn()
+    req = next(requests_of(conn.p, SHAPES["GET"]))
+    fast.answer(conn, req, "http")  # type: ignore[arg-type]
+    fast.learn(SHAPES["GET"], req, "http")
+    fast.expire()
+    assert sorted(fast.replays) == sorted([b"current", SHAPES["GET"]])  # (replays are the entry's)
+
+
 def test_a_head_the_protocol_would_rework_is_left_to_the_ordinary_path(store: ResponseCache) -> None:
     """fixed_head() takes only what response_head() writes unchanged: a stored field the
     connection acts on (never stored by cachepolicy, but not the fast path's to assume)."""
@@ -661,6 +676,23 @@ def test_a_read_the_memo_sent_past_the_cache_goes_past_it_again(pair: tuple[Srv,
             total(before, "greenfork_response_cache_requests_total", result=result)
 
     assert count("miss") + count("bypass") == 10 and count("hit") == 1
+
+    # and the marks lapse with their pass (dropped every half second): the same bytes reach
+    # before() again
+    c = Client(fast.port)
+    try:
+        c.ask(b"GET /fastcount HTTP/1.1\r\nHost: h.example\r\n\r\n")
+        c.ask(get)
+        c.ask(get)  # (a mark, learnt now if the old one had lapsed)
+
+        def looked_up_again() -> bool:
+            start = fast.probe()[2]  # (counted before the app answers: this probe's call included)
+            c.ask(get)
+            return fast.probe()[2] - start == 2  # the next probe's call, and the get's
+
+        wait_for(looked_up_again, 10, "a pass mark to lapse")
+    finally:
+        c.close()
 
 
 def test_hup_empties_the_cache_for_the_fast_path(launcher: Launcher, tmp_path: Path) -> None:

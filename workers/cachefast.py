@@ -27,6 +27,7 @@ one local name per request.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from greenfork.workers.http1 import Request
     from greenfork.workers.worker import WorkerServer
 
+log = logging.getLogger("greenfork.worker")
+
 # The header names (lowercase) whose environ keys are cachestage.RULE_KEYS: a request with any of
 # them goes through the rules (the ordinary path). A name with "_" never reaches the environ.
 RULE_FIELDS: Final = frozenset({
@@ -53,6 +56,7 @@ NO_WIRE: Final = (b"", 0, 0)  # an entry whose head the fast path does not make 
 # worker (emptied when full): a client sending distinct heads on purpose costs under 2 MiB.
 REPLAY_READ_MAX: Final = 4096
 REPLAYS_MAX: Final = 256
+MARK_SWEEP: Final = 0.5  # seconds between drops of lapsed pass marks: a mark outlives its pass by less
 
 
 @final
@@ -61,6 +65,7 @@ class Replay:
     same request, with the same answer while its entry stays fresh and current."""
 
     __slots__ = ("age", "body", "code", "head", "memo", "post", "pre", "req", "scheme", "second", "tail")
+    past = False
 
     def __init__(self, memo: Known, req: Request, scheme: str, wire: tuple[bytes, int, int],
                  end: bytes) -> None:
@@ -82,9 +87,12 @@ class Replay:
 @final
 class Pass:
     """A read that held one plain request the URL memo sent past the cache (hit-for-pass): the
-    same bytes again go past it too, until then, without before() building the URL to learn so."""
+    same bytes again go past it too, without before() building the URL to learn so. No clock is
+    read per request: FastHits.expire() drops the marks whose pass has lapsed, every
+    MARK_SWEEP seconds."""
 
     __slots__ = ("scheme", "until")
+    past = True  # (the connection loop tells the two kinds apart by this)
 
     def __init__(self, until: float, scheme: str) -> None:
         self.until = until
@@ -95,7 +103,7 @@ class FastHits:
     """One per worker, over its cache stage's memos."""
 
     __slots__ = ("answered", "count", "fields", "hosts", "hot", "metrics", "replays", "script_name",
-                 "secret_name", "secret_value", "server", "stage", "store", "timed", "urls")
+                 "secret_name", "secret_value", "server", "stage", "store", "timed", "timer", "urls")
 
     def __init__(self, server: WorkerServer, stage: CacheStage, gate: Gate | None = None) -> None:
         # header names (lowercase) that send a request to the request stage: the rules' fields and
@@ -124,6 +132,7 @@ class FastHits:
         # the replay memo: a read's bytes -> what answered them (the connection loop looks it up)
         self.replays: dict[bytes, Replay | Pass] = {}
         self.answered: Known | None = None  # the entry of the request answer() answered last
+        self.timer: Any = None  # expires pass marks (start())
 
     def scheme(self, base: dict[str, Any], extra: dict[str, Any]) -> str | None:
         """The key's scheme for a connection's requests, or None: the connection adds environ
@@ -228,15 +237,38 @@ class FastHits:
         if len(data) <= REPLAY_READ_MAX:
             self._keep(data, Pass(self.stage.passed_until, scheme))
 
+    def expire(self) -> None:
+        """Drop the pass marks whose pass has lapsed (from a loop timer: see start())."""
+        now = time.time()
+        replays = self.replays
+        for data, r in list(replays.items()):
+            if type(r) is Pass and r.until <= now:
+                del replays[data]
+
+    def start(self, loop: Any) -> None:
+        """Expire pass marks every MARK_SWEEP seconds, from a raw loop timer (it runs in the hub and
+        keeps no loop alive)."""
+        timer = loop.timer(MARK_SWEEP, MARK_SWEEP, ref=False)
+        timer.start(self._safe_expire)
+        self.timer = timer
+
+    def _safe_expire(self) -> None:
+        try:
+            self.expire()
+        except Exception:  # never let the timer stop
+            log.exception("expiring the response cache's pass marks failed")
+
     def _keep(self, data: bytes, what: Replay | Pass) -> None:
         replays = self.replays
         if len(replays) >= REPLAYS_MAX:
             replays.clear()
         replays[data] = what
 
-    def replay(self, conn: Connection, r: Replay, scheme: str) -> bool:
+    def replay(self, conn: Connection, r: Replay | Pass, scheme: str) -> bool:
         """Answer a read whose bytes are a remembered request (see above); False: nothing was done,
-        the read goes to the parser."""
+        the read goes to the parser. (The connection loop hands it Replays only: not r.past.)"""
+        if TYPE_CHECKING:
+            assert type(r) is Replay
         memo = r.memo
         now = time.time()
         if now >= memo.expires or not self.store.current(memo.way, memo.tag, memo.off) or r.scheme != scheme:

@@ -23,7 +23,6 @@ from gevent import GreenletExit
 
 from greenfork.master import tlsinfo
 from greenfork.workers import front, websocket_pipeline
-from greenfork.workers.cachefast import Pass
 from greenfork.workers.h1proto import (
     CLOSED,
     DRAIN,
@@ -47,7 +46,7 @@ from greenfork.workers.websocket import Upgrade
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse
 
 if TYPE_CHECKING:
-    from greenfork.workers.cachefast import Replay
+    from greenfork.workers.cachefast import Pass, Replay
     from greenfork.workers.h2conn import H2Driver
     from greenfork.workers.worker import ListenerContext, WorkerServer
 
@@ -185,6 +184,7 @@ class Connection:
         replays: dict[bytes, Replay | Pass] = {}
         passing: Any = None  # the cache stage, for pass marks
         fresh: bytes | None = None  # a read that began at a request boundary (for fast.learn)
+        marked = False  # the read just parsed carries a pass mark: its request goes past the cache
         if fast is not None:
             scheme = fast.scheme(self.ctx.base_environ, self.extra) or ""
             if not scheme:
@@ -227,11 +227,12 @@ class Connection:
                     fresh = data
                     r = replays.get(data)
                     if r is not None:
-                        if type(r) is Pass:
+                        if r.past:
                             # the URL memo sends it past the cache: the request stage is told so
                             # (its before() would find the same; cachefast.Pass)
-                            if r.until > time.time() and r.scheme == scheme:
+                            if r.scheme == scheme:
                                 passing.skip = self
+                                marked = True
                         elif fast.replay(self, r, scheme):
                             continue  # answered; the protocol object is idle, as it was
                 else:
@@ -241,11 +242,14 @@ class Connection:
                 if t.phase != NONE:  # (a pipelined request finds it so already)
                     t.enter(NONE)
                 read, fresh = fresh, None
-                if fast is None or ev.target not in hot or (action := fast.answer(self, ev, scheme)) is None:
+                if marked or fast is None or ev.target not in hot \
+                        or (action := fast.answer(self, ev, scheme)) is None:
                     action = self._handle(ev)
+                    if marked:  # (one request: the same bytes parsed before held just one)
+                        marked = False
                     # the read held this request and nothing more, which the URL memo sent past
                     # the cache: remember so (a pass mark)
-                    if read is not None and fast is not None and passing.passed_req is ev \
+                    elif read is not None and fast is not None and passing.passed_req is ev \
                             and action == KEEP and p.between_requests:
                         fast.learn_pass(read, scheme)
                 elif read is not None and action == KEEP and p.between_requests:

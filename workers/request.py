@@ -152,16 +152,13 @@ class RequestStage:
                 cache.skip = None
                 if cache.counting and not err:
                     cache.count("bypass")
-                got = None
-            elif err:  # (not when the gate answered)
-                got = None
-            else:
+            elif not err:  # (not when the gate answered)
                 got = cache.before(ex, req, env, started)
-            if got is not None:
-                if got is Hit.HIT:
-                    return
-                fill = got
-                app = fill.wrap(app)
+                if got is not None:
+                    if got is Hit.HIT:
+                        return
+                    fill = got
+                    app = fill.wrap(app)
         # The request queue limit (workers/overload.py), after the cache: hits are answered even
         # when the worker is full; past the limit the rest get 503 now.
         if self.queue is not None and not err and self.queue.over(req):

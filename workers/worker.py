@@ -190,6 +190,8 @@ class WorkerServer:
         if info.hooks is not None and not hookpoints.attach(self):  # server hooks (issue 16)
             return EXIT_BOOT
         self.fast = cachefast.attach(self)  # after mounts and hooks: either one turns it off
+        if self.fast is not None:
+            self.fast.start(self.hub.loop)
         base = self._base_environ()
         shares = steps(self)  # issue 17
         proxy_front = fronts(self.settings)  # issue 14: each listener's PROXY requirement

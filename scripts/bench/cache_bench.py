@@ -6,9 +6,10 @@
 Two servers of the same build, each one worker pinned to CPU 0 (wrk runs on CPU 1), serving
 scripts/bench/apps.py:paths: `/` hello world, `/page` a 4 KiB page the app renders every time,
 `/cached` the same page with `Cache-Control: public` (a hit after the first request). Server `off`
-runs without the cache, server `on` with --response-cache 64MiB (--size). Rounds interleave the servers
-and the paths; each run reports requests/s from wrk and the worker's CPU microseconds per request
-(user + system, from /proc), the figure that does not depend on wrk keeping up. The table gives
+runs without the cache, server `on` with --response-cache 64MiB (--size). Both run throughout;
+each round measures every path on both servers back to back (the order alternates between rounds),
+a pair per path and round. Each run reports requests/s from wrk and the worker's CPU microseconds
+per request (user + system, from /proc), the figure that does not depend on wrk keeping up. The table gives
 the medians and the ratios the issue asks about:
 
 - hits against hello on the same server (`on /cached` vs `on /`), and against the page rendered;
@@ -80,6 +81,18 @@ def wrk(port: int, path: str, seconds: int, conns: int) -> int:
     return int(m.group(1))
 
 
+def paired(off: list[float], on: list[float]) -> str:
+    """The change from off to on, from each round's pair of runs (back to back, so the machine's
+    drift between rounds cancels): the mean of the pairs' changes and its standard error; with
+    the medians' change, which the noise of single runs moves by a few percent."""
+    changes = [(b / a - 1) * 100 for a, b in zip(off, on, strict=True)]
+    mean = statistics.fmean(changes)
+    se = statistics.stdev(changes) / len(changes) ** 0.5 if len(changes) > 1 else float("nan")
+    medians = (statistics.median(on) / statistics.median(off) - 1) * 100
+    return (f"{mean:+.1f}% CPU per request (mean of {len(changes)} pairs, standard error {se:.1f}%: "
+            f"95% under {mean + 2 * se:+.1f}%); medians {medians:+.1f}%")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -91,12 +104,13 @@ def main() -> int:
     hz = os.sysconf("SC_CLK_TCK")
     cpu: dict[tuple[str, str], list[float]] = {}
     rps: dict[tuple[str, str], list[float]] = {}
-    for rnd in range(a.rounds):
-        order = list(SERVERS) if rnd % 2 == 0 else list(reversed(SERVERS))
-        for name in order:
-            proc, port, worker = start(SERVERS[name])
-            try:
-                for path in PATHS:
+    servers = {name: start(extra) for name, extra in SERVERS.items()}  # both live, one loaded at a time
+    try:
+        for rnd in range(a.rounds):
+            order = list(SERVERS) if rnd % 2 == 0 else list(reversed(SERVERS))
+            for path in PATHS:
+                for name in order:  # (each path's two runs back to back: a pair)
+                    _, port, worker = servers[name]
                     wrk(port, path, 1, a.connections)  # warm-up (and the cache's first store)
                     t0 = ticks(worker)
                     n = wrk(port, path, a.duration, a.connections)
@@ -105,9 +119,11 @@ def main() -> int:
                     rps.setdefault((name, path), []).append(n / a.duration)
                     print(f"round {rnd + 1} {name:3} {path:8} {n / a.duration:>9,.0f} rps {us:6.2f} us/req",
                           file=sys.stderr, flush=True)
-            finally:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(15)
+    finally:
+        for proc, _, _ in servers.values():
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc, _, _ in servers.values():
+            proc.wait(15)
     med = {k: statistics.median(v) for k, v in cpu.items()}
     mrps = {k: statistics.median(v) for k, v in rps.items()}
     print("\n| server | path | requests/s | CPU us/request |")
@@ -119,8 +135,7 @@ def main() -> int:
           f"by requests/s: {mrps['on', '/cached'] / mrps['on', '/']:.2f}x")
     print(f"hits vs the page rendered, same server: {med['on', '/page'] / med['on', '/cached']:.2f}x")
     for path in ("/", "/page"):
-        change = (med["on", path] / med["off", path] - 1) * 100
-        print(f"cache on vs off, {path}: {change:+.1f}% CPU per request")
+        print(f"cache on vs off, {path}: {paired(cpu['off', path], cpu['on', path])}")
     return 0
 
 

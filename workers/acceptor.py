@@ -64,6 +64,16 @@ class Acceptor:
         # holds a whole head for a target (delegation_inline.py); None on other listeners
         inline = ctx.inline
         data: bytes | None = b""
+        # TCP_NODELAY (our answers go out whole; Nagle would hold a pipelined one back): set on
+        # the listening socket, Linux's accepted sockets inherit it, which saves a system call a
+        # connection. The first connection tells whether they do; if not, each one gets it.
+        nodelay_each = False  # set it on each accepted socket (they did not inherit it)
+        if tcp:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        check = tcp  # (until one connection has told)
 
         def full() -> bool:
             return len(connections) >= limit
@@ -96,7 +106,10 @@ class Acceptor:
                         if data is None:
                             continue  # handed over (its ACK is awaited in the hub)
                     client.setblocking(False)
-                    if tcp:
+                    if check:
+                        nodelay_each = not client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                        check = False
+                    if nodelay_each:
                         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError as e:  # reset before we got to it
                     log.debug("dropped a connection at accept: %s", e)

@@ -1,0 +1,113 @@
+"""What a worker's accepted sockets carry: TCP_NODELAY (our answers go out whole; Nagle would
+hold back the second small write of a streamed or pipelined answer until the client's delayed
+ACK). The worker sets it on the listening socket and Linux's accepted sockets inherit it
+(workers/acceptor.py), which saves a system call per connection; these tests look at the
+sockets themselves, from outside: pidfd_getfd(2) copies the worker's descriptor into the test
+(root, Linux 5.6 or later), and getsockopt reads the option there."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from tests.procs import Launcher, wait_for
+
+SYS_PIDFD_GETFD = 438  # (x86_64 and aarch64 alike)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0,
+                                reason="pidfd_getfd needs Linux and ptrace rights over the worker")
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+@contextmanager
+def copied(pid: int, fd: int) -> Iterator[socket.socket]:
+    """The socket behind descriptor `fd` of process `pid`, copied into this process."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        mine = _libc().syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if mine < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"pidfd_getfd({pid}, {fd}): {os.strerror(err)}")
+    finally:
+        os.close(pidfd)
+    s = socket.socket(fileno=mine)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def socket_fds(pid: int) -> list[int]:
+    out = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                out.append(int(name))
+        except OSError:
+            pass  # closed meanwhile
+    return out
+
+
+def accepted_by(pid: int, client: socket.socket) -> dict[str, int] | None:
+    """TCP_NODELAY of the worker's socket whose peer is `client`, and of the listener it came
+    from; None while the worker has not accepted it yet."""
+    found: dict[str, int] = {}
+    for fd in socket_fds(pid):
+        try:
+            with copied(pid, fd) as s:
+                if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
+                    continue
+                nodelay = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                if s.getsockname() == client.getpeername() and s.getsockopt(socket.SOL_SOCKET,
+                                                                            socket.SO_ACCEPTCONN):
+                    found["listener"] = nodelay
+                else:
+                    try:
+                        if s.getpeername() == client.getsockname():
+                            found["accepted"] = nodelay
+                    except OSError:
+                        pass  # not connected
+        except OSError:
+            continue  # closed meanwhile
+    return found if "accepted" in found else None
+
+
+def test_accepted_connections_have_tcp_nodelay(launcher: Launcher) -> None:
+    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0"])
+    (worker,) = g.workers()
+    port = g.port()
+    # several connections, each kept open while it is looked at: the first one tells the worker
+    # whether the accepted sockets inherit the option, the others take that way
+    for i in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.recv(4096).startswith(b"HTTP/1.1 200 OK")  # accepted and answered: kept alive
+            seen = wait_for(lambda: accepted_by(worker, c), 10, f"connection {i} in the worker")
+            assert seen["accepted"] == 1, seen
+            assert seen["listener"] == 1, seen  # set where they inherit it from
+
+
+def test_ipv6_connections_too(launcher: Launcher) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1 here")
+    g = launcher.start(["testapp:app", "-b", "[::1]:0"])
+    (worker,) = g.workers()
+    with socket.create_connection(("::1", g.port()), timeout=10) as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.recv(4096).startswith(b"HTTP/1.1 200 OK")
+        seen = wait_for(lambda: accepted_by(worker, c), 10, "the connection in the worker")
+        assert seen["accepted"] == 1, seen

@@ -110,7 +110,8 @@ def primary_key(scheme: str, host: str, path: bytes, query: bytes) -> bytes | No
         h = host.encode("latin-1").lower()
     except UnicodeEncodeError:
         return None
-    if not h or b"\0" in h or b"\0" in path or b"\0" in query:
+    # (find, not `in`: see wsgi.build_environ)
+    if not h or h.find(b"\0") >= 0 or path.find(b"\0") >= 0 or query.find(b"\0") >= 0:
         return None
     if scheme == "https":
         if h.endswith(b":443"):

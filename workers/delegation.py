@@ -184,7 +184,7 @@ def _host_of(req: Request) -> str:
 
 def _path_of(req: Request) -> str:
     path = req.path
-    if b"%" in path:
+    if path.find(b"%") >= 0:  # (not `in`: see wsgi.build_environ)
         path = unquote_to_bytes(path)  # as PATH_INFO holds it (wsgi.build_environ)
     return path.decode("latin-1")
 

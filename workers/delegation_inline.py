@@ -106,7 +106,7 @@ def simple_head(data: bytes, limits: Limits) -> tuple[str, str, str] | None:
     if _HOST.fullmatch(value) is None:
         return None
     path = m.group(2).partition(b"?")[0]
-    if b"%" in path:
+    if path.find(b"%") >= 0:  # (not `in`: see wsgi.build_environ)
         path = unquote_to_bytes(path)  # as PATH_INFO holds it (wsgi.build_environ)
     host = value.partition(b":")[0].rstrip(b".").decode("ascii")  # as mounts.request_host() has it
     return host, path.decode("latin-1"), _VERSIONS[m.group(3)]

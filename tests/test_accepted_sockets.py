@@ -8,6 +8,7 @@ sockets themselves, from outside: pidfd_getfd(2) copies the worker's descriptor 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import sys
@@ -57,6 +58,20 @@ def socket_fds(pid: int) -> list[int]:
     return out
 
 
+def require_pidfd_getfd(pid: int) -> None:
+    """Skip when this kernel or sandbox refuses pidfd_getfd (ENOSYS: before 5.6; EPERM: a
+    seccomp filter or no ptrace rights): the test cannot look then."""
+    fds = socket_fds(pid)
+    assert fds, "the worker has no socket"
+    try:
+        with copied(pid, fds[0]):
+            pass
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EPERM):
+            pytest.skip(f"pidfd_getfd unavailable here: {e}")
+        raise
+
+
 def accepted_by(pid: int, client: socket.socket) -> dict[str, int] | None:
     """TCP_NODELAY of the worker's socket whose peer is `client`, and of the listener it came
     from; None while the worker has not accepted it yet."""
@@ -84,6 +99,7 @@ def accepted_by(pid: int, client: socket.socket) -> dict[str, int] | None:
 def test_accepted_connections_have_tcp_nodelay(launcher: Launcher) -> None:
     g = launcher.start(["testapp:app", "-b", "127.0.0.1:0"])
     (worker,) = g.workers()
+    require_pidfd_getfd(worker)
     port = g.port()
     # several connections, each kept open while it is looked at: the first one tells the worker
     # whether the accepted sockets inherit the option, the others take that way
@@ -106,6 +122,7 @@ def test_ipv6_connections_too(launcher: Launcher) -> None:
         pytest.skip("no ::1 here")
     g = launcher.start(["testapp:app", "-b", "[::1]:0"])
     (worker,) = g.workers()
+    require_pidfd_getfd(worker)
     with socket.create_connection(("::1", g.port()), timeout=10) as c:
         c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert c.recv(4096).startswith(b"HTTP/1.1 200 OK")

@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from greenfork.master.respcache import Entry, ResponseCache
-from greenfork.workers import cachefast
 from greenfork.workers.cachefast import RULE_FIELDS, FastHits
 from greenfork.workers.cachestage import CacheStage, Known, primary_key
 from greenfork.workers.h1proto import KEEP, NEED_DATA, SEND_RESPONSE, H1Server
@@ -308,24 +307,6 @@ def test_lapsed_pass_marks_are_dropped(store: ResponseCache) -> None:
     fast.learn(SHAPES["GET"], req, "http")
     fast.expire()
     assert sorted(fast.replays) == sorted([b"current", SHAPES["GET"]])  # (replays are the entry's)
-
-
-def test_the_lengths_of_the_remembered_reads_are_known(store: ResponseCache) -> None:
-    """The connection loop looks a read up only if some remembered read has its length (hashing
-    a long head costs more than the rest of the lookup); the lengths are emptied with the memo."""
-    worker = Worker()
-    fast, _ = fast_for(store, worker)
-    fast.stage.passed_until = time.time() + 5
-    fast.learn_pass(b"x" * 40, "http")
-    fast.learn_pass(b"y" * 40, "http")
-    fast.learn_pass(b"z" * 90, "http")
-    assert fast.lengths == {40, 90}
-    assert all(len(k) in fast.lengths for k in fast.replays)
-    for i in range(cachefast.REPLAYS_MAX - 3):
-        fast.learn_pass(b"%d" % i, "http")
-    assert all(len(k) in fast.lengths for k in fast.replays)
-    fast.learn_pass(b"w" * 7, "http")  # full: both emptied, then this one kept
-    assert fast.replays.keys() == {b"w" * 7} and fast.lengths == {7}
 
 
 def test_a_head_the_protocol_would_rework_is_left_to_the_ordinary_path(store: ResponseCache) -> None:

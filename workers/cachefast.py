@@ -102,9 +102,8 @@ class Pass:
 class FastHits:
     """One per worker, over its cache stage's memos."""
 
-    __slots__ = ("answered", "count", "fields", "hosts", "hot", "lengths", "metrics", "replays",
-                 "script_name", "secret_name", "secret_value", "server", "stage", "store", "timed", "timer",
-                 "urls")
+    __slots__ = ("answered", "count", "fields", "hosts", "hot", "metrics", "replays", "script_name",
+                 "secret_name", "secret_value", "server", "stage", "store", "timed", "timer", "urls")
 
     def __init__(self, server: WorkerServer, stage: CacheStage, gate: Gate | None = None) -> None:
         # header names (lowercase) that send a request to the request stage: the rules' fields and
@@ -132,10 +131,6 @@ class FastHits:
         self.timed = server.timed
         # the replay memo: a read's bytes -> what answered them (the connection loop looks it up)
         self.replays: dict[bytes, Replay | Pass] = {}
-        # the lengths of those reads (a superset: dropping a mark leaves its length): a read of
-        # another length is no key, found without hashing it (a browser's head with its cookies
-        # is a kilobyte or more, hashed at about 3 instructions a byte)
-        self.lengths: set[int] = set()
         self.answered: Known | None = None  # the entry of the request answer() answered last
         self.timer: Any = None  # expires pass marks (start())
 
@@ -267,9 +262,7 @@ class FastHits:
         replays = self.replays
         if len(replays) >= REPLAYS_MAX:
             replays.clear()
-            self.lengths.clear()
         replays[data] = what
-        self.lengths.add(len(data))
 
     def replay(self, conn: Connection, r: Replay | Pass, scheme: str) -> bool:
         """Answer a read whose bytes are a remembered request (see above); False: nothing was done,

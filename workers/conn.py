@@ -182,7 +182,6 @@ class Connection:
         scheme = ""
         hot: set[bytes] | frozenset[bytes] = frozenset()
         replays: dict[bytes, Replay | Pass] = {}
-        lengths: set[int] = set()  # the lengths of its keys (FastHits.lengths)
         passing: Any = None  # the cache stage, for pass marks
         fresh: bytes | None = None  # a read that began at a request boundary (for fast.learn)
         marked = False  # the read just parsed carries a pass mark: its request goes past the cache
@@ -193,7 +192,6 @@ class Connection:
             else:
                 hot = fast.hot  # the targets it may answer (one set lookup, before any call)
                 replays = fast.replays  # reads it answers unparsed (cachefast.FastHits.replay)
-                lengths = fast.lengths
                 passing = fast.stage
         while True:
             ev = p.next_event()
@@ -227,7 +225,7 @@ class Connection:
                     return p.must_linger()
                 if boundary and fast is not None:
                     fresh = data
-                    r = replays.get(data) if len(data) in lengths else None
+                    r = replays.get(data)
                     if r is not None:
                         if r.past:
                             # the URL memo sends it past the cache: the request stage is told so

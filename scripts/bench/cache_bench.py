@@ -5,7 +5,9 @@
 
 Two servers of the same build, each one worker pinned to CPU 0 (wrk runs on CPU 1), serving
 scripts/bench/apps.py:paths: `/` hello world, `/page` a 4 KiB page the app renders every time,
-`/cached` the same page with `Cache-Control: public` (a hit after the first request). Server `off`
+`/cached` the same page with `Cache-Control: public` (a hit after the first request), and `/?q=N`
+hello with a new query string on every request (unique.lua: every URL new, as search pages or
+API calls with ids are; the cache's whole miss path each time). Server `off`
 runs without the cache, server `on` with --response-cache 64MiB (--size). Both run throughout;
 each round measures every path on both servers back to back (the order alternates between rounds),
 a pair per path and round. Each run reports requests/s from wrk and the worker's CPU microseconds
@@ -13,7 +15,7 @@ per request (user + system, from /proc), the figure that does not depend on wrk 
 the medians and the ratios the issue asks about:
 
 - hits against hello on the same server (`on /cached` vs `on /`), and against the page rendered;
-- what the cache costs the requests it does not answer (`on /` vs `off /`, `on /page` vs `off /page`).
+- what the cache costs the requests it does not answer (`on` vs `off` for `/`, `/page` and `/?q=N`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SERVERS = {"off": [], "on": ["--response-cache", "64MiB"]}  # (--size sets on's SIZE)
-PATHS = ("/", "/page", "/cached")
+PATHS = ("/", "/page", "/cached", "/?q=N")  # the last: a new query string each request (unique.lua)
+UNIQUE = HERE / "unique.lua"
 
 
 def free_port() -> int:
@@ -72,8 +75,10 @@ def start(extra: list[str]) -> tuple[subprocess.Popen[bytes], int, int]:
 
 
 def wrk(port: int, path: str, seconds: int, conns: int) -> int:
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+    script = ["-s", str(UNIQUE)] if path == "/?q=N" else []
+    url = f"http://127.0.0.1:{port}{'/' if script else path}"
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", *script, url],
+                         capture_output=True, text=True,
                          timeout=seconds + 30).stdout
     m = re.search(r"(\d+) requests in", out)
     if m is None or "Non-2xx" in out:
@@ -134,7 +139,7 @@ def main() -> int:
     print(f"hits vs hello, same server (CPU per request): {med['on', '/'] / med['on', '/cached']:.2f}x; "
           f"by requests/s: {mrps['on', '/cached'] / mrps['on', '/']:.2f}x")
     print(f"hits vs the page rendered, same server: {med['on', '/page'] / med['on', '/cached']:.2f}x")
-    for path in ("/", "/page"):
+    for path in ("/", "/page", "/?q=N"):
         print(f"cache on vs off, {path}: {paired(cpu['off', path], cpu['on', path])}")
     return 0
 

@@ -338,6 +338,38 @@ def test_hits_from_a_second_worker(server: Server) -> None:
     assert server.calls(target) == 1
 
 
+def test_a_private_answer_to_a_cookie_passes_only_requests_with_a_cookie(server: Server) -> None:
+    """Hit-for-pass for requests with a Cookie: once the URL's answer to one could not be stored,
+    the next ones with a Cookie skip the cache (bypass, not a lookup and a miss each), while the
+    same URL without a Cookie is still looked up, stored and hit. One keep-alive connection: one
+    worker, and its requests far inside the pass's second."""
+    target = unique(f"cc={q('public, max-age=60')}&privcookie=1")
+    before = scrape(server.metrics)
+    host, port = server.url.split("://")[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    got = []
+    try:
+        for cookie in (True, True, True, True, False, False, True):
+            conn.request("GET", target, headers={"Cookie": "session=abc"} if cookie else {})
+            r = conn.getresponse()
+            got.append((r.status, r.getheader("Cache-Control"), r.getheader("Age") is not None, r.read()))
+    finally:
+        conn.close()
+    after = scrape(server.metrics)
+
+    def delta(result: str) -> float:
+        return total(after, "greenfork_response_cache_requests_total", result=result) - \
+            total(before, "greenfork_response_cache_requests_total", result=result)
+
+    assert [g[:3] for g in got] == [(200, "private", False)] * 4 + [
+        (200, "public, max-age=60", False), (200, "public, max-age=60", True),  # stored, then a hit
+        (200, "public, max-age=60", True)]  # a public entry serves a request with a Cookie too
+    assert server.calls(target) == 5  # four private answers, one stored
+    assert delta("miss") == 2  # the first with a Cookie, the first without
+    assert delta("bypass") == 3  # the other three with a Cookie
+    assert delta("hit") == 2
+
+
 def test_metrics_count_the_cache(server: Server) -> None:
     before = scrape(server.metrics)
     target = unique(f"cc={q('public, max-age=60')}&size=1000")

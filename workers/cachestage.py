@@ -15,10 +15,13 @@ Two per-worker memos keep the request path short, and neither can make an answer
   (ResponseCache.current, two loads), so a hit costs no copy and no CRC.
 - `urls` (with Varnish's "hit-for-pass"): a URL as the request gave it maps to its store key, so
   the key is made once; or, when its last response could not be stored, to a time until which it
-  is not looked up, nor captured (PASS_TTL). Only plain requests set a pass: without Cookie and
-  Authorization (they usually make a response private to one client) and without any field the
-  rules read (a conditional request's 304 or a Range's 206 says nothing of the URL's other
-  responses). At worst it costs hits of a URL for PASS_TTL after its responses became storable.
+  is not looked up, nor captured (PASS_TTL). Only plain requests set a pass: without
+  Authorization and without any field the rules read (a conditional request's 304 or a Range's
+  206 says nothing of the URL's other responses). A request with a Cookie sets a pass for the
+  URL's requests with a Cookie only (`cookie_passes`): a signed-in client's page is often private
+  while the same URL is public to everyone else, and without it every such request (most of a
+  browser's) took the whole miss path, about 8 µs. At worst a pass costs hits of a URL for
+  PASS_TTL after its responses became storable.
 
 The HTTP/1.1 connection loop answers the commonest hit before this stage, from the same `urls`
 memo (workers/cachefast.py): `hot` tells it which request targets the memo has pointed at a copy.
@@ -218,6 +221,9 @@ class CacheStage:
         # path to a hit), or its store key (skips making the key again), or, as a float, until
         # when it skips the cache (hit-for-pass)
         self.urls: dict[Url, Known | bytes | float] = {}
+        # a URL -> until when its requests with a Cookie skip the cache (their last response could
+        # not be stored); requests without one go by `urls`
+        self.cookie_passes: dict[Url, float] = {}
         # the request targets of every URL the memo has pointed at a copy (Known) since it was last
         # emptied: a target not in it has no Known in the memo, so the HTTP/1.1 fast path
         # (workers/cachefast.py) leaves the request to this stage after one set lookup
@@ -247,6 +253,14 @@ class CacheStage:
             self.passed_req = req
             self.passed_until = memo
             return None
+        if type(memo) is not Known and "HTTP_COOKIE" in env and method == "GET" and not req.upgrade:
+            until = self.cookie_passes.get(url)
+            if until is not None and until > now:  # the same, for requests with a Cookie
+                if self.counting:
+                    self.count("bypass")
+                self.passed_req = req
+                self.passed_until = until
+                return None
         if method != "GET" and method != "HEAD":
             self.count("bypass")
             if method in cp.SAFE_METHODS:
@@ -400,7 +414,13 @@ class CacheStage:
     # ------------------------------------------------------------------ after the app
     def passed(self, url: Url | None, env: dict[str, Any], now: float) -> None:
         """The response to url could not be stored: skip the cache for it a while (see above)."""
-        if url is None or "HTTP_COOKIE" in env or "HTTP_AUTHORIZATION" in env:
+        if url is None or "HTTP_AUTHORIZATION" in env:
+            return
+        if "HTTP_COOKIE" in env:
+            passes = self.cookie_passes
+            if len(passes) >= URLS_MAX and url not in passes:
+                passes.clear()
+            passes[url] = now + PASS_TTL
             return
         self._remember(url, now + PASS_TTL)
 

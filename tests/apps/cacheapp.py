@@ -2,7 +2,8 @@
 string asks for, and every call is logged, so a test counts the app's calls for a URL.
 
     GET /r?cc=public,max-age=60&st=200&vary=Accept-Encoding&cookie=1&etag=x&lm=...&exp=...
-           &size=N&stream=1&cl=N&boom=1&slow=SECONDS&where=1
+           &size=N&stream=1&cl=N&boom=1&slow=SECONDS&where=1&privcookie=1
+                           (privcookie: "Cache-Control: private" to a request with a Cookie)
     GET /v?size=N          a body that names its version and can be checked from itself
     POST /r?...            (anything unsafe) answers 200 "changed"
 
@@ -82,6 +83,8 @@ def app(environ, start_response):
             headers.append((name, q[param]))
     if "cookie" in q:
         headers.append(("Set-Cookie", "session=s3cret"))
+    if "privcookie" in q and "HTTP_COOKIE" in environ:  # a page private to a signed-in client
+        headers = [h for h in headers if h[0] != "Cache-Control"] + [("Cache-Control", "private")]
     headers.append(("Content-Length", q.get("cl", str(len(body)))))
     status = q.get("st", "200")
     start_response(f"{status} {'OK' if status == '200' else 'Status'}", headers)

@@ -64,6 +64,7 @@ class Worker:
         self.requests: list[tuple[str, int, str]] = []
         self.metrics = SimpleNamespace(response_cache=self.counts.append, request=self._request)
         self.script_name = ""
+        self.settings = SimpleNamespace(response_cache_path=())
         self.timed = True
         self.keep_wish = keep_wish
         self.server_header = server_header

@@ -10,6 +10,8 @@ import http.client
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -662,6 +664,46 @@ def test_a_binary_upgrade_starts_with_a_cache_of_its_own(launcher: Launcher, tmp
         assert "age" in srv.get(target)[1] and srv.calls(target) == 2
     finally:
         stop_pid(new)
+
+
+def test_only_paths_under_response_cache_path_are_cached(launcher: Launcher, tmp_path: Path) -> None:
+    """--response-cache-path: whole path segments under a prefix (a trailing slash or none), the
+    prefix itself included; every other path goes to the app, counted as bypass, however
+    cacheable its answers."""
+    srv = start(launcher, tmp_path, "--response-cache", "1MiB", "--response-cache-path", "/static",
+                "--response-cache-path", "/assets/", workers=1)
+    cc = f"cc={q('public, max-age=60')}"
+    before = scrape(srv.metrics)
+    for path, cached in (("/static/a", True), ("/static", True), ("/assets/x/y", True),
+                         ("/staticx", False), ("/r", False), ("/", False), ("/assets", True)):
+        target = f"{path}?{cc}"
+        ages = ["age" in srv.get(target)[1] for _ in range(2)]
+        assert ages == [False, cached], path
+        assert srv.calls(target) == (1 if cached else 2), path
+    after = scrape(srv.metrics)
+    bypass = total(after, "greenfork_response_cache_requests_total", result="bypass") - \
+        total(before, "greenfork_response_cache_requests_total", result="bypass")
+    assert bypass == 6  # /staticx, /r and / twice each
+
+
+def test_a_cache_path_that_is_no_path_is_a_usage_error(launcher: Launcher) -> None:
+    g = launcher.spawn(["cacheapp:app", "--response-cache", "1MiB", "--response-cache-path", "static"],
+                       addresses_file=False)
+    assert g.wait(20) == 2
+    assert "'static' is not a path prefix" in g.log()
+
+
+def test_the_settings_shown_in_the_docs_are_valid(tmp_path: Path) -> None:
+    """docs/caching.md's greenfork.toml, as a user would copy it."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "caching.md").read_text()
+    block = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert "response_cache_path" in block
+    (tmp_path / "greenfork.toml").write_text(block)
+    out = subprocess.run([sys.executable, "-m", "greenfork.master", "cacheapp:app", "-c",
+                          str(tmp_path / "greenfork.toml"), "--check-config"], capture_output=True,
+                         text=True, timeout=30, cwd=Path(__file__).resolve().parent / "apps")
+    assert out.returncode == 0, out.stderr
+    assert "response_cache_path = ('/static', '/catalogue')" in out.stdout, out.stdout
 
 
 def test_sizes_that_do_not_fit_are_a_usage_error(launcher: Launcher) -> None:

@@ -224,6 +224,13 @@ class CacheStage:
         # a URL -> until when its requests with a Cookie skip the cache (their last response could
         # not be stored); requests without one go by `urls`
         self.cookie_passes: dict[Url, float] = {}
+        # --response-cache-path: the request paths it consults the cache for (None: every path),
+        # as the path itself and as the start of longer ones
+        paths = server.settings.response_cache_path
+        self.scope: tuple[frozenset[bytes], tuple[bytes, ...]] | None = None
+        if paths and "/" not in paths:
+            self.scope = (frozenset(p.encode("ascii") for p in paths),
+                          tuple(p.encode("ascii") + b"/" for p in paths))
         # the request targets of every URL the memo has pointed at a copy (Known) since it was last
         # emptied: a target not in it has no Known in the memo, so the HTTP/1.1 fast path
         # (workers/cachefast.py) leaves the request to this stage after one set lookup
@@ -240,6 +247,11 @@ class CacheStage:
     def before(self, ex: Exchange, req: Request, env: dict[str, Any],
                started: float) -> Literal[Hit.HIT] | Fill | None:
         """HIT when the request was answered here; a Fill to run the app through; None: not ours."""
+        scope = self.scope
+        if scope is not None and req.path not in scope[0] and not req.path.startswith(scope[1]):
+            if self.counting:
+                self.count("bypass")  # outside --response-cache-path: nothing is stored there
+            return None
         method = req.method
         host: str = env.get("HTTP_HOST") or ""
         now = time.time()

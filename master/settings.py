@@ -807,8 +807,8 @@ SETTINGS: tuple[Setting, ...] = (
             "`/static/x`, not `/staticx`; the path as the request gives it, before --mount), as "
             "nginx's proxy_cache is set per location: every other request costs one prefix test "
             "instead of the cache's lookup, capture and bookkeeping (about 11 µs when each request "
-            "has a new URL; docs/caching.md). Repeat for several; in the environment separate them "
-            "with commas."),
+            "has a new URL; docs/caching.md), and is not counted in the cache's metrics. Repeat for "
+            "several; in the environment separate them with commas."),
     # ----------------------------------------------------------------- overload
     # (issue 18: workers/overload.py)
     _S("max_queued_requests", _int, 0, ("--max-queued-requests",), section="Overload",

@@ -249,9 +249,7 @@ class CacheStage:
         """HIT when the request was answered here; a Fill to run the app through; None: not ours."""
         scope = self.scope
         if scope is not None and req.path not in scope[0] and not req.path.startswith(scope[1]):
-            if self.counting:
-                self.count("bypass")  # outside --response-cache-path: nothing is stored there
-            return None
+            return None  # outside --response-cache-path: not the cache's, not even counted
         method = req.method
         host: str = env.get("HTTP_HOST") or ""
         now = time.time()

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The response cache side by side: hits against the app, and its cost to what it does not cache.
 
-    scripts/bench/cache [--rounds 5] [--duration 5] [--connections 64] [--size 64MiB]   # (runs this file)
+    scripts/bench/cache [--rounds 5] [--duration 5] [--connections 64] [--size 64MiB]
+                        [--cache-path PREFIX]...   # (runs this file)
 
 Two servers of the same build, each one worker pinned to CPU 0 (wrk runs on CPU 1), serving
 scripts/bench/apps.py:paths: `/` hello world, `/page` a 4 KiB page the app renders every time,
@@ -104,8 +105,13 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--size", default="64MiB", help="the `on` server's --response-cache SIZE")
+    ap.add_argument("--cache-path", action="append", default=[], metavar="PREFIX",
+                    help="the `on` server's --response-cache-path (e.g. /cached: the other paths "
+                         "then measure what a request outside the cache's scope costs)")
     a = ap.parse_args()
     SERVERS["on"] = ["--response-cache", a.size]
+    for prefix in a.cache_path:
+        SERVERS["on"] += ["--response-cache-path", prefix]
     hz = os.sysconf("SC_CLK_TCK")
     cpu: dict[tuple[str, str], list[float]] = {}
     rps: dict[tuple[str, str], list[float]] = {}

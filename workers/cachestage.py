@@ -257,20 +257,16 @@ class CacheStage:
         memo = self.urls.get(url)
         # First, the URL that skips the cache a while (hit-for-pass): what most requests for pages
         # that are never stored take, so it must cost the uncached little (docs/caching.md)
-        if type(memo) is float and memo > now and method == "GET" and not req.upgrade:
+        # (a request with a Cookie also by its own hit-for-pass: cookie_passes)
+        until = memo if type(memo) is float else 0.0
+        if until <= now and type(memo) is not Known and "HTTP_COOKIE" in env:
+            until = self.cookie_passes.get(url, 0.0)
+        if until > now and method == "GET" and not req.upgrade:
             if self.counting:
                 self.count("bypass")
             self.passed_req = req
-            self.passed_until = memo
+            self.passed_until = until
             return None
-        if type(memo) is not Known and "HTTP_COOKIE" in env and method == "GET" and not req.upgrade:
-            until = self.cookie_passes.get(url)
-            if until is not None and until > now:  # the same, for requests with a Cookie
-                if self.counting:
-                    self.count("bypass")
-                self.passed_req = req
-                self.passed_until = until
-                return None
         if method != "GET" and method != "HEAD":
             self.count("bypass")
             if method in cp.SAFE_METHODS:

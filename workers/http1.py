@@ -616,8 +616,7 @@ def _valid_host(value: bytes) -> bool:
 
 
 def _host_syntax_ok(value: bytes) -> bool:
-    # (find, not `in`: CPython 3.11's `bytes in bytes` first tries the operand as an int and
-    # builds a TypeError it then drops, about 2,000 instructions each)
+    # (find, not `in`: see wsgi.build_environ)
     if value.translate(None, _HOST_CHARS):
         return False
     if value[:1] == b"[":

@@ -313,6 +313,9 @@ ERRORS = [
     pytest.param(b"GET /\r\n", 400, id="http-0.9-answered-at-once"),
     pytest.param(b"GET /index.html\r\n\r\n", 400, id="http-0.9-with-empty-line"),
     pytest.param(b"GET /\r\nHost: a\r\n\r\n", 400, id="http-0.9-with-fields"),
+    # the head still incomplete, its field lines in the same read as the request line (found
+    # by tests/test_http1_fuzz.py: the verdict once depended on where the reads were cut)
+    pytest.param(b"PATCH /HTTP/1.0\r\na: a\r\nb: b\r\n\r", 400, id="http-0.9-head-incomplete-rfc9112-3"),
     pytest.param(b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400, id="version-two-digits-rfc9112-2.3"),
     pytest.param(head(HOST, b"Content-Length: 1 2", method=b"POST"), 400, id="cl-with-space-rfc9110-8.6"),
     pytest.param(head(HOST, b"Content-Length: 1", b"Content-Length: 1", method=b"POST") + b"a", 400,

@@ -117,8 +117,9 @@ class RequestParser:
 
     __slots__ = ("_after_head", "_body_limit", "_check_pending", "_chunk_start", "_chunked", "_closed",
                  "_data", "_delivered", "_delivering", "_error", "_events", "_head_len", "_head_parts",
-                 "_header_bytes", "_header_count", "_limits", "_max_head", "_mode", "_parser", "_req",
-                 "_scan", "_skip", "_state", "_tail", "_their_done", "_url", "_url_len", "upgrade_data")
+                 "_header_bytes", "_header_count", "_limits", "_line_checked", "_max_head", "_mode",
+                 "_parser", "_req", "_scan", "_skip", "_state", "_tail", "_their_done", "_url", "_url_len",
+                 "upgrade_data")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
@@ -145,6 +146,8 @@ class RequestParser:
         self._chunk_start = 0  # where a chunked body starts in _data
         self._header_count = 0
         self._header_bytes = 0
+        # the request line of the head being parsed was checked for a version (once complete)
+        self._line_checked = False
         self._chunked: ChunkedDecoder | None = None
         self._error: ProtocolError | None = None
         self._closed = False
@@ -248,12 +251,19 @@ class RequestParser:
                 self._fail(ProtocolError(414, "invalid_request_line", "request line too long"))
             else:
                 self._fail(ProtocolError(431, "invalid_request_headers", "request head too large"))
-        elif piece.find(b"\n") >= 0 and not self._header_count:  # (find: see _host_syntax_ok)
+        elif not self._line_checked and piece.find(b"\n") >= 0:  # (find: see _host_syntax_ok)
             # An HTTP/0.9 request line ("GET /" CRLF, no version) leaves llhttp waiting
-            # for header fields that will never come: answer it now.
-            err = self._http09(b"".join(self._head_parts))
-            if err is not None:
-                self._fail(err)
+            # for header fields that will never come: answer it now. Checked once, when the
+            # line is complete, whatever llhttp parsed after it in the same read (header lines
+            # or not): the verdict must not depend on where the reads were cut, and the head
+            # is joined once, not per read of a client that sends a byte at a time.
+            head = b"".join(self._head_parts)
+            line = self._request_line(head)
+            if line is not None:
+                self._line_checked = True
+                err = self._http09(head)
+                if err is not None:
+                    self._fail(err)
 
     def _head_start(self) -> int:
         """Where the head being parsed starts in the current read."""
@@ -533,9 +543,10 @@ class RequestParser:
                                 "missing Host" if host_count == 0 else "more than one Host")
         self._state = _BODY
         self._head_len = 0
-        if self._head_parts:
+        if self._head_parts:  # (only a head in several reads was ever checked by _incomplete_head)
             self._head_parts = []
             self._tail = b""
+            self._line_checked = False
         self._events.append(req)
         if not req.chunked and not req.content_length:
             if end < 0:

@@ -30,6 +30,15 @@ Why this shape:
 
 The index is a table of 8-way groups (tag, log offset, length; a referenced byte per way) chosen by
 the CRC-32 of the key; a full group drops its oldest way. No gevent here: the master imports it.
+
+The path filter (after the index: eight bits per index way, a power of two) has the bit of the
+CRC-32 of every request path that an entry was stored under, of any generation and host: a path
+whose bit is clear has no entry, so the request stage skips making the key and looking it up (a
+URL seen the first time, and every POST, which would otherwise look for entries to invalidate).
+Writers set bits (under the lock) before the entry is indexed, so a reader that can find an entry
+sees its bit; bits are never cleared under a live entry: purge() rebuilds the filter from the
+entries it keeps, clear() empties it. Between those, bits of evicted entries stay set (a lookup
+that finds nothing, as without the filter).
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from typing import Final, NamedTuple
 DEFAULT_MAX_ENTRY: Final = 256 * 1024  # HTTP.sys's default largest cached response
 MAX_ENTRY_LIMIT: Final = 1 << 30  # a record's length is a 32-bit field
 MIN_SIZE: Final = 64 * 1024
-MAGIC: Final = 0x67665243_00000001  # "gfRC", layout version 1
+MAGIC: Final = 0x67665243_00000002  # "gfRC", layout version 2 (the path filter)
 WAYS: Final = 8
 BYTES_PER_WAY: Final = 512  # one index way per 512 bytes of log: entries are rarely smaller
 SECOND_CHANCES: Final = 8  # at most this many reinsertions per store bound the lock hold time
@@ -116,6 +125,11 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) & ~(_ALIGN - 1)
 
 
+def _filter_bytes(nways: int) -> int:
+    """Bytes of the path filter: eight bits per index way, rounded up to a power of two (a mask)."""
+    return 1 << (nways - 1).bit_length()
+
+
 def _tag(key: bytes) -> tuple[int, int]:
     crc = zlib.crc32(key)
     return _TAG | (len(key) & 0x7FFFFFFF) << 32 | crc, crc
@@ -142,6 +156,10 @@ class ResponseCache:
         self._ref = memoryview(mm)[t0 + 24 * nways:t0 + 25 * nways]
         self._tags_at = t0
         self._ref_at = t0 + 24 * nways
+        fbytes = _filter_bytes(nways)
+        self._filter_at = t0 + 25 * nways
+        self._filter = memoryview(mm)[self._filter_at:self._filter_at + fbytes]
+        self._fmask = fbytes * 8 - 1
         self._data = h[H_SIZE] - self._D
         self.max_entry = h[H_MAX_ENTRY]
         self._max_record = min(self._D // 4, MAX_ENTRY_LIMIT + (1 << 20))
@@ -158,8 +176,9 @@ class ResponseCache:
         sizes do not fit. Pure: the configuration check runs it before anything is mapped."""
         if size_bytes < MIN_SIZE:
             raise ValueError(f"response cache size {size_bytes} is below the minimum {MIN_SIZE} bytes")
-        nways = max(WAYS, (size_bytes - HEADER) // (BYTES_PER_WAY + 25) // WAYS * WAYS)
-        data = (HEADER + 25 * nways + 4095) & ~4095
+        # per way: 25 bytes of index, up to 2 of path filter (_filter_bytes)
+        nways = max(WAYS, (size_bytes - HEADER) // (BYTES_PER_WAY + 27) // WAYS * WAYS)
+        data = (HEADER + 25 * nways + _filter_bytes(nways) + 4095) & ~4095
         capacity = (size_bytes - data) & ~(_ALIGN - 1)
         if not 0 < max_entry <= min(capacity // 4 - 4096, MAX_ENTRY_LIMIT):
             raise ValueError(f"response cache max entry {max_entry} must be between 1 and "
@@ -213,6 +232,12 @@ class ResponseCache:
                 if e is not None:
                     return e, w, tag, off
         return None
+
+    def may_hold_path(self, path: bytes) -> int:
+        """Non-zero if an entry may be stored under request path `path` (some host, query, variant
+        or generation); 0: certainly none. One CRC and one load, no lock."""
+        i = zlib.crc32(path) & self._fmask
+        return self._filter[i >> 3] & 1 << (i & 7)
 
     def holds(self, key: bytes) -> bool:
         """Whether an entry of some generation may be stored under key (its tag is in the index):
@@ -301,6 +326,7 @@ class ResponseCache:
             try:
                 self._step("locked")
                 off = self._append(rec, entry.stored_at)
+                self._mark_path(key, self._filter)  # before the entry can be found (see above)
                 self._index_put(key, off, rec.length)
                 self._step("indexed")
                 self._h[H_STORES] += 1
@@ -344,6 +370,7 @@ class ResponseCache:
             n = len(self._tags)
             self._mm[self._tags_at:self._tags_at + 8 * n] = bytes(8 * n)
             self._mm[self._ref_at:self._ref_at + n] = bytes(n)
+            self._mm[self._filter_at:self._filter_at + len(self._filter)] = bytes(len(self._filter))
             h = self._h
             h[H_ENTRIES] = h[H_BYTES] = 0
             h[H_TAIL] = h[H_HEAD]
@@ -359,9 +386,16 @@ class ResponseCache:
             return False
         try:
             self._begin()
+            fresh = bytearray(len(self._filter))  # the path filter of the entries kept
             for w, t in enumerate(self._tags.tolist()):
-                if t and self._gen_at(self._offs[w]) != keep_generation:
-                    self._unindex(w)
+                if t:
+                    if self._gen_at(self._offs[w]) != keep_generation:
+                        self._unindex(w)
+                    else:
+                        self._mark_path(self._key_at(self._offs[w]), fresh)
+            # byte by byte, each byte goes from the old bits to a subset that keeps every kept
+            # entry's: a reader never misses a live entry meanwhile
+            self._mm[self._filter_at:self._filter_at + len(fresh)] = fresh
             self._end()
             return True
         finally:
@@ -390,7 +424,7 @@ class ResponseCache:
             self._unlock()
 
     def close(self) -> None:
-        for v in (self._h, self._tags, self._offs, self._lens, self._ref):
+        for v in (self._h, self._tags, self._offs, self._lens, self._ref, self._filter):
             v.release()
         self._mm.close()
         os.close(self._fd)
@@ -569,6 +603,13 @@ class ResponseCache:
         self._unindex(w, eviction=True)
         h[H_TAIL] = t + length
         return 0
+
+    def _mark_path(self, key: bytes, bits: memoryview | bytearray) -> None:
+        """Set the path filter's bit of the request path in key (cachestage.primary_key's second
+        field, which variant and prefix keys keep; a key of another shape stands for itself)."""
+        parts = key.split(b"\0", 3)
+        i = zlib.crc32(parts[2] if len(parts) == 4 else key) & self._fmask
+        bits[i >> 3] |= 1 << (i & 7)
 
     def _index_put(self, key: bytes, off: int, length: int) -> None:
         tag, crc = _tag(key)

@@ -298,10 +298,8 @@ def test_a_replay_that_would_differ_is_left_to_the_parser(store: ResponseCache, 
 def test_lapsed_pass_marks_are_dropped(store: ResponseCache) -> None:
     worker = Worker()
     fast, _ = fast_for(store, worker)
-    fast.stage.passed_until = time.time() - 0.1
-    fast.learn_pass(b"lapsed", "http")
-    fast.stage.passed_until = time.time() + 5
-    fast.learn_pass(b"current", "http")
+    fast.learn_pass(b"lapsed", 1, time.time() - 0.1, "http")
+    fast.learn_pass(b"current", 2, time.time() + 5, "http")
     conn = Conn()
     req = next(requests_of(conn.p, SHAPES["GET"]))
     fast.answer(conn, req, "http")  # type: ignore[arg-type]
@@ -344,6 +342,7 @@ class Srv:
     def __init__(self, launcher: Launcher, tmp: Path, *args: str, access: bool = False,
                  probe_fields: tuple[str, ...] = ()) -> None:
         self.probe_fields = probe_fields  # what /fastcount needs past the gate
+        self.probes = 0
         self.calls_path = tmp / f"calls-{len(launcher.started)}.log"
         self.access_path = tmp / f"access-{len(launcher.started)}.log"
         extra = ["--access-logfile", str(self.access_path)] if access else []
@@ -375,12 +374,14 @@ class Srv:
         """Requests the fast path has answered so far: parsed (answer()), and replayed."""
         return self.probe()[:2]
 
-    def probe(self) -> tuple[int, int, int]:
-        """/fastcount: answer()'s and replay()'s answers, and the request stage's before() calls
-        (this one's own included)."""
-        answer = self.get("/fastcount", *self.probe_fields)
-        parsed, replayed, befores = answer.rpartition(b"\r\n\r\n")[2].split()
-        return int(parsed), int(replayed), int(befores)
+    def probe(self) -> tuple[int, int, int, int]:
+        """/fastcount: answer()'s and replay()'s answers, the request stage's before() calls
+        (this one's own included: a new URL each time, never a pass mark) and the store keys it
+        made."""
+        self.probes += 1
+        answer = self.get(f"/fastcount?probe={self.probes}", *self.probe_fields)
+        parsed, replayed, befores, keys = answer.rpartition(b"\r\n\r\n")[2].split()
+        return int(parsed), int(replayed), int(befores), int(keys)
 
     def fast(self) -> int:
         """Requests the fast path has answered so far, both ways."""
@@ -694,6 +695,67 @@ def test_a_read_the_memo_sent_past_the_cache_goes_past_it_again(pair: tuple[Srv,
         wait_for(looked_up_again, 10, "a pass mark to lapse")
     finally:
         c.close()
+
+
+def test_pipelined_reads_the_memo_sent_past_the_cache_are_marked_too(pair: tuple[Srv, Srv]) -> None:
+    """A read of three requests for a URL that is never stored, sent again and again: once the URL
+    memo has sent all three past the cache, the same bytes skip before() for each of them, and the
+    app still answers every one."""
+    fast, _ = pair
+    one = b"GET /r?n=pipelined-pass HTTP/1.1\r\nHost: h.example\r\n\r\n"
+    c = Client(fast.port)
+    try:
+        c.ask(b"GET /fastcount HTTP/1.1\r\nHost: h.example\r\n\r\n")  # (the first read)
+        calls, befores = fast.calls(), fast.probe()[2]
+        for _ in range(10):
+            c.send_read(one * 3)
+            answers = [c.response() for _ in range(3)]
+            assert all(a.startswith(b"HTTP/1.1 200 ") and b"\r\nAge: " not in a for a in answers)
+        assert c.buf == b""
+    finally:
+        c.close()
+    assert fast.calls() == calls + 30
+    # the first read: a miss, then two passes by the URL memo; the second: three passes (learnt);
+    # the other eight none (up to six more if the 1 s pass lapsed meanwhile); once for /fastcount.
+    # Unmarked, it was 30.
+    assert fast.probe()[2] - befores - 1 <= 12
+
+
+def test_a_request_on_a_new_connection_each_time_is_marked_too(pair: tuple[Srv, Srv]) -> None:
+    """A client with a new connection per request (Connection: close) sends the same bytes each
+    time: its first read is looked up as a kept connection's is (after the HTTP/2 preface check),
+    so a pass mark is learnt, and taken, although the connection closes after the request."""
+    fast, _ = pair
+    get = b"GET /r?n=close-pass HTTP/1.1\r\nHost: h.example\r\nConnection: close\r\n\r\n"
+    calls, befores = fast.calls(), fast.probe()[2]
+    answers = [fast.raw(get) for _ in range(10)]
+    assert all(a.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close\r\n" in a for a in answers)
+    assert fast.calls() == calls + 10
+    # a miss, a pass by the URL memo (learnt), then marks (twice more if the pass lapsed); and
+    # once for /fastcount. Unmarked, it was 10.
+    assert fast.probe()[2] - befores - 1 <= 4
+
+
+def test_a_path_nothing_is_stored_under_makes_no_key(pair: tuple[Srv, Srv]) -> None:
+    """The store's path filter: requests for a path no worker stored anything under (a new URL, a
+    POST) go without making the store key or looking it up; once an entry is stored under the path,
+    a POST finds and drops it as before (RFC 9111 4.4), and the next GET runs the app."""
+    fast, _ = pair
+    keys = fast.probe()[3]
+    for i in range(3):
+        assert fast.raw(f"POST /nokey?n={i} HTTP/1.1\r\nHost: h.example\r\nContent-Length: 0\r\n"
+                        f"Connection: close\r\n\r\n".encode()).startswith(b"HTTP/1.1 200 ")
+        assert fast.get(f"/nokey-{i}?n=new").startswith(b"HTTP/1.1 200 ")  # each URL new, never stored
+    assert fast.probe()[3] == keys  # none made
+    target = f"/nokey?{CC}"  # (the path the POSTs went to)
+    calls = fast.calls()
+    assert b"\r\nAge: " not in fast.get(target) and fast.calls() == calls + 1  # a miss, stored
+    assert b"\r\nAge: " in fast.get(target) and fast.calls() == calls + 1  # a hit
+    keys = fast.probe()[3]
+    post = f"POST {target} HTTP/1.1\r\nHost: h.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    assert fast.raw(post.encode()).startswith(b"HTTP/1.1 200 ")
+    assert fast.probe()[3] == keys + 1  # its key, to find the entry
+    assert b"\r\nAge: " not in fast.get(target) and fast.calls() == calls + 3  # dropped: the app again
 
 
 def test_hup_empties_the_cache_for_the_fast_path(launcher: Launcher, tmp_path: Path) -> None:

@@ -196,6 +196,30 @@ def test_generations_do_not_see_each_other_and_purge_drops_the_old(cache: Respon
     assert s.entries == 1 and cache.audit() == (1, s.bytes_used)
 
 
+def test_the_path_filter_knows_every_stored_path(cache: ResponseCache) -> None:
+    """may_hold_path() is never 0 for a path with an entry (any host, query, variant key or
+    generation); 0 for the others (bar a CRC collision, which these paths avoid); clear() empties
+    it and purge() rebuilds it from the entries it keeps."""
+    primary = b"http\0h.example\0/a/page\0q=1"
+    variant = b"https\0other.example\0/b\0\0vary\0accept-encoding=gzip"  # (a longer key keeps the path)
+    never = [b"/a", b"/a/page/", b"/b/", b"/c", b"/a/pag"]
+    assert not any(cache.may_hold_path(p) for p in [b"/a/page", b"/b", *never])
+    def plain(body: bytes) -> Entry:  # (entry() puts the key in a field: these have NULs)
+        return Entry("200 OK", (("Content-Length", str(len(body))),), body, NOW, 600.0)
+
+    cache.generation = 1
+    assert cache.store(primary, plain(b"x"))
+    assert cache.may_hold_path(b"/a/page") and not cache.may_hold_path(b"/b")
+    cache.generation = 2
+    assert cache.store(variant, plain(b"y"))
+    assert cache.may_hold_path(b"/a/page") and cache.may_hold_path(b"/b")
+    assert not any(cache.may_hold_path(p) for p in never)
+    assert cache.purge(keep_generation=2)  # /a/page was generation 1's only
+    assert not cache.may_hold_path(b"/a/page") and cache.may_hold_path(b"/b")
+    assert cache.clear()
+    assert not cache.may_hold_path(b"/b")
+
+
 def test_remove_drops_a_key_in_every_generation(cache: ResponseCache) -> None:
     for gen in (1, 2):
         cache.generation = gen

@@ -66,6 +66,7 @@ class Replay:
 
     __slots__ = ("age", "body", "code", "head", "memo", "post", "pre", "req", "scheme", "second", "tail")
     past = False
+    requests = 1
 
     def __init__(self, memo: Known, req: Request, scheme: str, wire: tuple[bytes, int, int],
                  end: bytes) -> None:
@@ -86,17 +87,19 @@ class Replay:
 
 @final
 class Pass:
-    """A read that held one plain request the URL memo sent past the cache (hit-for-pass): the
-    same bytes again go past it too, without before() building the URL to learn so. No clock is
+    """A read that held plain requests (one, or pipelined ones) the URL memo sent past the cache
+    (hit-for-pass): the same bytes again go past it too, without before() building the URL to learn
+    so; the connection may have closed after them (a mark only skips before()). No clock is
     read per request: FastHits.expire() drops the marks whose pass has lapsed, every
     MARK_SWEEP seconds."""
 
-    __slots__ = ("scheme", "until")
+    __slots__ = ("requests", "scheme", "until")
     past = True  # (the connection loop tells the two kinds apart by this)
 
-    def __init__(self, until: float, scheme: str) -> None:
+    def __init__(self, until: float, scheme: str, requests: int = 1) -> None:
         self.until = until
         self.scheme = scheme
+        self.requests = requests  # how many the read held (pipelined, all of them past the cache)
 
 
 class FastHits:
@@ -231,11 +234,11 @@ class FastHits:
         end = head_end(True, req.version, b"", self.server.server_header)
         self._keep(data, Replay(memo, req, scheme, memo.wire, end))
 
-    def learn_pass(self, data: bytes, scheme: str) -> None:
-        """After the URL memo sent the request in `data` (all of it) past the cache, and the
-        connection was kept."""
+    def learn_pass(self, data: bytes, requests: int, until: float, scheme: str) -> None:
+        """After the URL memo sent every request in `data` (all `requests` of it, the earliest
+        pass ending at `until`) past the cache."""
         if len(data) <= REPLAY_READ_MAX:
-            self._keep(data, Pass(self.stage.passed_until, scheme))
+            self._keep(data, Pass(until, scheme, requests))
 
     def expire(self) -> None:
         """Drop the pass marks whose pass has lapsed (from a loop timer: see start())."""

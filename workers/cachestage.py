@@ -251,6 +251,13 @@ class CacheStage:
         if scope is not None and req.path not in scope[0] and not req.path.startswith(scope[1]):
             return None  # outside --response-cache-path: not the cache's, not even counted
         method = req.method
+        if method != "GET" and method != "HEAD":  # (first: none of the URL's memo is for them)
+            if self.counting:
+                self.count("bypass")
+            # an unsafe method invalidates the path's entries, if the path filter says any may be
+            if method in cp.SAFE_METHODS or not self.store.may_hold_path(req.path):
+                return None
+            return self._unsafe(req, env)
         host: str = env.get("HTTP_HOST") or ""
         now = time.time()
         url = (env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"])
@@ -267,11 +274,6 @@ class CacheStage:
             self.passed_req = req
             self.passed_until = until
             return None
-        if method != "GET" and method != "HEAD":
-            self.count("bypass")
-            if method in cp.SAFE_METHODS:
-                return None
-            return self._unsafe(req, env)
         if not host or req.upgrade:  # no key all workers agree on; a WebSocket or h2c upgrade
             self.count("bypass")
             return None
@@ -290,13 +292,20 @@ class CacheStage:
                 return None
         elif type(memo) is bytes:
             key = memo
+        plain = env.keys().isdisjoint(RULE_KEYS)  # no field any rule looks at: the common case
         if key is None:
+            if plain and not self.store.may_hold_path(req.path):
+                # no worker stored anything under this path (the store's path filter): a miss
+                # without making the key or looking it up; the key is made if the response is
+                # stored (Fill.key)
+                self.count("miss")
+                return Fill(self, _STORE, None, env, now, url, req) if method == "GET" else None
             key = self._key(url, req)
             if key is None:
                 self.count("bypass")
                 return None
             self._remember(url, key)
-        if env.keys().isdisjoint(RULE_KEYS):  # no field any rule looks at: the common case
+        if plain:
             fields = None
             rule = _GET if method == "GET" else _HEAD
         else:
@@ -331,7 +340,7 @@ class CacheStage:
             return None
         # hit-for-pass is learnt from plain requests only: a conditional one (a 304), a Range (a
         # 206) or a client's own directive says nothing about the URL's other responses
-        return Fill(self, _STORE, key, env, now, url if fields is None else None)
+        return Fill(self, _STORE, key, env, now, url if fields is None else None, req)
 
     def _remember(self, url: Url, what: Known | bytes | float) -> None:
         urls = self.urls
@@ -351,7 +360,7 @@ class CacheStage:
         key = self._key((env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"]), req)
         if key is None or not self.store.holds(key):
             return None
-        return Fill(self, _INVALIDATE, key, env, 0.0, None)
+        return Fill(self, _INVALIDATE, key, env, 0.0, None, req)
 
     def _key(self, url: Url, req: Request) -> bytes | None:
         scheme, host, _, script_name = url
@@ -432,6 +441,10 @@ class CacheStage:
 
     def store_response(self, fill: Fill, status: str, headers: list[tuple[str, str]], body: bytes) -> bool:
         env = fill.env
+        if fill.key is None:  # a path with nothing stored under it: the key was not made (before())
+            if fill.url is None or (key := self._key(fill.url, fill.req)) is None:
+                return False
+            fill.key = key
         fields = EnvFields(env)
         response_time = time.time()
         ok = cp.response_rule(fill.code, cp.response_fields(headers), authorized="HTTP_AUTHORIZATION" in env,
@@ -467,13 +480,14 @@ class Fill:
     """A miss that may be stored (or an unsafe request that may invalidate): the app runs through
     __call__, and after() acts on the complete response."""
 
-    __slots__ = ("app", "code", "env", "key", "kind", "request_time", "stage", "url")
+    __slots__ = ("app", "code", "env", "key", "kind", "req", "request_time", "stage", "url")
 
-    def __init__(self, stage: CacheStage, kind: int, key: bytes, env: dict[str, Any], request_time: float,
-                 url: Url | None) -> None:
+    def __init__(self, stage: CacheStage, kind: int, key: bytes | None, env: dict[str, Any],
+                 request_time: float, url: Url | None, req: Request) -> None:
         self.stage = stage
         self.kind = kind
-        self.key = key
+        self.key = key  # None: not made yet (made when the response is stored)
+        self.req = req
         self.env = env
         self.request_time = request_time
         self.url = url
@@ -506,7 +520,7 @@ class Fill:
             if int(status[:3]) != code:
                 return  # replaced by an error answer (504 after --request-timeout, say)
             if self.kind == _INVALIDATE:
-                if 200 <= code < 400:  # RFC 9111 4.4: a non-error response
+                if 200 <= code < 400 and self.key is not None:  # RFC 9111 4.4: a non-error response
                     stage.store.remove(self.key)
                 return
             stored = False
@@ -519,7 +533,7 @@ class Fill:
             if not stored:
                 stage.passed(self.url, self.env, self.request_time)
         except Exception:  # the response is out: a cache fill must never fail the request
-            log.exception("Response cache: could not store %s", self.key.split(b"\0", 2)[-1][:200])
+            log.exception("Response cache: could not store %s", self.req.target[:200])
 
 
 def _body(result: Any) -> bytes | None:

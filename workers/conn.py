@@ -23,6 +23,7 @@ from gevent import GreenletExit
 
 from greenfork.master import tlsinfo
 from greenfork.workers import front, websocket_pipeline
+from greenfork.workers.cachefast import REPLAY_READ_MAX
 from greenfork.workers.h1proto import (
     CLOSED,
     DRAIN,
@@ -131,10 +132,13 @@ class Connection:
                 if data[:24] == H2_PREFACE:
                     linger = self._http2(data)
                     return
-                if self.ctx.share is None:
+                if self.ctx.share is None and self.server.fast is None:
                     self.p.receive_data(data)  # HTTP/1.1: parsed where the loop would have
                 else:
-                    t.unread(data)  # the hand-off step reads them first
+                    # the hand-off step reads them first; or the loop, as a read at a request
+                    # boundary, which the response cache's fast path may know (a pass mark, a
+                    # replay: a client with a new connection per request sends the same bytes)
+                    t.unread(data)
             # issue 17: a handoff: listener takes its connection out of a front's message; a
             # delegating front may hand this one over (workers/delegation.py)
             if self.ctx.share is not None and not self.ctx.share.step(self):
@@ -184,7 +188,9 @@ class Connection:
         replays: dict[bytes, Replay | Pass] = {}
         passing: Any = None  # the cache stage, for pass marks
         fresh: bytes | None = None  # a read that began at a request boundary (for fast.learn)
-        marked = False  # the read just parsed carries a pass mark: its request goes past the cache
+        marked = 0  # the read just parsed carries a pass mark: this many requests go past the cache
+        passed = 0  # the requests of `fresh` answered so far, all sent past the cache by the memo
+        until = 0.0  # the earliest end of their passes
         if fast is not None:
             scheme = fast.scheme(self.ctx.base_environ, self.extra) or ""
             if not scheme:
@@ -223,16 +229,20 @@ class Connection:
                 except Expired as e:
                     self._timed_out(e)
                     return p.must_linger()
-                if boundary and fast is not None:
+                # (a read over REPLAY_READ_MAX is never remembered, so never looked up: hashing a
+                # 16 KiB POST's read cost more than its whole request stage)
+                marked = 0
+                if boundary and fast is not None and len(data) <= REPLAY_READ_MAX:
                     fresh = data
+                    passed = 0
+                    until = float("inf")
                     r = replays.get(data)
                     if r is not None:
                         if r.past:
-                            # the URL memo sends it past the cache: the request stage is told so
-                            # (its before() would find the same; cachefast.Pass)
+                            # the URL memo sends its requests past the cache: the request stage is
+                            # told so (its before() would find the same; cachefast.Pass)
                             if r.scheme == scheme:
-                                passing.skip = self
-                                marked = True
+                                marked = r.requests
                         elif fast.replay(self, r, scheme):
                             continue  # answered; the protocol object is idle, as it was
                 else:
@@ -241,19 +251,30 @@ class Connection:
             elif type(ev) is Request:
                 if t.phase != NONE:  # (a pipelined request finds it so already)
                     t.enter(NONE)
-                read, fresh = fresh, None
-                if marked or fast is None or ev.target not in hot \
-                        or (action := fast.answer(self, ev, scheme)) is None:
+                read = fresh
+                if not marked and fast is not None and ev.target in hot \
+                        and (action := fast.answer(self, ev, scheme)) is not None:
+                    fresh = None  # a hit from the fast path
+                    if read is not None and not passed and action == KEEP and p.between_requests:
+                        fast.learn(read, ev, scheme)  # the read held this request and nothing more
+                elif marked:  # (the same bytes parsed before held as many requests)
+                    marked -= 1
+                    passing.skip = self
                     action = self._handle(ev)
-                    if marked:  # (one request: the same bytes parsed before held just one)
-                        marked = False
-                    # the read held this request and nothing more, which the URL memo sent past
-                    # the cache: remember so (a pass mark)
-                    elif read is not None and fast is not None and passing.passed_req is ev \
-                            and action == KEEP and p.between_requests:
-                        fast.learn_pass(read, scheme)
-                elif read is not None and action == KEEP and p.between_requests:
-                    fast.learn(read, ev, scheme)  # the read held this request and nothing more
+                else:
+                    action = self._handle(ev)
+                    if read is not None and fast is not None:
+                        if passing.passed_req is ev:
+                            # every request of the read so far went past the cache by the URL memo:
+                            # once the read is used up, its bytes are a pass mark (pipelined or
+                            # not, kept or not: a mark only skips before())
+                            passed += 1
+                            until = min(until, passing.passed_until)
+                            if p.between_requests:
+                                fast.learn_pass(read, passed, until, scheme)
+                                fresh = None
+                        else:
+                            fresh = None
                 if action != KEEP:
                     if self.upgraded is not None and self.upgraded.taken_over:
                         return self._taken_over(self.upgraded)

@@ -77,8 +77,10 @@ def page(environ, start_response):
 
 
 def paths(environ, start_response):
-    """hello at /, page at /page, cached at /cached: every workload of cache_bench.py on one server."""
-    return {"/page": page, "/cached": cached}.get(environ["PATH_INFO"], hello)(environ, start_response)
+    """hello at /, page at /page, cached at /cached, echo at /echo: every workload of cache_bench.py
+    on one server."""
+    return {"/page": page, "/cached": cached, "/echo": echo}.get(environ["PATH_INFO"], hello)(environ,
+                                                                                            start_response)
 
 
 def sleep(environ, start_response):

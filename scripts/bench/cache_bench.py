@@ -2,13 +2,16 @@
 """The response cache side by side: hits against the app, and its cost to what it does not cache.
 
     scripts/bench/cache [--rounds 5] [--duration 5] [--connections 64] [--size 64MiB]
-                        [--cache-path PREFIX]...   # (runs this file)
+                        [--cache-path PREFIX]... [--workloads /,/page,...]   # (runs this file)
 
 Two servers of the same build, each one worker pinned to CPU 0 (wrk runs on CPU 1), serving
 scripts/bench/apps.py:paths: `/` hello world, `/page` a 4 KiB page the app renders every time,
 `/cached` the same page with `Cache-Control: public` (a hit after the first request), and `/?q=N`
 hello with a new query string on every request (unique.lua: every URL new, as search pages or
-API calls with ids are; the cache's whole miss path each time). Server `off`
+API calls with ids are; the cache's whole miss path each time); and scripts/bench's other uncached
+workloads on the same server: `pipeline16` (hello, 16 requests a read), `hello_close` (a new
+connection per request) and `echo16k` (a 16 KiB POST to /echo, which the cache must consider for
+invalidation, RFC 9111 4.4). Server `off`
 runs without the cache, server `on` with --response-cache 64MiB (--size). Both run throughout;
 each round measures every path on both servers back to back (the order alternates between rounds),
 a pair per path and round. Each run reports requests/s from wrk and the worker's CPU microseconds
@@ -16,7 +19,8 @@ per request (user + system, from /proc), the figure that does not depend on wrk 
 the medians and the ratios the issue asks about:
 
 - hits against hello on the same server (`on /cached` vs `on /`), and against the page rendered;
-- what the cache costs the requests it does not answer (`on` vs `off` for `/`, `/page` and `/?q=N`).
+- what the cache costs the requests it does not answer (`on` vs `off` for every workload but
+  `/cached`).
 """
 
 from __future__ import annotations
@@ -29,13 +33,25 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench import LUA_PIPELINE, LUA_POST  # noqa: E402 (scripts/bench/bench.py's, the same requests)
+
 SERVERS = {"off": [], "on": ["--response-cache", "64MiB"]}  # (--size sets on's SIZE)
-PATHS = ("/", "/page", "/cached", "/?q=N")  # the last: a new query string each request (unique.lua)
-UNIQUE = HERE / "unique.lua"
+# name: (path, extra wrk arguments, lua script text)
+WORKLOADS = {
+    "/": ("/", [], ""),
+    "/page": ("/page", [], ""),
+    "/cached": ("/cached", [], ""),
+    "/?q=N": ("/", [], (HERE / "unique.lua").read_text()),  # a new query string each request
+    "pipeline16": ("/", [], LUA_PIPELINE),
+    "hello_close": ("/", ["-H", "Connection: close"], ""),
+    "echo16k": ("/echo", [], LUA_POST),
+}
 
 
 def free_port() -> int:
@@ -75,12 +91,14 @@ def start(extra: list[str]) -> tuple[subprocess.Popen[bytes], int, int]:
     return proc, port, worker
 
 
-def wrk(port: int, path: str, seconds: int, conns: int) -> int:
-    script = ["-s", str(UNIQUE)] if path == "/?q=N" else []
-    url = f"http://127.0.0.1:{port}{'/' if script else path}"
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", *script, url],
-                         capture_output=True, text=True,
-                         timeout=seconds + 30).stdout
+def wrk(port: int, workload: str, seconds: int, conns: int) -> int:
+    path, extra, lua = WORKLOADS[workload]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(lua)
+        script.flush()
+        out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", *extra,
+                              *(["-s", script.name] if lua else []), f"http://127.0.0.1:{port}{path}"],
+                             capture_output=True, text=True, timeout=seconds + 30).stdout
     m = re.search(r"(\d+) requests in", out)
     if m is None or "Non-2xx" in out:
         raise SystemExit(f"wrk failed:\n{out}")
@@ -108,7 +126,13 @@ def main() -> int:
     ap.add_argument("--cache-path", action="append", default=[], metavar="PREFIX",
                     help="the `on` server's --response-cache-path (e.g. /cached: the other paths "
                          "then measure what a request outside the cache's scope costs)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help=f"comma-separated, of {', '.join(WORKLOADS)} (/ and /cached always run)")
     a = ap.parse_args()
+    chosen = [w for w in WORKLOADS if w in {"/", "/cached", *a.workloads.split(",")}]
+    unknown = set(a.workloads.split(",")) - set(WORKLOADS)
+    if unknown:
+        ap.error(f"unknown workloads: {', '.join(sorted(unknown))}")
     SERVERS["on"] = ["--response-cache", a.size]
     for prefix in a.cache_path:
         SERVERS["on"] += ["--response-cache-path", prefix]
@@ -119,8 +143,8 @@ def main() -> int:
     try:
         for rnd in range(a.rounds):
             order = list(SERVERS) if rnd % 2 == 0 else list(reversed(SERVERS))
-            for path in PATHS:
-                for name in order:  # (each path's two runs back to back: a pair)
+            for path in chosen:
+                for name in order:  # (each workload's two runs back to back: a pair)
                     _, port, worker = servers[name]
                     wrk(port, path, 1, a.connections)  # warm-up (and the cache's first store)
                     t0 = ticks(worker)
@@ -128,7 +152,7 @@ def main() -> int:
                     us = (ticks(worker) - t0) / hz / n * 1e6
                     cpu.setdefault((name, path), []).append(us)
                     rps.setdefault((name, path), []).append(n / a.duration)
-                    print(f"round {rnd + 1} {name:3} {path:8} {n / a.duration:>9,.0f} rps {us:6.2f} us/req",
+                    print(f"round {rnd + 1} {name:3} {path:11} {n / a.duration:>9,.0f} rps {us:6.2f} us/req",
                           file=sys.stderr, flush=True)
     finally:
         for proc, _, _ in servers.values():
@@ -137,16 +161,18 @@ def main() -> int:
             proc.wait(15)
     med = {k: statistics.median(v) for k, v in cpu.items()}
     mrps = {k: statistics.median(v) for k, v in rps.items()}
-    print("\n| server | path | requests/s | CPU us/request |")
+    print("\n| server | workload | requests/s | CPU us/request |")
     print("|---|---|---:|---:|")
     for (name, path), us in med.items():
         print(f"| {name} | {path} | {mrps[name, path]:,.0f} | {us:.2f} |")
     print()
     print(f"hits vs hello, same server (CPU per request): {med['on', '/'] / med['on', '/cached']:.2f}x; "
           f"by requests/s: {mrps['on', '/cached'] / mrps['on', '/']:.2f}x")
-    print(f"hits vs the page rendered, same server: {med['on', '/page'] / med['on', '/cached']:.2f}x")
-    for path in ("/", "/page", "/?q=N"):
-        print(f"cache on vs off, {path}: {paired(cpu['off', path], cpu['on', path])}")
+    if "/page" in chosen:
+        print(f"hits vs the page rendered, same server: {med['on', '/page'] / med['on', '/cached']:.2f}x")
+    for path in chosen:
+        if path != "/cached":
+            print(f"cache on vs off, {path}: {paired(cpu['off', path], cpu['on', path])}")
     return 0
 
 

@@ -126,6 +126,9 @@ def main() -> int:
     ap.add_argument("--cache-path", action="append", default=[], metavar="PREFIX",
                     help="the `on` server's --response-cache-path (e.g. /cached: the other paths "
                          "then measure what a request outside the cache's scope costs)")
+    ap.add_argument("--control", action="store_true",
+                    help="run `on` without the cache too: the pairs' changes are then the bench's "
+                         "own noise and bias (two processes of one build), to read the others against")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, of {', '.join(WORKLOADS)} (/ and /cached always run)")
     a = ap.parse_args()
@@ -133,7 +136,7 @@ def main() -> int:
     unknown = set(a.workloads.split(",")) - set(WORKLOADS)
     if unknown:
         ap.error(f"unknown workloads: {', '.join(sorted(unknown))}")
-    SERVERS["on"] = ["--response-cache", a.size]
+    SERVERS["on"] = [] if a.control else ["--response-cache", a.size]
     for prefix in a.cache_path:
         SERVERS["on"] += ["--response-cache-path", prefix]
     hz = os.sysconf("SC_CLK_TCK")

@@ -239,6 +239,10 @@ class ResponseCache:
         i = zlib.crc32(path) & self._fmask
         return self._filter[i >> 3] & 1 << (i & 7)
 
+    def path_filter(self) -> tuple[memoryview, int]:
+        """The path filter's bytes and its bit mask, for a caller that inlines may_hold_path()."""
+        return self._filter, self._fmask
+
     def holds(self, key: bytes) -> bool:
         """Whether an entry of some generation may be stored under key (its tag is in the index):
         a test without the lock before remove(). A tag collision can say yes wrongly, never no."""

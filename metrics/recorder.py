@@ -168,6 +168,11 @@ class Recorder:
         """One request looked up in the shared response cache (bypass: not cacheable)."""
         self.mv[L.H_CACHE + L.CACHE_INDEX[result]] += 1.0
 
+    def response_cache_field(self, result: CacheResult) -> int:
+        """Where response_cache(result) adds in `mv`: for the request path's commonest count, the
+        add without the call (workers/cachestage.py)."""
+        return L.H_CACHE + L.CACHE_INDEX[result]
+
     def delegated(self, target: str, result: DelegationResult) -> None:
         """One connection handed (or not) to `target`, the prefix as configured (--delegate)."""
         row = self._targets.get(target) or self._name(self._targets, TARGET_TABLE, target, 1, 0)

@@ -150,8 +150,8 @@ class RequestStage:
         if cache is not None:
             if cache.skip is ex:  # the fast path knows it goes past the cache (a pass mark)
                 cache.skip = None
-                if cache.counting and not err:
-                    cache.count("bypass")
+                if not err:
+                    cache.tally[cache.bypass_at] += 1.0
             elif not err:  # (not when the gate answered)
                 got = cache.before(ex, req, env, started)
                 if got is not None:

@@ -67,6 +67,7 @@ class Replay:
     __slots__ = ("age", "body", "code", "head", "memo", "post", "pre", "req", "scheme", "second", "tail")
     past = False
     requests = 1
+    live = True  # (a replay checks its entry itself, however old the memo's pointer to it)
 
     def __init__(self, memo: Known, req: Request, scheme: str, wire: tuple[bytes, int, int],
                  end: bytes) -> None:
@@ -93,13 +94,16 @@ class Pass:
     read per request: FastHits.expire() drops the marks whose pass has lapsed, every
     MARK_SWEEP seconds."""
 
-    __slots__ = ("requests", "scheme", "until")
+    __slots__ = ("live", "requests", "scheme", "until")
     past = True  # (the connection loop tells the two kinds apart by this)
 
     def __init__(self, until: float, scheme: str, requests: int = 1) -> None:
         self.until = until
         self.scheme = scheme
         self.requests = requests  # how many the read held (pipelined, all of them past the cache)
+        # False once dropped from the memo: a connection that kept it to skip the memo's lookup
+        # (the same bytes as its last read) lets it go then
+        self.live = True
 
 
 class FastHits:
@@ -246,6 +250,7 @@ class FastHits:
         replays = self.replays
         for data, r in list(replays.items()):
             if type(r) is Pass and r.until <= now:
+                r.live = False
                 del replays[data]
 
     def start(self, loop: Any) -> None:
@@ -264,6 +269,9 @@ class FastHits:
     def _keep(self, data: bytes, what: Replay | Pass) -> None:
         replays = self.replays
         if len(replays) >= REPLAYS_MAX:
+            for r in replays.values():
+                if type(r) is Pass:
+                    r.live = False
             replays.clear()
         replays[data] = what
 

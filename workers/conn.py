@@ -57,6 +57,7 @@ log = logging.getLogger("greenfork.worker")
 # only HTTP/1.1 never imports h2)
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DRAIN_LIMIT = 1 << 20  # unread body bytes we discard to keep a connection reusable
+_NEVER = float("inf")  # (the earliest end of no pass)
 
 
 class Connection:
@@ -191,6 +192,10 @@ class Connection:
         marked = 0  # the read just parsed carries a pass mark: this many requests go past the cache
         passed = 0  # the requests of `fresh` answered so far, all sent past the cache by the memo
         until = 0.0  # the earliest end of their passes
+        # the last read the memo knew, and what it knew: a client repeats its bytes on a kept
+        # connection, and comparing them costs less than hashing them for the memo's lookup
+        last: bytes | None = None
+        last_r: Replay | Pass | None = None
         if fast is not None:
             scheme = fast.scheme(self.ctx.base_environ, self.extra) or ""
             if not scheme:
@@ -235,8 +240,12 @@ class Connection:
                 if boundary and fast is not None and len(data) <= REPLAY_READ_MAX:
                     fresh = data
                     passed = 0
-                    until = float("inf")
-                    r = replays.get(data)
+                    until = _NEVER
+                    r: Replay | Pass | None = last_r
+                    if data != last or r is None or not r.live:
+                        r = replays.get(data)
+                        if r is not None:
+                            last, last_r = data, r
                     if r is not None:
                         if r.past:
                             # the URL memo sends its requests past the cache: the request stage is
@@ -257,6 +266,7 @@ class Connection:
                     fresh = None  # a hit from the fast path
                     if read is not None and not passed and action == KEEP and p.between_requests:
                         fast.learn(read, ev, scheme)  # the read held this request and nothing more
+                        last = None  # (the memo has a new answer for some bytes: look it up)
                 elif marked:  # (the same bytes parsed before held as many requests)
                     marked -= 1
                     passing.skip = self
@@ -272,6 +282,7 @@ class Connection:
                             until = min(until, passing.passed_until)
                             if p.between_requests:
                                 fast.learn_pass(read, passed, until, scheme)
+                                last = None  # (the memo has a new answer for some bytes: look it up)
                                 fresh = None
                         else:
                             fresh = None

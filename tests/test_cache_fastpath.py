@@ -33,7 +33,7 @@ from greenfork.workers.h1proto import KEEP, NEED_DATA, SEND_RESPONSE, H1Server
 from greenfork.workers.http1 import DEFAULT_LIMITS, Request
 from greenfork.workers.request import http_date
 from tests import tlscerts
-from tests.metricsutil import scrape, total
+from tests.metricsutil import Key, scrape, total
 from tests.procs import Launcher, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -756,6 +756,34 @@ def test_a_path_nothing_is_stored_under_makes_no_key(pair: tuple[Srv, Srv]) -> N
     assert fast.raw(post.encode()).startswith(b"HTTP/1.1 200 ")
     assert fast.probe()[3] == keys + 1  # its key, to find the entry
     assert b"\r\nAge: " not in fast.get(target) and fast.calls() == calls + 3  # dropped: the app again
+
+
+def test_a_path_whose_urls_with_a_query_are_never_stored_is_passed_whole(pair: tuple[Srv, Srv]) -> None:
+    """Hit-for-pass for a path (a search's, an API's: a new query string each time): once eight URLs
+    with a query under it could not be stored, its GETs skip the cache (`bypass`, not a `miss` each)
+    for a second; a storable URL under it is stored once that lapses; and a path with an entry
+    stored under it is never passed whole."""
+    fast, _ = pair
+
+    def delta(before: dict[Key, float], after: dict[Key, float], result: str) -> float:
+        return total(after, "greenfork_response_cache_requests_total", result=result) - \
+            total(before, "greenfork_response_cache_requests_total", result=result)
+
+    before = scrape(fast.metrics)
+    answers = [fast.get(f"/search?q={i}") for i in range(20)]
+    after = scrape(fast.metrics)
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers)
+    assert (delta(before, after, "miss"), delta(before, after, "bypass")) == (8, 12)
+    target = f"/search?{CC}&n=storable"
+    calls = fast.calls()
+    assert b"\r\nAge: " not in fast.get(target) and fast.calls() == calls + 1
+    wait_for(lambda: b"\r\nAge: " in fast.get(target), 10,
+             "the path's pass to lapse, and the URL to be stored and hit")
+    before = scrape(fast.metrics)
+    answers = [fast.get(f"/search?q=again-{i}") for i in range(20)]
+    after = scrape(fast.metrics)
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers)
+    assert (delta(before, after, "miss"), delta(before, after, "bypass")) == (20, 0)
 
 
 def test_hup_empties_the_cache_for_the_fast_path(launcher: Launcher, tmp_path: Path) -> None:

@@ -22,6 +22,12 @@ Two per-worker memos keep the request path short, and neither can make an answer
   while the same URL is public to everyone else, and without it every such request (most of a
   browser's) took the whole miss path, about 8 µs. At worst a pass costs hits of a URL for
   PASS_TTL after its responses became storable.
+- `path_passes`: hit-for-pass for a whole request path, for URLs that are new each time (a
+  search's or an API's query string): after PATH_PASS_AFTER URLs with a query under a path
+  were each unstorable, the path's GETs skip the cache for PASS_TTL, unless the store's path
+  filter says an entry is stored under it (a path some of whose URLs are cached is never passed
+  whole). Otherwise each such URL took the whole miss path (+50% on hello). At worst a URL with a
+  query that became storable under such a path is stored up to PASS_TTL later.
 
 The HTTP/1.1 connection loop answers the commonest hit before this stage, from the same `urls`
 memo (workers/cachefast.py): `hot` tells it which request targets the memo has pointed at a copy.
@@ -52,6 +58,7 @@ log = logging.getLogger("greenfork.worker")
 
 PASS_TTL: Final = 1.0  # seconds a URL with an unstorable response skips the cache in this worker
 URLS_MAX: Final = 4096  # URLs remembered (their keys, or a pass): the memo is emptied when full
+PATH_PASS_AFTER: Final = 8  # unstorable URLs with a query under a path before the path is passed
 KNOWN_BYTES: Final = 8 << 20  # this worker's copies of entries: at most this many body bytes...
 KNOWN_SHARE: Final = 8  # ...and at most 1/8 of the shared cache's size
 CLIENT_GONE: Final = 499  # request.py's status for a client that left before its response
@@ -235,6 +242,10 @@ class CacheStage:
         # a URL -> until when its requests with a Cookie skip the cache (their last response could
         # not be stored); requests without one go by `urls`
         self.cookie_passes: dict[Url, float] = {}
+        # a request path -> until when its GETs skip the cache (hit-for-pass for the whole path:
+        # see above); and how many of its URLs with a query were unstorable since
+        self.path_passes: dict[bytes, float] = {}
+        self.path_fails: dict[bytes, int] = {}
         # --response-cache-path: the request paths it consults the cache for (None: every path),
         # as the path itself and as the start of longer ones
         paths = server.settings.response_cache_path
@@ -271,6 +282,13 @@ class CacheStage:
             if not self.path_bits[i >> 3] & 1 << (i & 7):
                 return None
             return self._unsafe(req, env)
+        if self.path_passes:  # (most sites have none: one test)
+            until = self.path_passes.get(req.path, 0.0)
+            if until and method == "GET" and not req.upgrade and until > time.time():
+                i = crc32(req.path) & self.path_mask
+                if not self.path_bits[i >> 3] & 1 << (i & 7):  # (nothing stored under it since)
+                    self.tally[self.bypass_at] += 1.0
+                    return None
         host: str = env.get("HTTP_HOST") or ""
         now = time.time()
         url = (env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"])
@@ -306,13 +324,14 @@ class CacheStage:
             key = memo
         plain = env.keys().isdisjoint(RULE_KEYS)  # no field any rule looks at: the common case
         if key is None:
-            i = crc32(req.path) & self.path_mask
-            if plain and not self.path_bits[i >> 3] & 1 << (i & 7):
-                # no worker stored anything under this path (the store's path filter): a miss
-                # without making the key or looking it up; the key is made if the response is
-                # stored (Fill.key)
-                self.count("miss")
-                return Fill(self, _STORE, None, env, now, url, req) if method == "GET" else None
+            if plain:
+                i = crc32(req.path) & self.path_mask
+                if not self.path_bits[i >> 3] & 1 << (i & 7):
+                    # no worker stored anything under this path (the store's path filter): a miss
+                    # without making the key or looking it up; the key is made if the response is
+                    # stored (Fill.key)
+                    self.count("miss")
+                    return Fill(self, _STORE, None, env, now, url, req) if method == "GET" else None
             key = self._key(url, req)
             if key is None:
                 self.count("bypass")
@@ -440,17 +459,32 @@ class CacheStage:
             server.metrics.request(ex, req, err, started)
 
     # ------------------------------------------------------------------ after the app
-    def passed(self, url: Url | None, env: dict[str, Any], now: float) -> None:
-        """The response to url could not be stored: skip the cache for it a while (see above)."""
+    def passed(self, url: Url | None, env: dict[str, Any], now: float, req: Request) -> None:
+        """The response to url could not be stored: skip the cache for it a while, and for its
+        path after PATH_PASS_AFTER such URLs with a query (see above)."""
         if url is None or "HTTP_AUTHORIZATION" in env:
             return
-        if "HTTP_COOKIE" in env:
+        if "HTTP_COOKIE" in env:  # (often private to the client: says nothing of the path)
             passes = self.cookie_passes
             if len(passes) >= URLS_MAX and url not in passes:
                 passes.clear()
             passes[url] = now + PASS_TTL
             return
         self._remember(url, now + PASS_TTL)
+        if req.query:  # the URL may be new each time
+            path = req.path
+            fails = self.path_fails
+            n = fails.get(path, 0) + 1
+            if n >= PATH_PASS_AFTER:
+                del fails[path]
+                pp = self.path_passes
+                if len(pp) >= URLS_MAX and path not in pp:
+                    pp.clear()
+                pp[path] = now + PASS_TTL
+            else:
+                if len(fails) >= URLS_MAX and path not in fails:
+                    fails.clear()
+                fails[path] = n
 
     def store_response(self, fill: Fill, status: str, headers: list[tuple[str, str]], body: bytes) -> bool:
         env = fill.env
@@ -544,7 +578,7 @@ class Fill:
                     if declared is None or declared == str(len(body)):
                         stored = stage.store_response(self, status, headers, body)
             if not stored:
-                stage.passed(self.url, self.env, self.request_time)
+                stage.passed(self.url, self.env, self.request_time, self.req)
         except Exception:  # the response is out: a cache fill must never fail the request
             log.exception("Response cache: could not store %s", self.req.target[:200])
 

@@ -24,7 +24,8 @@ Two per-worker memos keep the request path short, and neither can make an answer
   PASS_TTL after its responses became storable.
 - `path_passes`: hit-for-pass for a whole request path, for URLs that are new each time (a
   search's or an API's query string): after PATH_PASS_AFTER URLs with a query under a path
-  were each unstorable, the path's GETs skip the cache for PASS_TTL, unless the store's path
+  were each unstorable (with a Cookie or not: most browsers' requests carry one), the path's
+  GETs skip the cache for PASS_TTL, unless the store's path
   filter says an entry is stored under it (a path some of whose URLs are cached is never passed
   whole). Otherwise each such URL took the whole miss path (+50% on hello). At worst a URL with a
   query that became storable under such a path is stored up to PASS_TTL later.
@@ -464,14 +465,7 @@ class CacheStage:
         path after PATH_PASS_AFTER such URLs with a query (see above)."""
         if url is None or "HTTP_AUTHORIZATION" in env:
             return
-        if "HTTP_COOKIE" in env:  # (often private to the client: says nothing of the path)
-            passes = self.cookie_passes
-            if len(passes) >= URLS_MAX and url not in passes:
-                passes.clear()
-            passes[url] = now + PASS_TTL
-            return
-        self._remember(url, now + PASS_TTL)
-        if req.query:  # the URL may be new each time
+        if req.query:  # the URL may be new each time (a Cookie or not: browsers send one)
             path = req.path
             fails = self.path_fails
             n = fails.get(path, 0) + 1
@@ -485,6 +479,13 @@ class CacheStage:
                 if len(fails) >= URLS_MAX and path not in fails:
                     fails.clear()
                 fails[path] = n
+        if "HTTP_COOKIE" in env:
+            passes = self.cookie_passes
+            if len(passes) >= URLS_MAX and url not in passes:
+                passes.clear()
+            passes[url] = now + PASS_TTL
+            return
+        self._remember(url, now + PASS_TTL)
 
     def store_response(self, fill: Fill, status: str, headers: list[tuple[str, str]], body: bytes) -> bool:
         env = fill.env

@@ -306,6 +306,7 @@ def test_lapsed_pass_marks_are_dropped(store: ResponseCache) -> None:
     fast.learn(SHAPES["GET"], req, "http")
     fast.expire()
     assert sorted(fast.replays) == sorted([b"current", SHAPES["GET"]])  # (replays are the entry's)
+    assert fast.lengths == {len(b"current"), len(SHAPES["GET"])}  # (the lengths looked up)
 
 
 def test_a_head_the_protocol_would_rework_is_left_to_the_ordinary_path(store: ResponseCache) -> None:

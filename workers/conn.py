@@ -187,6 +187,7 @@ class Connection:
         scheme = ""
         hot: set[bytes] | frozenset[bytes] = frozenset()
         replays: dict[bytes, Replay | Pass] = {}
+        lengths: set[int] = set()
         passing: Any = None  # the cache stage, for pass marks
         fresh: bytes | None = None  # a read that began at a request boundary (for fast.learn)
         marked = 0  # the read just parsed carries a pass mark: this many requests go past the cache
@@ -203,6 +204,7 @@ class Connection:
             else:
                 hot = fast.hot  # the targets it may answer (one set lookup, before any call)
                 replays = fast.replays  # reads it answers unparsed (cachefast.FastHits.replay)
+                lengths = fast.lengths
                 passing = fast.stage
         while True:
             ev = p.next_event()
@@ -243,7 +245,7 @@ class Connection:
                     until = _NEVER
                     r: Replay | Pass | None = last_r
                     if data != last or r is None or not r.live:
-                        r = replays.get(data)
+                        r = replays.get(data) if len(data) in lengths else None
                         if r is not None:
                             last, last_r = data, r
                     if r is not None:

@@ -806,8 +806,8 @@ SETTINGS: tuple[Setting, ...] = (
        help="Consult the cache only for request paths under PREFIX (`/static` matches `/static` and "
             "`/static/x`, not `/staticx`; the path as the request gives it, before --mount), as "
             "nginx's proxy_cache is set per location: every other request costs one prefix test "
-            "instead of the cache's lookup, capture and bookkeeping (about 11 µs when each request "
-            "has a new URL; docs/caching.md), and is not counted in the cache's metrics. Repeat for "
+            "instead of the cache's tests (a few bytecodes for a URL the cache has sent past it before; "
+            "docs/caching.md), and is not counted in the cache's metrics. Repeat for "
             "several; in the environment separate them with commas."),
     # ----------------------------------------------------------------- overload
     # (issue 18: workers/overload.py)

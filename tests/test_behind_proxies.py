@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.sync.client import connect as ws_connect
 
 from tests import tlscerts
 from tests.conftest import curl
 from tests.procs import Greenfork, Launcher, wait_for
 from tests.proxytools import connect, env_of, read_all, request, v2
+from tests.wsclients import TlsClient
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,9 +122,8 @@ def client_ws_env(port: int, certs: tlscerts.Certs, sni: str | None = None) -> d
     """A WebSocket (wss://, the `websockets` client) through the proxy, from CLIENT: the environ
     the application saw on the upgrade (proxyapp's /ws-env)."""
     raw = connect(f"https://127.0.0.1:{port}", source=CLIENT)
-    with ws_connect(f"wss://{sni or '127.0.0.1'}/ws-env", sock=raw, ssl=tlscerts.client_context(certs),
-                    server_hostname=sni or "127.0.0.1", proxy=None, open_timeout=10,
-                    ping_interval=None) as ws:
+    with TlsClient(f"wss://{sni or '127.0.0.1'}/ws-env", tlscerts.client_context(certs), raw,
+                   server_hostname=sni or "127.0.0.1", proxy=None) as ws:
         env: dict[str, Any] = json.loads(ws.recv(timeout=10))
     assert ws.close_code == 1000
     assert env["HTTP_UPGRADE"].lower() == "websocket"
@@ -444,11 +443,11 @@ def test_nginx_keeps_a_quiet_websocket_open(launcher: Launcher, proxies: list[Pr
         "proxy_read_timeout 60s;": "proxy_read_timeout 3s;"})
     start_nginx(proxies, tmp_path, nginx_conf(tmp_path, http=site), port)
     raw = connect(f"https://127.0.0.1:{port}", source=CLIENT)
-    with ws_connect("wss://127.0.0.1/ws-env", sock=raw, ssl=tlscerts.client_context(certs),
-                    server_hostname="127.0.0.1", proxy=None, open_timeout=10, ping_interval=None) as ws:
+    with TlsClient("wss://127.0.0.1/ws-env", tlscerts.client_context(certs), raw,
+                   server_hostname="127.0.0.1", proxy=None) as ws:
         assert json.loads(ws.recv(timeout=10))["REMOTE_ADDR"] == CLIENT
         time.sleep(5)  # the silence is the test: longer than nginx's proxy_read_timeout
-        assert ws.ping().wait(5), "no pong: the WebSocket was closed while quiet"
+        ws.ping(5)  # (TimeoutError without a pong: the WebSocket was closed while quiet)
     assert ws.close_code == 1000
 
 

@@ -29,6 +29,7 @@ from tests.h2raw import PREFACE, Raw
 from tests.metricsutil import scrape, total
 from tests.procs import APPS, Greenfork, Launcher, wait_for
 from tests.proxytools import connect, read_response, request, tlv, v1, v2
+from tests.wsclients import TlsClient
 
 pytestmark = pytest.mark.timeout(120)
 SECRET = {"X-Proxy-Secret": "s3cret"}
@@ -167,18 +168,21 @@ def test_h2_over_tls_after_a_v1_header_raw(server: Server) -> None:
 
 # ------------------------------------------------------------------ WebSocket
 def ws_open(server: Server, url: str, header: bytes | None, *, tls: bool = False, host: str = "app.test",
-            headers: dict[str, str] | None = None) -> ClientConnection:
-    """A `websockets` client on a socket we opened (and on which a PROXY header went first)."""
+            headers: dict[str, str] | None = None) -> ClientConnection | TlsClient:
+    """A `websockets` client on a socket we opened (and on which a PROXY header went first);
+    over TLS one whose TLS runs on one thread (tests/wsclients.py says why)."""
     s = connect(url)
     if header is not None:
         s.sendall(header)
-    ctx = tlscerts.client_context(server.certs) if tls else None
-    return ws_connect(f"{'wss' if tls else 'ws'}://{host}/ws-env", sock=s, ssl=ctx,
-                      server_hostname="127.0.0.1" if tls else None, proxy=None, open_timeout=10,
-                      ping_interval=None, additional_headers=SECRET if headers is None else headers)
+    fields = SECRET if headers is None else headers
+    if tls:
+        return TlsClient(f"wss://{host}/ws-env", tlscerts.client_context(server.certs), s,
+                         server_hostname="127.0.0.1", proxy=None, additional_headers=fields)
+    return ws_connect(f"ws://{host}/ws-env", sock=s, proxy=None, open_timeout=10, ping_interval=None,
+                      additional_headers=fields)
 
 
-def ws_env(ws: ClientConnection) -> dict[str, Any]:
+def ws_env(ws: ClientConnection | TlsClient) -> dict[str, Any]:
     with ws:
         env: dict[str, Any] = json.loads(ws.recv(timeout=10))
         # the app is still there: the connection echoes nothing, but it closes cleanly

@@ -37,8 +37,9 @@ from tests.test_behind_proxies import (
     site_pem,
     start_nginx,
 )
-from tests.test_websocket import GWS, Server, TlsClient, expect_close, start
+from tests.test_websocket import GWS, Server, expect_close, start
 from tests.tlscerts import Certs
+from tests.wsclients import TlsClient
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,14 +31,17 @@ Why this shape:
 The index is a table of 8-way groups (tag, log offset, length; a referenced byte per way) chosen by
 the CRC-32 of the key; a full group drops its oldest way. No gevent here: the master imports it.
 
-The path filter (after the index: eight bits per index way, a power of two) has the bit of the
-CRC-32 of every request path that an entry was stored under, of any generation and host: a path
-whose bit is clear has no entry, so the request stage skips making the key and looking it up (a
-URL seen the first time, and every POST, which would otherwise look for entries to invalidate).
-Writers set bits (under the lock) before the entry is indexed, so a reader that can find an entry
-sees its bit; bits are never cleared under a live entry: purge() rebuilds the filter from the
-entries it keeps, clear() empties it. Between those, bits of evicted entries stay set (a lookup
-that finds nothing, as without the filter).
+The path filter (after the index: a byte per slot, four slots per index way, a power of two) has
+the slot of the CRC-32 of every request path that an entry was stored under set, of any generation
+and host: a path whose slot is clear has no entry, so the request stage skips making the key and
+looking it up (a URL seen the first time, and every POST, which would otherwise look for entries
+to invalidate).
+Writers set slots (under the lock) before the entry is indexed, so a reader that can find an entry
+sees its slot; slots are never cleared under a live entry: purge() rebuilds the filter from the
+entries it keeps, clear() empties it. Between those, slots of evicted entries stay set (a lookup
+that finds nothing, as without the filter). A byte, not a bit, per slot: the reader's test is one
+index, without a bit's shifts and masks (every uncached POST and new URL tests it: docs/caching.md),
+for up to 6 more bytes per way than eight bits took.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from typing import Final, NamedTuple
 DEFAULT_MAX_ENTRY: Final = 256 * 1024  # HTTP.sys's default largest cached response
 MAX_ENTRY_LIMIT: Final = 1 << 30  # a record's length is a 32-bit field
 MIN_SIZE: Final = 64 * 1024
-MAGIC: Final = 0x67665243_00000002  # "gfRC", layout version 2 (the path filter)
+MAGIC: Final = 0x67665243_00000003  # "gfRC", layout version 3 (the path filter, a byte per slot)
 WAYS: Final = 8
 BYTES_PER_WAY: Final = 512  # one index way per 512 bytes of log: entries are rarely smaller
 SECOND_CHANCES: Final = 8  # at most this many reinsertions per store bound the lock hold time
@@ -126,8 +129,9 @@ def _align(n: int) -> int:
 
 
 def _filter_bytes(nways: int) -> int:
-    """Bytes of the path filter: eight bits per index way, rounded up to a power of two (a mask)."""
-    return 1 << (nways - 1).bit_length()
+    """Bytes of the path filter: four one-byte slots per index way, rounded up to a power of two
+    (a mask)."""
+    return 1 << (4 * nways - 1).bit_length()
 
 
 def _tag(key: bytes) -> tuple[int, int]:
@@ -159,7 +163,7 @@ class ResponseCache:
         fbytes = _filter_bytes(nways)
         self._filter_at = t0 + 25 * nways
         self._filter = memoryview(mm)[self._filter_at:self._filter_at + fbytes]
-        self._fmask = fbytes * 8 - 1
+        self._fmask = fbytes - 1
         self._data = h[H_SIZE] - self._D
         self.max_entry = h[H_MAX_ENTRY]
         self._max_record = min(self._D // 4, MAX_ENTRY_LIMIT + (1 << 20))
@@ -176,8 +180,8 @@ class ResponseCache:
         sizes do not fit. Pure: the configuration check runs it before anything is mapped."""
         if size_bytes < MIN_SIZE:
             raise ValueError(f"response cache size {size_bytes} is below the minimum {MIN_SIZE} bytes")
-        # per way: 25 bytes of index, up to 2 of path filter (_filter_bytes)
-        nways = max(WAYS, (size_bytes - HEADER) // (BYTES_PER_WAY + 27) // WAYS * WAYS)
+        # per way: 25 bytes of index, up to 8 of path filter (_filter_bytes)
+        nways = max(WAYS, (size_bytes - HEADER) // (BYTES_PER_WAY + 33) // WAYS * WAYS)
         data = (HEADER + 25 * nways + _filter_bytes(nways) + 4095) & ~4095
         capacity = (size_bytes - data) & ~(_ALIGN - 1)
         if not 0 < max_entry <= min(capacity // 4 - 4096, MAX_ENTRY_LIMIT):
@@ -236,11 +240,10 @@ class ResponseCache:
     def may_hold_path(self, path: bytes) -> int:
         """Non-zero if an entry may be stored under request path `path` (some host, query, variant
         or generation); 0: certainly none. One CRC and one load, no lock."""
-        i = zlib.crc32(path) & self._fmask
-        return self._filter[i >> 3] & 1 << (i & 7)
+        return self._filter[zlib.crc32(path) & self._fmask]
 
     def path_filter(self) -> tuple[memoryview, int]:
-        """The path filter's bytes and its bit mask, for a caller that inlines may_hold_path()."""
+        """The path filter's bytes and its mask, for a caller that inlines may_hold_path()."""
         return self._filter, self._fmask
 
     def holds(self, key: bytes) -> bool:
@@ -609,11 +612,10 @@ class ResponseCache:
         return 0
 
     def _mark_path(self, key: bytes, bits: memoryview | bytearray) -> None:
-        """Set the path filter's bit of the request path in key (cachestage.primary_key's second
+        """Set the path filter's slot of the request path in key (cachestage.primary_key's second
         field, which variant and prefix keys keep; a key of another shape stands for itself)."""
         parts = key.split(b"\0", 3)
-        i = zlib.crc32(parts[2] if len(parts) == 4 else key) & self._fmask
-        bits[i >> 3] |= 1 << (i & 7)
+        bits[zlib.crc32(parts[2] if len(parts) == 4 else key) & self._fmask] = 1
 
     def _index_put(self, key: bytes, off: int, length: int) -> None:
         tag, crc = _tag(key)

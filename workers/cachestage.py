@@ -72,6 +72,8 @@ RULE_KEYS: Final = frozenset({
 _GET: Final = cp.RequestRule(True, True, "")
 _HEAD: Final = cp.RequestRule(True, False, "head")
 _STORE, _INVALIDATE = 0, 1
+_LOOKUP: Final = frozenset({"GET", "HEAD"})  # the methods a stored response may answer
+_SAFE: Final = cp.SAFE_METHODS  # (a module name: one load, not two)
 
 
 class Hit(enum.Enum):
@@ -274,22 +276,18 @@ class CacheStage:
         if scope is not None and req.path not in scope[0] and not req.path.startswith(scope[1]):
             return None  # outside --response-cache-path: not the cache's, not even counted
         method = req.method
-        if method != "GET" and method != "HEAD":  # (first: none of the URL's memo is for them)
+        if method not in _LOOKUP:  # (first: none of the URL's memo is for them)
             self.tally[self.bypass_at] += 1.0
-            if method in cp.SAFE_METHODS:
-                return None
             # an unsafe method invalidates the path's entries, if the path filter says any may be
-            i = crc32(req.path) & self.path_mask
-            if not self.path_bits[i >> 3] & 1 << (i & 7):
+            if method in _SAFE or not self.path_bits[crc32(req.path) & self.path_mask]:
                 return None
             return self._unsafe(req, env)
         if self.path_passes:  # (most sites have none: one test)
             until = self.path_passes.get(req.path, 0.0)
-            if until and method == "GET" and not req.upgrade and until > time.time():
-                i = crc32(req.path) & self.path_mask
-                if not self.path_bits[i >> 3] & 1 << (i & 7):  # (nothing stored under it since)
-                    self.tally[self.bypass_at] += 1.0
-                    return None
+            if until and method == "GET" and not req.upgrade and until > time.time() \
+                    and not self.path_bits[crc32(req.path) & self.path_mask]:  # (nothing stored since)
+                self.tally[self.bypass_at] += 1.0
+                return None
         host: str = env.get("HTTP_HOST") or ""
         now = time.time()
         url = (env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"])
@@ -325,14 +323,12 @@ class CacheStage:
             key = memo
         plain = env.keys().isdisjoint(RULE_KEYS)  # no field any rule looks at: the common case
         if key is None:
-            if plain:
-                i = crc32(req.path) & self.path_mask
-                if not self.path_bits[i >> 3] & 1 << (i & 7):
-                    # no worker stored anything under this path (the store's path filter): a miss
-                    # without making the key or looking it up; the key is made if the response is
-                    # stored (Fill.key)
-                    self.count("miss")
-                    return Fill(self, _STORE, None, env, now, url, req) if method == "GET" else None
+            if plain and not self.path_bits[crc32(req.path) & self.path_mask]:
+                # no worker stored anything under this path (the store's path filter): a miss
+                # without making the key or looking it up; the key is made if the response is
+                # stored (Fill.key)
+                self.count("miss")
+                return Fill(self, _STORE, None, env, now, url, req) if method == "GET" else None
             key = self._key(url, req)
             if key is None:
                 self.count("bypass")

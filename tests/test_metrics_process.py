@@ -354,7 +354,9 @@ def test_no_counter_goes_down_across_recycling(launcher: Launcher) -> None:
         for _ in range(20):
             assert http_get(g.url(), "/")[0] == 200
         scrapes.append(scrape(url))
-    wait_for(lambda: total(scrape(url), "greenfork_worker_exits_total", reason="max_requests") >= 2, 15,
+    # (a recycle boots the replacement first, then drains the old worker: seconds each on a busy
+    # two-core CI machine, where 15 s was once too short)
+    wait_for(lambda: total(scrape(url), "greenfork_worker_exits_total", reason="max_requests") >= 2, 60,
              "workers recycled for max_requests")
     scrapes.append(scrape(url))
     for before, after in itertools.pairwise(scrapes):

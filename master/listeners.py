@@ -95,6 +95,12 @@ def adopt_fd(fd: int, spec: BindSpec | None = None) -> Listener:
         if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             raise fail("unsupported address family (expected IPv4, IPv6 or unix)")
         url = _published_url(sock, spec.scheme, spec.handoff)
+        if sock.family != socket.AF_UNIX:
+            # as _tcp_socket() does; connections the kernel completed before now do not inherit
+            # it (workers/acceptor.py checks, and sets it on those). Best effort: the workers
+            # set it on each connection if it cannot be inherited.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Its blocking mode is left as it is: O_NONBLOCK belongs to the open file, shared with
         # whoever else holds the socket. After a binary upgrade (USR2) the old master's workers
         # still accept on it, relying on it being non-blocking (workers/acceptor.py): making it
@@ -193,6 +199,10 @@ def _tcp_socket(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind(sockaddr)
+        # Accepted sockets inherit TCP_NODELAY from their listener (workers/acceptor.py needs
+        # no system call a connection for it), but only those completed after it is set: so
+        # before listen(), when no client can have connected yet
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.listen(backlog)
         sock.setblocking(True)
     except BaseException:

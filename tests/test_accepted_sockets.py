@@ -1,23 +1,28 @@
 """What a worker's accepted sockets carry: TCP_NODELAY (our answers go out whole; Nagle would
 hold back the second small write of a streamed or pipelined answer until the client's delayed
-ACK). The worker sets it on the listening socket and Linux's accepted sockets inherit it
-(workers/acceptor.py), which saves a system call per connection; these tests look at the
-sockets themselves, from outside: pidfd_getfd(2) copies the worker's descriptor into the test
-(root, Linux 5.6 or later), and getsockopt reads the option there."""
+ACK). The master sets it on the listening socket and Linux's accepted sockets inherit it
+(master/listeners.py, workers/acceptor.py), which saves a system call per connection; these
+tests look at the sockets themselves, from outside: pidfd_getfd(2) copies the worker's
+descriptor into the test (root, Linux 5.6 or later), and getsockopt reads the option there;
+strace counts the worker's setsockopt calls."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from tests.procs import Launcher, wait_for
+from tests.procs import Launcher, http_get, wait_for
 
 SYS_PIDFD_GETFD = 438  # (x86_64 and aarch64 alike)
 
@@ -128,3 +133,54 @@ def test_ipv6_connections_too(launcher: Launcher) -> None:
         assert c.recv(4096).startswith(b"HTTP/1.1 200 OK")
         seen = wait_for(lambda: accepted_by(worker, c), 10, "the connection in the worker")
         assert seen["accepted"] == 1, seen
+
+
+def test_an_early_client_does_not_cost_every_connection_a_system_call(launcher: Launcher,
+                                                                     tmp_path: Path) -> None:
+    """A client that connected before the listener had TCP_NODELAY (here an inherited fd://
+    socket, as systemd or an old master passes it, with a client in its backlog) did not inherit
+    it: the worker sets it on that one, and the later connections, which inherit it, pay no call.
+    (Until this was found, the first connection alone decided, and a probe that connected
+    during the boot made the worker set the option on every connection for its whole life.)"""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.fail("strace is required (scripts/test installs Debian's strace package)")
+    with socket.socket() as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(16)
+        port = lst.getsockname()[1]
+        assert not lst.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        early = socket.create_connection(("127.0.0.1", port), timeout=10)  # completed, not accepted
+        fd = os.dup(lst.fileno())
+    try:
+        g = launcher.start(["testapp:app", "-b", f"fd://{fd}"], pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    with early:
+        early.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert early.recv(4096).startswith(b"HTTP/1.1 200 OK")
+        (worker,) = g.workers()
+        require_pidfd_getfd(worker)
+        seen = wait_for(lambda: accepted_by(worker, early), 10, "the early connection in the worker")
+        assert seen == {"accepted": 1, "listener": 1}, seen  # given it by the worker, and by the master
+    out = tmp_path / "strace.txt"
+    tracer = subprocess.Popen([strace, "-f", "-e", "trace=setsockopt", "-o", str(out), "-p", str(worker)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert tracer.stderr is not None
+        line = tracer.stderr.readline()  # "strace: Process N attached" once it traces
+        assert b"attached" in line, line
+        for i in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert c.recv(4096).startswith(b"HTTP/1.1 200 OK"), i
+    finally:
+        tracer.send_signal(signal.SIGINT)  # detaches from the worker, which keeps running
+        try:
+            tracer.wait(10)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait(10)
+    calls = [c for c in out.read_text().splitlines() if "setsockopt" in c]
+    assert calls == [], calls  # no TCP_NODELAY call for the 20 connections that inherited it
+    assert http_get(g.url())[0] == 200  # and the worker serves on after strace left

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("greenfork.worker")
 
 POOL_MAX: Final = 64
+# connections checked for an inherited TCP_NODELAY before each one is given it unchecked
+NODELAY_CHECKS: Final = 64
 
 
 class Runnable(Protocol):
@@ -65,15 +67,19 @@ class Acceptor:
         inline = ctx.inline
         data: bytes | None = b""
         # TCP_NODELAY (our answers go out whole; Nagle would hold a pipelined one back): set on
-        # the listening socket, Linux's accepted sockets inherit it, which saves a system call a
-        # connection. The first connection tells whether they do; if not, each one gets it.
-        nodelay_each = False  # set it on each accepted socket (they did not inherit it)
+        # the listening socket (by the master before listen(), master/listeners.py), Linux's
+        # accepted sockets inherit it, which saves a system call a connection. Connections the
+        # kernel completed before it was set (an adopted socket's backlog) do not: so sockets
+        # are checked, and given it, until one has inherited it, or NODELAY_CHECKS have not (then
+        # each one gets it, unchecked). A single connection's word was not enough: a client that
+        # connected before the option was set made every later connection pay the call.
+        nodelay_each = False  # set it on each accepted socket (they do not inherit it)
         if tcp:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        check = tcp  # (until one connection has told)
+        checks = NODELAY_CHECKS if tcp else 0  # connections still to check
 
         def full() -> bool:
             return len(connections) >= limit
@@ -106,11 +112,15 @@ class Acceptor:
                         if data is None:
                             continue  # handed over (its ACK is awaited in the hub)
                     client.setblocking(False)
-                    if check:
-                        nodelay_each = not client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-                        check = False
                     if nodelay_each:
                         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    elif checks:
+                        if client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+                            checks = 0  # inherited: no call a connection from now on
+                        else:
+                            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                            checks -= 1
+                            nodelay_each = not checks
                 except OSError as e:  # reset before we got to it
                     log.debug("dropped a connection at accept: %s", e)
                     if client is None:

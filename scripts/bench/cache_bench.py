@@ -2,7 +2,8 @@
 """The response cache side by side: hits against the app, and its cost to what it does not cache.
 
     scripts/bench/cache [--rounds 5] [--duration 5] [--connections 64] [--size 64MiB]
-                        [--cache-path PREFIX]... [--workloads /,/page,...]   # (runs this file)
+                        [--cache-path PREFIX]... [--workloads /,/page,...] [--fresh] [--control]
+                        # (runs this file)
 
 Two servers of the same build, each one worker pinned to CPU 0 (wrk runs on CPU 1), serving
 scripts/bench/apps.py:paths: `/` hello world, `/page` a 4 KiB page the app renders every time,
@@ -91,6 +92,13 @@ def start(extra: list[str]) -> tuple[subprocess.Popen[bytes], int, int]:
     return proc, port, worker
 
 
+def stop(servers: dict[str, tuple[subprocess.Popen[bytes], int, int]]) -> None:
+    for proc, _, _ in servers.values():
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc, _, _ in servers.values():
+        proc.wait(15)
+
+
 def wrk(port: int, workload: str, seconds: int, conns: int) -> int:
     path, extra, lua = WORKLOADS[workload]
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
@@ -129,6 +137,10 @@ def main() -> int:
     ap.add_argument("--control", action="store_true",
                     help="run `on` without the cache too: the pairs' changes are then the bench's "
                          "own noise and bias (two processes of one build), to read the others against")
+    ap.add_argument("--fresh", action="store_true",
+                    help="a new pair of servers every round: a process's own bias (its memory layout, "
+                         "hash seed, which CPU cache lines its code shares) then varies between pairs "
+                         "and shows in the standard error, instead of shifting the whole run")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, of {', '.join(WORKLOADS)} (/ and /cached always run)")
     a = ap.parse_args()
@@ -145,6 +157,9 @@ def main() -> int:
     servers = {name: start(extra) for name, extra in SERVERS.items()}  # both live, one loaded at a time
     try:
         for rnd in range(a.rounds):
+            if a.fresh and rnd:
+                stop(servers)
+                servers = {name: start(extra) for name, extra in SERVERS.items()}
             order = list(SERVERS) if rnd % 2 == 0 else list(reversed(SERVERS))
             for path in chosen:
                 for name in order:  # (each workload's two runs back to back: a pair)
@@ -158,10 +173,7 @@ def main() -> int:
                     print(f"round {rnd + 1} {name:3} {path:11} {n / a.duration:>9,.0f} rps {us:6.2f} us/req",
                           file=sys.stderr, flush=True)
     finally:
-        for proc, _, _ in servers.values():
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc, _, _ in servers.values():
-            proc.wait(15)
+        stop(servers)
     med = {k: statistics.median(v) for k, v in cpu.items()}
     mrps = {k: statistics.median(v) for k, v in rps.items()}
     print("\n| server | workload | requests/s | CPU us/request |")

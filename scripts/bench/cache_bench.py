@@ -2,7 +2,7 @@
 """The response cache side by side: hits against the app, and its cost to what it does not cache.
 
     scripts/bench/cache [--rounds 5] [--duration 5] [--connections 64] [--size 64MiB]
-                        [--cache-path PREFIX]... [--workloads /,/page,...] [--fresh] [--control]
+                        [--cache-path PREFIX]... [--workloads /,/page,...] [--no-fresh] [--control]
                         # (runs this file)
 
 Two servers of the same build, each one worker pinned to CPU 0 (wrk runs on CPU 1), serving
@@ -12,12 +12,13 @@ hello with a new query string on every request (unique.lua: every URL new, as se
 API calls with ids are; the cache's whole miss path each time); and scripts/bench's other uncached
 workloads on the same server: `pipeline16` (hello, 16 requests a read), `hello_close` (a new
 connection per request) and `echo16k` (a 16 KiB POST to /echo, which the cache must consider for
-invalidation, RFC 9111 4.4). Server `off`
-runs without the cache, server `on` with --response-cache 64MiB (--size). Both run throughout;
-each round measures every path on both servers back to back (the order alternates between rounds),
-a pair per path and round. Each run reports requests/s from wrk and the worker's CPU microseconds
-per request (user + system, from /proc), the figure that does not depend on wrk keeping up. The table gives
-the medians and the ratios the issue asks about:
+invalidation, RFC 9111 4.4). Server `off` runs without the cache, server `on` with
+--response-cache 64MiB (--size); a new pair starts every round (--no-fresh: one pair for all
+rounds, whose own bias then shifts the whole run). Each round measures every path on both servers
+back to back (the order alternates between rounds), a pair per path and round. Each run reports
+requests/s from wrk and the worker's CPU microseconds per request (user + system, from /proc),
+the figure that does not depend on wrk keeping up. The table gives the medians and the ratios the
+issue asks about:
 
 - hits against hello on the same server (`on /cached` vs `on /`), and against the page rendered;
 - what the cache costs the requests it does not answer (`on` vs `off` for every workload but
@@ -137,10 +138,11 @@ def main() -> int:
     ap.add_argument("--control", action="store_true",
                     help="run `on` without the cache too: the pairs' changes are then the bench's "
                          "own noise and bias (two processes of one build), to read the others against")
-    ap.add_argument("--fresh", action="store_true",
-                    help="a new pair of servers every round: a process's own bias (its memory layout, "
-                         "hash seed, which CPU cache lines its code shares) then varies between pairs "
-                         "and shows in the standard error, instead of shifting the whole run")
+    ap.add_argument("--fresh", action=argparse.BooleanOptionalAction, default=True,
+                    help="a new pair of servers every round (the default): a process's own bias (its "
+                         "memory layout, hash seed, which CPU cache lines its code shares) then varies "
+                         "between pairs and shows in the standard error; with --no-fresh one pair "
+                         "serves every round and its bias shifts the whole run")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, of {', '.join(WORKLOADS)} (/ and /cached always run)")
     a = ap.parse_args()

@@ -106,6 +106,11 @@ class Pass:
         self.live = True
 
 
+# what a connection's loop knows of its last read before it has one (never live: looked up)
+NO_READ: Final = Pass(0.0, "", 0)
+NO_READ.live = False
+
+
 class FastHits:
     """One per worker, over its cache stage's memos."""
 
@@ -213,9 +218,6 @@ class FastHits:
         if self.timed:
             self.metrics.request(conn, req, "", started)
         self.answered = memo
-        stage = self.stage
-        if stage.skip is conn:  # a pass mark's, for a URL with an entry since: it is taken here
-            stage.skip = None
         action = p.after_response()
         if action == DRAIN:  # (never: a request with a body has a field in RULE_FIELDS)
             p.abort()

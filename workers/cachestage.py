@@ -261,12 +261,13 @@ class CacheStage:
         # (workers/cachefast.py) leaves the request to this stage after one set lookup
         self.hot: set[bytes] = set()
         # The HTTP/1.1 fast path's pass marks (workers/cachefast.py): the request the memo sent past
-        # the cache last, and until when (for FastHits.learn_pass); and the connection whose next
-        # request the fast path knows goes past it (a read seen before), which skips before().
-        # Taken by that connection's next request whatever it is: a mark never outlives it.
+        # the cache last, and until when (for FastHits.learn_pass); and the request the fast path
+        # knows goes past it (parsed from a read seen before), which skips before(). A Request is
+        # never served twice, so the mark needs no clearing (the connection loop sets it just
+        # before it hands that request to the request stage, which reads it first).
         self.passed_req: Request | None = None
         self.passed_until = 0.0
-        self.skip: object = None
+        self.skip: Request | None = None
 
     # ------------------------------------------------------------------ before the app
     def before(self, ex: Exchange, req: Request, env: dict[str, Any],

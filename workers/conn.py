@@ -23,7 +23,7 @@ from gevent import GreenletExit
 
 from greenfork.master import tlsinfo
 from greenfork.workers import front, websocket_pipeline
-from greenfork.workers.cachefast import REPLAY_READ_MAX
+from greenfork.workers.cachefast import NO_READ, REPLAY_READ_MAX
 from greenfork.workers.h1proto import (
     CLOSED,
     DRAIN,
@@ -196,7 +196,7 @@ class Connection:
         # the last read the memo knew, and what it knew: a client repeats its bytes on a kept
         # connection, and comparing them costs less than hashing them for the memo's lookup
         last: bytes | None = None
-        last_r: Replay | Pass | None = None
+        last_r: Replay | Pass = NO_READ
         if fast is not None:
             scheme = fast.scheme(self.ctx.base_environ, self.extra) or ""
             if not scheme:
@@ -241,20 +241,23 @@ class Connection:
                 marked = 0
                 if boundary and fast is not None and len(data) <= REPLAY_READ_MAX:
                     fresh = data
-                    passed = 0
-                    until = _NEVER
                     r: Replay | Pass | None = last_r
-                    if data != last or r is None or not r.live:
+                    if data != last or not last_r.live:
                         r = replays.get(data) if len(data) in lengths else None
                         if r is not None:
                             last, last_r = data, r
-                    if r is not None:
-                        if r.past:
-                            # the URL memo sends its requests past the cache: the request stage is
-                            # told so (its before() would find the same; cachefast.Pass)
-                            if r.scheme == scheme:
-                                marked = r.requests
-                        elif fast.replay(self, r, scheme):
+                    if r is None:
+                        passed = 0
+                        until = _NEVER
+                    elif r.past and r.scheme == scheme:
+                        # the URL memo sends its requests past the cache: the request stage is
+                        # told so (its before() would find the same; cachefast.Pass). (passed
+                        # and until are left as they are: a marked read is never learnt again)
+                        marked = r.requests
+                    else:
+                        passed = 0
+                        until = _NEVER
+                        if not r.past and fast.replay(self, r, scheme):
                             continue  # answered; the protocol object is idle, as it was
                 else:
                     fresh = None  # (a head in several reads is never remembered)
@@ -271,7 +274,7 @@ class Connection:
                         last = None  # (the memo has a new answer for some bytes: look it up)
                 elif marked:  # (the same bytes parsed before held as many requests)
                     marked -= 1
-                    passing.skip = self
+                    passing.skip = ev  # (taken by that request: see request.py)
                     action = self._handle(ev)
                 else:
                     action = self._handle(ev)

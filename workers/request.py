@@ -148,8 +148,7 @@ class RequestStage:
         fill: Fill | None = None
         cache = self.cache
         if cache is not None:
-            if cache.skip is ex:  # the fast path knows it goes past the cache (a pass mark)
-                cache.skip = None
+            if cache.skip is req:  # the fast path knows it goes past the cache (a pass mark)
                 if not err:
                     cache.tally[cache.bypass_at] += 1.0
             elif not err:  # (not when the gate answered)

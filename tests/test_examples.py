@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -19,6 +20,20 @@ from tests.procs import APPS, Launcher, http_get, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def writes_to(pid: int, new: Path, old: Path) -> bool:
+    """Whether process pid has `new` open and no longer `old` (a renamed file keeps its fd)."""
+    targets = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                targets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                pass  # closed meanwhile
+    except OSError:
+        return False
+    return str(new) in targets and str(old) not in targets
 
 
 def test_logrotate_recipe_rotates_a_live_server(launcher: Launcher, tmp_path: Path) -> None:
@@ -40,6 +55,10 @@ def test_logrotate_recipe_rotates_a_live_server(launcher: Launcher, tmp_path: Pa
     assert (logs / "access.log.1").exists() and (logs / "error.log.1").exists()
     # after USR1 every worker writes to new files
     wait_for(lambda: error.exists() and "Reopened log files" in error.read_text(), 10, "the reopen")
+    # (that line is the master's; each worker reopens when the master's word reaches it, a moment
+    # later: its descriptors tell, as `ls -l /proc/PID/fd` would show an operator)
+    wait_for(lambda: all(writes_to(pid, access, logs / "access.log.1") for pid in g.workers()), 10,
+             "every worker's reopen")
     for _ in range(6):
         http_get(g.url(), "/pid")
     wait_for(lambda: access.exists() and len(access.read_text().splitlines()) == 6, 5, "new access lines")

@@ -74,11 +74,6 @@ class Acceptor:
         # each one gets it, unchecked). A single connection's word was not enough: a client that
         # connected before the option was set made every later connection pay the call.
         nodelay_each = False  # set it on each accepted socket (they do not inherit it)
-        if tcp:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         checks = NODELAY_CHECKS if tcp else 0  # connections still to check
 
         def full() -> bool:

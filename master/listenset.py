@@ -19,7 +19,7 @@ def ordered(items: list[Listener], bind: tuple[str, ...]) -> list[Listener]:
 
 class ListenerSet:
     def __init__(self, current: list[Listener], *, backlog: int = 2048,
-                 unix_mode: int | None = 0o660) -> None:
+                 unix_mode: int | None = 0o660, defer_accept: int = 0) -> None:
         self.current = current
         self.pending: list[Listener] | None = None
         self.fresh: list[Listener] = []  # bound for the pending reload
@@ -27,6 +27,7 @@ class ListenerSet:
         self.retired: list[Listener] = []
         self.backlog = backlog
         self.unix_mode = unix_mode
+        self.defer_accept = defer_accept
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -37,7 +38,8 @@ class ListenerSet:
         have = {lst.spec.raw for lst in self.current}
         try:
             self.fresh = listeners.bind_all([parse_bind(b) for b in bind if b not in have],
-                                            backlog=self.backlog, unix_mode=self.unix_mode)
+                                            backlog=self.backlog, unix_mode=self.unix_mode,
+                                            defer_accept=self.defer_accept)
         except BindError as e:
             raise ValueError(str(e)) from None
         self.pending = ordered(self.current + self.fresh, bind)

@@ -94,7 +94,7 @@ class Server:
         inherited = listeners.systemd_fds(os.environ, os.getpid())
         adopted: list[Listener] = []
         for fd in inherited:
-            adopted.append(listeners.adopt_fd(fd))
+            adopted.append(listeners.adopt_fd(fd, defer_accept=self.settings.defer_accept))
         for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(key, None)  # children must not adopt them again
         if adopted and config.bind_is_implicit(self.settings):
@@ -105,7 +105,8 @@ class Server:
             log.info("No --bind given: listening on %s, from the PORT environment variable",
                      self.settings.bind[0])
         self.listeners = adopted + listeners.bind_all(
-            specs, backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode)
+            specs, backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode,
+            defer_accept=self.settings.defer_accept)
         if self.settings.metrics_bind:
             try:
                 self.metrics_listeners = listeners.bind_all(
@@ -141,9 +142,11 @@ class Server:
         for lst in handed:
             if lst not in keep:
                 lst.sock.close()  # the old master still owns its file, if any
+        listeners.defer_accept(keep, self.settings.defer_accept)
         have = {lst.spec.raw for lst in keep}
         fresh = listeners.bind_all([parse_bind(b) for b in bind if b not in have],
-                                   backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode)
+                                   backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode,
+                                   defer_accept=self.settings.defer_accept)
         self.listeners = ordered(keep + fresh, bind)
         return self.addresses
 
@@ -156,7 +159,8 @@ class Server:
         self.bind()
         pid = os.getpid()
         upgraded = self._upgrade_fd >= 0
-        lset = ListenerSet(self.listeners, backlog=s.backlog, unix_mode=s.unix_socket_mode)
+        lset = ListenerSet(self.listeners, backlog=s.backlog, unix_mode=s.unix_socket_mode,
+                           defer_accept=s.defer_accept)
         loop: MasterLoop | None = None
         cache: CacheKeeper | None = None
         pidfile = Pidfile(s.pidfile) if s.pidfile else None

@@ -534,6 +534,17 @@ SETTINGS: tuple[Setting, ...] = (
        metavar="N", type_doc="integer", reloadable=False,
        help="Length of the kernel's accept queue for each listening socket "
             "(capped by net.core.somaxconn)."),
+    _S("defer_accept", _int, 1, ("--defer-accept",), section="Listening", validate=_between(0, 600),
+       metavar="SECONDS", type_doc="seconds (integer)", reloadable=False,
+       help="TCP listeners hand a connection to a worker only once its first bytes have arrived "
+            "(Linux's TCP_DEFER_ACCEPT, as Apache's and uWSGI's defaults do): a worker wakes once a "
+            "connection, with the request already there, instead of once for the connection and "
+            "again for its request, and connections that never send (port scans, TCP health "
+            "checks) never reach a worker. One that has sent nothing after about this long is "
+            "handed over anyway (the kernel rounds it up to its SYN-ACK retransmissions: 1, 3, "
+            "7 s...), and greenfork's own timeouts take it from there. Set on adopted sockets "
+            "(`fd://`, systemd) too. 0 leaves the option alone (off on sockets greenfork binds). "
+            "See docs/deployment.md."),
     _S("unix_socket_mode", _octal, 0o660, ("--unix-socket-mode",), section="Listening",
        validate=_mode, metavar="MODE", type_doc="octal mode", default_doc="660",
        reloadable=False,
@@ -977,6 +988,7 @@ class Settings:
     chdir: str | None
     bind: tuple[str, ...]
     backlog: int
+    defer_accept: int
     unix_socket_mode: int
     addresses_file: str | None
     mount: tuple[Mount, ...]  # issue 17: port sharing

@@ -110,13 +110,27 @@ def test_ipv4_port_zero_gets_real_port_and_accepts(bound: list[Listener]) -> Non
     assert_accepts(lst, socket.AF_INET, ("127.0.0.1", port))
 
 
+def test_defer_accept_on_tcp_listeners_only(bound: list[Listener], sock_dir: Path) -> None:
+    opt = (socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
+    tcp, unix = bind(bound, "127.0.0.1:0", f"unix:{sock_dir}/d.sock", defer_accept=5)
+    assert tcp.sock.getsockopt(*opt) == 7  # 5 s, rounded up to the SYN-ACK schedule: 1 + 2 + 4
+    assert unix.transport == "unix"  # (a unix socket has no such option: none was set)
+    (off,) = bind(bound, "127.0.0.1:0")
+    assert off.sock.getsockopt(*opt) == 0  # bind_all's own default: off
+    listeners.defer_accept([off, unix], 1)  # a binary upgrade's inherited listeners
+    assert off.sock.getsockopt(*opt) == 1
+    listeners.defer_accept([off], 0)  # 0: left as it is
+    assert off.sock.getsockopt(*opt) == 1
+
+
 def test_backlog_is_passed(bound: list[Listener], monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
     real = listeners._tcp_socket
 
-    def spy(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool) -> socket.socket:
+    def spy(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool,
+            defer_accept: int = 0) -> socket.socket:
         seen.append(backlog)
-        return real(family, sockaddr, backlog, v6only=v6only)
+        return real(family, sockaddr, backlog, v6only=v6only, defer_accept=defer_accept)
 
     monkeypatch.setattr(listeners, "_tcp_socket", spy)
     bind(bound, "127.0.0.1:0", backlog=7)
@@ -143,10 +157,11 @@ def test_localhost_port_zero_retries_when_v6_port_is_taken(
     real = listeners._tcp_socket
     v4_first: list[socket.socket] = []
 
-    def flaky(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool) -> socket.socket:
+    def flaky(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool,
+              defer_accept: int = 0) -> socket.socket:
         if family == socket.AF_INET6 and v4_first and len(v4_first) == 1:
             raise OSError(errno.EADDRINUSE, "Address already in use")
-        sock = real(family, sockaddr, backlog, v6only=v6only)
+        sock = real(family, sockaddr, backlog, v6only=v6only, defer_accept=defer_accept)
         if family == socket.AF_INET:
             v4_first.append(sock)
         return sock
@@ -163,10 +178,11 @@ def test_localhost_port_zero_gives_up_after_ten_tries(monkeypatch: pytest.Monkey
     real = listeners._tcp_socket
     made: list[socket.socket] = []
 
-    def always_taken(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool) -> socket.socket:
+    def always_taken(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool,
+                     defer_accept: int = 0) -> socket.socket:
         if family == socket.AF_INET6:
             raise OSError(errno.EADDRINUSE, "Address already in use")
-        made.append(real(family, sockaddr, backlog, v6only=v6only))
+        made.append(real(family, sockaddr, backlog, v6only=v6only, defer_accept=defer_accept))
         return made[-1]
 
     monkeypatch.setattr(listeners, "_tcp_socket", always_taken)
@@ -186,10 +202,11 @@ def test_localhost_keeps_v4_when_host_has_no_ipv6(
 ) -> None:
     real = listeners._tcp_socket
 
-    def no_v6(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool) -> socket.socket:
+    def no_v6(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool,
+              defer_accept: int = 0) -> socket.socket:
         if family == socket.AF_INET6:
             raise OSError(code, os.strerror(code))
-        return real(family, sockaddr, backlog, v6only=v6only)
+        return real(family, sockaddr, backlog, v6only=v6only, defer_accept=defer_accept)
 
     monkeypatch.setattr(listeners, "_tcp_socket", no_v6)
     result = bind(bound, "localhost:0")
@@ -197,7 +214,8 @@ def test_localhost_keeps_v4_when_host_has_no_ipv6(
 
 
 def test_localhost_fails_when_both_families_fail(monkeypatch: pytest.MonkeyPatch) -> None:
-    def nothing(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool) -> socket.socket:
+    def nothing(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool,
+                defer_accept: int = 0) -> socket.socket:
         raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
 
     monkeypatch.setattr(listeners, "_tcp_socket", nothing)
@@ -243,7 +261,8 @@ def test_same_address_twice_is_in_use() -> None:
 
 
 def test_permission_denied(monkeypatch: pytest.MonkeyPatch) -> None:
-    def denied(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool) -> socket.socket:
+    def denied(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool,
+               defer_accept: int = 0) -> socket.socket:
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(listeners, "_tcp_socket", denied)
@@ -284,10 +303,11 @@ def test_any_is_dual_stack(bound: list[Listener]) -> None:
 def test_any_falls_back_to_ipv4(bound: list[Listener], monkeypatch: pytest.MonkeyPatch) -> None:
     real = listeners._tcp_socket
 
-    def no_v6(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool) -> socket.socket:
+    def no_v6(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool,
+              defer_accept: int = 0) -> socket.socket:
         if family == socket.AF_INET6:
             raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
-        return real(family, sockaddr, backlog, v6only=v6only)
+        return real(family, sockaddr, backlog, v6only=v6only, defer_accept=defer_accept)
 
     monkeypatch.setattr(listeners, "_tcp_socket", no_v6)
     [lst] = bind(bound, "0.0.0.0:0")

@@ -161,7 +161,11 @@ def test_filled_backlog_shows_in_the_listen_queue(launcher: Launcher) -> None:
     clients = []
     try:
         for _ in range(6):
-            clients.append(socket.create_connection(("127.0.0.1", g.port()), timeout=5))
+            c = socket.create_connection(("127.0.0.1", g.port()), timeout=5)
+            clients.append(c)
+            # its first bytes: with --defer-accept (the default) a connection joins the accept
+            # queue with them, not before
+            c.sendall(b"GET / HTTP/1.1\r\n")
         s = scrape(url)
         assert total(s, "greenfork_listen_queue_length", **lst) == 6
         assert total(s, "greenfork_listen_queue_limit", **lst) == 8

@@ -3,9 +3,9 @@
 A front that gets a new connection per request (clients sending `Connection: close`) pays
 per connection what the delegation step costs in a Python worker: a Transport, a Connection,
 a parser, a greenlet switch, a full parse of the head. Most such connections arrive whole: the
-first read holds the whole head (TCP_DEFER_ACCEPT on the front's TCP listeners makes accept()
-return only once the client's first bytes are there). For those, the acceptor itself does the
-hand-over, inline:
+first read holds the whole head (--defer-accept, TCP_DEFER_ACCEPT on every TCP listener by
+default, makes accept() return only once the client's first bytes are there). For those, the
+acceptor itself does the hand-over, inline:
 
 1. one non-blocking recv (MSG_DONTWAIT: no fcntl to make the socket non-blocking);
 2. a scan of the head for the request line and the Host header (`simple_head`): only heads
@@ -56,19 +56,17 @@ from greenfork.workers.mounts import PrefixTable
 from greenfork.workers.timers import NONE, SEND, Expired, Timed
 
 if TYPE_CHECKING:
-    from greenfork.master.listeners import Listener
     from greenfork.workers.delegation import Delegator
     from greenfork.workers.worker import ListenerContext
 
 log = logging.getLogger("greenfork.worker")
 
-__all__ = ["Inline", "defer_accept", "simple_head"]
+__all__ = ["Inline", "simple_head"]
 
 RECV_SIZE: Final = 65536  # as the transport reads
 # A first read longer than this goes the normal way: the message then always fits a fresh
 # unix socket's send buffer in one sendmsg (the rest is handled, but never expected).
 INLINE_MAX: Final = 16384
-DEFER_ACCEPT_SECONDS: Final = 1  # nginx's `listen ... deferred` sets the same
 _VERSIONS: Final = {b"1": "1.1", b"0": "1.0"}
 # A plainly well-formed head: an upper-case method, an origin-form target (an absolute-form
 # one names its own host) of visible ASCII without a fragment, HTTP/1.0 or 1.1, header lines
@@ -110,18 +108,6 @@ def simple_head(data: bytes, limits: Limits) -> tuple[str, str, str] | None:
         path = unquote_to_bytes(path)  # as PATH_INFO holds it (wsgi.build_environ)
     host = value.partition(b":")[0].rstrip(b".").decode("ascii")  # as mounts.request_host() has it
     return host, path.decode("latin-1"), _VERSIONS[m.group(3)]
-
-
-def defer_accept(listener: Listener) -> None:
-    """TCP_DEFER_ACCEPT on a delegating front's TCP listener: accept() returns once the
-    client's first bytes are there, so the first read finds them (the kernel still completes
-    a silent client's connection after the timeout; HTTP clients speak first)."""
-    if listener.transport == "unix":
-        return
-    try:
-        listener.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
-    except OSError as e:  # pragma: no cover - every Linux TCP socket takes it
-        log.debug("TCP_DEFER_ACCEPT not set: %s", e)
 
 
 class Inline:

@@ -43,7 +43,7 @@ from greenfork.workers.accesslog import AccessLog
 from greenfork.workers.cachefast import FastHits
 from greenfork.workers.conn import Connection
 from greenfork.workers.delegation import Delegator, Step, steps
-from greenfork.workers.delegation_inline import Inline, defer_accept
+from greenfork.workers.delegation_inline import Inline
 from greenfork.workers.front import ProxyFront, fronts
 from greenfork.workers.http1 import Limits
 from greenfork.workers.request import RequestStage
@@ -207,7 +207,6 @@ class WorkerServer:
                 self.settings.http2_cleartext == "prior-knowledge" and not lst.spec.handoff
             if isinstance(ctx.share, Delegator) and ctx.ssl is None and ctx.proxy is None:  # issue 17
                 ctx.inline = Inline(ctx.share, ctx)
-                defer_accept(lst)
             # The worker takes its own gevent socket over the inherited descriptor.
             sock = gsocket.socket(lst.sock.family, lst.sock.type, lst.sock.proto, fileno=lst.sock.detach())
             self.sockets.append(sock)

@@ -294,8 +294,11 @@ class Connection:
                 if action != KEEP:
                     if self.upgraded is not None and self.upgraded.taken_over:
                         return self._taken_over(self.upgraded)
-                    t.flush()
-                    return action == LINGER
+                    if action == LINGER:
+                        t.flush()
+                        return True
+                    t.finish()  # the answer and the FIN, in one segment
+                    return False
                 # Pipelined requests behind this one: their answers are gathered, up to a bound.
                 if p.pending and (len(self.out) > 64 or sum(map(len, self.out)) > FLUSH_AT):
                     t.flush()

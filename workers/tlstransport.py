@@ -191,7 +191,8 @@ class TlsTransport(Transport):
         return bool(self._obj.pending() or self._in.pending) or Transport.pending_input(self)
 
     # ---------------------------------------------------------------- writing
-    def flush(self) -> None:
+    def flush(self, flags: int = 0) -> None:
+        """(flags: ignored; the records go out at once)"""
         out = self.out
         if not out:
             return
@@ -213,6 +214,9 @@ class TlsTransport(Transport):
         self._send_ciphertext()
 
     # ---------------------------------------------------------------- closing
+    def finish(self) -> None:
+        self.flush()  # (close() adds the close_notify)
+
     def end_writing(self) -> None:
         self._close_notify()
         self._send_ciphertext()

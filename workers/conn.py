@@ -209,11 +209,16 @@ class Connection:
         while True:
             ev = p.next_event()
             if ev is NEED_DATA:
-                t.flush()
                 # The keep-alive timeout runs between requests; a new connection and a
                 # started head share the headers timeout, counted from the connection's
                 # start or from the request's first byte (not per read).
                 boundary = p.between_requests
+                if boundary and self.served:
+                    # the answers go out with the other connections' at the end of the hub's
+                    # loop iteration (transport.py): wait_readable() comes next, as it must
+                    t.flush_later()
+                else:
+                    t.flush()
                 if boundary:
                     if self.served:
                         if t.phase != IDLE:

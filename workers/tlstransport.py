@@ -213,6 +213,9 @@ class TlsTransport(Transport):
         out.clear()
         self._send_ciphertext()
 
+    def flush_later(self) -> None:
+        self.flush()  # (at once: the hub's send of ciphertext is not done for TLS)
+
     # ---------------------------------------------------------------- closing
     def finish(self) -> None:
         self.flush()  # (close() adds the close_notify)

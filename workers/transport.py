@@ -12,7 +12,16 @@ watcher, made the first time one is needed: a request that arrives with its conn
 answered with one write, never needs any.
 
 Only the connection's own greenlet reads, writes and closes, so there is never a second
-waiter to cancel. Timeouts are the sweeper's (timers.py): a Transport is a Timed; before
+waiter to cancel. One exception, flush_later(): a kept connection's answers, complete and
+about to be followed by a wait for the next request, are sent by the hub at the end of its
+loop iteration, together (_Later), rather than each before its greenlet's wait. The client's
+side is woken once for a batch of answers instead of once for each (on a virtual machine a
+wake-up across CPUs is an interrupt the hypervisor delivers: 16% of the worker's time under
+a 16 KiB POST load); measured: echo16k +5%, pipeline16 +6%, sleep +1%, hello unchanged.
+What the kernel does not take at once goes back to the connection's greenlet, woken for it,
+which sends the rest with its waits and send timeout as any flush().
+
+Timeouts are the sweeper's (timers.py): a Transport is a Timed; before
 a wait that may block for long, the caller enters its phase, and the sweeper throws
 Expired into the wait.
 """
@@ -49,6 +58,29 @@ _READ, _WRITE = 1, 2  # libev's EV_READ, EV_WRITE
 _MORE: Final = socket.MSG_MORE
 
 
+class _Later:
+    """One hub's transports whose output waits for the end of its loop iteration."""
+
+    __slots__ = ("items", "loop")
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.items: list[Transport] = []
+
+    def add(self, t: Transport) -> None:
+        if not self.items:
+            self.loop.run_callback(self.run)  # (run once the ready connections have all run)
+        self.items.append(t)
+
+    def run(self) -> None:
+        items, self.items = self.items, []
+        for t in items:
+            t._send_later()
+
+
+_LATER: dict[Any, _Later] = {}  # by hub (one in a worker)
+
+
 def unknown_peer() -> str:
     return "a client"
 
@@ -67,7 +99,8 @@ class ClientGone(ConnectionError):
 class Transport(Timed):
     """Reading, gathered writing and sendfile over one client socket."""
 
-    __slots__ = ("_rw", "_unread", "_ww", "describe", "expired", "flushes", "hub", "out", "rx", "sock", "tx")
+    __slots__ = ("_later", "_rw", "_unread", "_ww", "describe", "expired", "flushes", "hub", "out", "rx",
+                 "sock", "tx")
 
     def __init__(self, sock: _socket.socket, hub: Any) -> None:
         Timed.__init__(self)
@@ -81,6 +114,8 @@ class Transport(Timed):
         self.rx = self.tx = 0
         self.describe: Callable[[], str] = unknown_peer  # who is at the other end, for the log
         self._unread = b""  # bytes handed back by unread(): the next recv() returns them first
+        # flush_later(): 1 while the hub holds our output, 2 when it left us a rest to send
+        self._later = 0
 
     # ---------------------------------------------------------------- reading
     def recv(self) -> bytes:
@@ -122,6 +157,9 @@ class Transport(Timed):
         if w is None:
             w = self._rw = self.hub.loop.io(self.sock.fileno(), _READ)
         self.hub.wait(w)
+        if self._later:  # woken by the hub's flush, with a rest to send (_send_later)
+            self._later = 0
+            self.flush()
 
     def wait_writable(self) -> None:
         w = self._ww
@@ -142,6 +180,12 @@ class Transport(Timed):
 
     # ---------------------------------------------------------------- closing
     def close(self) -> None:
+        if self._later and self.out:  # ended before the hub sent it (a drain, say): one try
+            try:
+                self.sock.send(b"".join(self.out))
+            except OSError:
+                pass
+            self.out.clear()
         for w in (self._rw, self._ww):
             if w is not None:
                 w.close()
@@ -226,6 +270,48 @@ class Transport(Timed):
             raise ClientGone() from e
         if sent < total:
             self._send_rest(parts, sent)
+
+    def flush_later(self) -> None:
+        """flush(), by the hub at the end of its loop iteration: for a connection whose next
+        step is wait_readable() (nothing else may write meanwhile: only that wait, a flush()
+        or close() may follow; each of them sends what is still held, in order)."""
+        if self.out and not self._later:
+            if self.expired == SEND_EXPIRED:
+                raise ClientGone(SEND_EXPIRED)
+            self._later = 1
+            later = _LATER.get(self.hub)
+            if later is None:
+                later = _LATER[self.hub] = _Later(self.hub.loop)
+            later.add(self)
+
+    def _send_later(self) -> None:
+        """In the hub: one non-blocking send of what flush_later() left. A rest the kernel
+        did not take goes back to the greenlet, woken from its wait_readable() to send it."""
+        out = self.out
+        if self._later != 1 or not out:  # sent meanwhile by the greenlet's own flush()
+            self._later = 0
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self.flushes += 1
+        self.tx += len(data)
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # gone (or closed): its greenlet learns it at its next read
+            self._later = 0
+            return
+        if sent == len(data):
+            self._later = 0
+            return
+        out.append(data[sent:])
+        self.tx -= len(data) - sent  # (flush() counts it again)
+        self.flushes -= 1
+        self._later = 2
+        w = self._rw
+        if w is not None and w.callback is not None:
+            w.callback(*w.args)  # the greenlet's wait, woken as a read would wake it
 
     def _send_rest(self, parts: list[bytes], sent: int) -> None:
         """The slow path of every write: the socket buffer was full."""

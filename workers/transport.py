@@ -17,7 +17,7 @@ about to be followed by a wait for the next request, are sent by the hub at the 
 loop iteration, together (_Later), rather than each before its greenlet's wait. The client's
 side is woken once for a batch of answers instead of once for each (on a virtual machine a
 wake-up across CPUs is an interrupt the hypervisor delivers: 16% of the worker's time under
-a 16 KiB POST load); measured: echo16k +5%, pipeline16 +6%, sleep +1%, hello unchanged.
+a 16 KiB POST load); measured: echo16k +15%, pipeline16 +9%, hello unchanged (docs/performance.md).
 What the kernel does not take at once goes back to the connection's greenlet, woken for it,
 which sends the rest with its waits and send timeout as any flush().
 

@@ -116,7 +116,11 @@ def test_an_answer_and_its_fin_share_a_segment(launcher: Launcher) -> None:
     assert all("F" not in flags for flags, _ in kept_data), kept_data
 
 
-def test_a_large_answer_ends_with_its_fin(launcher: Launcher) -> None:
+def test_a_large_answer_arrives_whole_with_one_fin(launcher: Launcher) -> None:
+    """A 200 KiB answer goes out in several segments, the kernel sending as the client's ACKs
+    open its window; an ACK may push the held tail before the FIN is added (MSG_MORE holds it
+    against our own sends, not against the ACK clock), so the FIN rides on the last segment or
+    follows it: either way the answer arrives whole, and there is one FIN."""
     g = launcher.start(["testapp:app", "-b", "127.0.0.1:0"])
     port = g.port()
     with capture(port) as cap:
@@ -128,8 +132,7 @@ def test_a_large_answer_ends_with_its_fin(launcher: Launcher) -> None:
     head, _, echoed = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK") and echoed == body
     assert sum(n for _, n in mine) == len(answer), mine
-    assert "F" in mine[-1][0] and mine[-1][1] > 0, mine  # the last data segment carries the FIN
-    assert sum("F" in flags for flags, _ in mine) == 1, mine
+    assert sum("F" in flags for flags, _ in mine) == 1 and "F" in mine[-1][0], mine
 
 
 def test_unread_input_does_not_cost_the_answer(launcher: Launcher, tmp_path: Path) -> None:

@@ -269,7 +269,7 @@ class Transport(Timed):
         except (BrokenPipeError, ConnectionResetError) as e:
             raise ClientGone() from e
         if sent < total:
-            self._send_rest(parts, sent)
+            self._send_rest(parts, sent, flags)
 
     def flush_later(self) -> None:
         """flush(), by the hub at the end of its loop iteration: for a connection whose next
@@ -313,8 +313,9 @@ class Transport(Timed):
         if w is not None and w.callback is not None:
             w.callback(*w.args)  # the greenlet's wait, woken as a read would wake it
 
-    def _send_rest(self, parts: list[bytes], sent: int) -> None:
-        """The slow path of every write: the socket buffer was full."""
+    def _send_rest(self, parts: list[bytes], sent: int, flags: int = 0) -> None:
+        """The slow path of every write: the socket buffer was full. (flags: finish()'s
+        MSG_MORE, so that the tail still waits for the FIN.)"""
         sock = self.sock
         views = [memoryview(p) for p in parts]
         try:
@@ -327,7 +328,7 @@ class Transport(Timed):
                 views[0] = views[0][sent:]
                 self.wait_for_room()
                 try:
-                    sent = sock.sendmsg(views)
+                    sent = sock.sendmsg(views, (), flags)
                 except BlockingIOError:
                     sent = 0
         except (BrokenPipeError, ConnectionResetError) as e:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.procs import Launcher, http_get, wait_for
+from tests.procs import Greenfork, Launcher, http_get, wait_for
 from tests.test_accepted_sockets import accepted_by, copied, require_pidfd_getfd, socket_fds
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pidfd_getfd needs ptrace rights over the worker")
@@ -44,11 +44,16 @@ def listener_option(worker: int, port: int) -> int:
     raise AssertionError(f"worker {worker} has no listener on port {port}")
 
 
-def test_a_silent_connection_stays_with_the_kernel_until_it_sends(launcher: Launcher) -> None:
-    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0", "--defer-accept", "10"])
+def start(launcher: Launcher, *args: str) -> tuple[Greenfork, int, int]:
+    """A one-worker server: (it, its worker's pid, its port)."""
+    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0", *args])
     (worker,) = g.workers()
     require_pidfd_getfd(worker)
-    port = g.port()
+    return g, worker, g.port()
+
+
+def test_a_silent_connection_stays_with_the_kernel_until_it_sends(launcher: Launcher) -> None:
+    _, worker, port = start(launcher, "--defer-accept", "10")
     assert listener_option(worker, port) > 0
     with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
         # complete for the client; the server's end waits in the kernel for the first bytes
@@ -62,10 +67,7 @@ def test_a_silent_connection_stays_with_the_kernel_until_it_sends(launcher: Laun
 def test_a_connection_that_never_sends_is_handed_over_and_timed_out(launcher: Launcher) -> None:
     """The default (1 s): a client that sends nothing reaches a worker after about a second, and
     the request head timeout closes it (nothing is held forever, in the kernel or in a worker)."""
-    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0", "--request-headers-timeout", "1"])
-    (worker,) = g.workers()
-    require_pidfd_getfd(worker)
-    port = g.port()
+    g, worker, port = start(launcher, "--request-headers-timeout", "1")
     assert listener_option(worker, port) == 1
     with socket.create_connection(("127.0.0.1", port), timeout=15) as c:
         started = time.monotonic()
@@ -77,10 +79,7 @@ def test_a_connection_that_never_sends_is_handed_over_and_timed_out(launcher: La
 
 
 def test_zero_turns_it_off(launcher: Launcher) -> None:
-    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0", "--defer-accept", "0"])
-    (worker,) = g.workers()
-    require_pidfd_getfd(worker)
-    port = g.port()
+    _, worker, port = start(launcher, "--defer-accept", "0")
     assert listener_option(worker, port) == 0
     with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
         assert server_side_state(port, c) == "ESTAB"  # in the accept queue at once

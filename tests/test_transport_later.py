@@ -15,19 +15,23 @@ from greenfork.workers.timers import SEND
 from greenfork.workers.transport import Transport
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[Transport, socket.socket]]:
+def connected() -> tuple[Transport, socket.socket]:
     """(the server's transport, the client's blocking socket), connected over loopback."""
     with socket.create_server(("127.0.0.1", 0)) as lst:
         client = socket.create_connection(lst.getsockname(), timeout=10)
         server, _ = lst.accept()
     server.setblocking(False)
-    t = Transport(server, gevent.get_hub())
+    return Transport(server, gevent.get_hub()), client
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Transport, socket.socket]]:
+    t, client = connected()
     try:
         yield t, client
     finally:
         client.close()
-        if server.fileno() >= 0:
+        if t.sock.fileno() >= 0:
             t.close()
 
 
@@ -64,11 +68,7 @@ def test_answers_go_out_whole_and_the_wait_goes_on(pair: tuple[Transport, socket
 
 def test_several_connections_in_one_iteration(pair: tuple[Transport, socket.socket]) -> None:
     t, client = pair
-    with socket.create_server(("127.0.0.1", 0)) as lst:
-        client2 = socket.create_connection(lst.getsockname(), timeout=10)
-        server2, _ = lst.accept()
-    server2.setblocking(False)
-    t2 = Transport(server2, gevent.get_hub())
+    t2, client2 = connected()
     try:
         g1, g2 = serve_one(t, b"one"), serve_one(t2, b"two")
         gevent.sleep(0.01)  # both greenlets run, then the hub's turn sends both answers

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from greenfork.master.addresses import ANY, BindSpec, format_url
 
-__all__ = ["BindError", "Listener", "adopt_fd", "bind_all", "close_all", "defer_accept", "systemd_fds"]
+__all__ = ["BindError", "Listener", "adopt_fd", "bind_all", "close_all", "defer_accept_on", "systemd_fds"]
 
 # sockaddr_un.sun_path is 108 bytes on Linux, one of which is the terminating NUL
 _UNIX_PATH_MAX = 107
@@ -57,11 +57,12 @@ def bind_all(
     try:
         for spec in specs:
             if spec.kind == "fd":
-                listeners.append(adopt_fd(spec.fd, spec, defer_accept=defer_accept))
+                listeners.append(adopt_fd(spec.fd, spec))
             elif spec.kind == "unix":
                 listeners.append(_bind_unix(spec, backlog, unix_mode))
             else:
-                listeners.extend(_bind_tcp(spec, backlog, defer_accept))
+                listeners.extend(_bind_tcp(spec, backlog))
+        defer_accept_on(listeners, defer_accept)
     except BaseException:
         close_all(listeners)
         raise
@@ -75,7 +76,7 @@ def close_all(listeners: Iterable[Listener], *, unlink: bool = True) -> None:
             _unlink_if_ours(listener.unix_path, listener.unix_ino)
 
 
-def adopt_fd(fd: int, spec: BindSpec | None = None, *, defer_accept: int = 0) -> Listener:
+def adopt_fd(fd: int, spec: BindSpec | None = None) -> Listener:
     """Wrap an inherited listening socket. On failure the fd is left open for its owner."""
     if spec is None:
         spec = BindSpec(raw=f"fd://{fd}", kind="fd", fd=fd)
@@ -103,8 +104,6 @@ def adopt_fd(fd: int, spec: BindSpec | None = None, *, defer_accept: int = 0) ->
             # set it on each connection if it cannot be inherited.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if defer_accept:  # 0 leaves the owner's choice (systemd's DeferAcceptSec=) alone
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
         # Its blocking mode is left as it is: O_NONBLOCK belongs to the open file, shared with
         # whoever else holds the socket. After a binary upgrade (USR2) the old master's workers
         # still accept on it, relying on it being non-blocking (workers/acceptor.py): making it
@@ -121,9 +120,11 @@ def adopt_fd(fd: int, spec: BindSpec | None = None, *, defer_accept: int = 0) ->
     return Listener(spec=spec, sock=sock, url=url, transport=transport)
 
 
-def defer_accept(items: Iterable[Listener], seconds: int) -> None:
-    """Set TCP_DEFER_ACCEPT on the TCP listeners of items (a binary upgrade's inherited ones:
-    the new master's setting wins). 0 leaves them as they are."""
+def defer_accept_on(items: Iterable[Listener], seconds: int) -> None:
+    """TCP_DEFER_ACCEPT on the TCP listeners of items, bound or adopted (--defer-accept): a
+    connection reaches the accept queue, and wakes a worker, with its first bytes. 0 leaves
+    them as they are (an adopted socket keeps its owner's choice, systemd's DeferAcceptSec=).
+    Set after listen(): a connection completed before then is merely not deferred."""
     if seconds:
         for lst in items:
             if lst.transport == "tcp":
@@ -204,8 +205,7 @@ def _unix_url(path: str, scheme: str, handoff: bool = False) -> str:
 # --- TCP ---------------------------------------------------------------------------------
 
 
-def _tcp_socket(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool,
-                defer_accept: int) -> socket.socket:
+def _tcp_socket(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # lets a restarted server bind while old connections sit in TIME_WAIT
@@ -217,10 +217,6 @@ def _tcp_socket(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only:
         # no system call a connection for it), but only those completed after it is set: so
         # before listen(), when no client can have connected yet
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if defer_accept:
-            # a connection reaches the accept queue (and wakes a worker) with its first bytes:
-            # one wake-up a connection instead of two, none for one that never sends
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
         sock.listen(backlog)
         sock.setblocking(True)
     except BaseException:
@@ -233,28 +229,26 @@ def _tcp_listener(spec: BindSpec, sock: socket.socket) -> Listener:
     return Listener(spec=spec, sock=sock, url=_published_url(sock, spec.scheme), transport="tcp")
 
 
-def _bind_tcp(spec: BindSpec, backlog: int, defer_accept: int) -> list[Listener]:
+def _bind_tcp(spec: BindSpec, backlog: int) -> list[Listener]:
     if spec.host == ANY:
-        return [_tcp_listener(spec, _bind_any(spec, backlog, defer_accept))]
+        return [_tcp_listener(spec, _bind_any(spec, backlog))]
     targets: list[_Target]
     if spec.host == "localhost":
         # bound directly rather than resolved: /etc/hosts often lists only one family
         targets = [(family, (host, spec.port)) for family, host in _LOCALHOST_ADDRS]
     else:
         targets = _resolve(spec)
-    return [_tcp_listener(spec, sock) for sock in _bind_addresses(spec, targets, backlog, defer_accept)]
+    return [_tcp_listener(spec, sock) for sock in _bind_addresses(spec, targets, backlog)]
 
 
-def _bind_any(spec: BindSpec, backlog: int, defer_accept: int) -> socket.socket:
+def _bind_any(spec: BindSpec, backlog: int) -> socket.socket:
     try:
-        return _tcp_socket(socket.AF_INET6, ("::", spec.port), backlog, v6only=False,
-                           defer_accept=defer_accept)
+        return _tcp_socket(socket.AF_INET6, ("::", spec.port), backlog, v6only=False)
     except OSError as exc:
         if exc.errno not in _NO_FAMILY:
             raise _failure(spec, _reason(exc, spec.port)) from None
     try:
-        return _tcp_socket(socket.AF_INET, ("0.0.0.0", spec.port), backlog, v6only=False,
-                           defer_accept=defer_accept)
+        return _tcp_socket(socket.AF_INET, ("0.0.0.0", spec.port), backlog, v6only=False)
     except OSError as exc:
         raise _failure(spec, _reason(exc, spec.port)) from None
 
@@ -273,8 +267,7 @@ def _resolve(spec: BindSpec) -> list[_Target]:
     return targets
 
 
-def _bind_addresses(spec: BindSpec, targets: list[_Target], backlog: int,
-                    defer_accept: int) -> list[socket.socket]:
+def _bind_addresses(spec: BindSpec, targets: list[_Target], backlog: int) -> list[socket.socket]:
     """Bind every target on one port; port 0 means "the first target's port, for all"."""
     for _attempt in range(_PORT_RETRIES):
         port = spec.port
@@ -283,8 +276,7 @@ def _bind_addresses(spec: BindSpec, targets: list[_Target], backlog: int,
         collided = False
         for family, sockaddr in targets:
             try:
-                sock = _tcp_socket(family, (sockaddr[0], port, *sockaddr[2:]), backlog, v6only=True,
-                                   defer_accept=defer_accept)
+                sock = _tcp_socket(family, (sockaddr[0], port, *sockaddr[2:]), backlog, v6only=True)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE and spec.port == 0 and bound:
                     # the kernel's free v4 port is taken on another address: pick again

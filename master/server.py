@@ -94,7 +94,8 @@ class Server:
         inherited = listeners.systemd_fds(os.environ, os.getpid())
         adopted: list[Listener] = []
         for fd in inherited:
-            adopted.append(listeners.adopt_fd(fd, defer_accept=self.settings.defer_accept))
+            adopted.append(listeners.adopt_fd(fd))
+        listeners.defer_accept_on(adopted, self.settings.defer_accept)
         for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(key, None)  # children must not adopt them again
         if adopted and config.bind_is_implicit(self.settings):
@@ -142,7 +143,7 @@ class Server:
         for lst in handed:
             if lst not in keep:
                 lst.sock.close()  # the old master still owns its file, if any
-        listeners.defer_accept(keep, self.settings.defer_accept)
+        listeners.defer_accept_on(keep, self.settings.defer_accept)  # the new master's setting wins
         have = {lst.spec.raw for lst in keep}
         fresh = listeners.bind_all([parse_bind(b) for b in bind if b not in have],
                                    backlog=self.settings.backlog, unix_mode=self.settings.unix_socket_mode,

@@ -544,7 +544,7 @@ SETTINGS: tuple[Setting, ...] = (
             "handed over anyway (the kernel rounds it up to its SYN-ACK retransmissions: 1, 3, "
             "7 s...), and greenfork's own timeouts take it from there. Set on adopted sockets "
             "(`fd://`, systemd) too. 0 leaves the option alone (off on sockets greenfork binds). "
-            "See docs/deployment.md."),
+            "See docs/http.md."),
     _S("unix_socket_mode", _octal, 0o660, ("--unix-socket-mode",), section="Listening",
        validate=_mode, metavar="MODE", type_doc="octal mode", default_doc="660",
        reloadable=False,

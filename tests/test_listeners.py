@@ -117,9 +117,9 @@ def test_defer_accept_on_tcp_listeners_only(bound: list[Listener], sock_dir: Pat
     assert unix.transport == "unix"  # (a unix socket has no such option: none was set)
     (off,) = bind(bound, "127.0.0.1:0")
     assert off.sock.getsockopt(*opt) == 0  # bind_all's own default: off
-    listeners.defer_accept([off, unix], 1)  # a binary upgrade's inherited listeners
+    listeners.defer_accept_on([off, unix], 1)  # a binary upgrade's inherited listeners
     assert off.sock.getsockopt(*opt) == 1
-    listeners.defer_accept([off], 0)  # 0: left as it is
+    listeners.defer_accept_on([off], 0)  # 0: left as it is
     assert off.sock.getsockopt(*opt) == 1
 
 
@@ -127,10 +127,9 @@ def test_backlog_is_passed(bound: list[Listener], monkeypatch: pytest.MonkeyPatc
     seen: list[int] = []
     real = listeners._tcp_socket
 
-    def spy(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool,
-            defer_accept: int = 0) -> socket.socket:
+    def spy(family: int, sockaddr: tuple[Any, ...], backlog: int, *, v6only: bool) -> socket.socket:
         seen.append(backlog)
-        return real(family, sockaddr, backlog, v6only=v6only, defer_accept=defer_accept)
+        return real(family, sockaddr, backlog, v6only=v6only)
 
     monkeypatch.setattr(listeners, "_tcp_socket", spy)
     bind(bound, "127.0.0.1:0", backlog=7)
@@ -161,7 +160,7 @@ def test_localhost_port_zero_retries_when_v6_port_is_taken(
               defer_accept: int = 0) -> socket.socket:
         if family == socket.AF_INET6 and v4_first and len(v4_first) == 1:
             raise OSError(errno.EADDRINUSE, "Address already in use")
-        sock = real(family, sockaddr, backlog, v6only=v6only, defer_accept=defer_accept)
+        sock = real(family, sockaddr, backlog, v6only=v6only)
         if family == socket.AF_INET:
             v4_first.append(sock)
         return sock
@@ -182,7 +181,7 @@ def test_localhost_port_zero_gives_up_after_ten_tries(monkeypatch: pytest.Monkey
                      defer_accept: int = 0) -> socket.socket:
         if family == socket.AF_INET6:
             raise OSError(errno.EADDRINUSE, "Address already in use")
-        made.append(real(family, sockaddr, backlog, v6only=v6only, defer_accept=defer_accept))
+        made.append(real(family, sockaddr, backlog, v6only=v6only))
         return made[-1]
 
     monkeypatch.setattr(listeners, "_tcp_socket", always_taken)
@@ -206,7 +205,7 @@ def test_localhost_keeps_v4_when_host_has_no_ipv6(
               defer_accept: int = 0) -> socket.socket:
         if family == socket.AF_INET6:
             raise OSError(code, os.strerror(code))
-        return real(family, sockaddr, backlog, v6only=v6only, defer_accept=defer_accept)
+        return real(family, sockaddr, backlog, v6only=v6only)
 
     monkeypatch.setattr(listeners, "_tcp_socket", no_v6)
     result = bind(bound, "localhost:0")
@@ -307,7 +306,7 @@ def test_any_falls_back_to_ipv4(bound: list[Listener], monkeypatch: pytest.Monke
               defer_accept: int = 0) -> socket.socket:
         if family == socket.AF_INET6:
             raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
-        return real(family, sockaddr, backlog, v6only=v6only, defer_accept=defer_accept)
+        return real(family, sockaddr, backlog, v6only=v6only)
 
     monkeypatch.setattr(listeners, "_tcp_socket", no_v6)
     [lst] = bind(bound, "0.0.0.0:0")

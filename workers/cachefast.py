@@ -109,6 +109,9 @@ class Pass:
 # what a connection's loop knows of its last read before it has one (never live: looked up)
 NO_READ: Final = Pass(0.0, "", 0)
 NO_READ.live = False
+# the replay memo of a worker without a fast path (never written: a connection's loop only
+# looks it up with one)
+NO_REPLAYS: Final[dict[bytes, Replay | Pass]] = {}
 
 
 class FastHits:

@@ -23,7 +23,7 @@ from gevent import GreenletExit
 
 from greenfork.master import tlsinfo
 from greenfork.workers import front, websocket_pipeline
-from greenfork.workers.cachefast import NO_READ, REPLAY_READ_MAX
+from greenfork.workers.cachefast import NO_READ, NO_REPLAYS, REPLAY_READ_MAX
 from greenfork.workers.h1proto import (
     CLOSED,
     DRAIN,
@@ -118,6 +118,7 @@ class Connection:
     def run(self) -> None:
         t = self.t
         linger = False
+        first = b""  # the first read, when h2c's look at it was made here
         try:
             # issue 14: a PROXY header is read first, before TLS (workers/front.py)
             if self.ctx.proxy is not None and not front.accept(self, self.ctx.proxy):
@@ -133,18 +134,20 @@ class Connection:
                 if data[:24] == H2_PREFACE:
                     linger = self._http2(data)
                     return
-                if self.ctx.share is None and self.server.fast is None:
+                if self.ctx.share is not None:
+                    t.unread(data)  # the hand-off step reads them first
+                elif self.server.fast is None:
                     self.p.receive_data(data)  # HTTP/1.1: parsed where the loop would have
                 else:
-                    # the hand-off step reads them first; or the loop, as a read at a request
-                    # boundary, which the response cache's fast path may know (a pass mark, a
-                    # replay: a client with a new connection per request sends the same bytes)
-                    t.unread(data)
+                    # the loop's, as a read at a request boundary, which the response cache's
+                    # fast path may know (a pass mark, a replay: a client with a new connection
+                    # per request sends the same bytes)
+                    first = data
             # issue 17: a handoff: listener takes its connection out of a front's message; a
             # delegating front may hand this one over (workers/delegation.py)
             if self.ctx.share is not None and not self.ctx.share.step(self):
                 return
-            linger = self._serve()
+            linger = self._serve(first)
         except ClientGone as e:
             self.error_type = self.error_type or e.reason
         except (ConnectionError, TimeoutError):
@@ -176,8 +179,9 @@ class Connection:
                         t.describe = unknown_peer
                         self.p.release()
 
-    def _serve(self) -> bool:
-        """Serve requests until the connection ends; returns whether the close must linger."""
+    def _serve(self, first: bytes = b"") -> bool:
+        """Serve requests until the connection ends (first: what run() read of it, for the
+        loop to take as its first read); returns whether the close must linger."""
         p = self.p
         t = self.t
         # issue 18: the response cache's fast path for hits (workers/cachefast.py), when the worker
@@ -186,8 +190,8 @@ class Connection:
         fast = self.server.fast
         scheme = ""
         hot: set[bytes] | frozenset[bytes] = frozenset()
-        replays: dict[bytes, Replay | Pass] = {}
-        lengths: set[int] = set()
+        replays: dict[bytes, Replay | Pass] = NO_REPLAYS
+        lengths: set[int] | frozenset[int] = frozenset()
         passing: Any = None  # the cache stage, for pass marks
         fresh: bytes | None = None  # a read that began at a request boundary (for fast.learn)
         marked = 0  # the read just parsed carries a pass mark: this many requests go past the cache
@@ -198,7 +202,8 @@ class Connection:
         last: bytes | None = None
         last_r: Replay | Pass = NO_READ
         if fast is not None:
-            scheme = fast.scheme(self.ctx.base_environ, self.extra) or ""
+            # (without extra environ keys, the listener's own: what scheme() would find)
+            scheme = (fast.scheme(self.ctx.base_environ, self.extra) or "") if self.extra else self.ctx.scheme
             if not scheme:
                 fast = None
             else:
@@ -207,40 +212,46 @@ class Connection:
                 lengths = fast.lengths
                 passing = fast.stage
         while True:
-            ev = p.next_event()
+            # (run()'s first read is the loop's first: nothing to send before it, and the phase
+            # goes on from FRESH, as when run() parses it itself)
+            ev = p.next_event() if not first else NEED_DATA
             if ev is NEED_DATA:
-                # The keep-alive timeout runs between requests; a new connection and a
-                # started head share the headers timeout, counted from the connection's
-                # start or from the request's first byte (not per read).
-                boundary = p.between_requests
-                if boundary and self.served:
-                    # the answers go out with the other connections' at the end of the hub's
-                    # loop iteration (transport.py): wait_readable() comes next, as it must
-                    t.flush_later()
+                if first:
+                    boundary = True
+                    data, first = first, b""
                 else:
-                    t.flush()
-                if boundary:
-                    if self.served:
-                        if t.phase != IDLE:
-                            t.enter(IDLE)
-                        # A keep-alive client sends its next request once it has read our
-                        # answer, so reading at once nearly always fails (measured: over 99%
-                        # under load, and the failed read and its exception cost a quarter of
-                        # a small request): wait first. A new connection's first request
-                        # usually came with it (three times in four): read first.
-                        try:
-                            t.wait_readable()
-                        except Expired as e:
-                            self._timed_out(e)
-                            return False
-                elif t.phase != HEADERS:
-                    # from FRESH, the headers timeout keeps counting from the connection's start
-                    t.enter(HEADERS, restart=t.phase != FRESH)
-                try:
-                    data = t.recv()
-                except Expired as e:
-                    self._timed_out(e)
-                    return p.must_linger()
+                    # The keep-alive timeout runs between requests; a new connection and a
+                    # started head share the headers timeout, counted from the connection's
+                    # start or from the request's first byte (not per read).
+                    boundary = p.between_requests
+                    if boundary and self.served:
+                        # the answers go out with the other connections' at the end of the hub's
+                        # loop iteration (transport.py): wait_readable() comes next, as it must
+                        t.flush_later()
+                    else:
+                        t.flush()
+                    if boundary:
+                        if self.served:
+                            if t.phase != IDLE:
+                                t.enter(IDLE)
+                            # A keep-alive client sends its next request once it has read our
+                            # answer, so reading at once nearly always fails (measured: over 99%
+                            # under load, and the failed read and its exception cost a quarter of
+                            # a small request): wait first. A new connection's first request
+                            # usually came with it (three times in four): read first.
+                            try:
+                                t.wait_readable()
+                            except Expired as e:
+                                self._timed_out(e)
+                                return False
+                    elif t.phase != HEADERS:
+                        # from FRESH, the headers timeout keeps counting from the connection's start
+                        t.enter(HEADERS, restart=t.phase != FRESH)
+                    try:
+                        data = t.recv()
+                    except Expired as e:
+                        self._timed_out(e)
+                        return p.must_linger()
                 # (a read over REPLAY_READ_MAX is never remembered, so never looked up: hashing a
                 # 16 KiB POST's read cost more than its whole request stage)
                 marked = 0

@@ -584,6 +584,30 @@ def test_a_read_seen_before_is_answered_again_unparsed(pair: tuple[Srv, Srv], ve
             total(before, "http_server_request_duration_seconds_count", **labels) == 3
 
 
+def test_a_new_connections_first_read_is_replayed_too(pair: tuple[Srv, Srv]) -> None:
+    """A new connection's first read (taken by the HTTP/2 preface check, then handed to the loop
+    as its first read) is looked up like any: the same bytes on new connections are replayed, and
+    the connection goes on to its next request."""
+    fast, _ = pair
+    target = f"/r?{CC}&n=first-read"
+    fast.warm(target)
+    calls, (parsed, replayed) = fast.calls(), fast.counts()
+    get = f"GET {target} HTTP/1.1\r\nHost: h.example\r\n\r\n".encode()
+    answers = []
+    for _ in range(3):
+        c = Client(fast.port)
+        try:
+            answers.append(c.ask(get))  # the connection's first bytes
+            answers.append(c.ask(get))
+            assert c.buf == b""
+        finally:
+            c.close()
+    assert fast.calls() == calls
+    # the first connection's first read answered parsed (and learnt), every other one replayed
+    assert fast.counts() == (parsed + 1, replayed + 5)
+    assert {masked(a) for a in answers} == {masked(answers[0])} and answers[0].endswith(BODY_END)
+
+
 def test_a_head_in_pieces_is_never_replayed_from_a_piece(pair: tuple[Srv, Srv]) -> None:
     """A request that came in two reads is not remembered under its first: that read alone must
     wait for the rest (answering it would parse the rest as a request of its own, a 400)."""

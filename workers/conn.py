@@ -212,10 +212,10 @@ class Connection:
                 lengths = fast.lengths
                 passing = fast.stage
         while True:
-            # (run()'s first read is the loop's first: nothing to send before it, and the phase
-            # goes on from FRESH, as when run() parses it itself)
-            ev = p.next_event() if not first else NEED_DATA
+            ev = p.next_event()
             if ev is NEED_DATA:
+                # (run()'s read is the loop's first: nothing to send before it, and the phase
+                # goes on from FRESH, as when run() parses it itself)
                 if first:
                     boundary = True
                     data, first = first, b""

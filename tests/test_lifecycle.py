@@ -4,6 +4,7 @@ workers, --reload, --preload, USR1, crashes. Real signals, loopback, deadlines."
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import threading
@@ -161,6 +162,31 @@ def test_idle_keepalive_connection_is_answered_while_its_worker_drains(launcher:
     assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
     assert rest == str(old).encode()
     t.join(10)
+
+
+def test_an_idle_connection_is_kept_longer_than_a_proxys_one_second_pool_ttl(launcher: Launcher) -> None:
+    """A draining worker keeps an idle keep-alive connection for 2 s (DRAIN_IDLE_GRACE, plus up
+    to a second until the sweep sees it), so a proxy that drops pooled connections idle for 1 s
+    (Apache's ttl=1, examples/apache) never sends a request on one as it closes: 1.2 s into the
+    drain it is still open, and a request on it is served."""
+    g = launcher.start(["testapp:app", "-b", "127.0.0.1:0"])
+    old = g.workers()[0]
+    with socket.create_connection(("127.0.0.1", g.port()), timeout=10) as s:
+        s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).endswith(str(old).encode())
+        g.signal(signal.SIGHUP)
+        wait_for(lambda: cmdline(old).endswith("(draining)"), 15, "the old worker to drain")
+        # (the idle time is what is tested: nothing to wait for but the clock)
+        readable, _, _ = select.select([s], [], [], 1.2)
+        assert readable == [], "the draining worker closed an idle connection within 1.2 s"
+        s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+    assert rest == str(old).encode()
+    wait_for(lambda: not alive(old), 15, "the old worker to exit")
 
 
 # ------------------------------------------------------------ binary upgrade

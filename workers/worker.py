@@ -57,8 +57,10 @@ log = logging.getLogger("greenfork.worker")
 HEARTBEAT_INTERVAL = 1.0
 # While draining, an idle keep-alive connection gets this long to send one more request
 # (answered with Connection: close) before it is closed: its client may already have
-# sent it, and closing at once would reset that request.
-DRAIN_IDLE_GRACE = 1.0
+# sent it, and closing at once would reset that request. Longer than the shortest idle
+# time a proxy's pool can be told to drop connections after (Apache's ttl=1), so that a
+# proxy set so never sends a request on a connection as it is closed (docs/deployment.md).
+DRAIN_IDLE_GRACE = 2.0
 
 
 def _h2limits(s: Any) -> Any:

@@ -138,6 +138,18 @@ def test_hup_whose_new_bind_fails_changes_nothing(launcher: Launcher, tmp_path: 
         blocker.close()
 
 
+def answered_and_closed(s: socket.socket, worker: int) -> None:
+    """A request on a kept connection of a draining worker: served by it, with Connection: close,
+    and the connection closed after it."""
+    s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+    assert rest == str(worker).encode()
+
+
 def test_idle_keepalive_connection_is_answered_while_its_worker_drains(launcher: Launcher,
                                                                        tmp_path: Path) -> None:
     g = launcher.start(["testapp:app", "-b", "127.0.0.1:0"])
@@ -154,13 +166,7 @@ def test_idle_keepalive_connection_is_answered_while_its_worker_drains(launcher:
         wait_for(mark.exists, 10, "the slow request")
         g.signal(signal.SIGHUP)
         wait_for(lambda: cmdline(old).endswith("(draining)"), 15, "the old worker to drain")
-        s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
-    assert rest == str(old).encode()
+        answered_and_closed(s, old)
     t.join(10)
 
 
@@ -179,13 +185,7 @@ def test_an_idle_connection_is_kept_longer_than_a_proxys_one_second_pool_ttl(lau
         # (the idle time is what is tested: nothing to wait for but the clock)
         readable, _, _ = select.select([s], [], [], 1.2)
         assert readable == [], "the draining worker closed an idle connection within 1.2 s"
-        s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
-    assert rest == str(old).encode()
+        answered_and_closed(s, old)
     wait_for(lambda: not alive(old), 15, "the old worker to exit")
 
 

@@ -201,6 +201,8 @@ class Connection:
         # connection, and comparing them costs less than hashing them for the memo's lookup
         last: bytes | None = None
         last_r: Replay | Pass = NO_READ
+        last_n = 0  # the requests last_r marks past the cache for this connection's scheme
+        action: str | None  # what the connection does after a request (h1proto's KEEP, CLOSE, LINGER)
         if fast is not None:
             # (without extra environ keys, the listener's own: what scheme() would find)
             scheme = (fast.scheme(self.ctx.base_environ, self.extra) or "") if self.extra else self.ctx.scheme
@@ -254,55 +256,62 @@ class Connection:
                         return p.must_linger()
                 # (a read over REPLAY_READ_MAX is never remembered, so never looked up: hashing a
                 # 16 KiB POST's read cost more than its whole request stage)
-                marked = 0
-                if boundary and fast is not None and len(data) <= REPLAY_READ_MAX:
+                if not boundary or fast is None:
+                    fresh = None  # (a head in several reads is never remembered)
+                    marked = 0
+                elif data == last and last_r.live:
+                    # a kept connection repeating its last read: what the memo knew of it, without
+                    # hashing it again (a pass mark, the commonest read of an uncached site)
                     fresh = data
-                    r: Replay | Pass | None = last_r
-                    if data != last or not last_r.live:
-                        r = replays.get(data) if len(data) in lengths else None
-                        if r is not None:
-                            last, last_r = data, r
-                    if r is None:
+                    marked = last_n
+                    if not marked:
                         passed = 0
                         until = _NEVER
-                    elif r.past and r.scheme == scheme:
+                        if not last_r.past and fast.replay(self, last_r, scheme):
+                            continue  # answered; the protocol object is idle, as it was
+                elif len(data) <= REPLAY_READ_MAX:
+                    fresh = data
+                    r = replays.get(data) if len(data) in lengths else None
+                    marked = 0
+                    if r is not None:
+                        last, last_r = data, r
                         # the URL memo sends its requests past the cache: the request stage is
-                        # told so (its before() would find the same; cachefast.Pass). (passed
-                        # and until are left as they are: a marked read is never learnt again)
-                        marked = r.requests
-                    else:
+                        # told so (its before() would find the same; cachefast.Pass). (passed and
+                        # until are left as they are: a marked read is never learnt again)
+                        marked = last_n = r.requests if r.past and r.scheme == scheme else 0
+                    if not marked:
                         passed = 0
                         until = _NEVER
-                        if not r.past and fast.replay(self, r, scheme):
+                        if r is not None and not r.past and fast.replay(self, r, scheme):
                             continue  # answered; the protocol object is idle, as it was
                 else:
-                    fresh = None  # (a head in several reads is never remembered)
+                    fresh = None
+                    marked = 0
                 p.receive_data(data)
             elif type(ev) is Request:
                 if t.phase != NONE:  # (a pipelined request finds it so already)
                     t.enter(NONE)
-                read = fresh
-                if not marked and fast is not None and ev.target in hot \
-                        and (action := fast.answer(self, ev, scheme)) is not None:
-                    fresh = None  # a hit from the fast path
-                    if read is not None and not passed and action == KEEP and p.between_requests:
-                        fast.learn(read, ev, scheme)  # the read held this request and nothing more
-                        last = None  # (the memo has a new answer for some bytes: look it up)
-                elif marked:  # (the same bytes parsed before held as many requests)
+                if marked:  # (the same bytes parsed before held as many requests)
                     marked -= 1
                     passing.skip = ev  # (taken by that request: see request.py)
                     action = self._handle(ev)
+                elif fast is not None and ev.target in hot \
+                        and (action := fast.answer(self, ev, scheme)) is not None:
+                    read, fresh = fresh, None  # a hit from the fast path
+                    if read is not None and not passed and action == KEEP and p.between_requests:
+                        fast.learn(read, ev, scheme)  # the read held this request and nothing more
+                        last = None  # (the memo has a new answer for some bytes: look it up)
                 else:
                     action = self._handle(ev)
-                    if read is not None and fast is not None:
+                    if fresh is not None:  # (only with a fast path)
                         if passing.passed_req is ev:
                             # every request of the read so far went past the cache by the URL memo:
                             # once the read is used up, its bytes are a pass mark (pipelined or
                             # not, kept or not: a mark only skips before())
                             passed += 1
                             until = min(until, passing.passed_until)
-                            if p.between_requests:
-                                fast.learn_pass(read, passed, until, scheme)
+                            if p.between_requests and fast is not None:
+                                fast.learn_pass(fresh, passed, until, scheme)
                                 last = None  # (the memo has a new answer for some bytes: look it up)
                                 fresh = None
                         else:

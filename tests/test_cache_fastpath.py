@@ -732,14 +732,21 @@ def test_pipelined_reads_the_memo_sent_past_the_cache_are_marked_too(pair: tuple
     try:
         c.ask(b"GET /fastcount HTTP/1.1\r\nHost: h.example\r\n\r\n")  # (the first read)
         calls, befores = fast.calls(), fast.probe()[2]
+        before = scrape(fast.metrics)
         for _ in range(10):
             c.send_read(one * 3)
             answers = [c.response() for _ in range(3)]
             assert all(a.startswith(b"HTTP/1.1 200 ") and b"\r\nAge: " not in a for a in answers)
         assert c.buf == b""
+        after = scrape(fast.metrics)
     finally:
         c.close()
     assert fast.calls() == calls + 30
+    # each of them counted once, by the cache's lookup or with its marked read
+    got = {result: total(after, "greenfork_response_cache_requests_total", result=result)
+           - total(before, "greenfork_response_cache_requests_total", result=result)
+           for result in ("hit", "miss", "bypass")}
+    assert got["hit"] == 0 and got["miss"] >= 1 and got["miss"] + got["bypass"] == 30
     # the first read: a miss, then two passes by the URL memo; the second: three passes (learnt);
     # the other eight none (up to six more if the 1 s pass lapsed meanwhile); once for /fastcount.
     # Unmarked, it was 30.

@@ -213,8 +213,10 @@ class Connection:
                 replays = fast.replays  # reads it answers unparsed (cachefast.FastHits.replay)
                 lengths = fast.lengths
                 passing = fast.stage
+        # (the loop asks for its next event at the end of each round: run()'s read is taken
+        # without asking the empty protocol object first)
+        ev = NEED_DATA if first else p.next_event()
         while True:
-            ev = p.next_event()
             if ev is NEED_DATA:
                 # (run()'s read is the loop's first: nothing to send before it, and the phase
                 # goes on from FRESH, as when run() parses it itself)
@@ -268,10 +270,11 @@ class Connection:
                         passed = 0
                         until = _NEVER
                         if not last_r.past and fast.replay(self, last_r, scheme):
+                            ev = p.next_event()
                             continue  # answered; the protocol object is idle, as it was
-                elif len(data) <= REPLAY_READ_MAX:
+                elif (size := len(data)) <= REPLAY_READ_MAX:
                     fresh = data
-                    r = replays.get(data) if len(data) in lengths else None
+                    r = replays.get(data) if size in lengths else None
                     marked = 0
                     if r is not None:
                         last, last_r = data, r
@@ -283,6 +286,7 @@ class Connection:
                         passed = 0
                         until = _NEVER
                         if r is not None and not r.past and fast.replay(self, r, scheme):
+                            ev = p.next_event()
                             continue  # answered; the protocol object is idle, as it was
                 else:
                     fresh = None
@@ -334,6 +338,7 @@ class Connection:
                 return p.must_linger()
             # a stray body piece or END can only follow a request the app
             # already finished with; _handle drained it, so nothing to do
+            ev = p.next_event()
 
     # ---------------------------------------------------------------- HTTP/2
     def _first_bytes(self) -> bytes:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,9 +42,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(cond: object, what: str, timeout: float = 30) -> None:
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
+    while not cond():
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
         time.sleep(0.05)
@@ -112,7 +113,7 @@ def counted(extra: list[str], args: argparse.Namespace, tmp: Path, name: str) ->
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
     a, b = dumps
-    return {k: (b.get(k, 0) - a.get(k, 0)) / SECOND for k in set(a) | set(b)}  # type: ignore[misc]
+    return {k: (b.get(k, 0) - a.get(k, 0)) / SECOND for k in set(a) | set(b)}
 
 
 def main() -> int:

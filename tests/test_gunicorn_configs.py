@@ -184,7 +184,8 @@ def test_gunicorns_own_example_config_runs(launcher: Launcher, tmp_path: Path) -
     assert warnings[1].startswith("example_config.py: ssl_context = ssl_context() is ignored")
     (worker,) = g.workers()
     assert f"Worker spawned (pid: {worker})" in log  # post_fork
-    assert "Server is ready. Spawning workers" in log  # when_ready
+    # when_ready runs just after "Booted" is logged, which is what booted() waits for
+    wait_for(lambda: "Server is ready. Spawning workers" in g.log(), 10, "when_ready's log line")
     got = get_json(g.url())
     assert (got["app"], got["spam"]) == ("app", "eggs")  # its raw_env
     g.signal(signal.SIGINT)

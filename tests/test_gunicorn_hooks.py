@@ -60,9 +60,10 @@ def start(launcher: Launcher, tmp: Path, *args: str, env: dict[str, str] | None 
         def ready() -> bool:
             if g.proc.poll() is not None:
                 raise AssertionError(f"greenfork exited with {g.proc.returncode}:\n{g.log()}")
-            return g.addr_file.exists() and "Booted" in g.log()
+            # "Booted" is logged just before when_ready runs: wait for the hook's own record too
+            return g.addr_file.exists() and "Booted" in g.log() and bool(probe.events("when_ready"))
 
-        wait_for(ready, 30, "greenfork to boot")
+        wait_for(ready, 30, "greenfork to boot and when_ready to run")
         g.reload_info()
     return g, probe
 

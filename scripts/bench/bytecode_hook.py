@@ -1,5 +1,5 @@
 """A post_fork hook for scripts/bench/bytecodes.py: counts every Python bytecode the worker runs,
-by function, and writes the counts to $GF_BYTECODES_OUT.N (N = 1, 2, ...) on each SIGPWR.
+by function (by line too when $GF_BYTECODES_LINES is set), and writes the counts to $GF_BYTECODES_OUT.N (N = 1, 2, ...) on each SIGPWR.
 
 Tracing makes the worker several times slower; the counts do not depend on that, or on the
 machine's load, only on what the worker was asked to do.
@@ -15,15 +15,17 @@ import sys
 from types import FrameType
 from typing import Any
 
-# (file name, function, first line) -> bytecodes run
-counts: collections.Counter[tuple[str, str, int]] = collections.Counter()
+# (file name, function, first line, line run or 0) -> bytecodes run
+counts: collections.Counter[tuple[str, str, int, int]] = collections.Counter()
 dumps = 0
+LINES = bool(os.environ.get("GF_BYTECODES_LINES"))
 
 
 def _opcode(frame: FrameType, event: str, arg: Any) -> Any:
     if event == "opcode":
         code = frame.f_code
-        counts[(code.co_filename.rsplit("/", 1)[-1], code.co_name, code.co_firstlineno)] += 1
+        counts[(code.co_filename.rsplit("/", 1)[-1], code.co_name, code.co_firstlineno,
+                frame.f_lineno if LINES else 0)] += 1
     return _opcode
 
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Python bytecodes per request of one greenfork worker, by function, for two settings side by side.
 
-    scripts/bench/bytecodes [--path /] [--post BYTES] [--close] [--top 25]
+    scripts/bench/bytecodes [--path /] [--post BYTES] [--close] [--top 25] [--lines]
                             [--base "GREENFORK ARGS"] [--with "GREENFORK ARGS"]
     e.g. scripts/bench/bytecodes --with "--response-cache 64MiB"          # what the cache adds
          scripts/bench/bytecodes --close --with "--response-cache 64MiB"  # ... to a new connection
          scripts/bench/bytecodes --post 16384 --path /echo                # bench.py's echo16k
+         scripts/bench/bytecodes --lines --close --with "--response-cache 64MiB"  # by source line
 
 Each setting gets a fresh 1-worker server of scripts/bench/apps.py:paths whose worker counts every
 bytecode it runs (bytecode_hook.py, a post_fork hook); the load is 2,000 requests, then 6,000 more
@@ -33,7 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FIRST, SECOND = 2000, 6000
-Key = tuple[str, str, int]
+Key = tuple[str, str, int, int]  # file, function, its first line, the line run (0 without --lines)
 
 
 def free_port() -> int:
@@ -78,6 +79,8 @@ def counted(extra: list[str], args: argparse.Namespace, tmp: Path, name: str) ->
         body.write_bytes(b"x" * args.post)
     port = free_port()
     env = dict(os.environ, GF_BYTECODES_OUT=str(out), PYTHONPATH=str(HERE))
+    if args.lines:
+        env["GF_BYTECODES_LINES"] = "1"
     proc = subprocess.Popen([sys.executable, "-m", "greenfork.master", "apps:paths", "-w", "1",
                              "-b", f"127.0.0.1:{port}", "--log-level", "warning",
                              "--hook", "post_fork=bytecode_hook:post_fork", *extra],
@@ -121,7 +124,8 @@ def main() -> int:
     ap.add_argument("--path", default="/")
     ap.add_argument("--post", type=int, default=0, metavar="BYTES", help="each request a POST of BYTES")
     ap.add_argument("--close", action="store_true", help="a new connection per request")
-    ap.add_argument("--top", type=int, default=25, help="functions listed")
+    ap.add_argument("--top", type=int, default=25, help="functions (or lines) listed")
+    ap.add_argument("--lines", action="store_true", help="by source line, not by function")
     ap.add_argument("--base", default="", help="the first server's extra greenfork arguments")
     ap.add_argument("--with", dest="other", default="", help="the second server's extra greenfork arguments")
     args = ap.parse_args()
@@ -137,7 +141,8 @@ def main() -> int:
     for k in keys[:args.top]:
         change = other.get(k, 0) - base.get(k, 0)
         if abs(change) >= 0.5:
-            print(f"{change:+8.1f} {base.get(k, 0):8.1f} {other.get(k, 0):8.1f}  {k[0]}:{k[1]} (line {k[2]})")
+            where = f"line {k[3]} of {k[1]}" if k[3] else f"{k[1]} (line {k[2]})"
+            print(f"{change:+8.1f} {base.get(k, 0):8.1f} {other.get(k, 0):8.1f}  {k[0]}:{where}")
     return 0
 
 

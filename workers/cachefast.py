@@ -29,6 +29,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Final, final
 
 from greenfork.workers.cachestage import RULE_KEYS, CacheStage, Known
@@ -66,7 +67,7 @@ class Replay:
 
     __slots__ = ("age", "body", "code", "head", "memo", "post", "pre", "req", "scheme", "second", "tail")
     past = False
-    requests = 1
+    marks = 0  # (what a Pass sends past the cache: a replay sends nothing there)
     live = True  # (a replay checks its entry itself, however old the memo's pointer to it)
 
     def __init__(self, memo: Known, req: Request, scheme: str, wire: tuple[bytes, int, int],
@@ -94,13 +95,15 @@ class Pass:
     read per request: FastHits.expire() drops the marks whose pass has lapsed, every
     MARK_SWEEP seconds."""
 
-    __slots__ = ("live", "requests", "scheme", "until")
+    __slots__ = ("live", "marks", "scheme", "until")
     past = True  # (the connection loop tells the two kinds apart by this)
 
     def __init__(self, until: float, scheme: str, requests: int = 1) -> None:
         self.until = until
         self.scheme = scheme
-        self.requests = requests  # how many the read held (pipelined, all of them past the cache)
+        # how many requests the read held (pipelined, all of them past the cache): the loop takes
+        # a read with marks as that many requests to send past before() (never 0 for a Pass)
+        self.marks = requests
         # False once dropped from the memo: a connection that kept it to skip the memo's lookup
         # (the same bytes as its last read) lets it go then
         self.live = True
@@ -109,15 +112,18 @@ class Pass:
 # what a connection's loop knows of its last read before it has one (never live: looked up)
 NO_READ: Final = Pass(0.0, "", 0)
 NO_READ.live = False
-# the replay memo of a worker without a fast path (never written: a connection's loop only
-# looks it up with one)
-NO_REPLAYS: Final[dict[bytes, Replay | Pass]] = {}
+# What a connection's loop takes from FastHits (FastHits.parts): the targets the fast path may
+# answer, the replay memo, its reads' lengths and the cache stage (for pass marks). The objects
+# are changed in place, never replaced, so a connection takes them once, in one unpacking.
+Parts = tuple[AbstractSet[bytes], dict[bytes, Replay | Pass], AbstractSet[int], Any]
+# ... for a connection without a fast path (never written: its loop only looks them up with one)
+NO_PARTS: Final[Parts] = (frozenset(), {}, frozenset(), None)
 
 
 class FastHits:
     """One per worker, over its cache stage's memos."""
 
-    __slots__ = ("answered", "count", "fields", "hosts", "hot", "lengths", "metrics", "replays",
+    __slots__ = ("answered", "count", "fields", "hosts", "hot", "lengths", "metrics", "parts", "replays",
                  "script_name", "secret_name", "secret_value", "server", "stage", "store", "timed", "timer",
                  "urls")
 
@@ -150,6 +156,7 @@ class FastHits:
         # the lengths of the reads in `replays` (or more): a read of another length is not looked
         # up, which spares hashing it (a 1 KB browser head's hash costs about 0.5 µs)
         self.lengths: set[int] = set()
+        self.parts: Parts = (self.hot, self.replays, self.lengths, stage)
         self.answered: Known | None = None  # the entry of the request answer() answered last
         self.timer: Any = None  # expires pass marks (start())
 

@@ -23,7 +23,7 @@ from gevent import GreenletExit
 
 from greenfork.master import tlsinfo
 from greenfork.workers import front, websocket_pipeline
-from greenfork.workers.cachefast import NO_READ, NO_REPLAYS, REPLAY_READ_MAX
+from greenfork.workers.cachefast import NO_PARTS, NO_READ, REPLAY_READ_MAX
 from greenfork.workers.h1proto import (
     CLOSED,
     DRAIN,
@@ -189,10 +189,9 @@ class Connection:
         # request of a local name
         fast = self.server.fast
         scheme = ""
-        hot: set[bytes] | frozenset[bytes] = frozenset()
-        replays: dict[bytes, Replay | Pass] = NO_REPLAYS
-        lengths: set[int] | frozenset[int] = frozenset()
-        passing: Any = None  # the cache stage, for pass marks
+        # the targets it may answer (one set lookup, before any call), the reads it answers
+        # unparsed (cachefast.FastHits.replay), their lengths, and the cache stage for pass marks
+        hot, replays, lengths, passing = NO_PARTS if fast is None else fast.parts
         fresh: bytes | None = None  # a read that began at a request boundary (for fast.learn)
         marked = 0  # the read just parsed carries a pass mark: this many requests go past the cache
         passed = 0  # the requests of `fresh` answered so far, all sent past the cache by the memo
@@ -207,12 +206,7 @@ class Connection:
             # (without extra environ keys, the listener's own: what scheme() would find)
             scheme = (fast.scheme(self.ctx.base_environ, self.extra) or "") if self.extra else self.ctx.scheme
             if not scheme:
-                fast = None
-            else:
-                hot = fast.hot  # the targets it may answer (one set lookup, before any call)
-                replays = fast.replays  # reads it answers unparsed (cachefast.FastHits.replay)
-                lengths = fast.lengths
-                passing = fast.stage
+                fast = None  # (its parts are left unused: every use of them tests fast first)
         # (the loop asks for its next event at the end of each round: run()'s read is taken
         # without asking the empty protocol object first)
         ev = NEED_DATA if first else p.next_event()
@@ -281,7 +275,7 @@ class Connection:
                         # the URL memo sends its requests past the cache: the request stage is
                         # told so (its before() would find the same; cachefast.Pass). (passed and
                         # until are left as they are: a marked read is never learnt again)
-                        marked = last_n = r.requests if r.past and r.scheme == scheme else 0
+                        marked = last_n = r.marks if r.scheme == scheme else 0
                     if not marked:
                         passed = 0
                         until = _NEVER

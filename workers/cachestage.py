@@ -280,7 +280,8 @@ class CacheStage:
         if method not in _LOOKUP:  # (first: none of the URL's memo is for them)
             self.tally[self.bypass_at] += 1.0
             # an unsafe method invalidates the path's entries, if the path filter says any may be
-            if method in _SAFE or not self.path_bits[crc32(req.path) & self.path_mask]:
+            # (the filter first: for most paths it says none may be, whatever the method)
+            if not self.path_bits[crc32(req.path) & self.path_mask] or method in _SAFE:
                 return None
             return self._unsafe(req, env)
         if self.path_passes:  # (most sites have none: one test)

@@ -1,5 +1,6 @@
 """A post_fork hook for scripts/bench/bytecodes.py: counts every Python bytecode the worker runs,
-by function (by line too when $GF_BYTECODES_LINES is set), and writes the counts to $GF_BYTECODES_OUT.N (N = 1, 2, ...) on each SIGPWR.
+by function (by line too when $GF_BYTECODES_LINES is set), and writes the counts to
+$GF_BYTECODES_OUT.N (N = 1, 2, ...) on each SIGPWR.
 
 Tracing makes the worker several times slower; the counts do not depend on that, or on the
 machine's load, only on what the worker was asked to do.

@@ -1,20 +1,22 @@
 #!/usr/bin/env python3
 """Python bytecodes per request of one greenfork worker, by function, for two settings side by side.
 
-    scripts/bench/bytecodes [--path /] [--post BYTES] [--close] [--top 25] [--lines]
+    scripts/bench/bytecodes [--path /] [--post BYTES] [--close | --unique] [--top 25] [--lines]
                             [--base "GREENFORK ARGS"] [--with "GREENFORK ARGS"]
     e.g. scripts/bench/bytecodes --with "--response-cache 64MiB"          # what the cache adds
          scripts/bench/bytecodes --close --with "--response-cache 64MiB"  # ... to a new connection
          scripts/bench/bytecodes --post 16384 --path /echo                # bench.py's echo16k
          scripts/bench/bytecodes --lines --close --with "--response-cache 64MiB"  # by source line
+         scripts/bench/bytecodes --unique --with "--response-cache 64MiB"  # cache_bench's /?q=N
 
 Each setting gets a fresh 1-worker server of scripts/bench/apps.py:paths whose worker counts every
 bytecode it runs (bytecode_hook.py, a post_fork hook); the load is 2,000 requests, then 6,000 more
-(h2load over 16 kept connections, or with --close one connection per request from this process,
-each sending `Connection: close`), and the figures are the second load's counts divided by 6,000,
-so start-up cancels out. Exact for the same build and load, whatever the machine is doing: for
-changes of a few bytecodes, which no timed run can show. (scripts/bench/instructions counts
-machine instructions instead, C included.)
+(h2load over 16 kept connections; with --close one connection per request from this process,
+each sending `Connection: close`; with --unique one kept connection from this process, each
+request for the path with a new query string `?q=N`), and the figures are the second load's
+counts divided by 6,000, so start-up cancels out. Exact for the same build and load, whatever
+the machine is doing: for changes of a few bytecodes, which no timed run can show.
+(scripts/bench/instructions counts machine instructions instead, C included.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -34,6 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FIRST, SECOND = 2000, 6000
+asked = 0  # --unique: the query strings used so far (every URL is new, across loads and servers)
 Key = tuple[str, str, int, int]  # file, function, its first line, the line run (0 without --lines)
 
 
@@ -59,6 +63,9 @@ def load(port: int, n: int, args: argparse.Namespace, body: Path | None) -> None
         if f"{n} succeeded" not in out:
             raise SystemExit(f"h2load: not all {n} requests succeeded:\n{out}")
         return
+    if args.unique:
+        unique(port, n, args.path)
+        return
     head = f"GET {args.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
     for _ in range(n):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -68,6 +75,33 @@ def load(port: int, n: int, args: argparse.Namespace, body: Path | None) -> None
                 got += chunk
             if not got.startswith(b"HTTP/1.1 200 "):
                 raise SystemExit(f"unexpected answer: {got[:80]!r}")
+
+
+def unique(port: int, n: int, path: str) -> None:
+    """n requests on one kept connection, one at a time, each for a URL never asked before."""
+    global asked
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for _ in range(n):
+            asked += 1
+            s.sendall(f"GET {path}?q={asked} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            got = b""
+            while b"\r\n\r\n" not in got:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise SystemExit("the server closed the connection")
+                got += chunk
+            head, _, body = got.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200 "):
+                raise SystemExit(f"unexpected answer: {got[:80]!r}")
+            m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            if m is None:
+                raise SystemExit(f"no Content-Length: {head!r}")
+            length = int(m.group(1))
+            while len(body) < length:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise SystemExit("the server closed the connection")
+                body += chunk
 
 
 def counted(extra: list[str], args: argparse.Namespace, tmp: Path, name: str) -> dict[Key, float]:
@@ -124,13 +158,17 @@ def main() -> int:
     ap.add_argument("--path", default="/")
     ap.add_argument("--post", type=int, default=0, metavar="BYTES", help="each request a POST of BYTES")
     ap.add_argument("--close", action="store_true", help="a new connection per request")
+    ap.add_argument("--unique", action="store_true",
+                    help="a new query string every request, on one kept connection")
     ap.add_argument("--top", type=int, default=25, help="functions (or lines) listed")
     ap.add_argument("--lines", action="store_true", help="by source line, not by function")
     ap.add_argument("--base", default="", help="the first server's extra greenfork arguments")
     ap.add_argument("--with", dest="other", default="", help="the second server's extra greenfork arguments")
     args = ap.parse_args()
-    if args.close and args.post:
-        ap.error("--close sends GETs")
+    if (args.close or args.unique) and args.post:
+        ap.error("--close and --unique send GETs")
+    if args.close and args.unique:
+        ap.error("--close or --unique, not both")
     with tempfile.TemporaryDirectory() as d:
         base = counted(shlex.split(args.base), args, Path(d), "base")
         other = counted(shlex.split(args.other), args, Path(d), "with")

@@ -195,7 +195,7 @@ class Connection:
         fresh: bytes | None = None  # a read that began at a request boundary (for fast.learn)
         marked = 0  # the read just parsed carries a pass mark: this many requests go past the cache
         passed = 0  # the requests of `fresh` answered so far, all sent past the cache by the memo
-        until = 0.0  # the earliest end of their passes
+        until = _NEVER  # the earliest end of their passes
         # the last read the memo knew, and what it knew: a client repeats its bytes on a kept
         # connection, and comparing them costs less than hashing them for the memo's lookup
         last: bytes | None = None
@@ -206,15 +206,35 @@ class Connection:
             # (without extra environ keys, the listener's own: what scheme() would find)
             scheme = (fast.scheme(self.ctx.base_environ, self.extra) or "") if self.extra else self.ctx.scheme
             if not scheme:
-                fast = None  # (its parts are left unused: every use of them tests fast first)
-        # (the loop asks for its next event at the end of each round: run()'s read is taken
-        # without asking the empty protocol object first)
-        ev = NEED_DATA if first else p.next_event()
+                fast = None
+                hot, replays, lengths, passing = NO_PARTS
+                if first:  # (parsed as run() would have without a fast path)
+                    p.receive_data(first)
+                    first = b""
+        # (the loop asks for its next event at the end of each round)
+        ev: object
+        if not first:
+            ev = p.next_event()
+        elif (r := replays.get(first) if (size := len(first)) in lengths else None) is None or r.past:
+            # run()'s read (run() leaves it to the loop only with a fast path): a new connection's
+            # first, at a request boundary, and no repeat of a last read. Taken here as the loop
+            # would take it (see there), without the loop's dispatch: a client with a new
+            # connection per request sends the same bytes each time (a pass mark). A replay is
+            # left to the loop, which may answer it at once. (Not kept as the last read: a
+            # connection that repeats it looks it up once more, one that closes pays nothing.)
+            if r is not None and r.scheme == scheme:
+                marked = r.marks
+            fresh = first if size <= REPLAY_READ_MAX else None
+            p.receive_data(first)
+            first = b""
+            ev = p.next_event()
+        else:
+            ev = NEED_DATA
         while True:
             if ev is NEED_DATA:
                 # (run()'s read is the loop's first: nothing to send before it, and the phase
                 # goes on from FRESH, as when run() parses it itself)
-                if first:
+                if first:  # (a replay: see above)
                     boundary = True
                     data, first = first, b""
                 else:

@@ -56,15 +56,15 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
 
 
 def load(port: int, n: int, args: argparse.Namespace, body: Path | None) -> None:
+    if args.unique:
+        unique(port, n, args.path)
+        return
     url = f"http://127.0.0.1:{port}{args.path}"
     if not args.close:
         cmd = ["h2load", "--h1", "-n", str(n), "-c", "16", *(["-d", str(body)] if body else []), url]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout
         if f"{n} succeeded" not in out:
             raise SystemExit(f"h2load: not all {n} requests succeeded:\n{out}")
-        return
-    if args.unique:
-        unique(port, n, args.path)
         return
     head = f"GET {args.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
     for _ in range(n):

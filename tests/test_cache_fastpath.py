@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from greenfork.master.respcache import Entry, ResponseCache
 from greenfork.workers.cachefast import RULE_FIELDS, FastHits
-from greenfork.workers.cachestage import CacheStage, Known, primary_key
+from greenfork.workers.cachestage import PATH_PASS_AFTER, CacheStage, Known, primary_key
 from greenfork.workers.h1proto import KEEP, NEED_DATA, SEND_RESPONSE, H1Server
 from greenfork.workers.http1 import DEFAULT_LIMITS, Request
 from greenfork.workers.request import http_date
@@ -309,6 +309,39 @@ def test_lapsed_pass_marks_are_dropped(store: ResponseCache) -> None:
     assert fast.lengths == {len(b"current"), len(SHAPES["GET"])}  # (the lengths looked up)
 
 
+def test_paths_passed_whole_are_dropped_once_lapsed_or_stored_under(store: ResponseCache) -> None:
+    """The paths the connection loop sends past the cache (CacheStage.passed_paths): a path enters
+    with its pass, unless an entry is stored under it already; expire() drops it once its pass has
+    lapsed, or once an entry was stored under it (by any worker: the store's path filter)."""
+    worker = Worker()
+    fast, _ = fast_for(store, worker)
+    stage = fast.stage
+    now = time.time()
+
+    def put(path: bytes) -> None:
+        key = primary_key("http", "h", path, b"q=stored")
+        assert key is not None and store.store(key, Entry("200 OK", HEADERS, BODY, now, 60))
+
+    put(b"/stored-before")
+
+    def fail(path: bytes) -> None:
+        """PATH_PASS_AFTER URLs with a query under path, none storable (as Fill.after() reports)."""
+        for i in range(PATH_PASS_AFTER):
+            target = path + b"?q=%d" % i
+            req = next(requests_of(H1Server(DEFAULT_LIMITS), b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % target))
+            stage.passed(("http", "h", target, ""), {}, now, req)
+
+    for path in (b"/kept", b"/lapsed", b"/stored-after", b"/stored-before"):
+        fail(path)
+    assert set(stage.path_passes) == {b"/kept", b"/lapsed", b"/stored-after", b"/stored-before"}
+    assert stage.passed_paths == {b"/kept", b"/lapsed", b"/stored-after"}  # (never one stored under)
+    assert fast.parts[4] is stage.passed_paths  # (what a connection takes: the same set)
+    stage.path_passes[b"/lapsed"] = now - 0.1
+    put(b"/stored-after")
+    fast.expire()
+    assert stage.passed_paths == {b"/kept"}
+
+
 def test_a_head_the_protocol_would_rework_is_left_to_the_ordinary_path(store: ResponseCache) -> None:
     """fixed_head() takes only what response_head() writes unchanged: a stored field the
     connection acts on (never stored by cachepolicy, but not the fast path's to assume)."""
@@ -377,10 +410,10 @@ class Srv:
 
     def probe(self) -> tuple[int, int, int, int]:
         """/fastcount: answer()'s and replay()'s answers, the request stage's before() calls
-        (this one's own included: a new URL each time, never a pass mark) and the store keys it
-        made."""
+        (this one's own included: a new URL each time, never a pass mark, and a new path without
+        a query, never passed whole) and the store keys it made."""
         self.probes += 1
-        answer = self.get(f"/fastcount?probe={self.probes}", *self.probe_fields)
+        answer = self.get(f"/fastcount/{self.probes}", *self.probe_fields)
         parsed, replayed, befores, keys = answer.rpartition(b"\r\n\r\n")[2].split()
         return int(parsed), int(replayed), int(befores), int(keys)
 
@@ -801,11 +834,15 @@ def test_a_path_whose_urls_with_a_query_are_never_stored_is_passed_whole(pair: t
         return total(after, "greenfork_response_cache_requests_total", result=result) - \
             total(before, "greenfork_response_cache_requests_total", result=result)
 
+    befores = fast.probe()[2]  # (itself a miss: before the scrape)
     before = scrape(fast.metrics)
     answers = [fast.get(f"/search?q={i}", "Cookie: session=1") for i in range(20)]  # (as browsers do)
     after = scrape(fast.metrics)
     assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers)
     assert (delta(before, after, "miss"), delta(before, after, "bypass")) == (8, 12)
+    # the connection loop sends the passed path's GETs past the request stage's before() (as a
+    # pass mark's): it ran for the eight misses, and once for /fastcount
+    assert fast.probe()[2] - befores == 8 + 1
     target = f"/search?{CC}&n=storable"
     calls = fast.calls()
     assert b"\r\nAge: " not in fast.get(target) and fast.calls() == calls + 1
@@ -943,7 +980,7 @@ def test_hooks_and_mounts_turn_it_off(launcher: Launcher, tmp_path: Path, setup:
     assert all(b"\r\nAge: " in a for a in answers) and srv.calls() == 1
     assert srv.fast() == 0
     if setup != "mount":
-        assert calls.read_text().splitlines() == ["/r", "/fastcount"]  # the app's calls only
+        assert calls.read_text().splitlines() == ["/r", "/fastcount/1"]  # the app's calls only
 
 
 FIELD_POOL = [b"Accept: */*", b"Connection: close", b"Connection: keep-alive", b"Cookie: a=1",

@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Final, final
+from zlib import crc32
 
 from greenfork.workers.cachestage import RULE_KEYS, CacheStage, Known
 from greenfork.workers.h1proto import DRAIN
@@ -113,11 +114,12 @@ class Pass:
 NO_READ: Final = Pass(0.0, "", 0)
 NO_READ.live = False
 # What a connection's loop takes from FastHits (FastHits.parts): the targets the fast path may
-# answer, the replay memo, its reads' lengths and the cache stage (for pass marks). The objects
-# are changed in place, never replaced, so a connection takes them once, in one unpacking.
-Parts = tuple[AbstractSet[bytes], dict[bytes, Replay | Pass], AbstractSet[int], Any]
+# answer, the replay memo, its reads' lengths, the cache stage (for pass marks) and the paths it
+# passes whole (CacheStage.passed_paths). The objects are changed in place, never replaced, so a
+# connection takes them once, in one unpacking.
+Parts = tuple[AbstractSet[bytes], dict[bytes, Replay | Pass], AbstractSet[int], Any, AbstractSet[bytes]]
 # ... for a connection without a fast path (never written: its loop only looks them up with one)
-NO_PARTS: Final[Parts] = (frozenset(), {}, frozenset(), None)
+NO_PARTS: Final[Parts] = (frozenset(), {}, frozenset(), None, frozenset())
 
 
 class FastHits:
@@ -156,7 +158,7 @@ class FastHits:
         # the lengths of the reads in `replays` (or more): a read of another length is not looked
         # up, which spares hashing it (a 1 KB browser head's hash costs about 0.5 µs)
         self.lengths: set[int] = set()
-        self.parts: Parts = (self.hot, self.replays, self.lengths, stage)
+        self.parts: Parts = (self.hot, self.replays, self.lengths, stage, stage.passed_paths)
         self.answered: Known | None = None  # the entry of the request answer() answered last
         self.timer: Any = None  # expires pass marks (start())
 
@@ -261,7 +263,8 @@ class FastHits:
             self._keep(data, Pass(until, scheme, requests))
 
     def expire(self) -> None:
-        """Drop the pass marks whose pass has lapsed (from a loop timer: see start())."""
+        """Drop the pass marks whose pass has lapsed, and the paths passed whole whose pass lapsed
+        or under which an entry was stored since (from a loop timer: see start())."""
         now = time.time()
         replays = self.replays
         for data, r in list(replays.items()):
@@ -269,6 +272,11 @@ class FastHits:
                 r.live = False
                 del replays[data]
         self.lengths.intersection_update({len(data) for data in replays})
+        stage = self.stage
+        if stage.passed_paths:
+            until, bits, mask = stage.path_passes.get, stage.path_bits, stage.path_mask
+            stage.passed_paths.difference_update(
+                [path for path in stage.passed_paths if until(path, 0.0) <= now or bits[crc32(path) & mask]])
 
     def start(self, loop: Any) -> None:
         """Expire pass marks every MARK_SWEEP seconds, from a raw loop timer (it runs in the hub and

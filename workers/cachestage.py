@@ -28,7 +28,11 @@ Two per-worker memos keep the request path short, and neither can make an answer
   GETs skip the cache for PASS_TTL, unless the store's path
   filter says an entry is stored under it (a path some of whose URLs are cached is never passed
   whole). Otherwise each such URL took the whole miss path (+50% on hello). At worst a URL with a
-  query that became storable under such a path is stored up to PASS_TTL later.
+  query that became storable under such a path is stored up to PASS_TTL later. `passed_paths`
+  holds the paths passed whole for the HTTP/1.1 connection loop, which sends their GETs past
+  this stage as it does a pass mark's (workers/cachefast.py); FastHits.expire() drops a path
+  from it every MARK_SWEEP seconds once its pass lapsed or an entry was stored under it, so
+  there a path's pass outlasts those by less than MARK_SWEEP.
 
 The HTTP/1.1 connection loop answers the commonest hit before this stage, from the same `urls`
 memo (workers/cachefast.py): `hot` tells it which request targets the memo has pointed at a copy.
@@ -249,6 +253,7 @@ class CacheStage:
         # see above); and how many of its URLs with a query were unstorable since
         self.path_passes: dict[bytes, float] = {}
         self.path_fails: dict[bytes, int] = {}
+        self.passed_paths: set[bytes] = set()  # (for the connection loop: see above)
         # --response-cache-path: the request paths it consults the cache for (None: every path),
         # as the path itself and as the start of longer ones
         paths = server.settings.response_cache_path
@@ -472,7 +477,10 @@ class CacheStage:
                 pp = self.path_passes
                 if len(pp) >= URLS_MAX and path not in pp:
                     pp.clear()
+                    self.passed_paths.clear()
                 pp[path] = now + PASS_TTL
+                if not self.path_bits[crc32(path) & self.path_mask]:
+                    self.passed_paths.add(path)
             else:
                 if len(fails) >= URLS_MAX and path not in fails:
                     fails.clear()

@@ -190,8 +190,9 @@ class Connection:
         fast = self.server.fast
         scheme = ""
         # the targets it may answer (one set lookup, before any call), the reads it answers
-        # unparsed (cachefast.FastHits.replay), their lengths, and the cache stage for pass marks
-        hot, replays, lengths, passing = NO_PARTS if fast is None else fast.parts
+        # unparsed (cachefast.FastHits.replay), their lengths, the cache stage for pass marks, and
+        # the paths the cache passes whole (cachestage.py's path_passes)
+        hot, replays, lengths, passing, paths_passed = NO_PARTS if fast is None else fast.parts
         fresh: bytes | None = None  # a read that began at a request boundary (for fast.learn)
         marked = 0  # the read just parsed carries a pass mark: this many requests go past the cache
         passed = 0  # the requests of `fresh` answered so far, all sent past the cache by the memo
@@ -207,7 +208,7 @@ class Connection:
             scheme = (fast.scheme(self.ctx.base_environ, self.extra) or "") if self.extra else self.ctx.scheme
             if not scheme:
                 fast = None
-                hot, replays, lengths, passing = NO_PARTS
+                hot, replays, lengths, passing, paths_passed = NO_PARTS
                 if first:  # (parsed as run() would have without a fast path)
                     p.receive_data(first)
                     first = b""
@@ -313,22 +314,27 @@ class Connection:
                     marked -= 1
                     passing.skip = ev  # (taken by that request: see request.py)
                     action = self._handle(ev)
-                elif fast is not None and ev.target in hot \
-                        and (action := fast.answer(self, ev, scheme)) is not None:
+                elif fast is None:  # (the cache off, or not for this connection: nothing else)
+                    action = self._handle(ev)
+                elif ev.target in hot and (action := fast.answer(self, ev, scheme)) is not None:
                     read, fresh = fresh, None  # a hit from the fast path
                     if read is not None and not passed and action == KEEP and p.between_requests:
                         fast.learn(read, ev, scheme)  # the read held this request and nothing more
                         last = None  # (the memo has a new answer for some bytes: look it up)
                 else:
+                    if paths_passed and ev.path in paths_passed and ev.method == "GET":
+                        # a path whose URLs are new each time and never stored: its GETs go past
+                        # the cache, as a pass mark's requests do (before() would find the same)
+                        passing.skip = ev
                     action = self._handle(ev)
-                    if fresh is not None:  # (only with a fast path)
+                    if fresh is not None:
                         if passing.passed_req is ev:
                             # every request of the read so far went past the cache by the URL memo:
                             # once the read is used up, its bytes are a pass mark (pipelined or
                             # not, kept or not: a mark only skips before())
                             passed += 1
                             until = min(until, passing.passed_until)
-                            if p.between_requests and fast is not None:
+                            if p.between_requests:
                                 fast.learn_pass(fresh, passed, until, scheme)
                                 last = None  # (the memo has a new answer for some bytes: look it up)
                                 fresh = None

@@ -1,8 +1,8 @@
 """tests/apps/cacheapp.py's app, with a probe on the response cache's fast path
 (tests/test_cache_fastpath.py): FastHits.answer() and FastHits.replay() are wrapped, in the worker
-that imports this app, to count the requests they answered; GET /fastcount (never cacheable)
-returns both counts, the request stage's CacheStage.before() calls and the store keys it made
-(CacheStage._key), "ANSWERED REPLAYED BEFORE KEYS".
+that imports this app, to count the requests they answered; GET /fastcount, or /fastcount/ANY
+(never cacheable), returns both counts, the request stage's CacheStage.before() calls and the
+store keys it made (CacheStage._key), "ANSWERED REPLAYED BEFORE KEYS".
 The wrappers change nothing of what they wrap: they tell the tests which path answered a hit, or
 decided to go past the cache."""
 
@@ -60,7 +60,7 @@ FastHits.replay = _counting_replays  # type: ignore[method-assign]
 
 
 def app(environ: dict[str, Any], start_response: Any) -> Any:
-    if environ["PATH_INFO"] == "/fastcount":
+    if environ["PATH_INFO"].startswith("/fastcount"):
         body = f"{answered} {replayed} {befores} {keys}".encode()
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
         return [body]

@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
 """Python bytecodes per request of one greenfork worker, by function, for two settings side by side.
 
-    scripts/bench/bytecodes [--path /] [--post BYTES] [--close | --unique] [--top 25] [--lines]
-                            [--base "GREENFORK ARGS"] [--with "GREENFORK ARGS"]
+    scripts/bench/bytecodes [--path /] [--post BYTES] [--close | --unique | --pipeline N] [--top 25]
+                            [--lines] [--base "GREENFORK ARGS"] [--with "GREENFORK ARGS"]
     e.g. scripts/bench/bytecodes --with "--response-cache 64MiB"          # what the cache adds
          scripts/bench/bytecodes --close --with "--response-cache 64MiB"  # ... to a new connection
          scripts/bench/bytecodes --post 16384 --path /echo                # bench.py's echo16k
          scripts/bench/bytecodes --lines --close --with "--response-cache 64MiB"  # by source line
          scripts/bench/bytecodes --unique --with "--response-cache 64MiB"  # cache_bench's /?q=N
+         scripts/bench/bytecodes --pipeline 16 --with "--response-cache 64MiB"  # ... pipeline16
 
 Each setting gets a fresh 1-worker server of scripts/bench/apps.py:paths whose worker counts every
 bytecode it runs (bytecode_hook.py, a post_fork hook); the load is 2,000 requests, then 6,000 more
-(h2load over 16 kept connections; with --close one connection per request from this process,
-each sending `Connection: close`; with --unique one kept connection from this process, each
-request for the path with a new query string `?q=N`), and the figures are the second load's
-counts divided by 6,000, so start-up cancels out. Exact for the same build and load, whatever
-the machine is doing: for changes of a few bytecodes, which no timed run can show.
-(scripts/bench/instructions counts machine instructions instead, C included.)
+(h2load over 16 kept connections, with --pipeline N requests in flight on each; with --close one
+connection per request from this process, each sending `Connection: close`; with --unique one
+kept connection from this process, each request for the path with a new query string `?q=N`),
+and the figures are the second load's counts divided by 6,000, so start-up cancels out. Exact
+for the same build and load, whatever the machine is doing: for changes of a few bytecodes,
+which no timed run can show. (scripts/bench/instructions counts machine instructions instead,
+C included.)
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def load(port: int, n: int, args: argparse.Namespace, body: Path | None) -> None
         return
     url = f"http://127.0.0.1:{port}{args.path}"
     if not args.close:
-        cmd = ["h2load", "--h1", "-n", str(n), "-c", "16", *(["-d", str(body)] if body else []), url]
+        cmd = ["h2load", "--h1", "-n", str(n), "-c", "16", "-m", str(args.pipeline),
+               *(["-d", str(body)] if body else []), url]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout
         if f"{n} succeeded" not in out:
             raise SystemExit(f"h2load: not all {n} requests succeeded:\n{out}")
@@ -158,6 +161,8 @@ def main() -> int:
     ap.add_argument("--path", default="/")
     ap.add_argument("--post", type=int, default=0, metavar="BYTES", help="each request a POST of BYTES")
     ap.add_argument("--close", action="store_true", help="a new connection per request")
+    ap.add_argument("--pipeline", type=int, default=1, metavar="N",
+                    help="N requests in flight on each kept connection (h2load -m: HTTP/1.1 pipelining)")
     ap.add_argument("--unique", action="store_true",
                     help="a new query string every request, on one kept connection")
     ap.add_argument("--top", type=int, default=25, help="functions (or lines) listed")

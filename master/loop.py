@@ -248,19 +248,29 @@ class MasterLoop:
                 ex.close_upgrade_pipe()
                 self.dispatch(Event.CHILD_EXIT, pid, code)
                 continue
+            # What the worker said before it exited comes first: a READY still unread (sent, then
+            # the worker killed by its first request within one turn of this loop) makes this a
+            # death, not a failed boot. Bounded: a dead worker's socket holds its last words, then
+            # EOF (unless a child of its own still holds it open).
+            sock = ex.controls.get(pid)
+            for _ in range(8):
+                if sock is None or not self._control_message(pid, sock):
+                    break
             ex.forget(pid)
             self.dispatch(Event.EXIT, pid, code)
 
-    def _control_message(self, pid: int, sock: socket.socket) -> None:
+    def _control_message(self, pid: int, sock: socket.socket) -> bool:
+        """Read and dispatch what a worker sent; False when there was nothing (or EOF)."""
         try:
             data = sock.recv(64)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             # The worker closed its end: it is exiting; the reaper reports it.
             self.executor.forget(pid)
-            return
+            return False
         for message in control.messages(data, control.TO_MASTER):
             self.dispatch(FROM_WORKER[message], pid)
+        return True

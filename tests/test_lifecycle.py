@@ -393,6 +393,38 @@ def test_a_request_that_kills_its_worker_is_survived(launcher: Launcher) -> None
     assert body(g) == b"hello\n"
 
 
+def test_a_worker_ready_then_killed_before_the_master_looks_died_not_failed_to_boot(
+        launcher: Launcher, tmp_path: Path) -> None:
+    """A worker that reports READY and is killed by the first request it accepts, both before the
+    master's next look (here the master is stopped meanwhile; under load a busy turn of its loop
+    will do), died: the master reads what the worker sent before handling its exit. Read the other
+    way round it "failed to boot", and its slot was backed off as a boot failure's."""
+    (tmp_path / "slowfork.py").write_text("import time\n\n\ndef post_fork(server, worker):\n"
+                                          "    time.sleep(0.5)  # (time to stop the master first)\n")
+    args = ["testapp:app", "-b", "127.0.0.1:0", "-w", "1", "--hook", "post_fork=slowfork:post_fork"]
+    g = launcher.start(args, env={"PYTHONPATH": str(tmp_path)}, timeout=30)
+    (first,) = g.workers()
+    assert raw(g.url(), b"GET /exit HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+    replacement = wait_for(lambda: [w for w in g.workers() if w != first], 10, "a replacement")[0]
+    os.kill(g.pid, signal.SIGSTOP)
+    try:
+        host, port = g.url().split("://")[1].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as c:  # (the listen queue holds it)
+            c.sendall(b"GET /exit HTTP/1.1\r\nHost: x\r\n\r\n")
+
+            def zombie() -> bool:
+                with open(f"/proc/{replacement}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+            wait_for(zombie, 15, "the replacement to boot, take the request and exit")
+    finally:
+        os.kill(g.pid, signal.SIGCONT)
+    wait_for(lambda: g.log().count("died: exit code 1") == 2, 10, "the second death logged")
+    assert "failed to boot" not in g.log()
+    wait_for(lambda: len(g.workers()) == 1 and replacement not in g.workers(), 15, "a third worker")
+    assert http_get(g.url())[0] == 200
+
+
 def test_reload_extra_file_globs_trigger_a_reload(launcher: Launcher, tmp_path: Path) -> None:
     (tmp_path / "templates").mkdir()
     page = tmp_path / "templates" / "page.html"

@@ -180,6 +180,15 @@ class Launcher:
             g.kill_all()
 
 
+def pid_in(pidfile: Path) -> int:
+    """The pid a pidfile names, 0 while there is none: during a USR2 upgrade the old master renames
+    its file and the new one writes its own, so the file may vanish between a test and a read."""
+    try:
+        return int(pidfile.read_text() or 0)
+    except FileNotFoundError:
+        return 0
+
+
 def http_get(url: str, path: str = "/", headers: dict[str, str] | None = None,
              timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
     """One request with a fresh connection (http.client; for unix: URLs too)."""

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import curl
 from tests.metricsutil import find, scrape
-from tests.procs import APPS, Greenfork, Launcher, alive, children, raw, wait_for
+from tests.procs import APPS, Greenfork, Launcher, alive, children, pid_in, raw, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -316,8 +316,7 @@ def test_receivers_hup_and_usr2_under_load_lose_nothing(launcher: Launcher, sock
             time.sleep(1.0)
         for g, pidfile in ((one, pid1), (two, pid2)):
             g.signal(signal.SIGUSR2)
-            new = wait_for(lambda p=pidfile, g=g: (n := int(p.read_text() or 0) if p.exists() else 0) != g.pid
-                           and n, 30, "the new master")
+            new = wait_for(lambda p=pidfile, g=g: (n := pid_in(p)) != g.pid and n, 30, "the new master")
             news.append(new)
             time.sleep(1.0)  # both masters serve
             g.signal(signal.SIGTERM)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import Launcher, alive, children, wait_for
+from tests.procs import Launcher, alive, children, pid_in, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -79,8 +79,7 @@ def test_usr2_then_term_of_the_old_master_under_load_fails_no_request(launcher: 
     try:
         time.sleep(2.0)  # load first, then the upgrade in the middle of the run
         g.signal(signal.SIGUSR2)
-        new = wait_for(lambda: (p := int(pidfile.read_text() or 0) if pidfile.exists() else 0) != g.pid
-                       and p, 20, "the new master")
+        new = wait_for(lambda: (p := pid_in(pidfile)) != g.pid and p, 20, "the new master")
         time.sleep(1.0)  # both masters serve for a moment
         g.signal(signal.SIGTERM)
         assert g.wait(30) == 0

@@ -31,7 +31,6 @@ import logging
 import time
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Final, final
-from zlib import crc32
 
 from greenfork.workers.cachestage import RULE_KEYS, CacheStage, Known
 from greenfork.workers.h1proto import DRAIN
@@ -274,9 +273,9 @@ class FastHits:
         self.lengths.intersection_update({len(data) for data in replays})
         stage = self.stage
         if stage.passed_paths:
-            until, bits, mask = stage.path_passes.get, stage.path_bits, stage.path_mask
+            until, stored = stage.path_passes.get, self.store.may_hold_path
             stage.passed_paths.difference_update(
-                [path for path in stage.passed_paths if until(path, 0.0) <= now or bits[crc32(path) & mask]])
+                [path for path in stage.passed_paths if until(path, 0.0) <= now or stored(path)])
 
     def start(self, loop: Any) -> None:
         """Expire pass marks every MARK_SWEEP seconds, from a raw loop timer (it runs in the hub and

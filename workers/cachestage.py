@@ -479,7 +479,7 @@ class CacheStage:
                     pp.clear()
                     self.passed_paths.clear()
                 pp[path] = now + PASS_TTL
-                if not self.path_bits[crc32(path) & self.path_mask]:
+                if not self.store.may_hold_path(path):
                     self.passed_paths.add(path)
             else:
                 if len(fails) >= URLS_MAX and path not in fails:

@@ -16,7 +16,8 @@ from greenfork.master.cachekeeper import CacheKeeper, CacheSizeError
 from greenfork.master.config import Layer, build
 from greenfork.master.respcache import Entry, ResponseCache
 from greenfork.workers import cachepolicy as cp
-from greenfork.workers.cachestage import Capture, EnvFields, Known, _body, env_key, primary_key
+from greenfork.workers.cachefill import Capture, _body
+from greenfork.workers.cachestage import EnvFields, Known, env_key, primary_key
 
 NOW = 1_800_000_000.0
 

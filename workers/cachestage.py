@@ -1,10 +1,11 @@
 """The shared response cache at the request stage (--response-cache; docs/caching.md).
 
 request.py calls this in one marked block, once the environ's scheme and host are final (after
-forwarded headers): `before()` answers a hit itself, without the app, or returns a `Fill` that
-runs the app (capturing its body) and, once the response is complete, stores it (`Fill.after()`);
-for an unsafe method the Fill drops the target's entries instead (RFC 9111 4.4). The rules are
-cachepolicy.py's; the store is master/respcache.py's, shared by every worker of the host.
+forwarded headers): `before()` answers a hit itself, without the app, or returns a `Fill`
+(workers/cachefill.py) that runs the app, capturing its body, and once the response is complete
+stores it (`store_response()`); for an unsafe method the Fill drops the target's entries instead
+(RFC 9111 4.4). The rules are cachepolicy.py's; the store is master/respcache.py's, shared by
+every worker of the host.
 
 Request fields are read from the environ (the values the app sees), not from the raw header
 list: a request carrying none of the fields the rules look at (the common case) skips the rules.
@@ -44,15 +45,15 @@ import enum
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 from zlib import crc32
 
 from greenfork.master.respcache import Entry, ResponseCache
 from greenfork.metrics.recorder import Recorder
 from greenfork.workers import cachepolicy as cp
+from greenfork.workers.cachefill import INVALIDATE, STORE, Fill
 from greenfork.workers.transport import ClientGone
-from greenfork.workers.wsgi import FileWrapper
 
 if TYPE_CHECKING:
     from greenfork.workers.http1 import Request
@@ -75,7 +76,6 @@ RULE_KEYS: Final = frozenset({
     "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"})
 _GET: Final = cp.RequestRule(True, True, "")
 _HEAD: Final = cp.RequestRule(True, False, "head")
-_STORE, _INVALIDATE = 0, 1
 _LOOKUP: Final = frozenset({"GET", "HEAD"})  # the methods a stored response may answer
 _SAFE: Final = cp.SAFE_METHODS  # (a module name: one load, not two)
 
@@ -137,46 +137,6 @@ def primary_key(scheme: str, host: str, path: bytes, query: bytes) -> bytes | No
     elif h.endswith(b":80"):
         h = h[:-3]
     return b"%s\0%s\0%s\0%s" % (scheme.encode("ascii", "replace"), h, path, query)
-
-
-class Capture:
-    """The app's iterable passed through unchanged, with its pieces kept up to `limit` bytes."""
-
-    __slots__ = ("_close", "_it", "complete", "pieces", "size", "limit")
-
-    def __init__(self, result: Iterable[bytes], limit: int) -> None:
-        self._close: Callable[[], None] | None = getattr(result, "close", None)
-        try:
-            self._it = iter(result)
-        except BaseException:
-            self.close()
-            raise
-        self.pieces: list[bytes] | None = []
-        self.size = 0
-        self.limit = limit
-        self.complete = False
-
-    def __iter__(self) -> Capture:
-        return self
-
-    def __next__(self) -> bytes:
-        try:
-            data = next(self._it)
-        except StopIteration:
-            self.complete = True
-            raise
-        pieces = self.pieces
-        if pieces is not None:
-            self.size += len(data)
-            if self.size > self.limit or type(data) is not bytes:
-                self.pieces = None  # too big to store (or not bytes: request.py fails the response)
-            else:
-                pieces.append(data)
-        return data
-
-    def close(self) -> None:
-        if self._close is not None:
-            self._close()
 
 
 class Known:
@@ -335,7 +295,7 @@ class CacheStage:
                 # without making the key or looking it up; the key is made if the response is
                 # stored (Fill.key)
                 self.count("miss")
-                return Fill(self, _STORE, None, env, now, url, req) if method == "GET" else None
+                return Fill(self, STORE, None, env, now, url, req) if method == "GET" else None
             key = self._key(url, req)
             if key is None:
                 self.count("bypass")
@@ -376,7 +336,7 @@ class CacheStage:
             return None
         # hit-for-pass is learnt from plain requests only: a conditional one (a 304), a Range (a
         # 206) or a client's own directive says nothing about the URL's other responses
-        return Fill(self, _STORE, key, env, now, url if fields is None else None, req)
+        return Fill(self, STORE, key, env, now, url if fields is None else None, req)
 
     def _remember(self, url: Url, what: Known | bytes | float) -> None:
         urls = self.urls
@@ -396,7 +356,7 @@ class CacheStage:
         key = self._key((env["wsgi.url_scheme"], host, req.target, env["SCRIPT_NAME"]), req)
         if key is None or not self.store.holds(key):
             return None
-        return Fill(self, _INVALIDATE, key, env, 0.0, None, req)
+        return Fill(self, INVALIDATE, key, env, 0.0, None, req)
 
     def _key(self, url: Url, req: Request) -> bytes | None:
         scheme, host, _, script_name = url
@@ -513,97 +473,6 @@ class CacheStage:
             if not self.store.store(k, e):
                 break  # another worker holds the lock, or it did not fit: a later miss fills it
         return True
-
-
-def _declared_length(headers: list[tuple[str, str]]) -> str | None:
-    for name, value in headers:
-        if name.lower() == "content-length":
-            return value
-    return None
-
-
-def _may_cache(headers: list[tuple[str, str]]) -> bool:
-    """Cache-Control is required for storing (public or s-maxage): most responses fail here."""
-    for name, _ in headers:  # noqa: SIM110 (any() over a generator costs twice as much)
-        if name.lower() == "cache-control":
-            return True
-    return False
-
-
-class Fill:
-    """A miss that may be stored (or an unsafe request that may invalidate): the app runs through
-    __call__, and after() acts on the complete response."""
-
-    __slots__ = ("app", "code", "env", "key", "kind", "req", "request_time", "stage", "url")
-
-    def __init__(self, stage: CacheStage, kind: int, key: bytes | None, env: dict[str, Any],
-                 request_time: float, url: Url | None, req: Request) -> None:
-        self.stage = stage
-        self.kind = kind
-        self.key = key  # None: not made yet (made when the response is stored)
-        self.req = req
-        self.env = env
-        self.request_time = request_time
-        self.url = url
-        self.app: Callable[..., Any] | None = None
-        self.code = 0
-
-    def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
-        if self.kind != _STORE:
-            return app
-        self.app = app
-        return self
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        assert self.app is not None
-        result = self.app(environ, start_response)
-        if type(result) is list or type(result) is tuple or isinstance(result, FileWrapper):
-            return result
-        return Capture(result, self.stage.limit)
-
-    def after(self, ex: Exchange, status: str | None, headers: list[tuple[str, str]], result: Any,
-              err: str) -> None:
-        """The response is complete, or failed (err, a status that is not the app's): store it,
-        drop the target's entries, or leave it."""
-        self.app = None  # no cycle left behind (the stage keeps no Fill)
-        stage = self.stage
-        if err or status is None:
-            return
-        code = self.code = ex.status
-        try:
-            if int(status[:3]) != code:
-                return  # replaced by an error answer (504 after --request-timeout, say)
-            if self.kind == _INVALIDATE:
-                if 200 <= code < 400 and self.key is not None:  # RFC 9111 4.4: a non-error response
-                    stage.store.remove(self.key)
-                return
-            stored = False
-            if code in cp.CACHEABLE_STATUS and _may_cache(headers):
-                body = _body(result)
-                if body is not None and len(body) == ex.body_bytes():
-                    declared = _declared_length(headers)
-                    if declared is None or declared == str(len(body)):
-                        stored = stage.store_response(self, status, headers, body)
-            if not stored:
-                stage.passed(self.url, self.env, self.request_time, self.req)
-        except Exception:  # the response is out: a cache fill must never fail the request
-            log.exception("Response cache: could not store %s", self.req.target[:200])
-
-
-def _body(result: Any) -> bytes | None:
-    """The whole body the app produced, or None (a file, an iterable too big or cut short)."""
-    pieces: list[Any] | tuple[Any, ...] | None = None
-    if type(result) is list or type(result) is tuple:
-        pieces = result
-    elif type(result) is Capture and result.complete:
-        pieces = result.pieces
-    if pieces is None:
-        return None
-    if len(pieces) == 1 and type(pieces[0]) is bytes:
-        return pieces[0]
-    if not all(type(p) is bytes for p in pieces):
-        return None
-    return b"".join(pieces)
 
 
 def attach(server: WorkerServer) -> CacheStage | None:

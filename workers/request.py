@@ -29,7 +29,7 @@ from greenfork.workers.websocket_pipeline import TakenOver
 from greenfork.workers.wsgi import FileWrapper, Input, StartResponse, build_environ
 
 if TYPE_CHECKING:
-    from greenfork.workers.cachestage import Fill
+    from greenfork.workers.cachefill import Fill
     from greenfork.workers.hookpoints import RequestHooks
     from greenfork.workers.mounts import Mounts
     from greenfork.workers.worker import ListenerContext, WorkerServer

@@ -4,7 +4,7 @@ request stage, and back.
 Runs in its own greenlet. The three stages stay apart: the transport (transport.py)
 owns the socket and its waits, the protocol (h1proto.py, sans-IO) every rule of the
 connection, the request stage (request.py) the application. This module is the
-loop between them, and the HTTP/1.1 side of the request stage's Exchange.
+loop between them; h1exchange.py is the HTTP/1.1 side of the request stage's Exchange.
 
 Responses are gathered in the transport's output list and sent with a single write
 when the connection next has to wait for input, so pipelined requests are answered
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import _socket
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,27 +23,23 @@ from gevent import GreenletExit
 from greenfork.master import tlsinfo
 from greenfork.workers import front, websocket_pipeline
 from greenfork.workers.cachefast import NO_PARTS, NO_READ, REPLAY_READ_MAX
+from greenfork.workers.h1exchange import H1Exchange
 from greenfork.workers.h1proto import (
     CLOSED,
     DRAIN,
-    END,
     KEEP,
     LINGER,
-    MUST_CLOSE,
     NEED_DATA,
     H1Server,
     ProtocolError,
     Request,
 )
-from greenfork.workers.request import BodyError, http_date, write_data
-from greenfork.workers.request import log_body_error as request_log_body_error
+from greenfork.workers.request import http_date, write_data
 from greenfork.workers.response import error_response
-from greenfork.workers.timers import BODY, FRESH, HEADERS, IDLE, NONE, Expired, RequestTimeout
-from greenfork.workers.timers import DRAIN as DRAINING
+from greenfork.workers.timers import FRESH, HEADERS, IDLE, NONE, Expired, RequestTimeout
 from greenfork.workers.tlstransport import HandshakeFailed, TlsTransport
 from greenfork.workers.transport import FLUSH_AT, ClientGone, Transport, unknown_peer
 from greenfork.workers.websocket import Upgrade
-from greenfork.workers.wsgi import FileWrapper, Input, StartResponse
 
 if TYPE_CHECKING:
     from greenfork.workers.cachefast import Pass, Replay
@@ -56,13 +51,11 @@ log = logging.getLogger("greenfork.worker")
 # The HTTP/2 connection preface (h2proto.PREFACE; spelled out here so that a worker serving
 # only HTTP/1.1 never imports h2)
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DRAIN_LIMIT = 1 << 20  # unread body bytes we discard to keep a connection reusable
 _NEVER = float("inf")  # (the earliest end of no pass)
 
 
-class Connection:
-    __slots__ = ("addr", "body_error", "ctx", "extra", "head_at", "headed", "inp", "mark", "out", "p",
-                 "remote", "req", "served", "server", "since", "sr", "status", "t", "timed",
+class Connection(H1Exchange):
+    __slots__ = ("addr", "ctx", "extra", "out", "p", "remote", "server", "t", "timed",
                  "upgraded",  # WebSocket (websocket_pipeline.py)
                  "error_type", "opened", "version",  # for metrics (workers/instrument.py)
                  "h2")  # the HTTP/2 driver, while it serves this connection (workers/h2conn.py)
@@ -81,16 +74,16 @@ class Connection:
         t.describe = self.peer
         t.enter(FRESH)  # a new connection waits for its first byte
         self.p = H1Server(server.limits)
-        self.req: Request | None = None
+        self.req = None  # (H1Exchange's slots)
         self.status = 0
         self.served = 0
-        self.inp: Input | None = None
-        self.sr: StartResponse | None = None
+        self.inp = None
+        self.sr = None
         self.headed = False
-        self.body_error: ProtocolError | None = None
-        self.mark = 0  # where this request's response starts in the gathered output
-        self.since = 0  # the transport's flush count when it started
-        self.head_at = -1  # the flush count when its head was queued (-1: not yet)
+        self.body_error = None
+        self.mark = 0
+        self.since = 0
+        self.head_at = -1
         self.opened, self.error_type, self.version = 0.0, "", ""
         # environ keys this connection adds to each of its requests (TLS: mod_ssl's names;
         # a PROXY header's, workers/front.py)
@@ -454,142 +447,7 @@ class Connection:
             self.req = self.inp = self.sr = None  # they point back at us: no cycle left behind
         return action
 
-    def _drain(self) -> str:
-        """The app left part of the body unread: discard it (bounded in bytes here, in time
-        by the sweeper's DRAIN phase) so the connection can serve the next request."""
-        inp = self.inp
-        t = self.t
-        t.enter(DRAINING)
-        ok = False
-        try:
-            ok = inp is not None and inp.drain(DRAIN_LIMIT)
-        except BodyError as e:
-            # A body over --max-request-body-size is a 413 even when the app never read
-            # it, if its answer has not gone out yet; otherwise the close ends it.
-            if e.err.status == 413:
-                answered = self.answer_instead(413)
-                request_log_body_error(e.err, self.req, answered=answered)
-        t.enter(NONE)
-        if not ok and self.p.state != MUST_CLOSE:
-            self.p.abort()
-        return self.p.after_response()
-
-    # ----------------------------------------------- the request stage's Exchange
-    def read_body(self) -> bytes:
-        p = self.p
-        t = self.t
-        while True:
-            if t.expired is not None:
-                # a timeout already fired on this body: every later read fails the same way
-                raise self._body_failed(ProtocolError(0, t.expired, "timed out"))
-            ev = p.next_event()
-            if type(ev) is bytes:
-                return ev
-            if ev is END:
-                return b""
-            if ev is NEED_DATA:
-                t.flush()
-                draining = t.phase == DRAINING
-                if not draining:
-                    t.enter(BODY)
-                try:
-                    data = t.recv()
-                except Expired as e:
-                    t.expired = e.reason
-                    # 408 if the response has not started (else the close aborts it)
-                    raise self._body_failed(ProtocolError(0 if draining else 408, e.reason,
-                                                          "request body too slow")) from None
-                t.body_bytes += len(data)
-                if not draining:
-                    t.enter(NONE)
-                p.receive_data(data)
-                continue
-            if isinstance(ev, ProtocolError):
-                raise self._body_failed(ev)
-            return b""  # CLOSED
-
-    def _body_failed(self, err: ProtocolError) -> BodyError:
-        if self.body_error is None and self.t.phase != DRAINING:
-            self.body_error = err
-        return BodyError(err)
-
-    def start_body(self, limit: int | None) -> None:
-        t = self.t
-        t.body_wait = 0.0
-        t.body_bytes = 0
-        try:
-            out = self.p.start_body(limit)
-        except ProtocolError as e:
-            raise self._body_failed(e) from None
-        if out:
-            self.out.append(out)
-            t.flush()
-
-    def send_head(self, status: str, headers: list[tuple[str, str]]) -> None:
-        server = self.server
-        p = self.p
-        self.out.append(p.head(status, headers, date=http_date(), server=server.server_header,
-                               keep_alive=server.keep_wish))
-        self.status = p.status
-        self.head_at = self.t.flushes
-
-    def respond(self, status: str, headers: list[tuple[str, str]],
-                body: list[bytes] | tuple[bytes, ...]) -> None:
-        server = self.server
-        p = self.p
-        p.respond(status, headers, body, self.out, date=http_date(), server=server.server_header,
-                  keep_alive=server.keep_wish)
-        self.status = p.status
-        self.head_at = self.t.flushes
-
-    def send_data(self, data: bytes) -> None:
-        self.out.append(self.p.send_data(data))
-
-    def flush(self) -> None:
-        self.t.flush()
-
+    # ----------------------------------------------- the request stage's Exchange (h1exchange.py's, and:)
     def write(self, data: bytes) -> None:
         write_data(self, data)
         self.t.flush()
-
-    def end(self) -> None:
-        end = self.p.end()
-        if end:
-            self.out.append(end)
-
-    def head_sent(self) -> bool:
-        return 0 <= self.head_at < self.t.flushes
-
-    def answer_instead(self, status: int) -> bool:
-        if self.head_sent():
-            self.status = self.status or status
-            return False
-        # Gathered output before this request's start went out with any flush since (a
-        # "100 Continue", say): then everything left in it is this request's.
-        del self.out[self.mark if self.t.flushes == self.since else 0:]
-        self.status = status
-        out = self.p.error(status, date=http_date(), server=self.server.server_header)
-        if out:
-            self.out.append(out)
-        return True
-
-    def abort(self) -> None:
-        self.p.abort()
-
-    def body_bytes(self) -> int:
-        return self.p.body_bytes
-
-    def send_file(self, fw: FileWrapper) -> bool:
-        """os.sendfile in a cooperative loop: the kernel copies, the hub waits for room."""
-        t = self.t
-        span = self.p.file_span()
-        if span is None or not self.ctx.sendfile or not t.can_sendfile or not hasattr(fw.filelike, "fileno"):
-            return False
-        try:
-            fd = fw.filelike.fileno()
-            offset = os.lseek(fd, 0, os.SEEK_CUR)
-        except (OSError, ValueError):
-            return False  # not a real file after all
-        t.flush()
-        self.p.file_sent(t.sendfile(fd, offset, span))
-        return True

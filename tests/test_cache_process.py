@@ -687,6 +687,14 @@ def test_only_paths_under_response_cache_path_are_cached(launcher: Launcher, tmp
             total(before, "greenfork_response_cache_requests_total", result=result)
 
     assert (delta("miss"), delta("hit"), delta("bypass")) == (4, 4, 0)  # the four paths in scope
+    # a method the cache never answers: counted in scope only (the connection loop leaves the
+    # scope to the request stage), and nothing stored under the path, nothing stored under the
+    # path's neighbour in scope dropped
+    for path in ("/r", "/static/new", "/static"):
+        assert srv.get(path, method="POST")[0] == 200
+    assert ["age" in srv.get(f"/static?{cc}")[1] for _ in range(2)] == [True, True]
+    after = scrape(srv.metrics)
+    assert (delta("miss"), delta("hit"), delta("bypass")) == (4, 6, 2)
 
 
 def test_a_cache_path_that_is_no_path_is_a_usage_error(launcher: Launcher) -> None:

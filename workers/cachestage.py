@@ -197,6 +197,10 @@ class CacheStage:
             self.bypass_at = server.metrics.response_cache_field("bypass")
         # the store's path filter, read here as may_hold_path() does (without its call)
         self.path_bits, self.path_mask = store.path_filter()
+        # ... and as the HTTP/1.1 connection loop reads it for a method the cache never answers
+        # (workers/conn.py): with --response-cache-path, one that says every path may hold
+        # entries, so that before() sees those requests (and leaves out of scope ones uncounted)
+        self.loop_bits = self.path_bits
         self.script_name = server.script_name
         self.limit = store.max_entry
         self.known: dict[bytes, Known] = {}  # store key -> this worker's copy
@@ -221,6 +225,7 @@ class CacheStage:
         if paths and "/" not in paths:
             self.scope = (frozenset(p.encode("ascii") for p in paths),
                           tuple(p.encode("ascii") + b"/" for p in paths))
+            self.loop_bits = memoryview(b"\1" * (self.path_mask + 1))
         # the request targets of every URL the memo has pointed at a copy (Known) since it was last
         # emptied: a target not in it has no Known in the memo, so the HTTP/1.1 fast path
         # (workers/cachefast.py) leaves the request to this stage after one set lookup

@@ -17,6 +17,7 @@ import _socket
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+from zlib import crc32
 
 from gevent import GreenletExit
 
@@ -282,20 +283,22 @@ class Connection(H1Exchange):
                             continue  # answered; the protocol object is idle, as it was
                 elif (size := len(data)) <= REPLAY_READ_MAX:
                     fresh = data
-                    r = replays.get(data) if size in lengths else None
-                    marked = 0
-                    if r is not None:
+                    if size in lengths and (r := replays.get(data)) is not None:
                         last, last_r = data, r
                         # the URL memo sends its requests past the cache: the request stage is
                         # told so (its before() would find the same; cachefast.Pass). (passed and
                         # until are left as they are: a marked read is never learnt again)
                         marked = last_n = r.marks if r.scheme == scheme else 0
-                    if not marked:
+                        if not marked:
+                            passed = 0
+                            until = _NEVER
+                            if not r.past and fast.replay(self, r, scheme):
+                                ev = p.next_event()
+                                continue  # answered; the protocol object is idle, as it was
+                    else:  # a read the memo does not know (a new URL's, say)
+                        marked = 0
                         passed = 0
                         until = _NEVER
-                        if r is not None and not r.past and fast.replay(self, r, scheme):
-                            ev = p.next_event()
-                            continue  # answered; the protocol object is idle, as it was
                 else:
                     fresh = None
                     marked = 0
@@ -315,9 +318,15 @@ class Connection(H1Exchange):
                         fast.learn(read, ev, scheme)  # the read held this request and nothing more
                         last = None  # (the memo has a new answer for some bytes: look it up)
                 else:
-                    if paths_passed and ev.path in paths_passed and ev.method == "GET":
-                        # a path whose URLs are new each time and never stored: its GETs go past
-                        # the cache, as a pass mark's requests do (before() would find the same)
+                    # What before() would find at once, found here, and the request sent past the
+                    # cache as a pass mark's are: a GET under a path whose URLs are new each time
+                    # and never stored, or a method the cache never answers (an unsafe one drops
+                    # the path's entries, but the path filter says there are none to drop).
+                    if (method := ev.method) == "GET":
+                        if paths_passed and ev.path in paths_passed:
+                            passing.skip = ev
+                            fresh = None  # (never a pass mark: not passed by the URL memo)
+                    elif method != "HEAD" and not passing.loop_bits[crc32(ev.path) & passing.path_mask]:
                         passing.skip = ev
                     action = self._handle(ev)
                     if fresh is not None:

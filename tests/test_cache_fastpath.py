@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from greenfork.master.respcache import Entry, ResponseCache
 from greenfork.workers.cachefast import RULE_FIELDS, FastHits
-from greenfork.workers.cachestage import PATH_PASS_AFTER, CacheStage, Known, primary_key
+from greenfork.workers.cachestage import PATH_PASS_AFTER, PREFIX_PATHS, CacheStage, Known, primary_key
 from greenfork.workers.h1proto import KEEP, NEED_DATA, SEND_RESPONSE, H1Server
 from greenfork.workers.http1 import DEFAULT_LIMITS, Request
 from greenfork.workers.request import http_date
@@ -336,10 +336,21 @@ def test_paths_passed_whole_are_dropped_once_lapsed_or_stored_under(store: Respo
     assert set(stage.path_passes) == {b"/kept", b"/lapsed", b"/stored-after", b"/stored-before"}
     assert stage.passed_paths == {b"/kept", b"/lapsed", b"/stored-after"}  # (never one stored under)
     assert fast.parts[4] is stage.passed_paths  # (what a connection takes: the same set)
+    # the request lines' starts the loop recognises before parsing follow the set
+    assert sorted(stage.pass_prefixes) == sorted(b"GET %s%s" % (p, end) for p in stage.passed_paths
+                                                 for end in (b"?", b" "))
     stage.path_passes[b"/lapsed"] = now - 0.1
     put(b"/stored-after")
     fast.expire()
     assert stage.passed_paths == {b"/kept"}
+    assert sorted(stage.pass_prefixes) == [b"GET /kept ", b"GET /kept?"]
+    for i in range(2 * PREFIX_PATHS):  # ... for a few paths only: a read is tested against each
+        fail(b"/many-%d" % i)
+    assert len(stage.passed_paths) == 2 * PREFIX_PATHS + 1
+    assert len(stage.pass_prefixes) == 2 * PREFIX_PATHS
+    stage.path_passes.update(dict.fromkeys(stage.path_passes, now - 0.1))
+    fast.expire()
+    assert stage.passed_paths == set() and stage.pass_prefixes == ()
 
 
 def test_a_head_the_protocol_would_rework_is_left_to_the_ordinary_path(store: ResponseCache) -> None:
@@ -865,6 +876,51 @@ def test_a_path_whose_urls_with_a_query_are_never_stored_is_passed_whole(pair: t
     after = scrape(fast.metrics)
     assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers)
     assert (delta(before, after, "miss"), delta(before, after, "bypass")) == (20, 0)
+
+
+def test_a_passed_paths_gets_are_found_before_and_after_parsing(pair: tuple[Srv, Srv]) -> None:
+    """The connection loop tells a GET under a path passed whole from the first bytes of a read
+    (`GET /find?`, `GET /find `): on a new connection's first read, on a kept connection's next one,
+    and first in a pipelined read, whose other requests it finds once parsed. A path that only
+    starts like it (/findx) is not passed. All go past before() and count as `bypass`; the app
+    answers each."""
+    fast, _ = pair
+
+    def delta(before: dict[Key, float], after: dict[Key, float], result: str) -> float:
+        return total(after, "greenfork_response_cache_requests_total", result=result) - \
+            total(before, "greenfork_response_cache_requests_total", result=result)
+
+    befores = fast.probe()[2]
+    calls = fast.calls()
+    before = scrape(fast.metrics)
+    with socket.create_connection(("127.0.0.1", fast.port), timeout=10) as s:
+        f = s.makefile("rb")
+
+        def kept(target: str) -> bytes:
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: h.example\r\n\r\n".encode())
+            assert f.readline().startswith(b"HTTP/1.1 200 ")
+            length = 0
+            while (line := f.readline()) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            return f.read(length)
+
+        for i in range(PATH_PASS_AFTER):  # (each unstorable: the path is passed whole after these)
+            kept(f"/find?q={i}")
+        answers = [fast.get("/find?q=first")]  # a new connection's first read
+        assert kept("/find?q=kept") == b"q=kept ae=-\n"  # a kept connection's next read
+    pipelined = b"".join(b"GET %s HTTP/1.1\r\nHost: h.example\r\n\r\n" % t.encode()
+                         for t in ("/find?q=p1", "/find", "/findx?q=1", "/find?q=p2"))
+    last = b"GET /find?q=p3 HTTP/1.1\r\nHost: h.example\r\nConnection: close\r\n\r\n"
+    answers.append(fast.raw(pipelined + last))
+    after = scrape(fast.metrics)
+    assert answers[0].startswith(b"HTTP/1.1 200 ") and answers[0].endswith(b"\r\n\r\nq=first ae=-\n")
+    assert answers[1].count(b"HTTP/1.1 200 ") == 5
+    bodies = [part.partition(b"\n")[0] for part in answers[1].split(b"\r\n\r\n")[1:]]
+    assert bodies == [b"q=p1 ae=-", b" ae=-", b"q=1 ae=-", b"q=p2 ae=-", b"q=p3 ae=-"]  # the app's, each
+    assert fast.calls() == calls + 8 + 1 + 1 + 5
+    assert (delta(before, after, "miss"), delta(before, after, "bypass")) == (8 + 1, 1 + 1 + 4)
+    assert fast.probe()[2] - befores == 8 + 1 + 1  # the misses, /findx, and this probe
 
 
 def test_hup_empties_the_cache_for_the_fast_path(launcher: Launcher, tmp_path: Path) -> None:

@@ -276,6 +276,7 @@ class FastHits:
             until, stored = stage.path_passes.get, self.store.may_hold_path
             stage.passed_paths.difference_update(
                 [path for path in stage.passed_paths if until(path, 0.0) <= now or stored(path)])
+            stage.passed_paths_changed()
 
     def start(self, loop: Any) -> None:
         """Expire pass marks every MARK_SWEEP seconds, from a raw loop timer (it runs in the hub and

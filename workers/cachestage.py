@@ -46,6 +46,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Final, Literal
 from zlib import crc32
 
@@ -65,6 +66,7 @@ log = logging.getLogger("greenfork.worker")
 PASS_TTL: Final = 1.0  # seconds a URL with an unstorable response skips the cache in this worker
 URLS_MAX: Final = 4096  # URLs remembered (their keys, or a pass): the memo is emptied when full
 PATH_PASS_AFTER: Final = 8  # unstorable URLs with a query under a path before the path is passed
+PREFIX_PATHS: Final = 8  # paths passed whole that the connection loop tells from a read's first bytes
 KNOWN_BYTES: Final = 8 << 20  # this worker's copies of entries: at most this many body bytes...
 KNOWN_SHARE: Final = 8  # ...and at most 1/8 of the shared cache's size
 CLIENT_GONE: Final = 499  # request.py's status for a client that left before its response
@@ -187,14 +189,14 @@ class CacheStage:
         self.store = store
         self.count = server.metrics.response_cache  # hit / miss / bypass, one per request
         # The commonest counts, `bypass` of a pass and of an unsafe method, are added in place
-        # (`tally[bypass_at] += 1.0`): the recorder's call costs twice the add, and more in the
+        # (`bypass[0] += 1.0`): the recorder's call costs twice the add, and more in the
         # server than in a loop (instruction-cache misses: docs/caching.md). Without metrics, to a
         # field nobody reads, which costs less than a test.
-        self.tally = memoryview(bytearray(8)).cast("d")
-        self.bypass_at = 0
+        # (`bypass[0] += 1.0`, a one-slot view of the metrics segment: one load less than an index)
+        self.bypass = memoryview(bytearray(8)).cast("d")
         if isinstance(server.metrics, Recorder):
-            self.tally = server.metrics.mv
-            self.bypass_at = server.metrics.response_cache_field("bypass")
+            at = server.metrics.response_cache_field("bypass")
+            self.bypass = server.metrics.mv[at:at + 1]
         # the store's path filter, read here as may_hold_path() does (without its call)
         self.path_bits, self.path_mask = store.path_filter()
         # ... and as the HTTP/1.1 connection loop reads it for a method the cache never answers
@@ -218,6 +220,9 @@ class CacheStage:
         self.path_passes: dict[bytes, float] = {}
         self.path_fails: dict[bytes, int] = {}
         self.passed_paths: set[bytes] = set()  # (for the connection loop: see above)
+        # ... and how the request lines of GETs under the first PREFIX_PATHS of them start, for the
+        # loop to recognise in a read before it parses it (made anew by passed_paths_changed())
+        self.pass_prefixes: tuple[bytes, ...] = ()
         # --response-cache-path: the request paths it consults the cache for (None: every path),
         # as the path itself and as the start of longer ones
         paths = server.settings.response_cache_path
@@ -248,7 +253,7 @@ class CacheStage:
             return None  # outside --response-cache-path: not the cache's, not even counted
         method = req.method
         if method not in _LOOKUP:  # (first: none of the URL's memo is for them)
-            self.tally[self.bypass_at] += 1.0
+            self.bypass[0] += 1.0
             # an unsafe method invalidates the path's entries, if the path filter says any may be
             # (the filter first: for most paths it says none may be, whatever the method)
             if not self.path_bits[crc32(req.path) & self.path_mask] or method in _SAFE:
@@ -258,7 +263,7 @@ class CacheStage:
             until = self.path_passes.get(req.path, 0.0)
             if until and method == "GET" and not req.upgrade and until > time.time() \
                     and not self.path_bits[crc32(req.path) & self.path_mask]:  # (nothing stored since)
-                self.tally[self.bypass_at] += 1.0
+                self.bypass[0] += 1.0
                 return None
         host: str = env.get("HTTP_HOST") or ""
         now = time.time()
@@ -271,7 +276,7 @@ class CacheStage:
         if until <= now and type(memo) is not Known and "HTTP_COOKIE" in env:
             until = self.cookie_passes.get(url, 0.0)
         if until > now and method == "GET" and not req.upgrade:
-            self.tally[self.bypass_at] += 1.0
+            self.bypass[0] += 1.0
             self.passed_req = req
             self.passed_until = until
             return None
@@ -446,6 +451,7 @@ class CacheStage:
                 pp[path] = now + PASS_TTL
                 if not self.store.may_hold_path(path):
                     self.passed_paths.add(path)
+                self.passed_paths_changed()
             else:
                 if len(fails) >= URLS_MAX and path not in fails:
                     fails.clear()
@@ -457,6 +463,12 @@ class CacheStage:
             passes[url] = now + PASS_TTL
             return
         self._remember(url, now + PASS_TTL)
+
+    def passed_paths_changed(self) -> None:
+        """Make pass_prefixes anew from passed_paths: `GET /path?` and `GET /path ` (origin-form,
+        as a read at a request boundary starts; any other form is found after parsing)."""
+        self.pass_prefixes = tuple(b"GET " + path + end for path in islice(self.passed_paths, PREFIX_PATHS)
+                                   for end in (b"?", b" "))
 
     def store_response(self, fill: Fill, status: str, headers: list[tuple[str, str]], body: bytes) -> bool:
         env = fill.env

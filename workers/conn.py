@@ -217,9 +217,14 @@ class Connection(H1Exchange):
             # connection per request sends the same bytes each time (a pass mark). A replay is
             # left to the loop, which may answer it at once. (Not kept as the last read: a
             # connection that repeats it looks it up once more, one that closes pays nothing.)
-            if r is not None and r.scheme == scheme:
-                marked = r.marks
-            fresh = first if size <= REPLAY_READ_MAX else None
+            if r is not None:
+                fresh = first
+                if r.scheme == scheme:
+                    marked = r.marks
+            elif passing.pass_prefixes and first.startswith(passing.pass_prefixes):
+                marked = 1  # (a GET under a path passed whole: see the loop)
+            elif size <= REPLAY_READ_MAX:
+                fresh = first
             p.receive_data(first)
             first = b""
             ev = p.next_event()
@@ -281,9 +286,17 @@ class Connection(H1Exchange):
                         if not last_r.past and fast.replay(self, last_r, scheme):
                             ev = p.next_event()
                             continue  # answered; the protocol object is idle, as it was
+                elif passing.pass_prefixes and data.startswith(passing.pass_prefixes):
+                    # a GET under a path passed whole (a new URL each time): its request goes past
+                    # the cache as a pass mark's does, found before parsing, and before the memo's
+                    # lookup, which never knows a new URL's read (the loop finds the others after
+                    # parsing, below: a request not first in its read, or in another form); the
+                    # read is never learnt
+                    fresh = None
+                    marked = 1
                 elif (size := len(data)) <= REPLAY_READ_MAX:
-                    fresh = data
                     if size in lengths and (r := replays.get(data)) is not None:
+                        fresh = data
                         last, last_r = data, r
                         # the URL memo sends its requests past the cache: the request stage is
                         # told so (its before() would find the same; cachefast.Pass). (passed and
@@ -296,6 +309,7 @@ class Connection(H1Exchange):
                                 ev = p.next_event()
                                 continue  # answered; the protocol object is idle, as it was
                     else:  # a read the memo does not know (a new URL's, say)
+                        fresh = data
                         marked = 0
                         passed = 0
                         until = _NEVER
@@ -322,11 +336,11 @@ class Connection(H1Exchange):
                     # cache as a pass mark's are: a GET under a path whose URLs are new each time
                     # and never stored, or a method the cache never answers (an unsafe one drops
                     # the path's entries, but the path filter says there are none to drop).
-                    if (method := ev.method) == "GET":
+                    if ev.method == "GET":
                         if paths_passed and ev.path in paths_passed:
                             passing.skip = ev
                             fresh = None  # (never a pass mark: not passed by the URL memo)
-                    elif method != "HEAD" and not passing.loop_bits[crc32(ev.path) & passing.path_mask]:
+                    elif ev.method != "HEAD" and not passing.loop_bits[crc32(ev.path) & passing.path_mask]:
                         passing.skip = ev
                     action = self._handle(ev)
                     if fresh is not None:

@@ -150,7 +150,7 @@ class RequestStage:
         if cache is not None:
             if cache.skip is req:  # the fast path knows it goes past the cache (a pass mark)
                 if not err:
-                    cache.tally[cache.bypass_at] += 1.0
+                    cache.bypass[0] += 1.0
             elif not err:  # (not when the gate answered)
                 got = cache.before(ex, req, env, started)
                 if got is not None:

@@ -233,8 +233,9 @@ class Connection(H1Exchange):
         while True:
             if ev is NEED_DATA:
                 # (run()'s read is the loop's first: nothing to send before it, and the phase
-                # goes on from FRESH, as when run() parses it itself)
-                if first:  # (a replay: see above)
+                # goes on from FRESH, as when run() parses it itself. A read the memo knows comes
+                # back here too, to be taken as a repeat of the last read: see below.)
+                if first:  # (run()'s replay, or a read the memo knows)
                     boundary = True
                     data, first = first, b""
                 else:
@@ -277,7 +278,8 @@ class Connection(H1Exchange):
                     marked = 0
                 elif data == last and last_r.live:
                     # a kept connection repeating its last read: what the memo knew of it, without
-                    # hashing it again (a pass mark, the commonest read of an uncached site)
+                    # hashing it again (a pass mark, the commonest read of an uncached site). (passed
+                    # and until are left as they are for a pass mark: a marked read is never learnt.)
                     fresh = data
                     marked = last_n
                     if not marked:
@@ -296,23 +298,19 @@ class Connection(H1Exchange):
                     marked = 1
                 elif (size := len(data)) <= REPLAY_READ_MAX:
                     if size in lengths and (r := replays.get(data)) is not None:
-                        fresh = data
+                        # the memo knows the read: it becomes the last read, and is taken again
+                        # as a repeat of it (above). If the URL memo sends its requests past the
+                        # cache, the request stage is told so (its before() would find the same;
+                        # cachefast.Pass), for this scheme's.
                         last, last_r = data, r
-                        # the URL memo sends its requests past the cache: the request stage is
-                        # told so (its before() would find the same; cachefast.Pass). (passed and
-                        # until are left as they are: a marked read is never learnt again)
-                        marked = last_n = r.marks if r.scheme == scheme else 0
-                        if not marked:
-                            passed = 0
-                            until = _NEVER
-                            if not r.past and fast.replay(self, r, scheme):
-                                ev = p.next_event()
-                                continue  # answered; the protocol object is idle, as it was
-                    else:  # a read the memo does not know (a new URL's, say)
-                        fresh = data
-                        marked = 0
-                        passed = 0
-                        until = _NEVER
+                        last_n = r.marks if r.scheme == scheme else 0
+                        first = data
+                        continue
+                    # a read the memo does not know (a new URL's, say)
+                    fresh = data
+                    marked = 0
+                    passed = 0
+                    until = _NEVER
                 else:
                     fresh = None
                     marked = 0

@@ -47,7 +47,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
 from zlib import crc32
 
 from greenfork.master.respcache import Entry, ResponseCache
@@ -80,6 +80,13 @@ _GET: Final = cp.RequestRule(True, True, "")
 _HEAD: Final = cp.RequestRule(True, False, "head")
 _LOOKUP: Final = frozenset({"GET", "HEAD"})  # the methods a stored response may answer
 _SAFE: Final = cp.SAFE_METHODS  # (a module name: one load, not two)
+
+
+class Tally(Protocol):
+    """A count in place: `tally[0] += 1.0` (CacheStage.bypass)."""
+
+    def __getitem__(self, index: int, /) -> float: ...
+    def __setitem__(self, index: int, value: float, /) -> None: ...
 
 
 class Hit(enum.Enum):
@@ -188,15 +195,17 @@ class CacheStage:
         self.server = server
         self.store = store
         self.count = server.metrics.response_cache  # hit / miss / bypass, one per request
-        # The commonest counts, `bypass` of a pass and of an unsafe method, are added in place
-        # (`bypass[0] += 1.0`): the recorder's call costs twice the add, and more in the
-        # server than in a loop (instruction-cache misses: docs/caching.md). Without metrics, to a
-        # field nobody reads, which costs less than a test.
-        # (`bypass[0] += 1.0`, a one-slot view of the metrics segment: one load less than an index)
-        self.bypass = memoryview(bytearray(8)).cast("d")
+        # The commonest count, `bypass` (a pass, a passed path, an unsafe method), is added in place,
+        # `bypass[0] += 1.0`: the recorder's call costs twice the add, and more in the server than
+        # in a loop (instruction-cache misses: docs/caching.md). With metrics, in a one-slot view of
+        # the metrics segment (the recorder's own adds keep the view's code warm); without, in a
+        # list nobody reads, whose add the interpreter specializes: cheaper than a test, and it
+        # touches no code a request would not touch anyway.
+        self.bypass: Tally = [0.0]
         if isinstance(server.metrics, Recorder):
             at = server.metrics.response_cache_field("bypass")
-            self.bypass = server.metrics.mv[at:at + 1]
+            # (a "d" view takes and gives floats; typeshed types every memoryview's items as int)
+            self.bypass = cast(Tally, server.metrics.mv[at:at + 1])
         # the store's path filter, read here as may_hold_path() does (without its call)
         self.path_bits, self.path_mask = store.path_filter()
         # ... and as the HTTP/1.1 connection loop reads it for a method the cache never answers

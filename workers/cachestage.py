@@ -24,16 +24,13 @@ Two per-worker memos keep the request path short, and neither can make an answer
   browser's) took the whole miss path, about 8 µs. At worst a pass costs hits of a URL for
   PASS_TTL after its responses became storable.
 - `path_passes`: hit-for-pass for a whole request path, for URLs that are new each time (a
-  search's or an API's query string): after PATH_PASS_AFTER URLs with a query under a path
-  were each unstorable (with a Cookie or not: most browsers' requests carry one), the path's
-  GETs skip the cache for PASS_TTL, unless the store's path
-  filter says an entry is stored under it (a path some of whose URLs are cached is never passed
-  whole). Otherwise each such URL took the whole miss path (+50% on hello). At worst a URL with a
-  query that became storable under such a path is stored up to PASS_TTL later. `passed_paths`
-  holds the paths passed whole for the HTTP/1.1 connection loop, which sends their GETs past
-  this stage as it does a pass mark's (workers/cachefast.py); FastHits.expire() drops a path
-  from it every MARK_SWEEP seconds once its pass lapsed or an entry was stored under it, so
-  there a path's pass outlasts those by less than MARK_SWEEP.
+  search's query string): after PATH_PASS_AFTER unstorable URLs with a query under a path (with
+  a Cookie or not), its GETs skip the cache for PASS_TTL, unless the store's path filter says an
+  entry is stored under it. Otherwise each such URL took the whole miss path (+50% on hello). At
+  worst a URL that became storable under such a path is stored PASS_TTL later. `passed_paths`
+  (and `pass_prefixes`, their request lines' starts) are for the HTTP/1.1 connection loop, which
+  sends their GETs past this stage as a pass mark's (workers/conn.py); FastHits.expire() drops a
+  path every MARK_SWEEP seconds once its pass lapsed or an entry was stored under it.
 
 The HTTP/1.1 connection loop answers the commonest hit before this stage, from the same `urls`
 memo (workers/cachefast.py): `hot` tells it which request targets the memo has pointed at a copy.

@@ -324,22 +324,27 @@ class Connection(H1Exchange):
                     action = self._handle(ev)
                 elif fast is None:  # (the cache off, or not for this connection: nothing else)
                     action = self._handle(ev)
+                elif (method := ev.method) != "GET" and method != "HEAD":
+                    # a method the cache never answers (an unsafe one drops the path's entries):
+                    # sent past the cache as a pass mark's requests are when the path filter says
+                    # nothing is stored under the path, as before() would find at once; never
+                    # looked up in the fast path's targets (the read is never learnt either)
+                    if not passing.loop_bits[crc32(ev.path) & passing.path_mask]:
+                        passing.skip = ev
+                    fresh = None
+                    action = self._handle(ev)
                 elif ev.target in hot and (action := fast.answer(self, ev, scheme)) is not None:
                     read, fresh = fresh, None  # a hit from the fast path
                     if read is not None and not passed and action == KEEP and p.between_requests:
                         fast.learn(read, ev, scheme)  # the read held this request and nothing more
                         last = None  # (the memo has a new answer for some bytes: look it up)
                 else:
-                    # What before() would find at once, found here, and the request sent past the
-                    # cache as a pass mark's are: a GET under a path whose URLs are new each time
-                    # and never stored, or a method the cache never answers (an unsafe one drops
-                    # the path's entries, but the path filter says there are none to drop).
-                    if ev.method == "GET":
-                        if paths_passed and ev.path in paths_passed:
-                            passing.skip = ev
-                            fresh = None  # (never a pass mark: not passed by the URL memo)
-                    elif ev.method != "HEAD" and not passing.loop_bits[crc32(ev.path) & passing.path_mask]:
+                    if paths_passed and ev.path in paths_passed and method == "GET":
+                        # a GET under a path whose URLs are new each time and never stored, sent
+                        # past the cache as a pass mark's requests are (before() would find the
+                        # same); found here when the read's first bytes did not tell it (above)
                         passing.skip = ev
+                        fresh = None  # (never a pass mark: not passed by the URL memo)
                     action = self._handle(ev)
                     if fresh is not None:
                         if passing.passed_req is ev:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import _socket
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from zlib import crc32
 
 from gevent import GreenletExit
@@ -53,6 +53,9 @@ log = logging.getLogger("greenfork.worker")
 # only HTTP/1.1 never imports h2)
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _NEVER = float("inf")  # (the earliest end of no pass)
+# the methods the cache may answer (RFC 9111 4: GET and HEAD), told in one set lookup of a str
+# whose hash it keeps, for every method
+_ANSWERABLE: Final = frozenset(("GET", "HEAD"))
 
 
 class Connection(H1Exchange):
@@ -192,8 +195,10 @@ class Connection(H1Exchange):
         passed = 0  # the requests of `fresh` answered so far, all sent past the cache by the memo
         until = _NEVER  # the earliest end of their passes
         # the last read the memo knew, and what it knew: a client repeats its bytes on a kept
-        # connection, and comparing them costs less than hashing them for the memo's lookup
-        last: bytes | None = None
+        # connection, and comparing them costs less than hashing them for the memo's lookup (b""
+        # with NO_READ: none; bytes, not None, so that another read's test is bytes' own compare
+        # of two lengths)
+        last = b""
         last_r: Replay | Pass = NO_READ
         last_n = 0  # the requests last_r marks past the cache for this connection's scheme
         action: str | None  # what the connection does after a request (h1proto's KEEP, CLOSE, LINGER)
@@ -288,6 +293,10 @@ class Connection(H1Exchange):
                         if not last_r.past and fast.replay(self, last_r, scheme):
                             ev = p.next_event()
                             continue  # answered; the protocol object is idle, as it was
+                elif len(data) > REPLAY_READ_MAX:
+                    # (a large read, a POST's with its body say: told before the other tests)
+                    fresh = None
+                    marked = 0
                 elif passing.pass_prefixes and data.startswith(passing.pass_prefixes):
                     # a GET under a path passed whole (a new URL each time): its request goes past
                     # the cache as a pass mark's does, found before parsing, and before the memo's
@@ -296,24 +305,20 @@ class Connection(H1Exchange):
                     # read is never learnt
                     fresh = None
                     marked = 1
-                elif (size := len(data)) <= REPLAY_READ_MAX:
-                    if size in lengths and (r := replays.get(data)) is not None:
-                        # the memo knows the read: it becomes the last read, and is taken again
-                        # as a repeat of it (above). If the URL memo sends its requests past the
-                        # cache, the request stage is told so (its before() would find the same;
-                        # cachefast.Pass), for this scheme's.
-                        last, last_r = data, r
-                        last_n = r.marks if r.scheme == scheme else 0
-                        first = data
-                        continue
-                    # a read the memo does not know (a new URL's, say)
+                elif len(data) in lengths and (r := replays.get(data)) is not None:
+                    # the memo knows the read: it becomes the last read, and is taken again as a
+                    # repeat of it (above). If the URL memo sends its requests past the cache, the
+                    # request stage is told so (its before() would find the same; cachefast.Pass),
+                    # for this scheme's.
+                    last, last_r = data, r
+                    last_n = r.marks if r.scheme == scheme else 0
+                    first = data
+                    continue
+                else:  # a read the memo does not know (a new URL's, say)
                     fresh = data
                     marked = 0
                     passed = 0
                     until = _NEVER
-                else:
-                    fresh = None
-                    marked = 0
                 p.receive_data(data)
             elif type(ev) is Request:
                 if t.phase != NONE:  # (a pipelined request finds it so already)
@@ -324,7 +329,7 @@ class Connection(H1Exchange):
                     action = self._handle(ev)
                 elif fast is None:  # (the cache off, or not for this connection: nothing else)
                     action = self._handle(ev)
-                elif (method := ev.method) != "GET" and method != "HEAD":
+                elif ev.method not in _ANSWERABLE:
                     # a method the cache never answers (an unsafe one drops the path's entries):
                     # sent past the cache as a pass mark's requests are when the path filter says
                     # nothing is stored under the path, as before() would find at once; never
@@ -337,9 +342,9 @@ class Connection(H1Exchange):
                     read, fresh = fresh, None  # a hit from the fast path
                     if read is not None and not passed and action == KEEP and p.between_requests:
                         fast.learn(read, ev, scheme)  # the read held this request and nothing more
-                        last = None  # (the memo has a new answer for some bytes: look it up)
+                        last, last_r = b"", NO_READ  # (the memo has a new answer for some bytes)
                 else:
-                    if paths_passed and ev.path in paths_passed and method == "GET":
+                    if paths_passed and ev.path in paths_passed and ev.method == "GET":
                         # a GET under a path whose URLs are new each time and never stored, sent
                         # past the cache as a pass mark's requests are (before() would find the
                         # same); found here when the read's first bytes did not tell it (above)
@@ -355,7 +360,7 @@ class Connection(H1Exchange):
                             until = min(until, passing.passed_until)
                             if p.between_requests:
                                 fast.learn_pass(fresh, passed, until, scheme)
-                                last = None  # (the memo has a new answer for some bytes: look it up)
+                                last, last_r = b"", NO_READ  # (the memo has a new answer for some bytes)
                                 fresh = None
                         else:
                             fresh = None

@@ -276,8 +276,6 @@ class Connection(H1Exchange):
                     except Expired as e:
                         self._timed_out(e)
                         return p.must_linger()
-                # (a read over REPLAY_READ_MAX is never remembered, so never looked up: hashing a
-                # 16 KiB POST's read cost more than its whole request stage)
                 if not boundary or fast is None:
                     fresh = None  # (a head in several reads is never remembered)
                     marked = 0
@@ -293,10 +291,6 @@ class Connection(H1Exchange):
                         if not last_r.past and fast.replay(self, last_r, scheme):
                             ev = p.next_event()
                             continue  # answered; the protocol object is idle, as it was
-                elif len(data) > REPLAY_READ_MAX:
-                    # (a large read, a POST's with its body say: told before the other tests)
-                    fresh = None
-                    marked = 0
                 elif passing.pass_prefixes and data.startswith(passing.pass_prefixes):
                     # a GET under a path passed whole (a new URL each time): its request goes past
                     # the cache as a pass mark's does, found before parsing, and before the memo's
@@ -305,6 +299,11 @@ class Connection(H1Exchange):
                     # read is never learnt
                     fresh = None
                     marked = 1
+                elif len(data) > REPLAY_READ_MAX:
+                    # (a large read, a POST's with its body say: never remembered, so never looked
+                    # up; hashing a 16 KiB POST's read would cost more than its whole request stage)
+                    fresh = None
+                    marked = 0
                 elif len(data) in lengths and (r := replays.get(data)) is not None:
                     # the memo knows the read: it becomes the last read, and is taken again as a
                     # repeat of it (above). If the URL memo sends its requests past the cache, the

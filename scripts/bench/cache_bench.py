@@ -3,6 +3,7 @@
 
     scripts/bench/cache [--rounds 5] [--duration 5] [--connections 64] [--size 64MiB]
                         [--cache-path PREFIX]... [--workloads /,/page,...] [--no-fresh] [--control]
+                        [--seed N]
                         # (runs this file)
 
 Two servers of the same build, each one worker pinned to CPU 0 (wrk runs on CPU 1), serving
@@ -14,8 +15,10 @@ workloads on the same server: `pipeline16` (hello, 16 requests a read), `hello_c
 connection per request) and `echo16k` (a 16 KiB POST to /echo, which the cache must consider for
 invalidation, RFC 9111 4.4). Server `off` runs without the cache, server `on` with
 --response-cache 64MiB (--size); a new pair starts every round (--no-fresh: one pair for all
-rounds, whose own bias then shifts the whole run). Each round measures every path on both servers
-back to back (the order alternates between rounds), a pair per path and round. Each run reports
+rounds, whose own bias then shifts the whole run); both servers of a pair run with one
+PYTHONHASHSEED, a new one each round (--seed N: the first round's, to repeat a run's). Each
+round measures every path on both servers back to back (the order alternates between rounds),
+a pair per path and round. Each run reports
 requests/s from wrk and the worker's CPU microseconds per request (user + system, from /proc),
 the figure that does not depend on wrk keeping up. The table gives the medians and the ratios the
 issue asks about:
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import signal
 import socket
@@ -67,11 +71,12 @@ def ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def start(extra: list[str]) -> tuple[subprocess.Popen[bytes], int, int]:
+def start(extra: list[str], seed: int) -> tuple[subprocess.Popen[bytes], int, int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "greenfork.master", "apps:paths", "-w", "1",
                              "-b", f"127.0.0.1:{port}", "--log-level", "warning", *extra], cwd=HERE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "PYTHONHASHSEED": str(seed)})
     deadline = time.monotonic() + 30
     while True:
         kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
@@ -117,13 +122,16 @@ def wrk(port: int, workload: str, seconds: int, conns: int) -> int:
 def paired(off: list[float], on: list[float]) -> str:
     """The change from off to on, from each round's pair of runs (back to back, so the machine's
     drift between rounds cancels): the mean of the pairs' changes and its standard error; with
-    the medians' change, which the noise of single runs moves by a few percent."""
+    the medians' change, which the noise of single runs moves by a few percent; and the median
+    of the pairs' changes, which one pair far off (a process a few percent slower than its twin
+    for reasons of its own: --control shows such pairs) moves less than it moves the mean."""
     changes = [(b / a - 1) * 100 for a, b in zip(off, on, strict=True)]
     mean = statistics.fmean(changes)
     se = statistics.stdev(changes) / len(changes) ** 0.5 if len(changes) > 1 else float("nan")
     medians = (statistics.median(on) / statistics.median(off) - 1) * 100
     return (f"{mean:+.1f}% CPU per request (mean of {len(changes)} pairs, standard error {se:.1f}%: "
-            f"95% under {mean + 2 * se:+.1f}%); medians {medians:+.1f}%")
+            f"95% under {mean + 2 * se:+.1f}%); median of the pairs {statistics.median(changes):+.1f}%; "
+            f"medians {medians:+.1f}%")
 
 
 def main() -> int:
@@ -143,6 +151,7 @@ def main() -> int:
                          "memory layout, hash seed, which CPU cache lines its code shares) then varies "
                          "between pairs and shows in the standard error; with --no-fresh one pair "
                          "serves every round and its bias shifts the whole run")
+    ap.add_argument("--seed", type=int, help="the first round's PYTHONHASHSEED (default: random)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, of {', '.join(WORKLOADS)} (/ and /cached always run)")
     a = ap.parse_args()
@@ -156,12 +165,17 @@ def main() -> int:
     hz = os.sysconf("SC_CLK_TCK")
     cpu: dict[tuple[str, str], list[float]] = {}
     rps: dict[tuple[str, str], list[float]] = {}
-    servers = {name: start(extra) for name, extra in SERVERS.items()}  # both live, one loaded at a time
+    # Both servers of a pair run with one hash seed, a new one each round (--no-fresh: one for the
+    # run): the seed sets the dicts' layouts, which move a worker's instructions per request by up
+    # to 0.5% (callgrind), so a pair differs by the build alone and the rounds still sample seeds.
+    seed = a.seed if a.seed is not None else random.randrange(1, 2**32 - a.rounds)
+    print(f"hash seeds {seed}..{seed + a.rounds - 1} (--seed {seed} repeats them)", file=sys.stderr)
+    servers = {name: start(extra, seed) for name, extra in SERVERS.items()}  # both live, one loaded at a time
     try:
         for rnd in range(a.rounds):
             if a.fresh and rnd:
                 stop(servers)
-                servers = {name: start(extra) for name, extra in SERVERS.items()}
+                servers = {name: start(extra, seed + rnd) for name, extra in SERVERS.items()}
             order = list(SERVERS) if rnd % 2 == 0 else list(reversed(SERVERS))
             for path in chosen:
                 for name in order:  # (each workload's two runs back to back: a pair)

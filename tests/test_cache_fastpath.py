@@ -817,7 +817,9 @@ def test_a_path_nothing_is_stored_under_makes_no_key(pair: tuple[Srv, Srv]) -> N
     POST) go without making the store key or looking it up; once an entry is stored under the path,
     a POST finds and drops it as before (RFC 9111 4.4), and the next GET runs the app. The
     connection loop reads the path filter for a method the cache never answers: such a POST never
-    reaches the request stage's before(), and is counted as `bypass` all the same."""
+    reaches the request stage's before(), and is counted as `bypass` all the same. The worker keeps
+    the path filter's slot of the last such path (the POSTs here go to one path), never its bit:
+    the last POST, to that path again, must see the bit the GET's store set."""
     fast, _ = pair
 
     def bypassed() -> float:

@@ -209,6 +209,12 @@ class CacheStage:
         # (workers/conn.py): with --response-cache-path, one that says every path may hold
         # entries, so that before() sees those requests (and leaves out of scope ones uncounted)
         self.loop_bits = self.path_bits
+        # ... at the slot of the last path it read there: a client sends its POSTs to one path
+        # again and again (an API's, /graphql), and the slot's crc32 and mask are code nothing else
+        # in such a request runs (instruction-cache misses); the bit is read each time, as another
+        # worker may store under the path at any moment
+        self.unsafe_path = b""
+        self.unsafe_slot = 0
         self.script_name = server.script_name
         self.limit = store.max_entry
         self.known: dict[bytes, Known] = {}  # store key -> this worker's copy

@@ -332,8 +332,12 @@ class Connection(H1Exchange):
                     # a method the cache never answers (an unsafe one drops the path's entries):
                     # sent past the cache as a pass mark's requests are when the path filter says
                     # nothing is stored under the path, as before() would find at once; never
-                    # looked up in the fast path's targets (the read is never learnt either)
-                    if not passing.loop_bits[crc32(ev.path) & passing.path_mask]:
+                    # looked up in the fast path's targets (the read is never learnt either). The
+                    # worker keeps the last such path's slot (cachestage.py), never its bit.
+                    if (path := ev.path) != passing.unsafe_path:
+                        passing.unsafe_path = path
+                        passing.unsafe_slot = crc32(path) & passing.path_mask
+                    if not passing.loop_bits[passing.unsafe_slot]:
                         passing.skip = ev
                     fresh = None
                     action = self._handle(ev)

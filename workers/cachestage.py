@@ -209,10 +209,8 @@ class CacheStage:
         # (workers/conn.py): with --response-cache-path, one that says every path may hold
         # entries, so that before() sees those requests (and leaves out of scope ones uncounted)
         self.loop_bits = self.path_bits
-        # ... at the slot of the last path it read there: a client sends its POSTs to one path
-        # again and again (an API's, /graphql), and the slot's crc32 and mask are code nothing else
-        # in such a request runs (instruction-cache misses); the bit is read each time, as another
-        # worker may store under the path at any moment
+        # ... at the last such path's slot (a client's POSTs go to one path again and again; the
+        # crc32 is cold code): the bit is read each time, as any worker may store under the path
         self.unsafe_path = b""
         self.unsafe_slot = 0
         self.script_name = server.script_name
